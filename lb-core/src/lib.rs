@@ -1,0 +1,16 @@
+//! `lb-core`: the packet-processing core of an Azure Software Load Balancer style L4 load balancer.
+//!
+//! The crate is `#![no_std]`. The packet path (everything under [`wire`]) needs neither `std` nor an
+//! allocator: it works on borrowed byte slices and edits frames in place.
+//!
+//! Layers (each imports only from below):
+//! - [`wire`]: zero-copy views over Ethernet, 802.1Q/802.1ad, IPv4, IPv6 (+ extension headers), TCP,
+//!   UDP, ICMPv4/ICMPv6 and VxLAN; checksums; the hot-path flow-key extractor; VxLAN encap/decap.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod wire;
