@@ -41,6 +41,7 @@ pub fn etherparse_tuple(frame: &[u8]) -> Option<Tuple5> {
             t.dst = s.header().destination();
             t.protocol = s.payload().ip_number.0;
         }
+        _ => return None,
     }
     match p.transport {
         Some(TransportSlice::Tcp(s)) => (t.src_port, t.dst_port) = (s.source_port(), s.destination_port()),

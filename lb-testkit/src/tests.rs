@@ -78,11 +78,11 @@ fn check_frame(f: &GeneratedFrame) {
     assert_eq!(b[6] & 1, 0, "src mac multicast: {ctx}");
 
     // VLANs.
-    let vlans: Vec<u16> = match &p.vlan {
+    let vlans: Vec<u16> = match p.vlan() {
         None => vec![],
         Some(VlanSlice::SingleVlan(s)) => vec![s.vlan_identifier().value()],
         Some(VlanSlice::DoubleVlan(d)) => {
-            vec![d.outer().vlan_identifier().value(), d.inner().vlan_identifier().value()]
+            vec![d.outer.vlan_identifier().value(), d.inner.vlan_identifier().value()]
         }
     };
     assert_eq!(vlans, e.vlans, "{ctx}");
@@ -165,6 +165,7 @@ fn check_frame(f: &GeneratedFrame) {
             }
             (ip_of_v6(h.source()), ip_of_v6(h.destination()), ip.payload().ip_number.0, ip.payload().clone(), fragment)
         }
+        NetSlice::Arp(_) => panic!("ARP where IP was generated: {ctx}"),
     };
     assert_eq!(src, e.src, "{ctx}");
     assert_eq!(dst, e.dst, "{ctx}");
@@ -260,6 +261,7 @@ fn check_frame(f: &GeneratedFrame) {
             assert_eq!(ones_sum(&[&ph, i.slice()]), 0xffff);
             check_icmp_body(f, i.type_u8(), i.code_u8(), i.bytes5to8(), i.payload());
         }
+        other => panic!("unexpected transport layer {other:?}: {ctx}"),
     }
     if !matches!(f.kind, FrameKind::Icmpv4Error | FrameKind::Icmpv6Error) {
         assert_eq!(e.quoted, None);
