@@ -1,7 +1,10 @@
 //! The hot-path flow-key extractor: one pass over a frame that yields everything the data path needs
 //! to classify it (addresses, protocol, ports, VLAN ids, offsets, TCP flags, fragment state).
 
-use super::ethernet::{parse_l2, EtherType, MAX_VLAN_TAGS};
+use zerocopy::byteorder::network_endian::U16;
+use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+
+use super::ethernet::{parse_l2, EtherType, EthernetHeader, VlanTag, ETHERNET_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN};
 use super::icmp::{self, IcmpHeader, IcmpVersion};
 use super::ipv4::{self, Ipv4Header};
 use super::ipv6::{self, FragmentInfo};
@@ -151,6 +154,95 @@ fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
 /// incrementally).
 #[inline]
 pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
+    match fast_path(frame) {
+        Some(key) => Ok(key),
+        None => parse_general(frame),
+    }
+}
+
+/// The first 4 bytes of a TCP or UDP header, and the 4 bytes the checks need after them.
+#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct PortsPrefix {
+    src_port: U16,
+    dst_port: U16,
+    /// UDP: length + checksum; TCP: the first half of the sequence number (unused).
+    udp_length: U16,
+    _rest: [u8; 2],
+}
+
+/// Byte of the TCP header holding the data offset, and the flags byte after it.
+const TCP_DATA_OFFSET_AT: usize = 12;
+
+/// The common case in one straight line: an untagged or single-tagged IPv4 (IHL 5, unfragmented) or
+/// IPv6 (no extension headers) packet carrying TCP or UDP. Anything else, including anything
+/// malformed, returns `None` and goes to [`parse_general`], which reports the exact error; so this
+/// function only ever has to be right about well-formed packets.
+#[inline(always)]
+fn fast_path(frame: &[u8]) -> Option<FlowKey> {
+    let (eth, rest) = EthernetHeader::ref_from_prefix(frame).ok()?;
+    let mut key = FlowKey::default();
+    let (ethertype, l3, l3_offset) = if eth.ethertype.get() == EtherType::VLAN {
+        let (tag, rest) = VlanTag::ref_from_prefix(rest).ok()?;
+        key.vlans[0] = tag.vid();
+        key.vlan_count = 1;
+        (tag.ethertype.get(), rest, ETHERNET_HEADER_LEN + VLAN_TAG_LEN)
+    } else {
+        (eth.ethertype.get(), rest, ETHERNET_HEADER_LEN)
+    };
+    let (l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
+        let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
+        let total = usize::from(ip.total_len.get());
+        if ip.version_ihl != 0x45 || ip.is_fragment() || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
+            return None;
+        }
+        key.src_addr[..4].copy_from_slice(&ip.src);
+        key.dst_addr[..4].copy_from_slice(&ip.dst);
+        key.protocol = ip.protocol;
+        (after.get(..total - ipv4::IPV4_HEADER_LEN)?, ipv4::IPV4_HEADER_LEN)
+    } else if ethertype == EtherType::IPV6 {
+        let (ip, after) = ipv6::Ipv6Header::ref_from_prefix(l3).ok()?;
+        if ip.version() != 6 {
+            return None;
+        }
+        key.ip_version = IpVersion::V6;
+        key.src_addr = ip.src;
+        key.dst_addr = ip.dst;
+        key.protocol = ip.next_header;
+        (after.get(..usize::from(ip.payload_len.get()))?, ipv6::IPV6_HEADER_LEN)
+    } else {
+        return None;
+    };
+    let (p, _) = PortsPrefix::ref_from_prefix(l4).ok()?;
+    match key.protocol {
+        ip_proto::TCP => {
+            let doff = *l4.get(TCP_DATA_OFFSET_AT)?;
+            let hlen = usize::from(doff >> 4) * 4;
+            if hlen < TCP_HEADER_LEN || hlen > l4.len() {
+                return None;
+            }
+            key.tcp_flags = *l4.get(TCP_DATA_OFFSET_AT + 1)?;
+        }
+        ip_proto::UDP => {
+            let len = usize::from(p.udp_length.get());
+            if len < UDP_HEADER_LEN || len > l4.len() {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    key.src_port = p.src_port.get();
+    key.dst_port = p.dst_port.get();
+    key.l3_offset = l3_offset as u16;
+    key.l4_offset = (l3_offset + l4_in_l3) as u16;
+    key.l4_len = l4.len() as u16;
+    Some(key)
+}
+
+/// Every frame the fast path declines: tags, options, extension headers, fragments, ICMP, other
+/// protocols, and every malformed frame (with its typed error).
+#[inline(never)]
+fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
     let l2 = parse_l2(frame)?;
     let l3 = frame.get(l2.l3_offset..).ok_or(WireError::Truncated(Layer::Ethernet))?;
     let mut key =
