@@ -50,10 +50,9 @@ fn flow_key(c: &mut Criterion) {
             let mut acc = 0u64;
             for f in &frames {
                 acc = match parse_flow_key(black_box(f)) {
-                    Ok(k) => acc.wrapping_add(
-                        u64::from(k.src_port) ^ u64::from(k.dst_port) << 16 ^ u64::from(k.protocol) << 32,
-                    )
-                    .wrapping_add(u64::from(k.src_addr[3]) ^ u64::from(k.dst_addr[15])),
+                    Ok(k) => acc
+                        .wrapping_add(u64::from(k.src_port) ^ u64::from(k.dst_port) << 16 ^ u64::from(k.protocol) << 32)
+                        .wrapping_add(u64::from(k.src_addr[3]) ^ u64::from(k.dst_addr[15])),
                     Err(_) => acc.wrapping_add(1),
                 };
             }
@@ -72,8 +71,16 @@ fn flow_key(c: &mut Criterion) {
 fn vxlan(c: &mut Criterion) {
     let mux = MacAddr([2, 0, 0, 0, 5, 10]);
     let host = MacAddr([2, 0, 0, 0, 10, 20]);
-    let v4 = VxlanEncap::new(mux, host, Ipv4Addr::new(172, 16, 5, 10).into(), Ipv4Addr::new(172, 16, 10, 20).into(), 42, 64, 9000)
-        .unwrap();
+    let v4 = VxlanEncap::new(
+        mux,
+        host,
+        Ipv4Addr::new(172, 16, 5, 10).into(),
+        Ipv4Addr::new(172, 16, 10, 20).into(),
+        42,
+        64,
+        9000,
+    )
+    .unwrap();
     let v6 = |zero| {
         VxlanEncap::new(
             mux,

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 pub use pcap_file::PcapError;
 
+pub mod oracle;
 mod wire;
 use wire::*;
 
