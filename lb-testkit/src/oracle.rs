@@ -86,7 +86,8 @@ pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
                 match nh {
                     IpProtocol::HopByHop | IpProtocol::Ipv6Route | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Frag => {
                         let e = Ipv6ExtHeader::new_checked(p).ok()?;
-                        let len = (usize::from(e.header_len()) + 1) * 8;
+                        // The Fragment header is always 8 bytes; its second byte is reserved, not a length.
+                        let len = if nh == IpProtocol::Ipv6Frag { 8 } else { (usize::from(e.header_len()) + 1) * 8 };
                         let mut later = false;
                         if nh == IpProtocol::Ipv6Frag {
                             let f = Ipv6FragmentHeader::new_checked(e.payload()).ok()?;

@@ -164,9 +164,10 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct PortsPrefix {
+    /// ICMP: type and code.
     src_port: U16,
     dst_port: U16,
-    /// UDP: length + checksum; TCP: the first half of the sequence number (unused).
+    /// UDP: length; ICMP echo: identifier; TCP: half the sequence number (unused).
     udp_length: U16,
     _rest: [u8; 2],
 }
@@ -174,48 +175,78 @@ struct PortsPrefix {
 /// Byte of the TCP header holding the data offset, and the flags byte after it.
 const TCP_DATA_OFFSET_AT: usize = 12;
 
-/// The common case in one straight line: an untagged or single-tagged IPv4 (IHL 5, unfragmented) or
-/// IPv6 (no extension headers) packet carrying TCP or UDP. Anything else, including anything
-/// malformed, returns `None` and goes to [`parse_general`], which reports the exact error; so this
-/// function only ever has to be right about well-formed packets.
+/// The common case in one straight line: an untagged or single-tagged IPv4 (IHL 5) or IPv6 (no
+/// extension headers) packet carrying TCP, UDP or ICMP, fragmented or not. Anything else, including
+/// anything malformed, returns `None` and goes to [`parse_general`], which reports the exact error;
+/// so this function only has to be right about well-formed packets. The key is assembled in one
+/// literal at the end so that it is written straight into the caller's slot.
 #[inline(always)]
 fn fast_path(frame: &[u8]) -> Option<FlowKey> {
     let (eth, rest) = EthernetHeader::ref_from_prefix(frame).ok()?;
-    let mut key = FlowKey::default();
+    let mut vlan = 0u16;
     let (ethertype, l3, l3_offset) = if eth.ethertype.get() == EtherType::VLAN {
         let (tag, rest) = VlanTag::ref_from_prefix(rest).ok()?;
-        key.vlans[0] = tag.vid();
-        key.vlan_count = 1;
+        vlan = tag.vid();
         (tag.ethertype.get(), rest, ETHERNET_HEADER_LEN + VLAN_TAG_LEN)
     } else {
         (eth.ethertype.get(), rest, ETHERNET_HEADER_LEN)
     };
-    let (l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    let (ip_version, protocol, fragment, frag_ident, l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
         let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
         let total = usize::from(ip.total_len.get());
-        if ip.version_ihl != 0x45 || ip.is_fragment() || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
+        if ip.version_ihl != 0x45 || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
             return None;
         }
-        key.src_addr[..4].copy_from_slice(&ip.src);
-        key.dst_addr[..4].copy_from_slice(&ip.dst);
-        key.protocol = ip.protocol;
-        (after.get(..total - ipv4::IPV4_HEADER_LEN)?, ipv4::IPV4_HEADER_LEN)
+        src_addr[..4].copy_from_slice(&ip.src);
+        dst_addr[..4].copy_from_slice(&ip.dst);
+        let (fragment, ident) = if ip.is_fragment() {
+            let f = if ip.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
+            (f, u32::from(ip.ident.get()))
+        } else {
+            (Fragment::None, 0)
+        };
+        let l4 = after.get(..total - ipv4::IPV4_HEADER_LEN)?;
+        (IpVersion::V4, ip.protocol, fragment, ident, l4, ipv4::IPV4_HEADER_LEN)
     } else if ethertype == EtherType::IPV6 {
         let (ip, after) = ipv6::Ipv6Header::ref_from_prefix(l3).ok()?;
         if ip.version() != 6 {
             return None;
         }
-        key.ip_version = IpVersion::V6;
-        key.src_addr = ip.src;
-        key.dst_addr = ip.dst;
-        key.protocol = ip.next_header;
-        (after.get(..usize::from(ip.payload_len.get()))?, ipv6::IPV6_HEADER_LEN)
+        src_addr = ip.src;
+        dst_addr = ip.dst;
+        let l4 = after.get(..usize::from(ip.payload_len.get()))?;
+        (IpVersion::V6, ip.next_header, Fragment::None, 0, l4, ipv6::IPV6_HEADER_LEN)
     } else {
         return None;
     };
+    let l4_offset = (l3_offset + l4_in_l3) as u16;
+    let mut key = FlowKey {
+        src_addr,
+        dst_addr,
+        src_port: 0,
+        dst_port: 0,
+        protocol,
+        ip_version,
+        tcp_flags: 0,
+        fragment,
+        vlans: [vlan, 0],
+        vlan_count: u8::from(vlan != 0 || l3_offset != ETHERNET_HEADER_LEN),
+        icmp_type: 0,
+        icmp_code: 0,
+        l3_offset: l3_offset as u16,
+        l4_offset,
+        l4_len: l4.len() as u16,
+        frag_ident,
+    };
+    if fragment == Fragment::Later {
+        return Some(key);
+    }
+    // Eight bytes cover the ports and UDP length, and the whole ICMP header.
     let (p, _) = PortsPrefix::ref_from_prefix(l4).ok()?;
-    match key.protocol {
-        ip_proto::TCP => {
+    match (protocol, ip_version) {
+        (ip_proto::TCP, _) => {
             let doff = *l4.get(TCP_DATA_OFFSET_AT)?;
             let hlen = usize::from(doff >> 4) * 4;
             if hlen < TCP_HEADER_LEN || hlen > l4.len() {
@@ -223,19 +254,29 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
             }
             key.tcp_flags = *l4.get(TCP_DATA_OFFSET_AT + 1)?;
         }
-        ip_proto::UDP => {
+        (ip_proto::UDP, _) => {
             let len = usize::from(p.udp_length.get());
-            if len < UDP_HEADER_LEN || len > l4.len() {
+            // A first fragment holds only part of the datagram the length field describes.
+            if len < UDP_HEADER_LEN || (len > l4.len() && fragment == Fragment::None) {
                 return None;
             }
+        }
+        (ip_proto::ICMP, IpVersion::V4) | (ip_proto::ICMPV6, IpVersion::V6) => {
+            let [ty, code] = p.src_port.get().to_be_bytes();
+            key.icmp_type = ty;
+            key.icmp_code = code;
+            let version = if ip_version == IpVersion::V4 { IcmpVersion::V4 } else { IcmpVersion::V6 };
+            if icmp::is_echo(version, ty) {
+                let id = p.udp_length.get();
+                key.src_port = id;
+                key.dst_port = id;
+            }
+            return Some(key);
         }
         _ => return None,
     }
     key.src_port = p.src_port.get();
     key.dst_port = p.dst_port.get();
-    key.l3_offset = l3_offset as u16;
-    key.l4_offset = (l3_offset + l4_in_l3) as u16;
-    key.l4_len = l4.len() as u16;
     Some(key)
 }
 
