@@ -232,7 +232,7 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
         tcp_flags: 0,
         fragment,
         vlans: [vlan, 0],
-        vlan_count: u8::from(vlan != 0 || l3_offset != ETHERNET_HEADER_LEN),
+        vlan_count: u8::from(l3_offset != ETHERNET_HEADER_LEN),
         icmp_type: 0,
         icmp_code: 0,
         l3_offset: l3_offset as u16,
