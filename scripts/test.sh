@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Everything CI checks, in one command (the README's second command; .ci/run calls it):
+#
+#   1. cargo fmt --check            (workspace, nostd-check, fuzz)
+#   2. cargo clippy -D warnings     (workspace, all targets)
+#   3. cargo test --workspace       (unit, integration and doc tests of every crate)
+#   4. nostd-check                  (lb-core as a no_std staticlib linked into a C program)
+#   5. cargo test --benches         (every benchmark runs once, untimed)
+#   6. scripts/run.sh               (the README's first command: build, generate a capture, inspect it)
+#   7. scripts/fuzz.sh              (each fuzz target for FUZZ_SECONDS, default 30; skipped if absent)
+#
+# Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
+# and exits non-zero if any step failed. Installs missing C tools (gcc, binutils) with apt-get.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# --- tools ------------------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "test.sh: need root or sudo to apt-get install $*" >&2; return 1; }
+        sudo=(sudo)
+    fi
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        "${sudo[@]}" apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@"
+}
+
+ensure_tools() {
+    command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    local missing=()
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    { command -v nm >/dev/null 2>&1 && command -v ar >/dev/null 2>&1; } || missing+=(binutils)
+    command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "test.sh: installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+    for component in rustfmt clippy; do
+        if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            echo "test.sh: installing the $component component"
+            rustup component add "$component"
+        fi
+    done
+}
+
+# --- steps ------------------------------------------------------------------------------------------
+
+step_fmt() {
+    # All three workspaces are checked (and all their diffs shown) before the step fails.
+    local rc=0
+    cargo fmt --all -- --check || rc=1
+    cargo fmt --manifest-path nostd-check/Cargo.toml -- --check || rc=1
+    if [ -f fuzz/Cargo.toml ]; then
+        cargo fmt --manifest-path fuzz/Cargo.toml -- --check || rc=1
+    fi
+    return "$rc"
+}
+
+step_clippy() {
+    cargo clippy --workspace --all-targets -- -D warnings
+}
+
+step_test() {
+    cargo test --workspace
+}
+
+step_nostd() {
+    bash nostd-check/check.sh
+}
+
+step_bench() {
+    # Under `cargo test`, criterion runs every benchmark once without timing it: the benches build,
+    # their own cross-checks (all parsers agree on the mix) run, and CI does not pay for a release build.
+    cargo test --workspace --benches
+}
+
+step_demo() {
+    # A smaller capture than the README's default keeps CI quick; the path through the code is the same.
+    bash scripts/run.sh 2000
+}
+
+step_fuzz() {
+    bash scripts/fuzz.sh "$FUZZ_SECONDS"
+}
+
+# --- runner -----------------------------------------------------------------------------------------
+
+PASSED=0
+FAILED=0
+SKIPPED=0
+RESULTS=()
+TOTAL_STEPS=7
+STEP_NO=0
+
+# run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit on (so its first failing command
+# fails the step), times it and records the outcome.
+run_step() {
+    local name="$1" fn="$2" start rc
+    STEP_NO=$((STEP_NO + 1))
+    echo
+    echo "================================================================================"
+    echo "==> [$STEP_NO/$TOTAL_STEPS] $name"
+    echo "================================================================================"
+    start=$SECONDS
+    set +e
+    (
+        set -euo pipefail
+        "$fn"
+    )
+    rc=$?
+    set -e
+    local took=$((SECONDS - start))
+    if [ "$rc" -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        RESULTS+=("ok      ${took}s  $name")
+        echo "--> ok: $name (${took}s)"
+    else
+        FAILED=$((FAILED + 1))
+        RESULTS+=("FAILED  ${took}s  $name (exit $rc)")
+        echo "--> FAILED: $name (exit $rc, ${took}s)"
+    fi
+}
+
+skip_step() {
+    STEP_NO=$((STEP_NO + 1))
+    SKIPPED=$((SKIPPED + 1))
+    RESULTS+=("skipped     $1 ($2)")
+    echo
+    echo "==> [$STEP_NO/$TOTAL_STEPS] $1: skipped ($2)"
+}
+
+T0=$SECONDS
+ensure_tools
+run_step "cargo fmt --check" step_fmt
+run_step "cargo clippy --workspace --all-targets -D warnings" step_clippy
+run_step "cargo test --workspace" step_test
+run_step "nostd-check (no_std staticlib + C test)" step_nostd
+run_step "cargo test --workspace --benches" step_bench
+run_step "scripts/run.sh (demo: lb-gen + lb-dpdk inspect)" step_demo
+if [ -f scripts/fuzz.sh ]; then
+    run_step "scripts/fuzz.sh $FUZZ_SECONDS" step_fuzz
+else
+    skip_step "scripts/fuzz.sh" "not present"
+fi
+
+echo
+echo "================================================================================"
+echo "test.sh summary ($((SECONDS - T0))s)"
+for r in "${RESULTS[@]}"; do
+    echo "  $r"
+done
+if [ "$SKIPPED" -gt 0 ]; then
+    echo "test.sh: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+else
+    echo "test.sh: $PASSED passed, $FAILED failed"
+fi
+[ "$FAILED" -eq 0 ]
