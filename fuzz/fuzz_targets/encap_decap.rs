@@ -10,7 +10,7 @@
 //! | 0       | flags: bit 0 IPv6 underlay; bit 1 zero IPv6 UDP checksum; bit 2 mix IPv4 and IPv6        |
 //! |         | addresses (expect `BadVersion(0)`); bit 3 take the VNI unmasked (usually > 24 bits:      |
 //! |         | expect `FieldOverflow`); bits 4-5 frame_len mode: 0 the inner frame, 1 inner + slack,    |
-//! |         | 2 past the end of the buffer, 3 close to `usize::MAX` (only with `known-bugs`, else 2)   |
+//! |         | 2 past the end of the buffer, 3 close to `usize::MAX`                                     |
 //! | 1..5    | VNI (masked to 24 bits unless flag bit 3)                                                |
 //! | 5       | TTL / hop limit                                                                          |
 //! | 6..8    | underlay MTU                                                                             |
@@ -90,9 +90,8 @@ fuzz_target!(|data: &[u8]| {
     let frame_len = match len_mode {
         0 => inner.len(),
         1 => inner.len() + slack,
-        // known_bug (reported): `n - 14 + frame_len` in encapsulate's MTU check overflows (a panic
-        // with overflow checks) for a frame_len close to usize::MAX instead of returning an error.
-        3 if cfg!(feature = "known-bugs") => usize::MAX - slack,
+        // Absurd lengths near usize::MAX must be refused, not overflow.
+        3 => usize::MAX - slack,
         _ => inner.len() + slack + 1 + usize::from(ttl),
     };
 

@@ -161,10 +161,8 @@ fn check_key(frame: &[u8], key: &FlowKey, depth: u32) {
     if key.src_port != 0 || key.dst_port != 0 {
         assert!(proto == ip_proto::TCP || proto == ip_proto::UDP || is_icmp);
     }
-    // known_bug (reported): for a non-first fragment the ICMP header is never read, so icmp_type stays
-    // 0, and ICMPv6 type 0 counts as an error (`ty < 128`): `is_icmp_error()` is true for any later
-    // fragment with next header 58, and the data path would then read fragment data as a quote.
-    if cfg!(feature = "known-bugs") && key.fragment == Fragment::Later {
+    // A non-first fragment carries no ICMP header: it must never be steered as an ICMP error.
+    if key.fragment == Fragment::Later {
         assert!(!key.is_icmp_error(), "later fragment reported as an ICMP error: {key:?}");
     }
     assert_eq!(key.reversed().reversed(), *key);
@@ -313,6 +311,11 @@ fn check_l4(frame: &[u8], key: &FlowKey, l4_bytes: &[u8]) {
                 }
             }
         }
+        // ICMP in IPv6 or ICMPv6 in IPv4 is an opaque protocol to the extractor.
+        ip_proto::ICMP | ip_proto::ICMPV6 if (key.protocol == ip_proto::ICMP) != (key.ip_version == IpVersion::V4) => {
+            assert_eq!((key.src_port, key.dst_port, key.icmp_type, key.icmp_code), (0, 0, 0, 0));
+            assert!(!key.is_icmp_error());
+        }
         ip_proto::ICMP | ip_proto::ICMPV6 => {
             let version = if key.protocol == ip_proto::ICMP { IcmpVersion::V4 } else { IcmpVersion::V6 };
             let m = IcmpMessage::new_checked(version, l4_bytes).expect("IcmpMessage rejects a parsed ICMP header");
@@ -342,11 +345,10 @@ fn check_l4(frame: &[u8], key: &FlowKey, l4_bytes: &[u8]) {
 fn check_quote(key: &FlowKey, quote: &[u8], q: &FlowKey) {
     assert_eq!((q.vlans, q.vlan_count, q.ip_version), (key.vlans, key.vlan_count, key.ip_version));
     assert_eq!((q.tcp_flags, q.icmp_type, q.icmp_code), (0, 0, 0));
-    // known_bug (reported): the doc comment says "VLANs and offsets are those of the outer frame", but
-    // the code leaves l3_offset/l4_offset/l4_len at 0. Either the doc or the code should change.
-    if cfg!(feature = "known-bugs") {
-        assert_eq!((q.l3_offset, q.l4_offset, q.l4_len), (key.l3_offset, key.l4_offset, key.l4_len));
-    }
+    // The offsets locate the quoted headers inside the outer frame.
+    assert_eq!(usize::from(q.l3_offset), usize::from(key.l4_offset) + 8);
+    assert!(q.l4_offset > q.l3_offset);
+    assert_eq!(usize::from(q.l4_offset) + usize::from(q.l4_len), usize::from(key.l4_offset) + usize::from(key.l4_len));
     if q.fragment == Fragment::None {
         assert_eq!(q.frag_ident, 0);
     }

@@ -96,14 +96,16 @@ impl FlowKey {
     pub fn dst_ip(&self) -> core::net::IpAddr {
         ip_of(self.ip_version, &self.dst_addr)
     }
-    /// Whether this is an ICMP/ICMPv6 error message (whose quoted flow is what matters).
+    /// Whether this is an ICMP error message about another flow (ICMP in IPv4 or ICMPv6 in IPv6, not
+    /// a later fragment, whose bytes are not a header), whose quoted flow is what matters.
     #[inline(always)]
     pub fn is_icmp_error(&self) -> bool {
-        match self.protocol {
-            ip_proto::ICMP => icmp::is_error(IcmpVersion::V4, self.icmp_type),
-            ip_proto::ICMPV6 => icmp::is_error(IcmpVersion::V6, self.icmp_type),
-            _ => false,
-        }
+        self.fragment != Fragment::Later
+            && match (self.protocol, self.ip_version) {
+                (ip_proto::ICMP, IpVersion::V4) => icmp::is_error(IcmpVersion::V4, self.icmp_type),
+                (ip_proto::ICMPV6, IpVersion::V6) => icmp::is_error(IcmpVersion::V6, self.icmp_type),
+                _ => false,
+            }
     }
     /// The key of the opposite direction (addresses and ports swapped).
     #[inline(always)]
@@ -349,7 +351,8 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
             key.src_port = u.src_port.get();
             key.dst_port = u.dst_port.get();
         }
-        ip_proto::ICMP | ip_proto::ICMPV6 => {
+        // ICMP belongs to IPv4 and ICMPv6 to IPv6; the other pairings are opaque protocols.
+        ip_proto::ICMP | ip_proto::ICMPV6 if (key.protocol == ip_proto::ICMP) == (key.ip_version == IpVersion::V4) => {
             let (m, _) = header_prefix::<IcmpHeader>(l4, Layer::Icmp)?;
             key.icmp_type = m.ty;
             key.icmp_code = m.code;
@@ -368,7 +371,9 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
 /// For an ICMP error (`key.is_icmp_error()`): the flow key of the packet it quotes, as that packet
 /// travelled (so a MUX that sees an error about a packet its backend sent looks up the quoted key
 /// reversed). Only the quoted IP header and the first 8 bytes of its L4 header are needed (RFC 792);
-/// the quoted IP length may exceed what was quoted. VLANs and offsets are those of the outer frame.
+/// the quoted IP length may exceed what was quoted. VLANs are those of the outer frame; the offsets
+/// locate the quoted headers inside the frame (`l3_offset`: the quoted IP header, `l4_offset`: its L4
+/// header, `l4_len`: how much of that was quoted), which is what a NAT rewriting the quote needs.
 pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError> {
     if !key.is_icmp_error() {
         return Err(WireError::Truncated(Layer::IcmpQuote));
@@ -413,6 +418,9 @@ pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError
             &rest[walk.offset..]
         }
     };
+    inner.l3_offset = start as u16;
+    inner.l4_offset = (end - l4.len()) as u16;
+    inner.l4_len = l4.len() as u16;
     if inner.fragment != Fragment::Later && matches!(inner.protocol, ip_proto::TCP | ip_proto::UDP) {
         let p = l4.get(..4).ok_or(WireError::Truncated(Layer::IcmpQuote))?;
         inner.src_port = u16::from_be_bytes([p[0], p[1]]);
@@ -472,6 +480,24 @@ mod tests {
     }
 
     #[test]
+    fn later_fragment_is_never_an_icmp_error() {
+        // Found by the parse_frame fuzz target: a non-first IPv6 fragment with next header 58 (and an
+        // IPv4 one with protocol 58) carries no ICMP header, so it must not be steered as an error.
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        };
+        for frame in [
+            "02000000000202000000000186dd6000000000102c4020010db800000000000000000000000120010db800000000\
+             00000000000000023a000008000000014500002800000000",
+            "02000000000202000000000108004500001c12340001403a000001020304050607080000000000000000",
+        ] {
+            let k = parse_flow_key(&hex(&frame.replace(' ', ""))).unwrap();
+            assert_eq!((k.fragment, k.protocol), (Fragment::Later, 58));
+            assert!(!k.is_icmp_error());
+        }
+    }
+
+    #[test]
     fn unsupported_ethertype_is_named() {
         let mut f = tcp_syn();
         f[16..18].copy_from_slice(&EtherType::ARP.to_be_bytes());
@@ -493,6 +519,7 @@ mod tests {
         let q = quoted_flow_key(&f, &k).unwrap();
         assert_eq!(q.src_v4(), [1, 2, 3, 4]);
         assert_eq!((q.dst_v4(), q.src_port, q.dst_port, q.protocol), ([20, 50, 60, 10], 50000, 80, 6));
+        assert_eq!((q.l3_offset, q.l4_offset, q.l4_len), (42, 62, 8), "quoted headers located in the frame");
         // Cut inside the quoted ports.
         let short = &f[..64];
         let mut ks = k;

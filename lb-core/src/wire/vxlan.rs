@@ -206,7 +206,7 @@ impl VxlanEncap {
         if frame_start < n {
             return Err(WireError::HeadroomTooSmall { needed: n as u16, available: frame_start as u16 });
         }
-        let ip_total = n - ETHERNET_HEADER_LEN + frame_len;
+        let ip_total = (n - ETHERNET_HEADER_LEN).saturating_add(frame_len);
         if ip_total > usize::from(self.mtu) {
             return Err(WireError::MtuExceeded { length: ip_total.min(0xffff) as u16, mtu: self.mtu });
         }
@@ -406,6 +406,11 @@ mod tests {
         assert_eq!(t.encapsulate(&mut big, 50, 1465, 0), Err(WireError::MtuExceeded { length: 1501, mtu: 1500 }));
         assert_eq!(t.encapsulate(&mut big, 50, 1464, 0), Ok(0));
         assert!(t.encapsulate(&mut big, 50, 1466, 0).is_err(), "frame past the buffer");
+        assert_eq!(
+            t.encapsulate(&mut big, 50, usize::MAX, 0),
+            Err(WireError::MtuExceeded { length: 0xffff, mtu: 1500 }),
+            "no overflow on absurd lengths"
+        );
         let v = VxlanEncap::new(
             MUX_MAC,
             HOST_MAC,
