@@ -483,7 +483,7 @@ mod tests {
     fn later_fragment_is_never_an_icmp_error() {
         // Found by the parse_frame fuzz target: a non-first IPv6 fragment with next header 58 (and an
         // IPv4 one with protocol 58) carries no ICMP header, so it must not be steered as an error.
-        let hex = |s: &str| -> Vec<u8> {
+        let hex = |s: &str| -> std::vec::Vec<u8> {
             (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
         };
         for frame in [
