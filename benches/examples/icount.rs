@@ -11,8 +11,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let lib = args.get(1).map(String::as_str).unwrap_or("lb-core");
     let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(10);
-    let frames: Vec<Vec<u8>> =
+    let mut frames: Vec<Vec<u8>> =
         TrafficGenerator::new(0x5eed, MixConfig::realistic()).take(1024).into_iter().map(|f| f.bytes).collect();
+    if std::env::var_os("ICOUNT_SAME").is_some() {
+        // One IPv4 TCP frame repeated: the cost of the common case alone.
+        let tcp =
+            frames.iter().find(|f| f.len() > 34 && f[12..14] == [8, 0] && f[23] == 6).cloned().unwrap_or_default();
+        frames = vec![tcp; 1024];
+    }
     let f = match lib {
         "smoltcp" => smoltcp_tuple,
         "etherparse" => etherparse_tuple,

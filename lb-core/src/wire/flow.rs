@@ -137,6 +137,13 @@ impl FlowKey {
     }
 }
 
+/// An IPv4 address in the 16-byte key field, built in a register: writing 4 bytes into a zeroed
+/// array and reading it back as 16 would stall on store-to-load forwarding.
+#[inline(always)]
+fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
+    u128::from(u32::from_le_bytes(a)).to_le_bytes()
+}
+
 #[inline(always)]
 fn fold_mul(a: u64, b: u64) -> u64 {
     let r = u128::from(a) * u128::from(b);
@@ -193,16 +200,15 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
     } else {
         (eth.ethertype.get(), rest, ETHERNET_HEADER_LEN)
     };
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
+    let (src_addr, dst_addr);
     let (ip_version, protocol, fragment, frag_ident, l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
         let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
         let total = usize::from(ip.total_len.get());
         if ip.version_ihl != 0x45 || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
             return None;
         }
-        src_addr[..4].copy_from_slice(&ip.src);
-        dst_addr[..4].copy_from_slice(&ip.dst);
+        src_addr = v4_in_16(ip.src);
+        dst_addr = v4_in_16(ip.dst);
         let (fragment, ident) = if ip.is_fragment() {
             let f = if ip.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
             (f, u32::from(ip.ident.get()))
@@ -293,8 +299,8 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
     let (l4, l4_in_l3) = match l2.ethertype {
         EtherType::IPV4 => {
             let (h, hlen, total): (&Ipv4Header, usize, usize) = ipv4::check_header(l3)?;
-            key.src_addr[..4].copy_from_slice(&h.src);
-            key.dst_addr[..4].copy_from_slice(&h.dst);
+            key.src_addr = v4_in_16(h.src);
+            key.dst_addr = v4_in_16(h.dst);
             key.protocol = h.protocol;
             if h.is_fragment() {
                 key.frag_ident = u32::from(h.ident.get());
