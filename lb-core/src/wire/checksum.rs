@@ -6,33 +6,32 @@
 
 /// Ones'-complement partial sum of `data` in network word order (an odd last byte is padded with zero).
 ///
-/// Sums eight bytes at a time in native order with end-around carry; the ones'-complement sum is
-/// byte-order independent (RFC 1071 2(B)), so one swap at the end gives the network-order value.
+/// The ones'-complement sum is byte-order independent (RFC 1071 2(B)): words are summed in native
+/// order and swapped once at the end. The bulk loop adds 32-bit words into four independent 64-bit
+/// accumulators (no carries to chase, and LLVM vectorises it), so a 1500-byte frame costs a few dozen
+/// cycles, not one dependent add-with-carry per 8 bytes.
 #[inline]
 pub fn sum(data: &[u8]) -> u32 {
-    let mut acc: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let (s, carry) = acc.overflowing_add(u64::from_ne_bytes(w));
-        acc = s + u64::from(carry);
+    let mut lanes = [0u64; 4];
+    let mut blocks = data.chunks_exact(16);
+    for b in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(4)) {
+            *lane += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        }
     }
-    let mut rest = chunks.remainder();
-    if rest.len() >= 4 {
-        let w = [rest[0], rest[1], rest[2], rest[3]];
-        let (s, carry) = acc.overflowing_add(u64::from(u32::from_ne_bytes(w)));
-        acc = s + u64::from(carry);
+    // Each lane is below 2^32 * (len / 16): no overflow below 16 GiB (a packet is at most 64 KiB).
+    let mut acc: u64 = lanes.iter().sum();
+    let mut rest = blocks.remainder();
+    while rest.len() >= 4 {
+        acc += u64::from(u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]));
         rest = &rest[4..];
     }
     if rest.len() >= 2 {
-        let (s, carry) = acc.overflowing_add(u64::from(u16::from_ne_bytes([rest[0], rest[1]])));
-        acc = s + u64::from(carry);
+        acc += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
         rest = &rest[2..];
     }
     if let [last] = rest {
-        let (s, carry) = acc.overflowing_add(u64::from(u16::from_ne_bytes([*last, 0])));
-        acc = s + u64::from(carry);
+        acc += u64::from(u16::from_ne_bytes([*last, 0]));
     }
     u32::from(u16::from_be(fold64(acc)))
 }

@@ -213,10 +213,12 @@ impl VxlanEncap {
         let end = frame_start.checked_add(frame_len).ok_or(WireError::LengthMismatch(Layer::Vxlan))?;
         let start = frame_start - n;
         let outer = buf.get_mut(start..end).ok_or(WireError::LengthMismatch(Layer::Vxlan))?;
-        let (hdr, _) = outer.split_at_mut(n);
-        hdr.copy_from_slice(&self.template[..n]);
         let sport = (0xc000 | (flow_hash & 0x3fff) as u16).to_be_bytes();
         if n == OUTER_LEN_V4 {
+            // Fixed-size copies compile to a few vector moves; a length known only at run time
+            // would be a call to memcpy.
+            let (hdr, _) = outer.split_at_mut(OUTER_LEN_V4);
+            hdr.copy_from_slice(&self.template[..OUTER_LEN_V4]);
             let total = ip_total as u16;
             let csum = checksum::finish(self.ipv4_partial + u32::from(total));
             hdr[IP_OFF + 2..IP_OFF + 4].copy_from_slice(&total.to_be_bytes());
@@ -225,6 +227,8 @@ impl VxlanEncap {
             hdr[u..u + 2].copy_from_slice(&sport);
             hdr[u + 4..u + 6].copy_from_slice(&((ip_total - IPV4_HEADER_LEN) as u16).to_be_bytes());
         } else {
+            let (hdr, _) = outer.split_at_mut(OUTER_LEN_V6);
+            hdr.copy_from_slice(&self.template);
             let udp_len = (ip_total - IPV6_HEADER_LEN) as u16;
             hdr[IP_OFF + 4..IP_OFF + 6].copy_from_slice(&udp_len.to_be_bytes());
             let u = IP_OFF + IPV6_HEADER_LEN;
