@@ -266,6 +266,56 @@ pub struct VxlanDecap<'a> {
 /// without copying. The UDP checksum is not verified (NICs do; RFC 7348 lets it be zero over IPv4).
 #[inline]
 pub fn decapsulate(frame: &[u8]) -> Result<VxlanDecap<'_>, WireError> {
+    match decapsulate_v4_untagged(frame) {
+        Some(d) => Ok(d),
+        None => decapsulate_general(frame),
+    }
+}
+
+/// The outer headers a MUX sends over an IPv4 underlay, in one fixed layout.
+#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct OuterV4 {
+    eth: super::ethernet::EthernetHeader,
+    ip: super::ipv4::Ipv4Header,
+    udp: UdpHeader,
+    vxlan: VxlanHeader,
+}
+
+/// The common case, checked in one straight line over one fixed 50-byte layout: untagged Ethernet,
+/// IPv4 without options or fragmentation, UDP to 4789, VxLAN with the I flag. Anything else (or
+/// anything wrong) goes to [`decapsulate_general`], which names the error.
+#[inline(always)]
+fn decapsulate_v4_untagged(frame: &[u8]) -> Option<VxlanDecap<'_>> {
+    let (o, inner) = OuterV4::ref_from_prefix(frame).ok()?;
+    let ip_len = usize::from(o.ip.total_len.get());
+    let ok = o.eth.ethertype.get() == EtherType::IPV4
+        && o.ip.version_ihl == 0x45
+        && o.ip.protocol == ip_proto::UDP
+        && !o.ip.is_fragment()
+        && o.udp.dst_port.get() == VXLAN_PORT
+        && o.vxlan.flags & FLAG_VNI_VALID != 0
+        && ip_len <= frame.len() - ETHERNET_HEADER_LEN
+        // The outer IP packet must hold UDP, VxLAN and at least an inner Ethernet header.
+        && ip_len >= IPV4_HEADER_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN
+        && usize::from(o.udp.length.get()) == ip_len - IPV4_HEADER_LEN
+        && checksum::finish(checksum::sum(o.ip.as_bytes())) == 0;
+    if !ok {
+        return None;
+    }
+    Some(VxlanDecap {
+        vni: o.vxlan.vni(),
+        outer_src: IpAddr::from(o.ip.src),
+        outer_dst: IpAddr::from(o.ip.dst),
+        udp_src_port: o.udp.src_port.get(),
+        inner_offset: OUTER_LEN_V4,
+        inner: inner.get(..ip_len - (OUTER_LEN_V4 - ETHERNET_HEADER_LEN))?,
+    })
+}
+
+/// Tagged outer frames, IPv6 underlays, IPv4 options, and every malformed frame with its error.
+#[inline(never)]
+fn decapsulate_general(frame: &[u8]) -> Result<VxlanDecap<'_>, WireError> {
     let l2 = parse_l2(frame)?;
     let l3 = frame.get(l2.l3_offset..).ok_or(WireError::Truncated(Layer::Ethernet))?;
     let (outer_src, outer_dst, udp, udp_off) = match l2.ethertype {
@@ -375,6 +425,12 @@ mod tests {
         assert_eq!(d.udp_src_port, 0xfeef);
         assert_eq!(d.inner, &inner()[..]);
         assert_eq!(d.inner_offset, 50);
+        assert_eq!(decapsulate_general(f), Ok(d), "fast and general paths agree");
+        // Ethernet padding after the outer IP packet is not part of the inner frame.
+        let mut padded = [0u8; 104 + 8];
+        padded[..104].copy_from_slice(f);
+        assert_eq!(decapsulate(&padded).map(|d| d.inner.len()), Ok(54));
+        assert_eq!(decapsulate_general(&padded).map(|d| d.inner.len()), Ok(54));
     }
 
     #[test]
