@@ -266,10 +266,46 @@ pub struct VxlanDecap<'a> {
 /// without copying. The UDP checksum is not verified (NICs do; RFC 7348 lets it be zero over IPv4).
 #[inline]
 pub fn decapsulate(frame: &[u8]) -> Result<VxlanDecap<'_>, WireError> {
-    match decapsulate_v4_untagged(frame) {
+    match decapsulate_v4_untagged(frame).or_else(|| decapsulate_v6_untagged(frame)) {
         Some(d) => Ok(d),
         None => decapsulate_general(frame),
     }
+}
+
+/// The outer headers a MUX sends over an IPv6 underlay, in one fixed layout.
+#[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+struct OuterV6 {
+    eth: super::ethernet::EthernetHeader,
+    ip: super::ipv6::Ipv6Header,
+    udp: UdpHeader,
+    vxlan: VxlanHeader,
+}
+
+/// As [`decapsulate_v4_untagged`] for an IPv6 underlay without extension headers.
+#[inline(always)]
+fn decapsulate_v6_untagged(frame: &[u8]) -> Option<VxlanDecap<'_>> {
+    let (o, inner) = OuterV6::ref_from_prefix(frame).ok()?;
+    let payload_len = usize::from(o.ip.payload_len.get());
+    let ok = o.eth.ethertype.get() == EtherType::IPV6
+        && o.ip.version() == 6
+        && o.ip.next_header == ip_proto::UDP
+        && o.udp.dst_port.get() == VXLAN_PORT
+        && o.vxlan.flags & FLAG_VNI_VALID != 0
+        && payload_len <= frame.len() - ETHERNET_HEADER_LEN - IPV6_HEADER_LEN
+        && payload_len >= UDP_HEADER_LEN + VXLAN_HEADER_LEN + ETHERNET_HEADER_LEN
+        && usize::from(o.udp.length.get()) == payload_len;
+    if !ok {
+        return None;
+    }
+    Some(VxlanDecap {
+        vni: o.vxlan.vni(),
+        outer_src: IpAddr::from(o.ip.src),
+        outer_dst: IpAddr::from(o.ip.dst),
+        udp_src_port: o.udp.src_port.get(),
+        inner_offset: OUTER_LEN_V6,
+        inner: inner.get(..payload_len - UDP_HEADER_LEN - VXLAN_HEADER_LEN)?,
+    })
 }
 
 /// The outer headers a MUX sends over an IPv4 underlay, in one fixed layout.
@@ -455,6 +491,7 @@ mod tests {
         assert_eq!(checksum::finish(checksum::combine(pseudo, checksum::sum(&buf[54..]))), 0, "UDP checksum valid");
         let d = decapsulate(&buf).unwrap();
         assert_eq!((d.vni, d.inner_offset, d.inner.len()), (7, 70, 54));
+        assert_eq!(decapsulate_general(&buf), Ok(d), "fast and general paths agree");
     }
 
     #[test]
