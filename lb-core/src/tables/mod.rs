@@ -1,6 +1,8 @@
 //! Tables of the data path: built by the control plane (they allocate when built or rebuilt), read
 //! by the packet path (lookups never allocate).
 
+pub mod flow;
 pub mod maglev;
 
+pub use flow::{FlowEntry, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, NewFlow, TcpState};
 pub use maglev::{MaglevBackend, MaglevError, MaglevTable, DEFAULT_TABLE_SIZE};

@@ -1,0 +1,509 @@
+//! The connection-tracking table of one core: bounded, allocated once, never resized, no locks.
+//!
+//! Layout: buckets of [`BUCKET_SLOTS`] entries, each bucket led by a 16-bit signature per slot (0 =
+//! empty), so that a lookup compares eight signatures in one 16-byte word before it touches a single
+//! 48-byte entry. A flow may live in either of two buckets its hash selects (two choices: the new
+//! flow goes to the emptier one), which lets the table run at 75% load with almost no bucket ever
+//! full; when both are full, an expired entry is reused first, then the least recently seen one is
+//! evicted, and the counters say which (`expired`, `evicted`). Memory stays fixed whatever the
+//! traffic does.
+//!
+//! Burst lookups ([`FlowTable::lookup_burst`]) touch every packet's signatures first and only then
+//! compare keys, so that a burst of 32 pays for its cache misses in parallel rather than one after
+//! another; this is what keeps a hit in a 40-million-flow table close to a hit in a small one.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::wire::{FlowKey, IpVersion, TcpFlags};
+
+/// Entries per bucket.
+pub const BUCKET_SLOTS: usize = 8;
+/// Idle timeout applied after a FIN, so that the last ACKs and retransmissions still find the flow.
+pub const CLOSING_TIMEOUT_SECS: u32 = 10;
+
+/// TCP state as the load balancer tracks it (it sees one direction; enough to expire flows well).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum TcpState {
+    /// Not TCP (UDP, ICMP, other): only the idle timeout applies.
+    #[default]
+    Stateless = 0,
+    /// A SYN created the flow.
+    SynSeen = 1,
+    /// Later segments seen.
+    Established = 2,
+    /// A FIN was seen: the flow expires after [`CLOSING_TIMEOUT_SECS`] of silence.
+    Closing = 3,
+}
+
+/// The 5-tuple as stored: 38 bytes, no padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowTuple {
+    /// Source address (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// 4 or 6.
+    pub version: u8,
+}
+
+impl From<&FlowKey> for FlowTuple {
+    #[inline(always)]
+    fn from(k: &FlowKey) -> Self {
+        FlowTuple {
+            src: k.src_addr,
+            dst: k.dst_addr,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            protocol: k.protocol,
+            version: match k.ip_version {
+                IpVersion::V4 => 4,
+                IpVersion::V6 => 6,
+            },
+        }
+    }
+}
+
+/// What the table remembers of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowEntry {
+    /// The flow.
+    pub tuple: FlowTuple,
+    /// Index of the backend chosen when the flow started (kept for the flow's life, whatever the
+    /// backend's health or later table rebuilds).
+    pub backend: u16,
+    /// Index of the rule that matched.
+    pub rule: u16,
+    /// TCP state.
+    pub state: TcpState,
+    /// Idle timeout in minutes (the rule's `idleTimeoutInMinutes`).
+    pub idle_minutes: u8,
+    /// Last time a packet was seen, in the caller's seconds.
+    pub last_seen: u32,
+}
+
+/// What a new flow needs besides its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlow {
+    /// Backend index.
+    pub backend: u16,
+    /// Rule index.
+    pub rule: u16,
+    /// Idle timeout in minutes (1..=255; Azure allows 4..=100).
+    pub idle_minutes: u8,
+}
+
+/// Counters of one table; they only ever grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowTableCounters {
+    /// Lookups that found a live flow.
+    pub hits: u64,
+    /// Lookups that found none.
+    pub misses: u64,
+    /// Flows created.
+    pub inserts: u64,
+    /// Flows removed because they were idle past their timeout.
+    pub expired: u64,
+    /// Live flows evicted because their bucket was full (the table is too small for the load).
+    pub evicted: u64,
+    /// Flows removed by a RST.
+    pub reset: u64,
+}
+
+/// Why a table cannot be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowTableError {
+    /// Capacity 0, or more buckets than the 32-bit hash can address.
+    BadCapacity(usize),
+}
+
+#[derive(Clone)]
+#[repr(C, align(64))]
+struct Bucket {
+    /// Per slot: 0 if empty, else a 16-bit signature of the flow hash (never 0).
+    sigs: [u16; BUCKET_SLOTS],
+    entries: [FlowEntry; BUCKET_SLOTS],
+}
+
+const EMPTY_BUCKET: Bucket = Bucket { sigs: [0; BUCKET_SLOTS], entries: [ZERO_ENTRY; BUCKET_SLOTS] };
+const ZERO_ENTRY: FlowEntry = FlowEntry {
+    tuple: FlowTuple { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, version: 0 },
+    backend: 0,
+    rule: 0,
+    state: TcpState::Stateless,
+    idle_minutes: 0,
+    last_seen: 0,
+};
+
+/// The result of a lookup: where the flow lives, so that an update needs no second search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSlot {
+    bucket: u32,
+    slot: u8,
+}
+
+/// One core's flow table.
+pub struct FlowTable {
+    buckets: Vec<Bucket>,
+    /// `buckets.len()` as the multiplier of [`split`].
+    n: u32,
+    counters: FlowTableCounters,
+}
+
+/// The two candidate buckets and the signature of a flow hash. Multiply-shift maps a hash onto any
+/// bucket count (no rounding up to a power of two, which would cost up to 2x memory) using its high
+/// bits; the second bucket comes from a bijective remix of the hash; the signature is the low 16
+/// bits, made non-zero.
+#[inline(always)]
+fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
+    let remix = hash.wrapping_mul(0x9e37_79b1).rotate_left(15) ^ 0x85eb_ca6b;
+    let b1 = ((u64::from(hash) * u64::from(buckets)) >> 32) as usize;
+    let b2 = ((u64::from(remix) * u64::from(buckets)) >> 32) as usize;
+    (b1, b2, (hash as u16) | 1)
+}
+
+#[inline(always)]
+fn expired(e: &FlowEntry, now: u32) -> bool {
+    let limit = if e.state == TcpState::Closing { CLOSING_TIMEOUT_SECS } else { u32::from(e.idle_minutes) * 60 };
+    now.wrapping_sub(e.last_seen) > limit
+}
+
+impl FlowTable {
+    /// Bytes a table for `flows` flows occupies: enough 8-slot buckets for the nominal capacity to
+    /// fill them to 75% on average.
+    pub fn memory_for(flows: usize) -> usize {
+        Self::buckets_for(flows) * core::mem::size_of::<Bucket>()
+    }
+
+    fn buckets_for(flows: usize) -> usize {
+        (flows.saturating_mul(4) / 3).div_ceil(BUCKET_SLOTS).max(1)
+    }
+
+    /// Allocates a table for about `flows` concurrent flows. This is the only allocation it makes.
+    pub fn with_capacity(flows: usize) -> Result<Self, FlowTableError> {
+        let n = Self::buckets_for(flows);
+        if flows == 0 || n > u32::MAX as usize {
+            return Err(FlowTableError::BadCapacity(flows));
+        }
+        Ok(FlowTable { buckets: vec![EMPTY_BUCKET; n], n: n as u32, counters: FlowTableCounters::default() })
+    }
+
+    /// Slots in the table.
+    pub fn slots(&self) -> usize {
+        self.buckets.len() * BUCKET_SLOTS
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> FlowTableCounters {
+        self.counters
+    }
+
+    /// Finds a live flow; a flow found idle past its timeout is removed and counted as expired.
+    #[inline]
+    pub fn lookup(&mut self, tuple: &FlowTuple, hash: u32, now: u32) -> Option<FlowSlot> {
+        let (b1, b2, sig) = split(hash, self.n);
+        self.find(b1, b2, sig, tuple, now)
+    }
+
+    #[inline(always)]
+    fn find(&mut self, b1: usize, b2: usize, sig: u16, tuple: &FlowTuple, now: u32) -> Option<FlowSlot> {
+        for b in [b1, b2] {
+            let bucket = &mut self.buckets[b];
+            for i in 0..BUCKET_SLOTS {
+                if bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple {
+                    if expired(&bucket.entries[i], now) {
+                        bucket.sigs[i] = 0;
+                        self.counters.expired += 1;
+                        self.counters.misses += 1;
+                        return None;
+                    }
+                    self.counters.hits += 1;
+                    return Some(FlowSlot { bucket: b as u32, slot: i as u8 });
+                }
+            }
+        }
+        self.counters.misses += 1;
+        None
+    }
+
+    /// Looks up a burst: `out[i]` gets the slot of `tuples[i]` (hash `hashes[i]`). Signatures of the
+    /// whole burst are read first, then the candidate entries, then keys are compared, so the cache
+    /// misses of the burst overlap. Bursts longer than 64 are processed 64 at a time.
+    pub fn lookup_burst(&mut self, tuples: &[FlowTuple], hashes: &[u32], now: u32, out: &mut [Option<FlowSlot>]) {
+        const CHUNK: usize = 64;
+        let n = tuples.len().min(hashes.len()).min(out.len());
+        let mut start = 0;
+        while start < n {
+            let end = (start + CHUNK).min(n);
+            // Pass 1: every bucket's signature word; independent loads, so their misses overlap.
+            let mut sigs = [[0u16; BUCKET_SLOTS]; CHUNK];
+            for (j, &h) in hashes[start..end].iter().enumerate() {
+                sigs[j] = self.buckets[split(h, self.n).0].sigs;
+            }
+            // Pass 2: the candidate entry of each packet in its first bucket (where most flows
+            // live), or the second bucket's signatures; same idea.
+            let mut touch = 0u32;
+            for (j, &h) in hashes[start..end].iter().enumerate() {
+                let (b1, b2, sig) = split(h, self.n);
+                touch ^= match sigs[j].iter().position(|&s| s == sig) {
+                    Some(slot) => self.buckets[b1].entries[slot].last_seen,
+                    None => u32::from(self.buckets[b2].sigs[0]),
+                };
+            }
+            core::hint::black_box(touch);
+            // Pass 3: the real lookups, now hitting the cache.
+            for j in 0..end - start {
+                let (b1, b2, sig) = split(hashes[start + j], self.n);
+                out[start + j] = self.find(b1, b2, sig, &tuples[start + j], now);
+            }
+            start = end;
+        }
+    }
+
+    /// The entry at a slot returned by a lookup or insert.
+    #[inline(always)]
+    pub fn entry(&self, at: FlowSlot) -> &FlowEntry {
+        &self.buckets[at.bucket as usize].entries[usize::from(at.slot)]
+    }
+
+    /// Records a packet of a found flow: refreshes `last_seen` and follows TCP flags (a FIN moves to
+    /// Closing, a RST removes the flow). Returns the entry as it was before a RST removed it.
+    #[inline]
+    pub fn touch(&mut self, at: FlowSlot, tcp_flags: u8, now: u32) -> FlowEntry {
+        let bucket = &mut self.buckets[at.bucket as usize];
+        let i = usize::from(at.slot);
+        let e = &mut bucket.entries[i];
+        e.last_seen = now;
+        if e.tuple.protocol == crate::wire::ip_proto::TCP {
+            if tcp_flags & TcpFlags::RST != 0 {
+                bucket.sigs[i] = 0;
+                self.counters.reset += 1;
+                return *e;
+            }
+            if tcp_flags & TcpFlags::FIN != 0 {
+                e.state = TcpState::Closing;
+            } else if e.state == TcpState::SynSeen && tcp_flags & TcpFlags::SYN == 0 {
+                e.state = TcpState::Established;
+            }
+        }
+        *e
+    }
+
+    /// Creates a flow (after a lookup missed). Never fails: a full bucket gives up an expired entry,
+    /// else its least recently seen one (counted as evicted).
+    #[inline]
+    pub fn insert(&mut self, tuple: &FlowTuple, hash: u32, tcp_flags: u8, new: NewFlow, now: u32) -> FlowSlot {
+        let (b1, b2, sig) = split(hash, self.n);
+        let free = |b: &Bucket| b.sigs.iter().filter(|&&s| s == 0).count();
+        let (f1, f2) = (free(&self.buckets[b1]), free(&self.buckets[b2]));
+        let (b, slot) = if f1 > 0 || f2 > 0 {
+            let b = if f1 >= f2 { b1 } else { b2 };
+            (b, self.buckets[b].sigs.iter().position(|&s| s == 0).unwrap_or(0))
+        } else {
+            // Both full: an expired entry of either bucket, else the least recently seen one.
+            let mut victim = (b1, 0usize);
+            let mut oldest = 0u32;
+            let mut found_expired = false;
+            'scan: for b in [b1, b2] {
+                for (i, e) in self.buckets[b].entries.iter().enumerate() {
+                    if expired(e, now) {
+                        victim = (b, i);
+                        found_expired = true;
+                        break 'scan;
+                    }
+                    let idle = now.wrapping_sub(e.last_seen);
+                    if idle >= oldest {
+                        oldest = idle;
+                        victim = (b, i);
+                    }
+                }
+            }
+            if found_expired {
+                self.counters.expired += 1;
+            } else {
+                self.counters.evicted += 1;
+            }
+            victim
+        };
+        let bucket = &mut self.buckets[b];
+        let state = if tuple.protocol != crate::wire::ip_proto::TCP {
+            TcpState::Stateless
+        } else if tcp_flags & TcpFlags::SYN != 0 {
+            TcpState::SynSeen
+        } else {
+            // Mid-stream pickup (e.g. after a MUX failover): the flow is already established.
+            TcpState::Established
+        };
+        bucket.sigs[slot] = sig;
+        bucket.entries[slot] = FlowEntry {
+            tuple: *tuple,
+            backend: new.backend,
+            rule: new.rule,
+            state,
+            idle_minutes: new.idle_minutes,
+            last_seen: now,
+        };
+        self.counters.inserts += 1;
+        FlowSlot { bucket: b as u32, slot: slot as u8 }
+    }
+
+    /// Removes expired flows from up to `buckets` buckets starting at `cursor`; returns the next
+    /// cursor. Call it from the poll loop's idle time to spread the work.
+    pub fn sweep(&mut self, cursor: usize, buckets: usize, now: u32) -> usize {
+        let n = self.buckets.len();
+        let mut c = cursor % n;
+        for _ in 0..buckets.min(n) {
+            let bucket = &mut self.buckets[c];
+            for i in 0..BUCKET_SLOTS {
+                if bucket.sigs[i] != 0 && expired(&bucket.entries[i], now) {
+                    bucket.sigs[i] = 0;
+                    self.counters.expired += 1;
+                }
+            }
+            c = (c + 1) % n;
+        }
+        c
+    }
+
+    /// Live (non-empty) entries, counted by a full scan; for tests and status pages.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.sigs.iter().filter(|&&s| s != 0).count()).sum()
+    }
+
+    /// Whether the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::maglev::mix64;
+
+    fn tuple(i: u64) -> (FlowTuple, u32) {
+        let x = mix64(i);
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&(x as u32).to_be_bytes());
+        let t = FlowTuple {
+            src,
+            dst: [20, 50, 60, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: (x >> 32) as u16,
+            dst_port: 80,
+            protocol: 6,
+            version: 4,
+        };
+        (t, (x >> 20) as u32)
+    }
+
+    const NEW: NewFlow = NewFlow { backend: 7, rule: 1, idle_minutes: 4 };
+
+    #[test]
+    fn layout_is_compact() {
+        assert_eq!(core::mem::size_of::<FlowTuple>(), 38);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
+        assert_eq!(core::mem::size_of::<Bucket>(), 448, "16 B of signatures + 8 x 48 B, 64-byte aligned");
+        // The seed's 40 million concurrent flows a MUX: at most 3 GiB, at most 80 bytes a flow.
+        let bytes = FlowTable::memory_for(40_000_000);
+        assert!(bytes <= 3 << 30, "{bytes} bytes");
+        assert!(bytes / 40_000_000 <= 80, "{} bytes a flow", bytes / 40_000_000);
+    }
+
+    #[test]
+    fn syn_creates_fin_closes_rst_removes() {
+        let mut t = FlowTable::with_capacity(1000).unwrap();
+        let (k, h) = tuple(1);
+        assert_eq!(t.lookup(&k, h, 100), None);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 100);
+        assert_eq!(t.entry(at).state, TcpState::SynSeen);
+        let at = t.lookup(&k, h, 101).unwrap();
+        assert_eq!(t.entry(at).backend, 7);
+        assert_eq!(t.touch(at, TcpFlags::ACK, 101).state, TcpState::Established);
+        assert_eq!(t.touch(at, TcpFlags::FIN | TcpFlags::ACK, 102).state, TcpState::Closing);
+        // Closing flows expire after CLOSING_TIMEOUT_SECS, not after the idle timeout.
+        assert!(t.lookup(&k, h, 102 + CLOSING_TIMEOUT_SECS).is_some());
+        assert_eq!(t.lookup(&k, h, 103 + CLOSING_TIMEOUT_SECS + 1), None);
+        assert_eq!(t.counters().expired, 1);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 200);
+        t.touch(at, TcpFlags::RST, 201);
+        assert_eq!(t.lookup(&k, h, 201), None);
+        assert_eq!(t.counters().reset, 1);
+    }
+
+    #[test]
+    fn idle_timeout_per_rule() {
+        let mut t = FlowTable::with_capacity(1000).unwrap();
+        let (k, h) = tuple(2);
+        let udp = FlowTuple { protocol: 17, ..k };
+        t.insert(&udp, h, 0, NewFlow { idle_minutes: 30, ..NEW }, 0);
+        assert!(t.lookup(&udp, h, 30 * 60).is_some(), "idle exactly the timeout: still alive");
+        assert!(t.lookup(&udp, h, 30 * 60 + 30 * 60 + 1).is_none());
+        assert_eq!(t.counters().expired, 1);
+    }
+
+    #[test]
+    fn full_table_evicts_oldest_and_counts() {
+        let mut t = FlowTable::with_capacity(64).unwrap();
+        let slots = t.slots();
+        // Fill to twice the slots: every insert beyond a full bucket evicts, and says so.
+        for i in 0..(2 * slots) as u64 {
+            let (k, h) = tuple(i);
+            t.insert(&k, h, TcpFlags::SYN, NEW, i as u32);
+        }
+        let c = t.counters();
+        assert_eq!(c.inserts, 2 * slots as u64);
+        assert!(c.evicted >= slots as u64 - 8 && c.evicted <= slots as u64, "{c:?}");
+        assert_eq!(t.len() as u64, c.inserts - c.evicted);
+        // The most recent flows survived; evictions took the oldest of each bucket.
+        let (k, h) = tuple(2 * slots as u64 - 1);
+        assert!(t.lookup(&k, h, 2 * slots as u32).is_some());
+    }
+
+    #[test]
+    fn nominal_capacity_evicts_almost_nothing() {
+        let n = 100_000;
+        let mut t = FlowTable::with_capacity(n).unwrap();
+        for i in 0..n as u64 {
+            let (k, h) = tuple(i);
+            t.insert(&k, h, TcpFlags::SYN, NEW, 0);
+        }
+        // Two choices keep both buckets from being full at nominal (75%) load.
+        assert!(t.counters().evicted * 10_000 <= n as u64, "{:?}", t.counters());
+        let mut out = vec![None; 1000];
+        let keys: Vec<_> = (0..1000u64).map(tuple).collect();
+        let tuples: Vec<_> = keys.iter().map(|k| k.0).collect();
+        let hashes: Vec<_> = keys.iter().map(|k| k.1).collect();
+        t.lookup_burst(&tuples, &hashes, 1, &mut out);
+        let found = out.iter().filter(|o| o.is_some()).count();
+        assert!(found >= 999, "{found}");
+        for (o, k) in out.iter().zip(&tuples) {
+            if let Some(at) = o {
+                assert_eq!(t.entry(*at).tuple, *k);
+            }
+        }
+    }
+
+    #[test]
+    fn sweep_expires_idle_flows() {
+        let mut t = FlowTable::with_capacity(1000).unwrap();
+        for i in 0..500 {
+            let (k, h) = tuple(i);
+            t.insert(&k, h, 0, NEW, 0);
+        }
+        let n = t.slots() / BUCKET_SLOTS;
+        let c = t.sweep(0, n, 4 * 60 + 1);
+        assert_eq!(c, 0);
+        assert_eq!(t.counters().expired, 500);
+        assert!(t.is_empty());
+        assert_eq!(FlowTable::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
+    }
+}
