@@ -12,6 +12,19 @@ use super::tcp::{TcpHeader, TCP_HEADER_LEN};
 use super::udp::{UdpHeader, UDP_HEADER_LEN};
 use super::{header_prefix, ip_proto, Layer, WireError};
 
+/// Which fields of a [`FlowKey`] feed its hash (the load-distribution modes of the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HashFields {
+    /// Addresses, protocol and ports: every connection is balanced on its own.
+    #[default]
+    FiveTuple,
+    /// Addresses and protocol: a client's connections of one protocol stick to one backend; also
+    /// what every fragment of a datagram can be steered by, since later fragments carry no ports.
+    ThreeTuple,
+    /// Addresses only: a client sticks to one backend whatever the protocol.
+    TwoTuple,
+}
+
 /// IP version of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
@@ -125,10 +138,23 @@ impl FlowKey {
     /// input bit reaches every output bit.
     #[inline(always)]
     pub fn hash(&self, seed: u64) -> u32 {
+        self.hash_fields(HashFields::FiveTuple, seed)
+    }
+
+    /// A 32-bit hash of the chosen fields: the 5-tuple (`loadDistribution: Default`), source and
+    /// destination address + protocol (`SourceIPProtocol`), or the two addresses (`SourceIP`).
+    #[inline(always)]
+    pub fn hash_fields(&self, fields: HashFields, seed: u64) -> u32 {
         let w = |b: &[u8; 16], i: usize| {
             u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
         };
-        let ports = (u64::from(self.src_port) << 32) | (u64::from(self.dst_port) << 16) | u64::from(self.protocol);
+        let ports = match fields {
+            HashFields::FiveTuple => {
+                (u64::from(self.src_port) << 32) | (u64::from(self.dst_port) << 16) | u64::from(self.protocol)
+            }
+            HashFields::ThreeTuple => u64::from(self.protocol),
+            HashFields::TwoTuple => 0,
+        };
         let a =
             fold_mul(w(&self.src_addr, 0) ^ seed ^ 0xa076_1d64_78bd_642f, w(&self.src_addr, 8) ^ 0xe703_7ed1_a0b4_28db);
         let b = fold_mul(w(&self.dst_addr, 0) ^ 0x8ebc_6af0_9c88_c6e3, w(&self.dst_addr, 8) ^ 0x5899_65cc_7537_4cc3);
@@ -463,6 +489,13 @@ mod tests {
         assert_eq!(k.reversed().reversed(), k);
         assert_ne!(k.hash(0), k.reversed().hash(0));
         assert_ne!(k.hash(0), k.hash(1));
+        // Fewer fields: the ports (then the protocol) stop mattering.
+        let other_port = FlowKey { src_port: 50001, ..k };
+        assert_ne!(k.hash(0), other_port.hash(0));
+        assert_eq!(k.hash_fields(HashFields::ThreeTuple, 0), other_port.hash_fields(HashFields::ThreeTuple, 0));
+        let udp = FlowKey { protocol: 17, ..other_port };
+        assert_ne!(k.hash_fields(HashFields::ThreeTuple, 0), udp.hash_fields(HashFields::ThreeTuple, 0));
+        assert_eq!(k.hash_fields(HashFields::TwoTuple, 0), udp.hash_fields(HashFields::TwoTuple, 0));
     }
 
     #[test]
