@@ -2,7 +2,9 @@
 //! by the packet path (lookups never allocate).
 
 pub mod flow;
+pub mod health;
 pub mod maglev;
 
 pub use flow::{FlowEntry, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, NewFlow, TcpState};
+pub use health::{Health, ProbeState, Transition};
 pub use maglev::{MaglevBackend, MaglevError, MaglevTable, DEFAULT_TABLE_SIZE};

@@ -1,0 +1,102 @@
+//! The probe state machine of the seed ("Health-Based Distribution"): a backend turns unhealthy after
+//! `numberOfProbes` consecutive failed probes and healthy again after as many consecutive successes.
+//! The prober (off the packet path) reports results; a transition tells the caller to rebuild the
+//! pool's Maglev table. Established flows are not touched: they keep their backend in the flow table.
+
+/// A backend's health as the data path uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Takes new flows.
+    Up,
+    /// Takes no new flows.
+    Down,
+}
+
+/// What a probe result changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing the data path needs to act on.
+    None,
+    /// The backend just went down: rebuild the pool's table without it.
+    WentDown,
+    /// The backend just came back: rebuild the pool's table with it.
+    CameUp,
+}
+
+/// One backend's probe history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeState {
+    health: Health,
+    /// Consecutive results that disagree with `health`.
+    streak: u8,
+    threshold: u8,
+}
+
+impl ProbeState {
+    /// A backend starts healthy (as the seed's pools do) with the probe's `numberOfProbes`
+    /// (at least 1).
+    pub fn new(number_of_probes: u8) -> Self {
+        ProbeState { health: Health::Up, streak: 0, threshold: number_of_probes.max(1) }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Records one probe result.
+    pub fn record(&mut self, success: bool) -> Transition {
+        let agrees = matches!((self.health, success), (Health::Up, true) | (Health::Down, false));
+        if agrees {
+            self.streak = 0;
+            return Transition::None;
+        }
+        self.streak = self.streak.saturating_add(1);
+        if self.streak < self.threshold {
+            return Transition::None;
+        }
+        self.streak = 0;
+        match self.health {
+            Health::Up => {
+                self.health = Health::Down;
+                Transition::WentDown
+            }
+            Health::Down => {
+                self.health = Health::Up;
+                Transition::CameUp
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_timeline() {
+        // numberOfProbes 2, probes every 15 s: VM2 fails at T+15 and T+30, recovers at T+45, T+60.
+        let mut vm2 = ProbeState::new(2);
+        assert_eq!(vm2.record(true), Transition::None); // T+0
+        assert_eq!(vm2.record(false), Transition::None); // T+15: still receiving, needs 2 failures
+        assert_eq!(vm2.health(), Health::Up);
+        assert_eq!(vm2.record(false), Transition::WentDown); // T+30
+        assert_eq!(vm2.health(), Health::Down);
+        assert_eq!(vm2.record(true), Transition::None); // T+45: recovering, needs 2 successes
+        assert_eq!(vm2.health(), Health::Down);
+        assert_eq!(vm2.record(true), Transition::CameUp); // T+60
+        assert_eq!(vm2.health(), Health::Up);
+    }
+
+    #[test]
+    fn streaks_must_be_consecutive() {
+        let mut b = ProbeState::new(3);
+        for _ in 0..10 {
+            assert_eq!(b.record(false), Transition::None);
+            assert_eq!(b.record(false), Transition::None);
+            assert_eq!(b.record(true), Transition::None, "a success breaks the failure streak");
+        }
+        assert_eq!(b.health(), Health::Up);
+        assert_eq!(ProbeState::new(0).record(false), Transition::WentDown, "0 probes is treated as 1");
+    }
+}
