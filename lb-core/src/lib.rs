@@ -6,8 +6,9 @@
 //! Layers (each imports only from below):
 //! - [`wire`]: zero-copy views over Ethernet, 802.1Q/802.1ad, IPv4, IPv6 (+ extension headers), TCP,
 //!   UDP, ICMPv4/ICMPv6 and VxLAN; checksums; the hot-path flow-key extractor; VxLAN encap/decap.
-//! - [`tables`] (feature `alloc`, on by default): Maglev lookup tables. They allocate when the
-//!   control plane builds them; the packet path only reads them.
+//! - [`tables`] (feature `alloc`, on by default): Maglev lookup tables, the per-core flow table and
+//!   the probe state machine. They allocate when the control plane builds them; the packet path
+//!   only reads and updates them in place.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
