@@ -90,6 +90,18 @@ pub struct FlowKey {
     pub frag_ident: u32,
 }
 
+impl Fragment {
+    /// The state of a fragment at byte `offset` of its datagram.
+    #[inline(always)]
+    fn at(offset: usize) -> Self {
+        if offset == 0 {
+            Fragment::First
+        } else {
+            Fragment::Later
+        }
+    }
+}
+
 impl FlowKey {
     /// Source IPv4 address (meaningful when `ip_version` is V4).
     #[inline(always)]
@@ -236,7 +248,7 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
         src_addr = v4_in_16(ip.src);
         dst_addr = v4_in_16(ip.dst);
         let (fragment, ident) = if ip.is_fragment() {
-            let f = if ip.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
+            let f = Fragment::at(ip.frag_offset());
             (f, u32::from(ip.ident.get()))
         } else {
             (Fragment::None, 0)
@@ -330,7 +342,7 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
             key.protocol = h.protocol;
             if h.is_fragment() {
                 key.frag_ident = u32::from(h.ident.get());
-                key.fragment = if h.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
+                key.fragment = Fragment::at(h.frag_offset());
             }
             (&l3[hlen..total], hlen)
         }
@@ -347,7 +359,7 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
                     let walk = ipv6::walk_extensions(next, payload)?;
                     if let Some(FragmentInfo { offset, ident, .. }) = walk.fragment {
                         key.frag_ident = ident;
-                        key.fragment = if offset == 0 { Fragment::First } else { Fragment::Later };
+                        key.fragment = Fragment::at(offset);
                     }
                     (walk.protocol, walk.offset)
                 }
@@ -430,7 +442,7 @@ pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError
             inner.protocol = h.protocol;
             if h.is_fragment() {
                 inner.frag_ident = u32::from(h.ident.get());
-                inner.fragment = if h.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
+                inner.fragment = Fragment::at(h.frag_offset());
             }
             quote.get(hlen..).ok_or(WireError::Truncated(Layer::IcmpQuote))?
         }
@@ -445,7 +457,7 @@ pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError
             inner.protocol = walk.protocol;
             if let Some(f) = walk.fragment {
                 inner.frag_ident = f.ident;
-                inner.fragment = if f.offset == 0 { Fragment::First } else { Fragment::Later };
+                inner.fragment = Fragment::at(f.offset);
             }
             &rest[walk.offset..]
         }

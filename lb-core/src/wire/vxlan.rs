@@ -261,6 +261,28 @@ pub struct VxlanDecap<'a> {
     pub inner: &'a [u8],
 }
 
+impl<'a> VxlanDecap<'a> {
+    /// Assembles the result from validated outer headers: one place for all three decap paths.
+    #[inline(always)]
+    fn from_headers(
+        udp: &UdpHeader,
+        vx: &VxlanHeader,
+        src: IpAddr,
+        dst: IpAddr,
+        offset: usize,
+        inner: &'a [u8],
+    ) -> Self {
+        VxlanDecap {
+            vni: vx.vni(),
+            outer_src: src,
+            outer_dst: dst,
+            udp_src_port: udp.src_port.get(),
+            inner_offset: offset,
+            inner,
+        }
+    }
+}
+
 /// Validates the outer Ethernet (optionally VLAN-tagged), IPv4 (header checksum, no fragmentation)
 /// or IPv6, UDP (length, destination port 4789) and VxLAN (flag) headers and returns the inner frame
 /// without copying. The UDP checksum is not verified (NICs do; RFC 7348 lets it be zero over IPv4).
@@ -298,14 +320,8 @@ fn decapsulate_v6_untagged(frame: &[u8]) -> Option<VxlanDecap<'_>> {
     if !ok {
         return None;
     }
-    Some(VxlanDecap {
-        vni: o.vxlan.vni(),
-        outer_src: IpAddr::from(o.ip.src),
-        outer_dst: IpAddr::from(o.ip.dst),
-        udp_src_port: o.udp.src_port.get(),
-        inner_offset: OUTER_LEN_V6,
-        inner: inner.get(..payload_len - UDP_HEADER_LEN - VXLAN_HEADER_LEN)?,
-    })
+    let inner = inner.get(..payload_len - UDP_HEADER_LEN - VXLAN_HEADER_LEN)?;
+    Some(VxlanDecap::from_headers(&o.udp, &o.vxlan, o.ip.src.into(), o.ip.dst.into(), OUTER_LEN_V6, inner))
 }
 
 /// The outer headers a MUX sends over an IPv4 underlay, in one fixed layout.
@@ -339,14 +355,8 @@ fn decapsulate_v4_untagged(frame: &[u8]) -> Option<VxlanDecap<'_>> {
     if !ok {
         return None;
     }
-    Some(VxlanDecap {
-        vni: o.vxlan.vni(),
-        outer_src: IpAddr::from(o.ip.src),
-        outer_dst: IpAddr::from(o.ip.dst),
-        udp_src_port: o.udp.src_port.get(),
-        inner_offset: OUTER_LEN_V4,
-        inner: inner.get(..ip_len - (OUTER_LEN_V4 - ETHERNET_HEADER_LEN))?,
-    })
+    let inner = inner.get(..ip_len - (OUTER_LEN_V4 - ETHERNET_HEADER_LEN))?;
+    Some(VxlanDecap::from_headers(&o.udp, &o.vxlan, o.ip.src.into(), o.ip.dst.into(), OUTER_LEN_V4, inner))
 }
 
 /// Tagged outer frames, IPv6 underlays, IPv4 options, and every malformed frame with its error.
@@ -394,14 +404,8 @@ fn decapsulate_general(frame: &[u8]) -> Result<VxlanDecap<'_>, WireError> {
     if inner.len() < ETHERNET_HEADER_LEN {
         return Err(WireError::Truncated(Layer::Ethernet));
     }
-    Ok(VxlanDecap {
-        vni: vx.vni(),
-        outer_src,
-        outer_dst,
-        udp_src_port: u.src_port.get(),
-        inner_offset: l2.l3_offset + udp_off + UDP_HEADER_LEN + VXLAN_HEADER_LEN,
-        inner,
-    })
+    let offset = l2.l3_offset + udp_off + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
+    Ok(VxlanDecap::from_headers(u, vx, outer_src, outer_dst, offset, inner))
 }
 
 #[cfg(test)]
