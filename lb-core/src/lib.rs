@@ -19,5 +19,9 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(feature = "alloc")]
+pub mod config;
+#[cfg(feature = "alloc")]
+pub mod paths;
+#[cfg(feature = "alloc")]
 pub mod tables;
 pub mod wire;

@@ -65,8 +65,9 @@ impl fmt::Display for MaglevError {
 #[cfg(feature = "std")]
 impl std::error::Error for MaglevError {}
 
-/// A built lookup table: slot → index into the backend slice it was built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A built lookup table: slot → index into the backend slice it was built from. The default is the
+/// empty table (every lookup answers `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MaglevTable {
     slots: Vec<u16>,
     backends: usize,

@@ -1,0 +1,361 @@
+//! The seed's resource JSON (camelCase names, `properties` objects, references by `id` whose last
+//! path segment is the referenced resource's name) read into a validated [`LoadBalancer`].
+//!
+//! Two fields the Azure resource leaves to other resources are part of a backend address here:
+//! `hostAddress` (the underlay address of the host that runs the backend, where the MUX tunnels
+//! to) and `weight` (default 1). A pool may carry `vni` (default: 4096 + its position). A public
+//! frontend gives its address as `publicIPAddress.ipAddress`. Fields this model does not use
+//! (`location`, `sku`, `subnet`, `virtualNetwork`, ids of the resources themselves) are ignored.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resource<P> {
+    name: String,
+    properties: P,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Root {
+    name: String,
+    properties: RootProps,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RootProps {
+    #[serde(rename = "frontendIPConfigurations")]
+    frontend_ip_configurations: Vec<Resource<FrontendProps>>,
+    backend_address_pools: Vec<Resource<PoolProps>>,
+    probes: Vec<Resource<ProbeProps>>,
+    load_balancing_rules: Vec<Resource<RuleProps>>,
+    inbound_nat_rules: Vec<Resource<NatRuleProps>>,
+    inbound_nat_pools: Vec<Resource<NatPoolProps>>,
+    outbound_rules: Vec<Resource<OutboundProps>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ref {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublicIp {
+    #[serde(rename = "ipAddress")]
+    ip_address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FrontendProps {
+    #[serde(rename = "privateIPAddress", default)]
+    private_ip_address: Option<String>,
+    #[serde(rename = "publicIPAddress", default)]
+    public_ip_address: Option<PublicIp>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolProps {
+    #[serde(default)]
+    vni: Option<u32>,
+    #[serde(default)]
+    load_balancer_backend_addresses: Vec<Resource<BackendProps>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendProps {
+    ip_address: String,
+    host_address: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProbeProps {
+    protocol: String,
+    port: u32,
+    #[serde(default)]
+    request_path: Option<String>,
+    #[serde(default = "fifteen")]
+    interval_in_seconds: u32,
+    #[serde(default = "two")]
+    number_of_probes: u32,
+}
+
+fn fifteen() -> u32 {
+    15
+}
+fn two() -> u32 {
+    2
+}
+fn four() -> u32 {
+    4
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleProps {
+    #[serde(rename = "frontendIPConfiguration")]
+    frontend_ip_configuration: Ref,
+    backend_address_pool: Ref,
+    #[serde(default)]
+    probe: Option<Ref>,
+    protocol: String,
+    frontend_port: u32,
+    backend_port: u32,
+    #[serde(rename = "enableFloatingIP", default)]
+    enable_floating_ip: bool,
+    #[serde(default = "four")]
+    idle_timeout_in_minutes: u32,
+    #[serde(default)]
+    load_distribution: Option<String>,
+    #[serde(default)]
+    enable_tcp_reset: bool,
+    #[serde(default)]
+    disable_outbound_snat: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NatRuleProps {
+    #[serde(rename = "frontendIPConfiguration")]
+    frontend_ip_configuration: Ref,
+    protocol: String,
+    frontend_port: u32,
+    backend_port: u32,
+    #[serde(rename = "enableFloatingIP", default)]
+    enable_floating_ip: bool,
+    #[serde(default = "four")]
+    idle_timeout_in_minutes: u32,
+    #[serde(default)]
+    enable_tcp_reset: bool,
+    #[serde(rename = "backendIPConfiguration")]
+    backend_ip_configuration: Ref,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NatPoolProps {
+    #[serde(rename = "frontendIPConfiguration")]
+    frontend_ip_configuration: Ref,
+    protocol: String,
+    frontend_port_range_start: u32,
+    frontend_port_range_end: u32,
+    backend_port: u32,
+    backend_address_pool: Ref,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutboundProps {
+    #[serde(rename = "frontendIPConfigurations")]
+    frontend_ip_configurations: Vec<Ref>,
+    backend_address_pool: Ref,
+    protocol: String,
+    #[serde(default)]
+    enable_tcp_reset: bool,
+    #[serde(default = "four")]
+    idle_timeout_in_minutes: u32,
+    #[serde(default)]
+    allocated_outbound_ports: Option<u32>,
+}
+
+/// Resolves references and field values of one resource, naming it in every error.
+struct Ctx<'a> {
+    kind: &'static str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &'static str, problem: impl Into<String>) -> ConfigError {
+        err(self.kind, self.name, field, problem)
+    }
+
+    fn index<T>(&self, field: &'static str, r: &Ref, all: &[Resource<T>]) -> Result<usize, ConfigError> {
+        let target = r.id.rsplit('/').next().unwrap_or("");
+        all.iter()
+            .position(|x| x.name == target)
+            .ok_or_else(|| self.err(field, format!("unknown reference '{}'", r.id)))
+    }
+
+    fn port(&self, field: &'static str, v: u32) -> Result<u16, ConfigError> {
+        u16::try_from(v).map_err(|_| self.err(field, format!("{v} is out of range 0..=65535")))
+    }
+
+    fn minutes(&self, v: u32) -> Result<u8, ConfigError> {
+        u8::try_from(v).map_err(|_| self.err("idleTimeoutInMinutes", "must be 4..=100"))
+    }
+
+    fn ip(&self, field: &'static str, s: &str) -> Result<IpAddr, ConfigError> {
+        s.parse().map_err(|_| self.err(field, format!("'{s}' is not an IP address")))
+    }
+
+    fn protocol(&self, s: &str) -> Result<Protocol, ConfigError> {
+        match s {
+            "Tcp" => Ok(Protocol::Tcp),
+            "Udp" => Ok(Protocol::Udp),
+            "All" => Ok(Protocol::All),
+            _ => Err(self.err("protocol", format!("'{s}' is not Tcp, Udp or All"))),
+        }
+    }
+}
+
+/// Parses the seed's JSON for one load balancer and validates it.
+pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
+    let root: Root = serde_json::from_str(text).map_err(|e| err("loadBalancer", "", "json", e.to_string()))?;
+    let p = &root.properties;
+    let mut lb = LoadBalancer { name: root.name.clone(), ..LoadBalancer::default() };
+    for f in &p.frontend_ip_configurations {
+        let c = Ctx { kind: "frontendIPConfigurations", name: &f.name };
+        let text = match (&f.properties.private_ip_address, &f.properties.public_ip_address) {
+            (Some(a), None) => a.as_str(),
+            (None, Some(PublicIp { ip_address: Some(a), .. })) => a.as_str(),
+            _ => return Err(c.err("privateIPAddress", "exactly one of privateIPAddress and publicIPAddress.ipAddress")),
+        };
+        lb.frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)? });
+    }
+    for (i, pool) in p.backend_address_pools.iter().enumerate() {
+        let c = Ctx { kind: "backendAddressPools", name: &pool.name };
+        let mut backends = Vec::new();
+        for b in &pool.properties.load_balancer_backend_addresses {
+            backends.push(Backend {
+                name: b.name.clone(),
+                address: c.ip("ipAddress", &b.properties.ip_address)?,
+                host: c.ip("hostAddress", &b.properties.host_address)?,
+                weight: b.properties.weight,
+            });
+        }
+        lb.pools.push(Pool { name: pool.name.clone(), vni: pool.properties.vni.unwrap_or(4096 + i as u32), backends });
+    }
+    for pr in &p.probes {
+        let c = Ctx { kind: "probes", name: &pr.name };
+        let protocol = match pr.properties.protocol.as_str() {
+            "Tcp" => ProbeProtocol::Tcp,
+            "Http" => ProbeProtocol::Http,
+            "Https" => ProbeProtocol::Https,
+            other => return Err(c.err("protocol", format!("'{other}' is not Tcp, Http or Https"))),
+        };
+        lb.probes.push(Probe {
+            name: pr.name.clone(),
+            protocol,
+            port: c.port("port", pr.properties.port)?,
+            request_path: pr.properties.request_path.clone(),
+            interval_secs: pr.properties.interval_in_seconds,
+            number_of_probes: u8::try_from(pr.properties.number_of_probes)
+                .map_err(|_| c.err("numberOfProbes", "at most 255"))?,
+        });
+    }
+    for r in &p.load_balancing_rules {
+        let c = Ctx { kind: "loadBalancingRules", name: &r.name };
+        let q = &r.properties;
+        lb.rules.push(Rule {
+            name: r.name.clone(),
+            frontend: c.index(
+                "frontendIPConfiguration",
+                &q.frontend_ip_configuration,
+                &p.frontend_ip_configurations,
+            )?,
+            pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
+            probe: q.probe.as_ref().map(|x| c.index("probe", x, &p.probes)).transpose()?,
+            protocol: c.protocol(&q.protocol)?,
+            frontend_port: c.port("frontendPort", q.frontend_port)?,
+            backend_port: c.port("backendPort", q.backend_port)?,
+            load_distribution: match q.load_distribution.as_deref().unwrap_or("Default") {
+                "Default" => LoadDistribution::Default,
+                "SourceIPProtocol" => LoadDistribution::SourceIpProtocol,
+                "SourceIP" => LoadDistribution::SourceIp,
+                other => {
+                    return Err(
+                        c.err("loadDistribution", format!("'{other}' is not Default, SourceIP or SourceIPProtocol"))
+                    )
+                }
+            },
+            floating_ip: q.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
+            tcp_reset: q.enable_tcp_reset,
+            disable_outbound_snat: q.disable_outbound_snat,
+        });
+    }
+    for r in &p.inbound_nat_rules {
+        let c = Ctx { kind: "inboundNatRules", name: &r.name };
+        let q = &r.properties;
+        let target = q.backend_ip_configuration.id.rsplit('/').next().unwrap_or("");
+        let found = lb
+            .pools
+            .iter()
+            .enumerate()
+            .find_map(|(pi, pool)| pool.backends.iter().position(|b| b.name == target).map(|bi| (pi, bi)));
+        lb.nat_rules.push(NatRule {
+            name: r.name.clone(),
+            frontend: c.index(
+                "frontendIPConfiguration",
+                &q.frontend_ip_configuration,
+                &p.frontend_ip_configurations,
+            )?,
+            protocol: c.protocol(&q.protocol)?,
+            frontend_port: c.port("frontendPort", q.frontend_port)?,
+            backend_port: c.port("backendPort", q.backend_port)?,
+            target: found.ok_or_else(|| {
+                c.err("backendIPConfiguration", format!("unknown backend '{}'", q.backend_ip_configuration.id))
+            })?,
+            floating_ip: q.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
+            tcp_reset: q.enable_tcp_reset,
+        });
+    }
+    for r in &p.inbound_nat_pools {
+        let c = Ctx { kind: "inboundNatPools", name: &r.name };
+        let q = &r.properties;
+        lb.nat_pools.push(NatPool {
+            name: r.name.clone(),
+            frontend: c.index(
+                "frontendIPConfiguration",
+                &q.frontend_ip_configuration,
+                &p.frontend_ip_configurations,
+            )?,
+            protocol: c.protocol(&q.protocol)?,
+            port_start: c.port("frontendPortRangeStart", q.frontend_port_range_start)?,
+            port_end: c.port("frontendPortRangeEnd", q.frontend_port_range_end)?,
+            backend_port: c.port("backendPort", q.backend_port)?,
+            pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
+        });
+    }
+    for r in &p.outbound_rules {
+        let c = Ctx { kind: "outboundRules", name: &r.name };
+        let q = &r.properties;
+        let frontends = q
+            .frontend_ip_configurations
+            .iter()
+            .map(|f| c.index("frontendIPConfigurations", f, &p.frontend_ip_configurations))
+            .collect::<Result<Vec<_>, _>>()?;
+        lb.outbound_rules.push(OutboundRule {
+            name: r.name.clone(),
+            frontends,
+            pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
+            protocol: c.protocol(&q.protocol)?,
+            allocated_outbound_ports: q.allocated_outbound_ports,
+            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
+            tcp_reset: q.enable_tcp_reset,
+        });
+    }
+    lb.validate()?;
+    Ok(lb)
+}

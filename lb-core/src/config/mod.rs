@@ -1,0 +1,518 @@
+//! The load balancer's resource model, as the seed's Azure resource JSON describes it, validated
+//! into indices the data path can use without string lookups.
+//!
+//! [`LoadBalancer`] is the checked model: frontends (VIPs), backend pools, probes, load-balancing
+//! rules (HA ports included), inbound NAT rules and pools, outbound rules. Every reference is an
+//! index, every port a `u16`, every conflict refused by [`LoadBalancer::validate`] with a
+//! [`ConfigError`] naming the resource and the field. With the `std` feature, [`json`] reads the
+//! seed's JSON (camelCase, `properties` objects, `id` references) into this model.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+#[cfg(feature = "std")]
+pub mod json;
+
+/// The largest pool the Standard SKU allows.
+pub const MAX_POOL_SIZE: usize = 1000;
+
+/// Transport protocol a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// Every IP protocol (HA ports, outbound rules).
+    All,
+}
+
+impl Protocol {
+    /// Whether a packet of IP protocol `p` matches.
+    #[inline(always)]
+    pub fn matches(self, p: u8) -> bool {
+        match self {
+            Protocol::Tcp => p == crate::wire::ip_proto::TCP,
+            Protocol::Udp => p == crate::wire::ip_proto::UDP,
+            Protocol::All => true,
+        }
+    }
+}
+
+/// `loadDistribution` of a rule: which fields pick the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadDistribution {
+    /// 5-tuple.
+    #[default]
+    Default,
+    /// Source and destination address + protocol (`SourceIPProtocol`).
+    SourceIpProtocol,
+    /// Source and destination address (`SourceIP`).
+    SourceIp,
+}
+
+/// Probe protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeProtocol {
+    /// A TCP handshake.
+    Tcp,
+    /// `GET requestPath` answered with 200.
+    Http,
+    /// The same over TLS.
+    Https,
+}
+
+/// A frontend IP configuration: one VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    /// Resource name.
+    pub name: String,
+    /// The VIP.
+    pub address: IpAddr,
+}
+
+/// One member of a backend pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Resource name.
+    pub name: String,
+    /// The backend's own address (DIP).
+    pub address: IpAddr,
+    /// Underlay address of the host that runs it (where the MUX tunnels to).
+    pub host: IpAddr,
+    /// Relative weight (default 1; 0 takes no new flows).
+    pub weight: u32,
+}
+
+/// A backend address pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    /// Resource name.
+    pub name: String,
+    /// VxLAN network identifier of the pool's tunnel (24 bits).
+    pub vni: u32,
+    /// Members, in order (inbound NAT pools map port ranges onto this order).
+    pub backends: Vec<Backend>,
+}
+
+/// A health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// Resource name.
+    pub name: String,
+    /// Protocol.
+    pub protocol: ProbeProtocol,
+    /// Port probed on each backend.
+    pub port: u16,
+    /// Path for HTTP(S).
+    pub request_path: Option<String>,
+    /// Seconds between probes.
+    pub interval_secs: u32,
+    /// Consecutive results that flip health.
+    pub number_of_probes: u8,
+}
+
+/// A load-balancing rule (an HA-ports rule is protocol `All` with both ports 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Resource name.
+    pub name: String,
+    /// Index into [`LoadBalancer::frontends`].
+    pub frontend: usize,
+    /// Index into [`LoadBalancer::pools`].
+    pub pool: usize,
+    /// Index into [`LoadBalancer::probes`], if any.
+    pub probe: Option<usize>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Frontend port (0 for HA ports).
+    pub frontend_port: u16,
+    /// Backend port (0 for HA ports: the port is kept).
+    pub backend_port: u16,
+    /// Which fields pick the backend.
+    pub load_distribution: LoadDistribution,
+    /// Deliver with the VIP as destination (Direct Server Return).
+    pub floating_ip: bool,
+    /// Idle timeout, 4..=100 minutes.
+    pub idle_timeout_minutes: u8,
+    /// Send RSTs on idle timeout.
+    pub tcp_reset: bool,
+    /// Do not use this rule's frontend for outbound SNAT.
+    pub disable_outbound_snat: bool,
+}
+
+impl Rule {
+    /// Whether this is an HA-ports rule.
+    pub fn is_ha_ports(&self) -> bool {
+        self.protocol == Protocol::All && self.frontend_port == 0 && self.backend_port == 0
+    }
+}
+
+/// An inbound NAT rule: one frontend port to one backend's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRule {
+    /// Resource name.
+    pub name: String,
+    /// Frontend index.
+    pub frontend: usize,
+    /// Protocol (Tcp or Udp).
+    pub protocol: Protocol,
+    /// Frontend port.
+    pub frontend_port: u16,
+    /// Backend port.
+    pub backend_port: u16,
+    /// Pool index and member index of the target.
+    pub target: (usize, usize),
+    /// Floating IP.
+    pub floating_ip: bool,
+    /// Idle timeout in minutes.
+    pub idle_timeout_minutes: u8,
+    /// TCP reset on idle.
+    pub tcp_reset: bool,
+}
+
+/// An inbound NAT pool: `frontendPortRangeStart + i` → member `i` of the pool, `backendPort`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatPool {
+    /// Resource name.
+    pub name: String,
+    /// Frontend index.
+    pub frontend: usize,
+    /// Protocol (Tcp or Udp).
+    pub protocol: Protocol,
+    /// First frontend port.
+    pub port_start: u16,
+    /// Last frontend port (inclusive).
+    pub port_end: u16,
+    /// Backend port.
+    pub backend_port: u16,
+    /// Pool index whose members, in order, receive the ports.
+    pub pool: usize,
+}
+
+/// An outbound rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRule {
+    /// Resource name.
+    pub name: String,
+    /// Frontend indices whose addresses SNAT uses.
+    pub frontends: Vec<usize>,
+    /// Pool index.
+    pub pool: usize,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Ports per backend, a multiple of 8 (`None`: the default table by pool size).
+    pub allocated_outbound_ports: Option<u32>,
+    /// Idle timeout in minutes.
+    pub idle_timeout_minutes: u8,
+    /// TCP reset on idle.
+    pub tcp_reset: bool,
+}
+
+/// The validated resource model of one load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadBalancer {
+    /// Resource name.
+    pub name: String,
+    /// Frontend IP configurations.
+    pub frontends: Vec<Frontend>,
+    /// Backend pools.
+    pub pools: Vec<Pool>,
+    /// Probes.
+    pub probes: Vec<Probe>,
+    /// Load-balancing rules.
+    pub rules: Vec<Rule>,
+    /// Inbound NAT rules.
+    pub nat_rules: Vec<NatRule>,
+    /// Inbound NAT pools.
+    pub nat_pools: Vec<NatPool>,
+    /// Outbound rules.
+    pub outbound_rules: Vec<OutboundRule>,
+}
+
+/// What is wrong with a configuration: the resource (kind and name), the field, the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Kind of resource, as the JSON calls the collection (e.g. `loadBalancingRules`).
+    pub kind: &'static str,
+    /// The resource's name.
+    pub name: String,
+    /// The offending field (camelCase, as in the JSON).
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} '{}': {}: {}", self.kind, self.name, self.field, self.problem)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}
+
+fn err(kind: &'static str, name: &str, field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { kind, name: name.into(), field, problem: problem.into() }
+}
+
+/// Which frontend ports a listener takes, for overlap checks.
+#[derive(Clone, Copy)]
+struct Claim<'a> {
+    kind: &'static str,
+    name: &'a str,
+    frontend: usize,
+    protocol: Protocol,
+    ports: (u16, u16),
+    ha: bool,
+}
+
+impl LoadBalancer {
+    /// Checks everything the data path relies on; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_names()?;
+        for f in &self.frontends {
+            if f.address.is_unspecified() || f.address.is_multicast() {
+                return Err(err("frontendIPConfigurations", &f.name, "ipAddress", "not a unicast address"));
+            }
+        }
+        // One underlay: every host address is IPv4, or every one is IPv6.
+        let underlay_v4 = self.pools.iter().flat_map(|p| &p.backends).next().map(|b| b.host.is_ipv4());
+        for p in &self.pools {
+            if p.backends.len() > MAX_POOL_SIZE {
+                let n = p.backends.len();
+                return Err(err(
+                    "backendAddressPools",
+                    &p.name,
+                    "loadBalancerBackendAddresses",
+                    alloc::format!("{n} backends; at most {MAX_POOL_SIZE}"),
+                ));
+            }
+            if p.vni > crate::wire::vxlan::MAX_VNI {
+                return Err(err("backendAddressPools", &p.name, "vni", "above 24 bits"));
+            }
+            for (i, b) in p.backends.iter().enumerate() {
+                if p.backends[..i].iter().any(|o| o.address == b.address) {
+                    return Err(err(
+                        "backendAddressPools",
+                        &p.name,
+                        "ipAddress",
+                        alloc::format!("{} listed twice", b.address),
+                    ));
+                }
+                if Some(b.host.is_ipv4()) != underlay_v4 {
+                    return Err(err(
+                        "backendAddressPools",
+                        &p.name,
+                        "hostAddress",
+                        "underlay addresses mix IPv4 and IPv6",
+                    ));
+                }
+            }
+        }
+        for p in &self.probes {
+            if p.port == 0 {
+                return Err(err("probes", &p.name, "port", "must be 1..=65535"));
+            }
+            if p.interval_secs < 5 {
+                return Err(err("probes", &p.name, "intervalInSeconds", "at least 5"));
+            }
+            if p.number_of_probes == 0 {
+                return Err(err("probes", &p.name, "numberOfProbes", "at least 1"));
+            }
+            if p.protocol != ProbeProtocol::Tcp && !p.request_path.as_deref().is_some_and(|r| r.starts_with('/')) {
+                return Err(err("probes", &p.name, "requestPath", "HTTP(S) probes need a path starting with '/'"));
+            }
+        }
+        let mut claims: Vec<Claim<'_>> = Vec::new();
+        for r in &self.rules {
+            let k = "loadBalancingRules";
+            self.frontend_ok(k, &r.name, r.frontend)?;
+            self.pool_ok(k, &r.name, r.pool)?;
+            if let Some(p) = r.probe {
+                if p >= self.probes.len() {
+                    return Err(err(k, &r.name, "probe", "unknown probe"));
+                }
+            }
+            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+            let ha = r.is_ha_ports();
+            if !ha && (r.frontend_port == 0 || r.backend_port == 0) {
+                return Err(err(k, &r.name, "frontendPort", "ports 0 only with protocol All (HA ports)"));
+            }
+            if r.protocol == Protocol::All && !ha {
+                return Err(err(k, &r.name, "protocol", "All requires frontendPort and backendPort 0 (HA ports)"));
+            }
+            if self.pools[r.pool]
+                .backends
+                .iter()
+                .any(|b| b.address.is_ipv4() != self.frontends[r.frontend].address.is_ipv4())
+            {
+                return Err(err(k, &r.name, "backendAddressPool", "backends and frontend differ in IP version"));
+            }
+            claims.push(Claim {
+                kind: k,
+                name: &r.name,
+                frontend: r.frontend,
+                protocol: r.protocol,
+                ports: (r.frontend_port, r.frontend_port),
+                ha,
+            });
+        }
+        for r in &self.nat_rules {
+            let k = "inboundNatRules";
+            self.frontend_ok(k, &r.name, r.frontend)?;
+            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+            if r.protocol == Protocol::All {
+                return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
+            }
+            if r.frontend_port == 0 || r.backend_port == 0 {
+                return Err(err(k, &r.name, "frontendPort", "must be 1..=65535"));
+            }
+            let (p, m) = r.target;
+            if p >= self.pools.len() || m >= self.pools[p].backends.len() {
+                return Err(err(k, &r.name, "backendIPConfiguration", "unknown backend"));
+            }
+            claims.push(Claim {
+                kind: k,
+                name: &r.name,
+                frontend: r.frontend,
+                protocol: r.protocol,
+                ports: (r.frontend_port, r.frontend_port),
+                ha: false,
+            });
+        }
+        for r in &self.nat_pools {
+            let k = "inboundNatPools";
+            self.frontend_ok(k, &r.name, r.frontend)?;
+            self.pool_ok(k, &r.name, r.pool)?;
+            if r.protocol == Protocol::All {
+                return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
+            }
+            if r.port_start == 0 || r.port_end < r.port_start {
+                return Err(err(k, &r.name, "frontendPortRangeEnd", "range must be start..=end within 1..=65535"));
+            }
+            if usize::from(r.port_end - r.port_start) + 1 < self.pools[r.pool].backends.len() {
+                return Err(err(k, &r.name, "frontendPortRangeEnd", "fewer ports than pool members"));
+            }
+            if r.backend_port == 0 {
+                return Err(err(k, &r.name, "backendPort", "must be 1..=65535"));
+            }
+            claims.push(Claim {
+                kind: k,
+                name: &r.name,
+                frontend: r.frontend,
+                protocol: r.protocol,
+                ports: (r.port_start, r.port_end),
+                ha: false,
+            });
+        }
+        check_overlaps(&claims)?;
+        for r in &self.outbound_rules {
+            let k = "outboundRules";
+            if r.frontends.is_empty() {
+                return Err(err(k, &r.name, "frontendIPConfigurations", "at least one"));
+            }
+            for &f in &r.frontends {
+                self.frontend_ok(k, &r.name, f)?;
+            }
+            self.pool_ok(k, &r.name, r.pool)?;
+            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+            if let Some(n) = r.allocated_outbound_ports {
+                if n == 0 || n % 8 != 0 || n > 64_000 {
+                    return Err(err(k, &r.name, "allocatedOutboundPorts", "a multiple of 8 in 8..=64000"));
+                }
+                let need = u64::from(n) * self.pools[r.pool].backends.len() as u64;
+                let have = 64_000 * r.frontends.len() as u64;
+                if need > have {
+                    return Err(err(
+                        k,
+                        &r.name,
+                        "allocatedOutboundPorts",
+                        alloc::format!("{need} ports needed, {have} available"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_names(&self) -> Result<(), ConfigError> {
+        fn unique<'a>(kind: &'static str, names: impl Iterator<Item = &'a String>) -> Result<(), ConfigError> {
+            let mut seen: Vec<&String> = Vec::new();
+            for n in names {
+                if n.is_empty() {
+                    return Err(err(kind, n, "name", "empty"));
+                }
+                if seen.contains(&n) {
+                    return Err(err(kind, n, "name", "used twice"));
+                }
+                seen.push(n);
+            }
+            Ok(())
+        }
+        unique("frontendIPConfigurations", self.frontends.iter().map(|x| &x.name))?;
+        unique("backendAddressPools", self.pools.iter().map(|x| &x.name))?;
+        unique("probes", self.probes.iter().map(|x| &x.name))?;
+        unique("loadBalancingRules", self.rules.iter().map(|x| &x.name))?;
+        unique("inboundNatRules", self.nat_rules.iter().map(|x| &x.name))?;
+        unique("inboundNatPools", self.nat_pools.iter().map(|x| &x.name))?;
+        unique("outboundRules", self.outbound_rules.iter().map(|x| &x.name))
+    }
+
+    fn frontend_ok(&self, kind: &'static str, name: &str, f: usize) -> Result<(), ConfigError> {
+        if f < self.frontends.len() {
+            Ok(())
+        } else {
+            Err(err(kind, name, "frontendIPConfiguration", "unknown frontend"))
+        }
+    }
+
+    fn pool_ok(&self, kind: &'static str, name: &str, p: usize) -> Result<(), ConfigError> {
+        if p < self.pools.len() {
+            Ok(())
+        } else {
+            Err(err(kind, name, "backendAddressPool", "unknown pool"))
+        }
+    }
+}
+
+fn idle_ok(kind: &'static str, name: &str, minutes: u8) -> Result<(), ConfigError> {
+    if (4..=100).contains(&minutes) {
+        Ok(())
+    } else {
+        Err(err(kind, name, "idleTimeoutInMinutes", "must be 4..=100"))
+    }
+}
+
+/// Two listeners on one frontend conflict when their protocols intersect and their port ranges
+/// overlap; an HA-ports rule conflicts with any other listener on its frontend.
+fn check_overlaps(claims: &[Claim<'_>]) -> Result<(), ConfigError> {
+    for (i, a) in claims.iter().enumerate() {
+        for b in &claims[..i] {
+            if a.frontend != b.frontend {
+                continue;
+            }
+            if a.ha || b.ha {
+                let field = if a.ha { "protocol" } else { "frontendPort" };
+                return Err(err(
+                    a.kind,
+                    a.name,
+                    field,
+                    alloc::format!("HA ports cannot share a frontend with {} '{}'", b.kind, b.name),
+                ));
+            }
+            let protocols = a.protocol == b.protocol || a.protocol == Protocol::All || b.protocol == Protocol::All;
+            if protocols && a.ports.0 <= b.ports.1 && b.ports.0 <= a.ports.1 {
+                return Err(err(
+                    a.kind,
+                    a.name,
+                    "frontendPort",
+                    alloc::format!("overlaps {} '{}' on the same frontend and protocol", b.kind, b.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

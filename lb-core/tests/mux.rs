@@ -1,0 +1,382 @@
+//! The MUX end to end: client frames in, VxLAN frames out, every output read back with etherparse
+//! (an independent parser): outer addresses, VNI, the inner frame byte for byte, and the counters.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
+use lb_core::config::*;
+use lb_core::paths::{DropReason, Mux, MuxNode, Verdict};
+use lb_core::tables::{Health, Transition};
+use lb_core::wire::MacAddr;
+
+const HEADROOM: usize = 128;
+const VIP: [u8; 4] = [20, 50, 60, 10];
+const VIP_NAT: [u8; 4] = [20, 50, 60, 11];
+const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const HOSTS: [[u8; 4]; 4] = [[172, 16, 10, 20], [172, 16, 10, 21], [172, 16, 10, 22], [172, 16, 10, 23]];
+
+fn node(seed: u64) -> MuxNode {
+    MuxNode {
+        mac: MacAddr([2, 0, 0, 0, 5, 10]),
+        gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        underlay: IpAddr::V4(Ipv4Addr::new(172, 16, 5, 10)),
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: seed,
+        flow_capacity: 100_000,
+        maglev_size: 65_537,
+    }
+}
+
+fn backend(i: usize, v6: bool) -> Backend {
+    Backend {
+        name: format!("vm{i}{}", if v6 { "-v6" } else { "" }),
+        address: if v6 {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + i as u16))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + i as u8))
+        },
+        host: IpAddr::V4(Ipv4Addr::from(HOSTS[i % 4])),
+        weight: 1,
+    }
+}
+
+fn rule(name: &str, frontend: usize, pool: usize, protocol: Protocol, port: u16) -> Rule {
+    Rule {
+        name: name.into(),
+        frontend,
+        pool,
+        probe: Some(0),
+        protocol,
+        frontend_port: port,
+        backend_port: port,
+        load_distribution: LoadDistribution::Default,
+        floating_ip: false,
+        idle_timeout_minutes: 4,
+        tcp_reset: true,
+        disable_outbound_snat: false,
+    }
+}
+
+/// The seed's web app: VIP:80 and VIP:443 over three VMs, SSH NAT pool and one NAT rule on a second
+/// VIP, an HA-ports VIP, and an IPv6 VIP.
+fn config() -> LoadBalancer {
+    LoadBalancer {
+        name: "MyLoadBalancer".into(),
+        frontends: vec![
+            Frontend { name: "PublicFrontend".into(), address: IpAddr::from(VIP) },
+            Frontend { name: "NatFrontend".into(), address: IpAddr::from(VIP_NAT) },
+            Frontend { name: "NvaFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 9, 100)) },
+            Frontend { name: "V6Frontend".into(), address: IpAddr::from(VIP6) },
+        ],
+        pools: vec![
+            Pool { name: "WebServersPool".into(), vni: 0x1001, backends: (0..3).map(|i| backend(i, false)).collect() },
+            Pool { name: "NvaPool".into(), vni: 0x1002, backends: (0..2).map(|i| backend(i + 10, false)).collect() },
+            Pool { name: "V6Pool".into(), vni: 0x1003, backends: (0..3).map(|i| backend(i, true)).collect() },
+        ],
+        probes: vec![Probe {
+            name: "HTTP-Probe".into(),
+            protocol: ProbeProtocol::Http,
+            port: 80,
+            request_path: Some("/health".into()),
+            interval_secs: 15,
+            number_of_probes: 2,
+        }],
+        rules: vec![
+            rule("HTTP-Rule", 0, 0, Protocol::Tcp, 80),
+            rule("HTTPS-Rule", 0, 0, Protocol::Tcp, 443),
+            Rule { backend_port: 0, frontend_port: 0, ..rule("HA-Ports", 2, 1, Protocol::All, 0) },
+            rule("V6-HTTP", 3, 2, Protocol::Tcp, 80),
+            Rule { load_distribution: LoadDistribution::SourceIp, ..rule("DNS-Sticky", 0, 0, Protocol::Udp, 53) },
+        ],
+        nat_rules: vec![NatRule {
+            name: "SSH-to-VM1".into(),
+            frontend: 1,
+            protocol: Protocol::Tcp,
+            frontend_port: 60001,
+            backend_port: 22,
+            target: (0, 1),
+            floating_ip: false,
+            idle_timeout_minutes: 4,
+            tcp_reset: true,
+        }],
+        nat_pools: vec![NatPool {
+            name: "SSH-Pool".into(),
+            frontend: 1,
+            protocol: Protocol::Tcp,
+            port_start: 50000,
+            port_end: 50099,
+            backend_port: 22,
+            pool: 0,
+        }],
+        outbound_rules: vec![],
+    }
+}
+
+fn client(i: u32) -> [u8; 4] {
+    [198, 18, (i >> 8) as u8, i as u8]
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    v
+}
+
+/// Runs a frame through the MUX; returns the host it was tunnelled to (or the drop reason).
+fn run(mux: &mut Mux, frame: &[u8]) -> Result<[u8; 4], DropReason> {
+    let mut buf = vec![0u8; HEADROOM + frame.len()];
+    buf[HEADROOM..].copy_from_slice(frame);
+    match mux.process(&mut buf, HEADROOM, frame.len(), 1000) {
+        Verdict::Forward { start, len } => {
+            let outer = &buf[start..start + len];
+            let p = SlicedPacket::from_ethernet(outer).expect("outer frame parses");
+            let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("outer IPv4") };
+            assert_eq!(ip.header().source(), [172, 16, 5, 10]);
+            assert!(ip.header().dont_fragment());
+            assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
+            let Some(TransportSlice::Udp(u)) = &p.transport else { panic!("outer UDP") };
+            assert_eq!(u.destination_port(), 4789);
+            assert!(u.source_port() >= 49152);
+            let vx = u.payload();
+            assert_eq!(vx[0], 0x08, "VNI-valid flag");
+            assert_eq!(&vx[8..], frame, "inner frame unchanged");
+            Ok(ip.header().destination())
+        }
+        Verdict::Drop(r) => Err(r),
+    }
+}
+
+fn vni_of(mux: &mut Mux, frame: &[u8]) -> u32 {
+    let mut buf = vec![0u8; HEADROOM + frame.len()];
+    buf[HEADROOM..].copy_from_slice(frame);
+    let Verdict::Forward { start, .. } = mux.process(&mut buf, HEADROOM, frame.len(), 1000) else { panic!() };
+    u32::from_be_bytes([0, buf[start + 46], buf[start + 47], buf[start + 48]])
+}
+
+#[test]
+fn new_flows_spread_and_established_flows_stick() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut per_host = std::collections::HashMap::new();
+    let mut first = Vec::new();
+    for i in 0..3000u32 {
+        let host = run(&mut mux, &tcp4(client(i), 40000 + (i % 2000) as u16, VIP, 80, true)).unwrap();
+        *per_host.entry(host).or_insert(0u32) += 1;
+        first.push(host);
+    }
+    assert_eq!(per_host.len(), 3, "all three web servers get flows: {per_host:?}");
+    for n in per_host.values() {
+        assert!((800..1200).contains(n), "roughly even: {per_host:?}");
+    }
+    for i in 0..3000u32 {
+        let host = run(&mut mux, &tcp4(client(i), 40000 + (i % 2000) as u16, VIP, 80, false)).unwrap();
+        assert_eq!(host, first[i as usize], "flow {i} stays on its backend");
+    }
+    let c = mux.counters();
+    assert_eq!(c.vips[0].packets, 6000);
+    assert_eq!(c.vips[0].new_flows, 3000);
+    assert_eq!(c.rules[0].new_flows, 3000);
+    assert_eq!(c.backends[0].iter().map(|b| b.new_flows).sum::<u64>(), 3000);
+    assert_eq!(vni_of(&mut mux, &tcp4(client(1), 40001, VIP, 80, false)), 0x1001);
+}
+
+#[test]
+fn unhealthy_backend_keeps_its_flows_but_gets_no_new_ones() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let flows: Vec<_> = (0..600u32).map(|i| (tcp4(client(i), 50000, VIP, 80, true), i)).collect();
+    let before: Vec<_> = flows.iter().map(|(f, _)| run(&mut mux, f).unwrap()).collect();
+    assert_eq!(mux.report_probe(0, 1, false).unwrap(), Transition::None, "one failure is not enough");
+    assert_eq!(mux.report_probe(0, 1, false).unwrap(), Transition::WentDown);
+    assert_eq!(mux.health(0, 1), Some(Health::Down));
+    for (i, (_, n)) in flows.iter().enumerate() {
+        let again = run(&mut mux, &tcp4(client(*n), 50000, VIP, 80, false)).unwrap();
+        assert_eq!(again, before[i], "existing connections remain active");
+    }
+    for i in 1000..1600u32 {
+        let h = run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap();
+        assert_ne!(h, HOSTS[1], "new connections avoid the unhealthy backend");
+    }
+    assert_eq!(mux.report_probe(0, 1, true).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 1, true).unwrap(), Transition::CameUp);
+    let back =
+        (2000..2600u32).filter(|&i| run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1]).count();
+    assert!(back > 100, "the recovered backend takes new flows again ({back})");
+    assert!(mux.report_probe(0, 9, true).is_err());
+}
+
+#[test]
+fn two_muxes_agree_whatever_the_order() {
+    let mut a = Mux::new(node(7), config()).unwrap();
+    let mut b = Mux::new(node(7), config()).unwrap();
+    let frames: Vec<_> = (0..500u32).map(|i| tcp4(client(i), 1024 + i as u16, VIP, 443, true)).collect();
+    let fwd: Vec<_> = frames.iter().map(|f| run(&mut a, f).unwrap()).collect();
+    let mut rev: Vec<_> = frames.iter().rev().map(|f| run(&mut b, f).unwrap()).collect();
+    rev.reverse();
+    assert_eq!(fwd, rev);
+}
+
+#[test]
+fn drops_have_reasons_and_counters() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    assert_eq!(run(&mut mux, &tcp4(client(1), 1, [20, 50, 60, 99], 80, true)), Err(DropReason::NoVip));
+    assert_eq!(run(&mut mux, &tcp4(client(1), 1, VIP, 81, true)), Err(DropReason::NoRule));
+    assert_eq!(run(&mut mux, &tcp4(client(1), 1, VIP, 80, true)[..30]), Err(DropReason::Malformed));
+    let frame = tcp4(client(1), 1, VIP, 80, true);
+    let mut small = vec![0u8; 10 + frame.len()];
+    small[10..].copy_from_slice(&frame);
+    assert_eq!(mux.process(&mut small, 10, frame.len(), 0), Verdict::Drop(DropReason::Encap));
+    assert_eq!(mux.process(&mut small, 10, frame.len() + 1, 0), Verdict::Drop(DropReason::Malformed));
+    let d = mux.counters().drops;
+    assert_eq!(d[DropReason::NoVip as usize], 1);
+    assert_eq!(d[DropReason::NoRule as usize], 1);
+    assert_eq!(d[DropReason::Malformed as usize], 2);
+    assert_eq!(d[DropReason::Encap as usize], 1);
+}
+
+#[test]
+fn inbound_nat_rule_and_pool_pick_their_member() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    // SSH-Pool: 50000 + i -> member i of WebServersPool.
+    for m in 0..3u16 {
+        assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 50000 + m, true)), Ok(HOSTS[usize::from(m)]));
+    }
+    assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 50003, true)), Err(DropReason::NoBackend));
+    assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 60001, true)), Ok(HOSTS[1]), "SSH-to-VM1");
+}
+
+#[test]
+fn ha_ports_take_every_protocol_and_port() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let nva = [10, 0, 9, 100];
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 2, 7], nva, 64).udp(5000, 12345).write(&mut v, b"x").unwrap();
+    assert!(run(&mut mux, &v).is_ok());
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv4([10, 0, 2, 7], nva, 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut v, b"ping")
+        .unwrap();
+    let h = run(&mut mux, &v).unwrap();
+    assert!(h == HOSTS[2] || h == HOSTS[3], "NVA pool hosts: {h:?}");
+    assert!(run(&mut mux, &tcp4([10, 0, 2, 7], 1, nva, 3389, true)).is_ok());
+}
+
+#[test]
+fn source_ip_distribution_sticks_a_client_to_one_backend() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    for c in 0..50u32 {
+        let hosts: std::collections::HashSet<_> = (0..20u16)
+            .map(|p| {
+                let mut v = Vec::new();
+                PacketBuilder::ethernet2([2; 6], [4; 6])
+                    .ipv4(client(c), VIP, 64)
+                    .udp(20000 + p, 53)
+                    .write(&mut v, b"q")
+                    .unwrap();
+                run(&mut mux, &v).unwrap()
+            })
+            .collect();
+        assert_eq!(hosts.len(), 1, "client {c} went to {hosts:?}");
+    }
+}
+
+#[test]
+fn vlan_tagged_and_ipv6_clients() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [4; 6])
+        .single_vlan(VlanId::try_new(10).unwrap())
+        .ipv4(client(3), VIP, 64)
+        .tcp(40000, 80, 1, 1000)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    assert!(run(&mut mux, &v).is_ok());
+    let mut v = Vec::new();
+    let src = [0x20, 0x01, 0x0d, 0xb8, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+    PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv6(src, VIP6, 64)
+        .tcp(40000, 80, 1, 1000)
+        .syn()
+        .write(&mut v, &[])
+        .unwrap();
+    assert!(run(&mut mux, &v).is_ok());
+    assert_eq!(mux.counters().vips[3].packets, 1);
+    assert_eq!(vni_of(&mut mux, &v), 0x1003);
+}
+
+/// IPv4 fragments of one UDP datagram: `offsets` in 8-byte units, first fragment carries the header.
+fn udp_fragment(id: u16, offset_units: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 5, 10, 0x08, 0x00];
+    let total = 20 + payload.len() as u16;
+    let flags = if more { 0x2000 } else { 0 } | offset_units;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6..8].copy_from_slice(&flags.to_be_bytes());
+    ip.extend_from_slice(&client(9));
+    ip.extend_from_slice(&VIP);
+    let c = lb_core::wire::checksum::ipv4_header(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn fragments_follow_their_first_fragment() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    // UDP header (port 53 -> DNS-Sticky rule) + 8 bytes in the first fragment, 16 more later.
+    let mut first = vec![0x30, 0x39, 0x00, 0x35, 0x00, 32, 0, 0];
+    first.extend_from_slice(&[0xaa; 8]);
+    let h1 = run(&mut mux, &udp_fragment(77, 0, true, &first)).unwrap();
+    let h2 = run(&mut mux, &udp_fragment(77, 2, false, &[0xbb; 16])).unwrap();
+    assert_eq!(h1, h2);
+    assert_eq!(run(&mut mux, &udp_fragment(78, 2, false, &[0xbb; 16])), Err(DropReason::FragmentUnknown));
+}
+
+#[test]
+fn icmp_errors_reach_the_backend_of_the_quoted_flow() {
+    let mut mux = Mux::new(node(3), config()).unwrap();
+    for i in 0..200u32 {
+        let syn = tcp4(client(i), 41000, VIP, 80, true);
+        let host = run(&mut mux, &syn).unwrap();
+        // A router on the way back says "fragmentation needed" about the backend's SYN-ACK, which
+        // left with the VIP as source: the error comes to the VIP and quotes VIP:80 -> client.
+        let reply = tcp4(VIP, 80, client(i), 41000, true);
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([203, 0, 113, 1], VIP, 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut v, &reply[14..14 + 28])
+            .unwrap();
+        assert_eq!(run(&mut mux, &v), Ok(host), "flow {i}");
+    }
+}
+
+#[test]
+fn reconfiguration_keeps_established_flows() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let frames: Vec<_> = (0..300u32).map(|i| tcp4(client(i), 42000, VIP, 80, true)).collect();
+    let before: Vec<_> = frames.iter().map(|f| run(&mut mux, f).unwrap()).collect();
+    let mut cfg = config();
+    cfg.pools[0].backends.push(backend(3, false));
+    mux.update(cfg).unwrap();
+    for (f, h) in frames.iter().zip(&before) {
+        assert_eq!(run(&mut mux, f).as_ref(), Ok(h), "established flow moved by an update");
+    }
+    let new_host =
+        (1000..1600u32).filter(|&i| run(&mut mux, &tcp4(client(i), 42000, VIP, 80, true)).unwrap() == HOSTS[3]).count();
+    assert!(new_host > 80, "the added backend takes new flows ({new_host})");
+    let mut bad = config();
+    bad.rules[0].pool = 9;
+    assert!(mux.update(bad).is_err(), "an invalid configuration is refused");
+    assert_eq!(mux.config().pools[0].backends.len(), 4, "and the running one kept");
+}
