@@ -84,10 +84,19 @@ pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
             let mut p = ip.payload();
             for _ in 0..8 {
                 match nh {
-                    IpProtocol::HopByHop | IpProtocol::Ipv6Route | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Frag => {
+                    IpProtocol::HopByHop
+                    | IpProtocol::Ipv6Route
+                    | IpProtocol::Ipv6Opts
+                    | IpProtocol::Ipv6Frag
+                    | IpProtocol::IpSecAh => {
                         let e = Ipv6ExtHeader::new_checked(p).ok()?;
-                        // The Fragment header is always 8 bytes; its second byte is reserved, not a length.
-                        let len = if nh == IpProtocol::Ipv6Frag { 8 } else { (usize::from(e.header_len()) + 1) * 8 };
+                        // The Fragment header is always 8 bytes (its second byte is reserved, not a
+                        // length); AH counts its length in 4-byte words, minus 2 (RFC 4302).
+                        let len = match nh {
+                            IpProtocol::Ipv6Frag => 8,
+                            IpProtocol::IpSecAh => (usize::from(e.header_len()) + 2) * 4,
+                            _ => (usize::from(e.header_len()) + 1) * 8,
+                        };
                         let mut later = false;
                         if nh == IpProtocol::Ipv6Frag {
                             let f = Ipv6FragmentHeader::new_checked(e.payload()).ok()?;

@@ -379,51 +379,82 @@ impl Mux {
 
     /// Processes a burst: `frames[i]` is `(buffer, frame start, frame length)`; the verdicts go to
     /// `out[i]`. Frames are edited in place.
+    ///
+    /// Two passes over each 32 frames, as a DPDK pipeline does: the first parses every frame and
+    /// reads its flow-table bucket, so the cache misses of the whole burst (packet data, buckets)
+    /// are in flight together; the second steers and encapsulates with everything in cache. The
+    /// flow hash of the first pass is the one the second uses: each packet is hashed once.
     pub fn process_burst(&mut self, frames: &mut [(&mut [u8], usize, usize)], now: u32, out: &mut [Verdict]) {
-        for ((buf, start, len), v) in frames.iter_mut().zip(out.iter_mut()) {
-            *v = self.process(buf, *start, *len, now);
+        const B: usize = 32;
+        let seed = self.node.hash_seed;
+        for (chunk, verdicts) in frames.chunks_mut(B).zip(out.chunks_mut(B)) {
+            let mut keys: [Option<(FlowKey, u32)>; B] = [None; B];
+            for ((buf, start, len), slot) in chunk.iter().zip(keys.iter_mut()) {
+                let frame = start.checked_add(*len).and_then(|end| buf.get(*start..end));
+                if let Some(k) = frame.and_then(|f| parse_flow_key(f).ok()) {
+                    let h = k.hash(seed);
+                    self.flows.prefetch(h);
+                    *slot = Some((k, h));
+                }
+            }
+            for (((buf, start, len), v), parsed) in chunk.iter_mut().zip(verdicts.iter_mut()).zip(keys) {
+                *v = match parsed {
+                    Some((k, h)) => self.steer(buf, *start, *len, &k, h, now),
+                    None => Verdict::Drop(DropReason::Malformed),
+                };
+                if let Verdict::Drop(r) = *v {
+                    self.counters.drops[r as usize] += 1;
+                }
+            }
         }
     }
 
     /// Processes one frame at `buf[start..start + len]`, with headroom before it for the outer
     /// headers; `now` is in seconds.
     pub fn process(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> Verdict {
-        let v = self.classify(buf, start, len, now);
+        let key = start.checked_add(len).and_then(|end| buf.get(start..end)).and_then(|f| parse_flow_key(f).ok());
+        let v = match key {
+            Some(k) => {
+                let h = k.hash(self.node.hash_seed);
+                self.steer(buf, start, len, &k, h, now)
+            }
+            None => Verdict::Drop(DropReason::Malformed),
+        };
         if let Verdict::Drop(r) = v {
             self.counters.drops[r as usize] += 1;
         }
         v
     }
 
+    /// Everything after parsing: `key` is the frame's flow key, `key_hash` its 5-tuple hash.
     #[inline]
-    fn classify(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> Verdict {
-        let Some(frame) = start.checked_add(len).and_then(|end| buf.get(start..end)) else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
-        let Ok(key) = parse_flow_key(frame) else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
+    fn steer(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, key_hash: u32, now: u32) -> Verdict {
+        let key = *key;
         let Some(vip) = self.vips.iter().position(|v| v.addr == key.dst_addr && v.version == key.ip_version) else {
             return Verdict::Drop(DropReason::NoVip);
         };
+        let seed = self.node.hash_seed;
         // An ICMP error is steered by the connection it quotes (a packet the VIP sent), reversed.
-        let flow = if key.is_icmp_error() {
-            match quoted_flow_key(frame, &key) {
-                Ok(q) if q.src_addr == key.dst_addr => q.reversed(),
+        let (flow, hash) = if key.is_icmp_error() {
+            let quoted = buf.get(start..start + len).map(|frame| quoted_flow_key(frame, &key));
+            match quoted {
+                Some(Ok(q)) if q.src_addr == key.dst_addr => {
+                    let f = q.reversed();
+                    (f, f.hash(seed))
+                }
                 _ => return Verdict::Drop(DropReason::Malformed),
             }
         } else {
-            key
+            (key, key_hash)
         };
-        let seed = self.node.hash_seed;
         // A later fragment has no ports: only its first fragment's record knows its flow.
         if flow.fragment == Fragment::Later {
-            let (tuple, hash) = fragment_record(&flow, seed);
-            let Some(at) = self.flows.lookup(&tuple, hash, now) else {
+            let (tuple, frag_hash) = fragment_record(&flow, seed);
+            let Some(at) = self.flows.lookup(&tuple, frag_hash, now) else {
                 return Verdict::Drop(DropReason::FragmentUnknown);
             };
             let e = self.flows.touch(at, 0, now);
-            return self.forward(buf, start, len, vip, usize::from(e.rule), e.backend, false, hash);
+            return self.forward(buf, start, len, vip, usize::from(e.rule), e.backend, false, frag_hash);
         }
         let Some(l) = self.vips[vip]
             .listeners
@@ -434,7 +465,6 @@ impl Mux {
             return Verdict::Drop(DropReason::NoRule);
         };
         let tuple = FlowTuple::from(&flow);
-        let hash = flow.hash(seed);
         let (tunnel, new_flow) = match self.flows.lookup(&tuple, hash, now) {
             Some(at) => (self.flows.touch(at, key.tcp_flags, now).backend, false),
             None => {

@@ -1,0 +1,174 @@
+//! The whole MUX path (parse → VIP/rule → flow table or Maglev → VxLAN encap in place), bursts of
+//! 32, on lb-testkit's realistic mix of inbound frames: established flows with 10 thousand and
+//! 1 million flows in the table, and new flows. `cargo bench -p lb-benches --bench mux`.
+//! Katran publishes 101-119 ns a packet a core for comparison.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lb_core::config::*;
+use lb_core::paths::{Mux, MuxNode, Verdict};
+use lb_core::wire::{parse_flow_key, MacAddr};
+use lb_testkit::{MixConfig, TrafficGenerator, VIPS_V4, VIPS_V6};
+
+const HEADROOM: usize = 128;
+const BURST: usize = 32;
+const PROBES: usize = 4096;
+
+fn config() -> LoadBalancer {
+    let mut lb = LoadBalancer { name: "bench".into(), ..LoadBalancer::default() };
+    for (i, v) in VIPS_V4.iter().map(|&a| IpAddr::V4(a)).chain(VIPS_V6.iter().map(|&a| IpAddr::V6(a))).enumerate() {
+        lb.frontends.push(Frontend { name: format!("vip{i}"), address: v });
+    }
+    let pool = |name: &str, v6: bool, vni: u32| Pool {
+        name: name.into(),
+        vni,
+        backends: (0..32u16)
+            .map(|b| Backend {
+                name: format!("{name}-{b}"),
+                address: if v6 {
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + b))
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + b as u8))
+                },
+                host: IpAddr::V4(Ipv4Addr::new(172, 16, 10, 20 + b as u8)),
+                weight: 1,
+            })
+            .collect(),
+    };
+    lb.pools = vec![pool("web4", false, 100), pool("web6", true, 101)];
+    // Every VIP takes every protocol and port (HA ports), so that the whole mix is balanced.
+    for f in 0..lb.frontends.len() {
+        lb.rules.push(Rule {
+            name: format!("ha{f}"),
+            frontend: f,
+            pool: usize::from(f >= VIPS_V4.len()),
+            probe: None,
+            protocol: Protocol::All,
+            frontend_port: 0,
+            backend_port: 0,
+            load_distribution: LoadDistribution::Default,
+            floating_ip: false,
+            idle_timeout_minutes: 30,
+            tcp_reset: false,
+            disable_outbound_snat: false,
+        });
+    }
+    lb
+}
+
+fn mux(flows: usize) -> Mux {
+    let node = MuxNode {
+        mac: MacAddr([2, 0, 0, 0, 5, 10]),
+        gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        underlay: IpAddr::V4(Ipv4Addr::new(172, 16, 5, 10)),
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: 42,
+        flow_capacity: flows + PROBES,
+        maglev_size: 65_537,
+    };
+    Mux::new(node, config()).unwrap()
+}
+
+/// Inbound frames of the realistic mix (the MUX only ever sees traffic towards its VIPs), each in
+/// a buffer with headroom.
+fn probes() -> Vec<(Vec<u8>, usize)> {
+    let vips: Vec<IpAddr> = VIPS_V4.iter().map(|&a| a.into()).chain(VIPS_V6.iter().map(|&a| a.into())).collect();
+    let mut gen = TrafficGenerator::new(9, MixConfig::realistic());
+    let mut out = Vec::new();
+    while out.len() < PROBES {
+        let f = gen.next_frame();
+        if parse_flow_key(&f.bytes).is_ok_and(|k| vips.contains(&k.dst_ip())) {
+            let mut buf = vec![0u8; HEADROOM + f.bytes.len()];
+            buf[HEADROOM..].copy_from_slice(&f.bytes);
+            out.push((buf, f.bytes.len()));
+        }
+    }
+    out
+}
+
+/// Fills the table with `n` established TCP flows of other clients.
+fn fill(mux: &mut Mux, n: usize) {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv4([100, 64, 0, 0], VIPS_V4[0].octets(), 64)
+        .tcp(1, 443, 1, 1000)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    let mut buf = vec![0u8; HEADROOM + frame.len()];
+    for i in 0..n as u32 {
+        buf[HEADROOM..].copy_from_slice(&frame);
+        // Source address 100.64.x.y and port: a distinct flow each time.
+        buf[HEADROOM + 28..HEADROOM + 30].copy_from_slice(&((i >> 16) as u16).to_be_bytes());
+        buf[HEADROOM + 34..HEADROOM + 36].copy_from_slice(&(i as u16).to_be_bytes());
+        let len = frame.len();
+        assert!(matches!(mux.process(&mut buf, HEADROOM, len, 0), Verdict::Forward { .. }));
+    }
+}
+
+fn run_bursts(mux: &mut Mux, probes: &mut [(Vec<u8>, usize)], now: u32) -> usize {
+    let mut forwarded = 0;
+    for burst in probes.chunks_mut(BURST) {
+        let mut frames: Vec<(&mut [u8], usize, usize)> =
+            burst.iter_mut().map(|(b, l)| (&mut b[..], HEADROOM, *l)).collect();
+        let mut out = [Verdict::Drop(lb_core::paths::DropReason::Malformed); BURST];
+        mux.process_burst(&mut frames, now, &mut out);
+        forwarded += out.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count();
+    }
+    forwarded
+}
+
+fn established(c: &mut Criterion) {
+    let sizes: &[usize] = if std::env::args().any(|a| a == "--bench") { &[10_000, 1_000_000] } else { &[10_000] };
+    for &n in sizes {
+        let mut m = mux(n);
+        fill(&mut m, n);
+        let mut p = probes();
+        let forwarded = run_bursts(&mut m, &mut p, 1);
+        assert!(forwarded * 100 >= PROBES * 95, "{forwarded} of {PROBES} forwarded");
+        let mut g = c.benchmark_group(format!("mux/established/{n}-flows"));
+        g.throughput(Throughput::Elements(PROBES as u64));
+        g.bench_function("burst-32", |b| b.iter(|| run_bursts(black_box(&mut m), &mut p, 2)));
+        g.finish();
+    }
+}
+
+fn new_flows(c: &mut Criterion) {
+    let mut m = mux(1_000_000);
+    let mut p = probes();
+    let mut g = c.benchmark_group("mux/new-flows");
+    g.throughput(Throughput::Elements(PROBES as u64));
+    // Where each probe's client port and address live, found once, outside the measurement.
+    let edits: Vec<(Option<usize>, usize)> = p
+        .iter()
+        .map(|(buf, _)| {
+            let k = parse_flow_key(&buf[HEADROOM..]).unwrap();
+            let port = (matches!(k.protocol, 6 | 17) && k.fragment == lb_core::wire::Fragment::None)
+                .then_some(HEADROOM + usize::from(k.l4_offset));
+            let v4 = k.ip_version == lb_core::wire::IpVersion::V4;
+            (port, HEADROOM + usize::from(k.l3_offset) + if v4 { 12 } else { 8 })
+        })
+        .collect();
+    let mut round = 0u32;
+    g.bench_function("burst-32", |b| {
+        b.iter(|| {
+            // A new client port (and address byte) on every frame of every round: every packet
+            // misses the flow table, is hashed into Maglev and inserted.
+            round = round.wrapping_add(1);
+            for ((buf, _), &(port, addr)) in p.iter_mut().zip(&edits) {
+                if let Some(at) = port {
+                    buf[at..at + 2].copy_from_slice(&(round as u16).to_be_bytes());
+                }
+                buf[addr] = (round >> 16) as u8;
+            }
+            run_bursts(black_box(&mut m), &mut p, round)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, established, new_flows);
+criterion_main!(benches);
