@@ -297,12 +297,21 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
     for r in &p.inbound_nat_rules {
         let c = Ctx { kind: "inboundNatRules", name: &r.name };
         let q = &r.properties;
-        let target = q.backend_ip_configuration.id.rsplit('/').next().unwrap_or("");
-        let found = lb
+        // `.../backendAddressPools/POOL/loadBalancerBackendAddresses/NAME` names its pool; a bare
+        // backend name must then be unique across pools.
+        let id = &q.backend_ip_configuration.id;
+        let target = id.rsplit('/').next().unwrap_or("");
+        let pool_named = id.split("/backendAddressPools/").nth(1).and_then(|rest| rest.split('/').next());
+        let mut matches = lb
             .pools
             .iter()
             .enumerate()
-            .find_map(|(pi, pool)| pool.backends.iter().position(|b| b.name == target).map(|bi| (pi, bi)));
+            .filter(|(_, pool)| pool_named.is_none_or(|n| pool.name == n))
+            .filter_map(|(pi, pool)| pool.backends.iter().position(|b| b.name == target).map(|bi| (pi, bi)));
+        let found = matches.next();
+        if matches.next().is_some() {
+            return Err(c.err("backendIPConfiguration", format!("'{target}' is in several pools: name the pool")));
+        }
         lb.nat_rules.push(NatRule {
             name: r.name.clone(),
             frontend: c.index(

@@ -18,6 +18,9 @@ pub mod json;
 /// The largest pool the Standard SKU allows.
 pub const MAX_POOL_SIZE: usize = 1000;
 
+/// SNAT ports one frontend address offers (of 65,536, less the well-known range).
+pub const SNAT_PORTS_PER_ADDRESS: u64 = 64_000;
+
 /// Transport protocol a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -273,9 +276,13 @@ impl LoadBalancer {
     /// Checks everything the data path relies on; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_names()?;
-        for f in &self.frontends {
+        for (i, f) in self.frontends.iter().enumerate() {
             if f.address.is_unspecified() || f.address.is_multicast() {
                 return Err(err("frontendIPConfigurations", &f.name, "ipAddress", "not a unicast address"));
+            }
+            if let Some(twin) = self.frontends[..i].iter().find(|o| o.address == f.address) {
+                let problem = alloc::format!("{} is already frontend '{}'", f.address, twin.name);
+                return Err(err("frontendIPConfigurations", &f.name, "ipAddress", problem));
             }
         }
         // One underlay: every host address is IPv4, or every one is IPv6.
@@ -294,6 +301,10 @@ impl LoadBalancer {
                 return Err(err("backendAddressPools", &p.name, "vni", "above 24 bits"));
             }
             for (i, b) in p.backends.iter().enumerate() {
+                if p.backends[..i].iter().any(|o| o.name == b.name) {
+                    let problem = alloc::format!("backend '{}' listed twice", b.name);
+                    return Err(err("backendAddressPools", &p.name, "name", problem));
+                }
                 if p.backends[..i].iter().any(|o| o.address == b.address) {
                     return Err(err(
                         "backendAddressPools",
@@ -316,11 +327,11 @@ impl LoadBalancer {
             if p.port == 0 {
                 return Err(err("probes", &p.name, "port", "must be 1..=65535"));
             }
-            if p.interval_secs < 5 {
-                return Err(err("probes", &p.name, "intervalInSeconds", "at least 5"));
+            if !(5..=300).contains(&p.interval_secs) {
+                return Err(err("probes", &p.name, "intervalInSeconds", "must be 5..=300"));
             }
-            if p.number_of_probes == 0 {
-                return Err(err("probes", &p.name, "numberOfProbes", "at least 1"));
+            if !(1..=100).contains(&p.number_of_probes) {
+                return Err(err("probes", &p.name, "numberOfProbes", "must be 1..=100"));
             }
             if p.protocol != ProbeProtocol::Tcp && !p.request_path.as_deref().is_some_and(|r| r.starts_with('/')) {
                 return Err(err("probes", &p.name, "requestPath", "HTTP(S) probes need a path starting with '/'"));
@@ -338,19 +349,16 @@ impl LoadBalancer {
             }
             idle_ok(k, &r.name, r.idle_timeout_minutes)?;
             let ha = r.is_ha_ports();
-            if !ha && (r.frontend_port == 0 || r.backend_port == 0) {
-                return Err(err(k, &r.name, "frontendPort", "ports 0 only with protocol All (HA ports)"));
+            if !ha && r.frontend_port == 0 {
+                return Err(err(k, &r.name, "frontendPort", "port 0 only with protocol All (HA ports)"));
+            }
+            if !ha && r.backend_port == 0 {
+                return Err(err(k, &r.name, "backendPort", "port 0 only with protocol All (HA ports)"));
             }
             if r.protocol == Protocol::All && !ha {
                 return Err(err(k, &r.name, "protocol", "All requires frontendPort and backendPort 0 (HA ports)"));
             }
-            if self.pools[r.pool]
-                .backends
-                .iter()
-                .any(|b| b.address.is_ipv4() != self.frontends[r.frontend].address.is_ipv4())
-            {
-                return Err(err(k, &r.name, "backendAddressPool", "backends and frontend differ in IP version"));
-            }
+            self.same_version(k, &r.name, "backendAddressPool", r.frontend, r.pool)?;
             claims.push(Claim {
                 kind: k,
                 name: &r.name,
@@ -367,12 +375,18 @@ impl LoadBalancer {
             if r.protocol == Protocol::All {
                 return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
             }
-            if r.frontend_port == 0 || r.backend_port == 0 {
+            if r.frontend_port == 0 {
                 return Err(err(k, &r.name, "frontendPort", "must be 1..=65535"));
             }
+            if r.backend_port == 0 {
+                return Err(err(k, &r.name, "backendPort", "must be 1..=65535"));
+            }
             let (p, m) = r.target;
-            if p >= self.pools.len() || m >= self.pools[p].backends.len() {
+            let Some(target) = self.pools.get(p).and_then(|pool| pool.backends.get(m)) else {
                 return Err(err(k, &r.name, "backendIPConfiguration", "unknown backend"));
+            };
+            if target.address.is_ipv4() != self.frontends[r.frontend].address.is_ipv4() {
+                return Err(err(k, &r.name, "backendIPConfiguration", "backend and frontend differ in IP version"));
             }
             claims.push(Claim {
                 kind: k,
@@ -390,9 +404,13 @@ impl LoadBalancer {
             if r.protocol == Protocol::All {
                 return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
             }
-            if r.port_start == 0 || r.port_end < r.port_start {
-                return Err(err(k, &r.name, "frontendPortRangeEnd", "range must be start..=end within 1..=65535"));
+            if r.port_start == 0 {
+                return Err(err(k, &r.name, "frontendPortRangeStart", "must be 1..=65535"));
             }
+            if r.port_end < r.port_start {
+                return Err(err(k, &r.name, "frontendPortRangeEnd", "below frontendPortRangeStart"));
+            }
+            self.same_version(k, &r.name, "backendAddressPool", r.frontend, r.pool)?;
             if usize::from(r.port_end - r.port_start) + 1 < self.pools[r.pool].backends.len() {
                 return Err(err(k, &r.name, "frontendPortRangeEnd", "fewer ports than pool members"));
             }
@@ -409,29 +427,37 @@ impl LoadBalancer {
             });
         }
         check_overlaps(&claims)?;
+        // SNAT ports each frontend address hands out, over every outbound rule that uses it.
+        let mut snat_used = alloc::vec![0u64; self.frontends.len()];
         for r in &self.outbound_rules {
             let k = "outboundRules";
             if r.frontends.is_empty() {
                 return Err(err(k, &r.name, "frontendIPConfigurations", "at least one"));
             }
+            self.pool_ok(k, &r.name, r.pool)?;
             for &f in &r.frontends {
                 self.frontend_ok(k, &r.name, f)?;
+                self.same_version(k, &r.name, "frontendIPConfigurations", f, r.pool)?;
             }
-            self.pool_ok(k, &r.name, r.pool)?;
             idle_ok(k, &r.name, r.idle_timeout_minutes)?;
             if let Some(n) = r.allocated_outbound_ports {
-                if n == 0 || n % 8 != 0 || n > 64_000 {
+                if n == 0 || n % 8 != 0 || u64::from(n) > SNAT_PORTS_PER_ADDRESS {
                     return Err(err(k, &r.name, "allocatedOutboundPorts", "a multiple of 8 in 8..=64000"));
                 }
+                // The rule's ports are spread over its addresses; each address has 64,000.
                 let need = u64::from(n) * self.pools[r.pool].backends.len() as u64;
-                let have = 64_000 * r.frontends.len() as u64;
-                if need > have {
-                    return Err(err(
-                        k,
-                        &r.name,
-                        "allocatedOutboundPorts",
-                        alloc::format!("{need} ports needed, {have} available"),
-                    ));
+                let per_address = need.div_ceil(r.frontends.len() as u64);
+                for &f in &r.frontends {
+                    snat_used[f] += per_address;
+                    if snat_used[f] > SNAT_PORTS_PER_ADDRESS {
+                        let have = SNAT_PORTS_PER_ADDRESS * r.frontends.len() as u64;
+                        let problem = alloc::format!(
+                            "{need} ports needed, {have} available: frontend '{}' would hand out {} of {SNAT_PORTS_PER_ADDRESS}",
+                            self.frontends[f].name,
+                            snat_used[f]
+                        );
+                        return Err(err(k, &r.name, "allocatedOutboundPorts", problem));
+                    }
                 }
             }
         }
@@ -459,6 +485,23 @@ impl LoadBalancer {
         unique("inboundNatRules", self.nat_rules.iter().map(|x| &x.name))?;
         unique("inboundNatPools", self.nat_pools.iter().map(|x| &x.name))?;
         unique("outboundRules", self.outbound_rules.iter().map(|x| &x.name))
+    }
+
+    /// Frontend `f` and every member of pool `p` must be of one IP version (the MUX and the host do
+    /// not translate between them).
+    fn same_version(
+        &self,
+        kind: &'static str,
+        name: &str,
+        field: &'static str,
+        f: usize,
+        p: usize,
+    ) -> Result<(), ConfigError> {
+        let v4 = self.frontends[f].address.is_ipv4();
+        if self.pools[p].backends.iter().any(|b| b.address.is_ipv4() != v4) {
+            return Err(err(kind, name, field, "backends and frontend differ in IP version"));
+        }
+        Ok(())
     }
 
     fn frontend_ok(&self, kind: &'static str, name: &str, f: usize) -> Result<(), ConfigError> {

@@ -397,9 +397,9 @@ impl Mux {
                     *slot = Some((k, h));
                 }
             }
-            for (((buf, start, len), v), parsed) in chunk.iter_mut().zip(verdicts.iter_mut()).zip(keys) {
+            for (((buf, start, len), v), parsed) in chunk.iter_mut().zip(verdicts.iter_mut()).zip(&keys) {
                 *v = match parsed {
-                    Some((k, h)) => self.steer(buf, *start, *len, &k, h, now),
+                    Some((k, h)) => self.steer(buf, *start, *len, k, *h, now),
                     None => Verdict::Drop(DropReason::Malformed),
                 };
                 if let Verdict::Drop(r) = *v {
@@ -429,14 +429,13 @@ impl Mux {
     /// Everything after parsing: `key` is the frame's flow key, `key_hash` its 5-tuple hash.
     #[inline]
     fn steer(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, key_hash: u32, now: u32) -> Verdict {
-        let key = *key;
         let Some(vip) = self.vips.iter().position(|v| v.addr == key.dst_addr && v.version == key.ip_version) else {
             return Verdict::Drop(DropReason::NoVip);
         };
         let seed = self.node.hash_seed;
         // An ICMP error is steered by the connection it quotes (a packet the VIP sent), reversed.
         let (flow, hash) = if key.is_icmp_error() {
-            let quoted = buf.get(start..start + len).map(|frame| quoted_flow_key(frame, &key));
+            let quoted = buf.get(start..start + len).map(|frame| quoted_flow_key(frame, key));
             match quoted {
                 Some(Ok(q)) if q.src_addr == key.dst_addr => {
                     let f = q.reversed();
@@ -445,7 +444,7 @@ impl Mux {
                 _ => return Verdict::Drop(DropReason::Malformed),
             }
         } else {
-            (key, key_hash)
+            (*key, key_hash)
         };
         // A later fragment has no ports: only its first fragment's record knows its flow.
         if flow.fragment == Fragment::Later {

@@ -1,0 +1,708 @@
+//! The resource model read from JSON: every file in `examples/` loads into the model it describes,
+//! and each kind of invalid configuration is refused with an error naming the resource kind, the
+//! resource's name and the offending field.
+//!
+//! Run with `cargo test -p lb-core --features std --test config`.
+#![cfg(feature = "std")]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use lb_core::config::json::from_json;
+use lb_core::config::*;
+use serde_json::{json, Value};
+
+const BASIC: &str = "basic-web-app.json";
+const THREE_TIER: &str = "internal-3-tier-ha-ports.json";
+const OUTBOUND: &str = "outbound-snat.json";
+const NAT_POOL: &str = "inbound-nat-pool.json";
+
+fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("examples")
+}
+
+fn text(file: &str) -> String {
+    let path = examples_dir().join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn load(file: &str) -> LoadBalancer {
+    from_json(&text(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `file` as a JSON value after `edit`.
+fn edited(file: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value = serde_json::from_str(&text(file)).unwrap();
+    edit(&mut v);
+    v.to_string()
+}
+
+/// Loads `file` after `edit`, expecting success.
+fn accept(file: &str, edit: impl FnOnce(&mut Value)) -> LoadBalancer {
+    from_json(&edited(file, edit)).unwrap_or_else(|e| panic!("{file} (edited) refused: {e}"))
+}
+
+/// Loads `file` after `edit`, expecting refusal.
+fn refuse(file: &str, edit: impl FnOnce(&mut Value)) -> ConfigError {
+    match from_json(&edited(file, edit)) {
+        Ok(lb) => panic!("{file} (edited) accepted: {lb:#?}"),
+        Err(e) => e,
+    }
+}
+
+/// The error names `kind`, `name` and `field`, in its fields and in its Display.
+#[track_caller]
+fn assert_names(e: &ConfigError, kind: &str, name: &str, field: &str) {
+    assert_eq!((e.kind, e.name.as_str(), e.field), (kind, name, field), "{e}");
+    assert!(!e.problem.is_empty(), "{e:?}");
+    let shown = e.to_string();
+    for part in [kind, &format!("'{name}'"), field, &e.problem] {
+        assert!(shown.contains(part), "{shown:?} does not mention {part:?}");
+    }
+}
+
+/// The `properties` of item `i` of collection `coll` (e.g. `loadBalancingRules`).
+fn props<'a>(v: &'a mut Value, coll: &str, i: usize) -> &'a mut Value {
+    &mut v["properties"][coll][i]["properties"]
+}
+
+fn collection<'a>(v: &'a mut Value, coll: &str) -> &'a mut Vec<Value> {
+    v["properties"][coll].as_array_mut().unwrap()
+}
+
+fn frontend_index(lb: &LoadBalancer, name: &str) -> usize {
+    lb.frontends.iter().position(|f| f.name == name).unwrap_or_else(|| panic!("no frontend {name}"))
+}
+
+fn pool_index(lb: &LoadBalancer, name: &str) -> usize {
+    lb.pools.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no pool {name}"))
+}
+
+fn rule<'a>(lb: &'a LoadBalancer, name: &str) -> &'a Rule {
+    lb.rules.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The examples
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_example_loads() {
+    let mut files: Vec<String> = std::fs::read_dir(examples_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    files.sort();
+    for f in [BASIC, THREE_TIER, OUTBOUND, NAT_POOL] {
+        assert!(files.iter().any(|x| x == f), "examples/{f} missing: {files:?}");
+    }
+    for f in &files {
+        let lb = load(f);
+        assert!(!lb.name.is_empty(), "{f}");
+        assert!(!lb.frontends.is_empty() && !lb.pools.is_empty(), "{f}");
+        assert_eq!(lb.validate(), Ok(()), "{f}");
+    }
+}
+
+#[test]
+fn basic_web_app() {
+    let lb = load(BASIC);
+    assert_eq!(lb.name, "WebLB");
+    assert_eq!(lb.frontends.len(), 1);
+    assert_eq!((lb.frontends[0].name.as_str(), lb.frontends[0].address), ("WebFrontend", ip("20.50.60.10")));
+
+    assert_eq!(lb.pools.len(), 1);
+    let pool = &lb.pools[0];
+    assert_eq!((pool.name.as_str(), pool.vni), ("WebServers", 5001));
+    let members: Vec<_> = pool.backends.iter().map(|b| (b.name.as_str(), b.address, b.host, b.weight)).collect();
+    assert_eq!(
+        members,
+        [
+            ("VM1", ip("10.0.1.4"), ip("172.16.10.21"), 1),
+            ("VM2", ip("10.0.1.5"), ip("172.16.10.22"), 1),
+            ("VM3", ip("10.0.1.6"), ip("172.16.10.23"), 1),
+        ]
+    );
+
+    assert_eq!(lb.probes.len(), 2);
+    let http = &lb.probes[0];
+    assert_eq!(
+        (http.protocol, http.port, http.request_path.as_deref(), http.interval_secs, http.number_of_probes),
+        (ProbeProtocol::Http, 80, Some("/health"), 15, 2)
+    );
+    assert_eq!((lb.probes[1].protocol, lb.probes[1].port), (ProbeProtocol::Https, 443));
+
+    assert_eq!(lb.rules.len(), 2);
+    for (r, port, probe) in [(rule(&lb, "HTTPRule"), 80, 0), (rule(&lb, "HTTPSRule"), 443, 1)] {
+        assert_eq!((r.frontend, r.pool, r.probe), (0, 0, Some(probe)), "{}", r.name);
+        assert_eq!((r.protocol, r.frontend_port, r.backend_port), (Protocol::Tcp, port, port), "{}", r.name);
+        assert_eq!(r.load_distribution, LoadDistribution::Default);
+        assert!(r.tcp_reset && !r.floating_ip && !r.disable_outbound_snat && !r.is_ha_ports(), "{}", r.name);
+        assert_eq!(r.idle_timeout_minutes, 4);
+    }
+    assert!(lb.nat_rules.is_empty() && lb.nat_pools.is_empty() && lb.outbound_rules.is_empty());
+}
+
+#[test]
+fn internal_three_tier_with_ha_ports() {
+    let lb = load(THREE_TIER);
+    let addresses: Vec<_> = lb.frontends.iter().map(|f| (f.name.as_str(), f.address)).collect();
+    assert_eq!(
+        addresses,
+        [("AppFrontend", ip("10.0.2.100")), ("DBFrontend", ip("10.0.3.100")), ("NVAFrontend", ip("10.0.4.100"))]
+    );
+    let sizes: Vec<_> = lb.pools.iter().map(|p| (p.name.as_str(), p.backends.len(), p.vni)).collect();
+    assert_eq!(sizes, [("AppServers", 3, 6002), ("DBServers", 2, 6003), ("NVAPool", 2, 6004)]);
+    assert_eq!(lb.pools[0].backends[0].address, ip("10.0.2.4"));
+
+    let app = rule(&lb, "AppRule");
+    assert_eq!((app.frontend, app.pool), (frontend_index(&lb, "AppFrontend"), pool_index(&lb, "AppServers")));
+    assert_eq!((app.protocol, app.frontend_port, app.backend_port), (Protocol::Tcp, 8080, 8080));
+    assert_eq!(app.load_distribution, LoadDistribution::SourceIp);
+    assert!(!app.is_ha_ports() && !app.floating_ip);
+
+    let db = rule(&lb, "DBRule");
+    assert_eq!((db.frontend_port, db.backend_port, db.idle_timeout_minutes), (1433, 1433, 30));
+    assert_eq!(db.load_distribution, LoadDistribution::SourceIp);
+    assert!(db.floating_ip && !db.is_ha_ports());
+    assert_eq!(lb.probes[db.probe.unwrap()].interval_secs, 5);
+
+    let ha = rule(&lb, "HA-Ports-Rule");
+    assert!(ha.is_ha_ports());
+    assert_eq!((ha.protocol, ha.frontend_port, ha.backend_port), (Protocol::All, 0, 0));
+    assert_eq!((ha.frontend, ha.pool), (frontend_index(&lb, "NVAFrontend"), pool_index(&lb, "NVAPool")));
+    assert_eq!(ha.load_distribution, LoadDistribution::SourceIpProtocol);
+    let probe = &lb.probes[ha.probe.unwrap()];
+    assert_eq!((probe.protocol, probe.request_path.as_deref()), (ProbeProtocol::Http, Some("/healthz")));
+    // The HA-ports rule is alone on its frontend.
+    assert_eq!(lb.rules.iter().filter(|r| r.frontend == ha.frontend).count(), 1);
+    assert_eq!(lb.rules.iter().filter(|r| r.is_ha_ports()).count(), 1);
+}
+
+#[test]
+fn outbound_snat() {
+    let lb = load(OUTBOUND);
+    let addresses: Vec<_> = lb.frontends.iter().map(|f| f.address).collect();
+    assert_eq!(addresses, [ip("20.50.60.10"), ip("20.50.60.11"), ip("20.50.60.12")]);
+    assert_eq!(lb.pools[0].backends.len(), 3);
+
+    let http = rule(&lb, "HTTPRule");
+    assert_eq!((http.frontend, http.frontend_port), (frontend_index(&lb, "InboundFrontend"), 80));
+    assert!(http.disable_outbound_snat);
+
+    assert_eq!(lb.outbound_rules.len(), 1);
+    let out = &lb.outbound_rules[0];
+    assert_eq!(out.name, "OutboundRule");
+    assert_eq!(out.frontends, [frontend_index(&lb, "OutboundFrontend1"), frontend_index(&lb, "OutboundFrontend2")]);
+    assert_eq!((out.pool, out.protocol), (0, Protocol::All));
+    assert_eq!(out.allocated_outbound_ports, Some(1024));
+    assert_eq!(out.idle_timeout_minutes, 4);
+    assert!(out.tcp_reset);
+    // 3 backends × 1024 ports fit in 2 × 64000.
+    assert!(1024 * lb.pools[out.pool].backends.len() <= 64_000 * out.frontends.len());
+}
+
+#[test]
+fn inbound_nat_pool() {
+    let lb = load(NAT_POOL);
+    let public = frontend_index(&lb, "PublicFrontend");
+    let mgmt = frontend_index(&lb, "MgmtFrontend");
+    assert_eq!((lb.frontends[public].address, lb.frontends[mgmt].address), (ip("20.50.60.10"), ip("20.50.60.11")));
+    assert_eq!(lb.pools[0].backends.len(), 5);
+
+    assert_eq!(lb.nat_pools.len(), 1);
+    let np = &lb.nat_pools[0];
+    assert_eq!((np.name.as_str(), np.frontend, np.protocol, np.pool), ("SSH-Pool", public, Protocol::Tcp, 0));
+    assert_eq!((np.port_start, np.port_end, np.backend_port), (50000, 50099, 22));
+
+    let nat: Vec<_> =
+        lb.nat_rules.iter().map(|r| (r.name.as_str(), r.frontend, r.frontend_port, r.backend_port, r.target)).collect();
+    assert_eq!(
+        nat,
+        [
+            ("SSH-to-VM1", mgmt, 50001, 22, (0, 1)),
+            ("SSH-to-VM2", mgmt, 50002, 22, (0, 2)),
+            ("Metrics-to-VM0", public, 50100, 9100, (0, 0)),
+        ]
+    );
+    assert_eq!(lb.pools[0].backends[1].address, ip("10.0.1.5"));
+    // No single NAT rule on the pool's frontend falls inside the pool's range.
+    for r in lb.nat_rules.iter().filter(|r| r.frontend == np.frontend) {
+        assert!(!(np.port_start..=np.port_end).contains(&r.frontend_port), "{}", r.name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_frontend_reference() {
+    let e = refuse(BASIC, |v| {
+        props(v, "loadBalancingRules", 0)["frontendIPConfiguration"]["id"] =
+            json!("/subscriptions/.../loadBalancers/WebLB/frontendIPConfigurations/NoSuchFrontend");
+    });
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "frontendIPConfiguration");
+    assert!(e.problem.contains("NoSuchFrontend"), "{e}");
+
+    let e = refuse(OUTBOUND, |v| {
+        props(v, "outboundRules", 0)["frontendIPConfigurations"][1]["id"] = json!(".../frontendIPConfigurations/Gone");
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
+
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "inboundNatPools", 0)["frontendIPConfiguration"]["id"] = json!(".../frontendIPConfigurations/Gone");
+    });
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendIPConfiguration");
+}
+
+#[test]
+fn unknown_pool_reference() {
+    let e = refuse(BASIC, |v| {
+        props(v, "loadBalancingRules", 1)["backendAddressPool"]["id"] = json!(".../backendAddressPools/ApiServers");
+    });
+    assert_names(&e, "loadBalancingRules", "HTTPSRule", "backendAddressPool");
+
+    let e = refuse(OUTBOUND, |v| {
+        props(v, "outboundRules", 0)["backendAddressPool"]["id"] = json!(".../backendAddressPools/Gone");
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "backendAddressPool");
+
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "inboundNatPools", 0)["backendAddressPool"]["id"] = json!(".../backendAddressPools/Gone");
+    });
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "backendAddressPool");
+}
+
+#[test]
+fn unknown_probe_reference() {
+    let e = refuse(BASIC, |v| {
+        props(v, "loadBalancingRules", 0)["probe"]["id"] = json!(".../probes/TCP-Probe-80");
+    });
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "probe");
+}
+
+#[test]
+fn unknown_nat_rule_backend() {
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "inboundNatRules", 1)["backendIPConfiguration"]["id"] =
+            json!(".../networkInterfaces/VM9-NIC/ipConfigurations/ipconfig1");
+    });
+    assert_names(&e, "inboundNatRules", "SSH-to-VM2", "backendIPConfiguration");
+}
+
+#[test]
+fn port_out_of_range() {
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 1)["frontendPort"] = json!(70000));
+    assert_names(&e, "loadBalancingRules", "HTTPSRule", "frontendPort");
+    assert!(e.problem.contains("70000"), "{e}");
+
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["backendPort"] = json!(70000));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendPort");
+
+    let e = refuse(BASIC, |v| props(v, "probes", 0)["port"] = json!(70000));
+    assert_names(&e, "probes", "HTTPHealthProbe", "port");
+
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeEnd"] = json!(70000));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeEnd");
+
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["frontendPort"] = json!(70000));
+    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "frontendPort");
+}
+
+#[test]
+fn port_zero_outside_ha_ports() {
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["frontendPort"] = json!(0));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "frontendPort");
+
+    let e = refuse(BASIC, |v| props(v, "probes", 0)["port"] = json!(0));
+    assert_names(&e, "probes", "HTTPHealthProbe", "port");
+}
+
+#[test]
+fn overlapping_rules_on_one_frontend() {
+    // HTTPSRule moved onto port 80 of the same frontend, same protocol.
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 1)["frontendPort"] = json!(80));
+    assert_names(&e, "loadBalancingRules", "HTTPSRule", "frontendPort");
+    assert!(e.problem.contains("HTTPRule"), "{e}");
+
+    // The same port over UDP does not overlap.
+    let lb = accept(BASIC, |v| {
+        let p = props(v, "loadBalancingRules", 1);
+        p["frontendPort"] = json!(80);
+        p["protocol"] = json!("Udp");
+    });
+    assert_eq!((lb.rules[1].protocol, lb.rules[1].frontend_port), (Protocol::Udp, 80));
+
+    // A single NAT rule inside the NAT pool's range on the pool's frontend.
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "inboundNatRules", 0)["frontendIPConfiguration"]["id"] =
+            json!(".../frontendIPConfigurations/PublicFrontend");
+    });
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPort");
+    assert!(e.problem.contains("SSH-to-VM1"), "{e}");
+
+    // A NAT rule on a load-balancing rule's port.
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 2)["frontendPort"] = json!(80));
+    assert_names(&e, "inboundNatRules", "Metrics-to-VM0", "frontendPort");
+    assert!(e.problem.contains("HTTPRule"), "{e}");
+}
+
+#[test]
+fn ha_ports_mixed_with_a_port_rule() {
+    // A port rule added after the HA-ports rule, on the NVA frontend.
+    let e = refuse(THREE_TIER, |v| {
+        let mut extra = v["properties"]["loadBalancingRules"][0].clone();
+        extra["name"] = json!("NVA-HTTPS");
+        extra["properties"]["frontendIPConfiguration"]["id"] = json!(".../frontendIPConfigurations/NVAFrontend");
+        extra["properties"]["frontendPort"] = json!(443);
+        extra["properties"]["backendPort"] = json!(443);
+        collection(v, "loadBalancingRules").push(extra);
+    });
+    assert_names(&e, "loadBalancingRules", "NVA-HTTPS", "frontendPort");
+    assert!(e.problem.contains("HA-Ports-Rule"), "{e}");
+
+    // A port rule listed before the HA-ports rule: the HA-ports rule is the one refused.
+    let e = refuse(THREE_TIER, |v| {
+        props(v, "loadBalancingRules", 0)["frontendIPConfiguration"]["id"] =
+            json!(".../frontendIPConfigurations/NVAFrontend");
+    });
+    assert_names(&e, "loadBalancingRules", "HA-Ports-Rule", "protocol");
+    assert!(e.problem.contains("AppRule"), "{e}");
+}
+
+#[test]
+fn protocol_all_needs_ports_zero() {
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["protocol"] = json!("All"));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "protocol");
+}
+
+#[test]
+fn pool_of_1001_backends() {
+    fn grow(v: &mut Value, n: usize) {
+        let members: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({
+                    "name": format!("VM{i}"),
+                    "properties": {
+                        "ipAddress": format!("10.0.{}.{}", 1 + i / 250, 4 + i % 250),
+                        "hostAddress": format!("172.16.{}.{}", 10 + i / 200, 20 + i % 200),
+                    }
+                })
+            })
+            .collect();
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"] = Value::Array(members);
+    }
+    let e = refuse(BASIC, |v| grow(v, MAX_POOL_SIZE + 1));
+    assert_names(&e, "backendAddressPools", "WebServers", "loadBalancerBackendAddresses");
+    assert!(e.problem.contains("1001"), "{e}");
+
+    let lb = accept(BASIC, |v| grow(v, MAX_POOL_SIZE));
+    assert_eq!(lb.pools[0].backends.len(), 1000);
+}
+
+#[test]
+fn idle_timeout_out_of_range() {
+    for minutes in [0, 3, 101, 300] {
+        let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["idleTimeoutInMinutes"] = json!(minutes));
+        assert_names(&e, "loadBalancingRules", "HTTPRule", "idleTimeoutInMinutes");
+    }
+    let e = refuse(OUTBOUND, |v| props(v, "outboundRules", 0)["idleTimeoutInMinutes"] = json!(3));
+    assert_names(&e, "outboundRules", "OutboundRule", "idleTimeoutInMinutes");
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 2)["idleTimeoutInMinutes"] = json!(3));
+    assert_names(&e, "inboundNatRules", "Metrics-to-VM0", "idleTimeoutInMinutes");
+
+    for minutes in [4, 100] {
+        let lb = accept(BASIC, |v| props(v, "loadBalancingRules", 0)["idleTimeoutInMinutes"] = json!(minutes));
+        assert_eq!(u32::from(lb.rules[0].idle_timeout_minutes), minutes);
+    }
+}
+
+#[test]
+fn duplicate_names() {
+    /// Appends a copy of item `i` of `coll` under `name` (the original keeps its references valid).
+    fn copy_as(v: &mut Value, coll: &str, i: usize, name: &str) {
+        let mut extra = v["properties"][coll][i].clone();
+        extra["name"] = json!(name);
+        collection(v, coll).push(extra);
+    }
+    let e = refuse(BASIC, |v| v["properties"]["loadBalancingRules"][1]["name"] = json!("HTTPRule"));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "name");
+
+    let e = refuse(BASIC, |v| copy_as(v, "probes", 1, "HTTPHealthProbe"));
+    assert_names(&e, "probes", "HTTPHealthProbe", "name");
+
+    let e = refuse(OUTBOUND, |v| copy_as(v, "frontendIPConfigurations", 2, "OutboundFrontend1"));
+    assert_names(&e, "frontendIPConfigurations", "OutboundFrontend1", "name");
+
+    let e = refuse(THREE_TIER, |v| copy_as(v, "backendAddressPools", 2, "AppServers"));
+    assert_names(&e, "backendAddressPools", "AppServers", "name");
+
+    let e = refuse(NAT_POOL, |v| v["properties"]["inboundNatRules"][1]["name"] = json!("SSH-to-VM1"));
+    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "name");
+
+    let e = refuse(OUTBOUND, |v| copy_as(v, "outboundRules", 0, "OutboundRule"));
+    assert_names(&e, "outboundRules", "OutboundRule", "name");
+
+    let e = refuse(NAT_POOL, |v| {
+        copy_as(v, "inboundNatPools", 0, "SSH-Pool");
+        props(v, "inboundNatPools", 1)["frontendIPConfiguration"]["id"] =
+            json!(".../frontendIPConfigurations/MgmtFrontend");
+        props(v, "inboundNatPools", 1)["frontendPortRangeStart"] = json!(51000);
+        props(v, "inboundNatPools", 1)["frontendPortRangeEnd"] = json!(51099);
+    });
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "name");
+
+    let e = refuse(BASIC, |v| copy_as(v, "probes", 1, ""));
+    assert_names(&e, "probes", "", "name");
+}
+
+#[test]
+fn duplicate_backend_address() {
+    let e = refuse(BASIC, |v| {
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][2]["properties"]["ipAddress"] =
+            json!("10.0.1.4");
+    });
+    assert_names(&e, "backendAddressPools", "WebServers", "ipAddress");
+}
+
+#[test]
+fn bad_protocol_string() {
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["protocol"] = json!("Icmp"));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "protocol");
+    assert!(e.problem.contains("Icmp"), "{e}");
+
+    let e = refuse(BASIC, |v| props(v, "probes", 1)["protocol"] = json!("Ftp"));
+    assert_names(&e, "probes", "HTTPSHealthProbe", "protocol");
+
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["protocol"] = json!("Sctp"));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "protocol");
+
+    // NAT rules and pools take Tcp or Udp only.
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["protocol"] = json!("All"));
+    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "protocol");
+
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["loadDistribution"] = json!("RoundRobin"));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "loadDistribution");
+}
+
+#[test]
+fn malformed_json() {
+    let full = text(BASIC);
+    for broken in [&full[..full.len() / 2], "", "{\"name\": \"WebLB\", \"properties\": 7}", "not json"] {
+        let e = from_json(broken).expect_err(broken);
+        assert_names(&e, "loadBalancer", "", "json");
+    }
+    // A backend without its hostAddress is a schema error too.
+    let without_host = edited(BASIC, |v| {
+        let b = &mut props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][0]["properties"];
+        b.as_object_mut().unwrap().remove("hostAddress");
+    });
+    let e = from_json(&without_host).unwrap_err();
+    assert_names(&e, "loadBalancer", "", "json");
+    assert!(e.problem.contains("hostAddress"), "{e}");
+}
+
+#[test]
+fn bad_addresses() {
+    let e = refuse(BASIC, |v| {
+        props(v, "frontendIPConfigurations", 0)["publicIPAddress"]["ipAddress"] = json!("20.50.60.300");
+    });
+    assert_names(&e, "frontendIPConfigurations", "WebFrontend", "ipAddress");
+
+    let e =
+        refuse(BASIC, |v| props(v, "frontendIPConfigurations", 0)["publicIPAddress"]["ipAddress"] = json!("0.0.0.0"));
+    assert_names(&e, "frontendIPConfigurations", "WebFrontend", "ipAddress");
+
+    let e = refuse(BASIC, |v| {
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][1]["properties"]["hostAddress"] =
+            json!("host-2");
+    });
+    assert_names(&e, "backendAddressPools", "WebServers", "hostAddress");
+
+    // A public frontend whose address is not known.
+    let e = refuse(BASIC, |v| {
+        props(v, "frontendIPConfigurations", 0)["publicIPAddress"].as_object_mut().unwrap().remove("ipAddress");
+    });
+    assert_names(&e, "frontendIPConfigurations", "WebFrontend", "privateIPAddress");
+}
+
+#[test]
+fn nat_pool_range_smaller_than_pool() {
+    // 50000..=50003 is four ports for five instances.
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeEnd"] = json!(50003));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeEnd");
+
+    // An inverted range.
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeEnd"] = json!(49999));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeEnd");
+
+    // Exactly one port per instance is enough.
+    let lb = accept(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeEnd"] = json!(50004));
+    assert_eq!((lb.nat_pools[0].port_start, lb.nat_pools[0].port_end), (50000, 50004));
+}
+
+#[test]
+fn allocated_outbound_ports_not_a_multiple_of_8() {
+    for ports in [0, 1001, 1020, 64_008] {
+        let e = refuse(OUTBOUND, |v| props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(ports));
+        assert_names(&e, "outboundRules", "OutboundRule", "allocatedOutboundPorts");
+    }
+}
+
+#[test]
+fn allocated_outbound_ports_exhausting_the_frontends() {
+    // 3 backends × 48000 = 144000 > 2 frontends × 64000.
+    let e = refuse(OUTBOUND, |v| props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(48_000));
+    assert_names(&e, "outboundRules", "OutboundRule", "allocatedOutboundPorts");
+    assert!(e.problem.contains("144000") && e.problem.contains("128000"), "{e}");
+
+    // 3 × 40000 = 120000 fits two frontends ...
+    let lb = accept(OUTBOUND, |v| props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(40_000));
+    assert_eq!(lb.outbound_rules[0].allocated_outbound_ports, Some(40_000));
+
+    // ... but not one.
+    let e = refuse(OUTBOUND, |v| {
+        props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(40_000);
+        props(v, "outboundRules", 0)["frontendIPConfigurations"].as_array_mut().unwrap().pop();
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "allocatedOutboundPorts");
+
+    // No frontend at all.
+    let e = refuse(OUTBOUND, |v| props(v, "outboundRules", 0)["frontendIPConfigurations"] = json!([]));
+    assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
+}
+
+#[test]
+fn frontend_and_pool_ip_versions_differ() {
+    let e = refuse(BASIC, |v| {
+        props(v, "frontendIPConfigurations", 0)["publicIPAddress"]["ipAddress"] = json!("2001:db8:50::10");
+    });
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendAddressPool");
+
+    // One IPv6 member in an IPv4 rule's pool.
+    let e = refuse(BASIC, |v| {
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][2]["properties"]["ipAddress"] =
+            json!("fd00:1::6");
+    });
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendAddressPool");
+
+    // Underlay hosts mixing IPv4 and IPv6.
+    let e = refuse(BASIC, |v| {
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][2]["properties"]["hostAddress"] =
+            json!("fd00:172:16::23");
+    });
+    assert_names(&e, "backendAddressPools", "WebServers", "hostAddress");
+}
+
+#[test]
+fn http_probe_without_request_path() {
+    let e = refuse(BASIC, |v| {
+        props(v, "probes", 0).as_object_mut().unwrap().remove("requestPath");
+    });
+    assert_names(&e, "probes", "HTTPHealthProbe", "requestPath");
+
+    let e = refuse(BASIC, |v| props(v, "probes", 1)["requestPath"] = json!("health"));
+    assert_names(&e, "probes", "HTTPSHealthProbe", "requestPath");
+
+    // A TCP probe needs none.
+    let lb = accept(BASIC, |v| {
+        let p = props(v, "probes", 0);
+        p["protocol"] = json!("Tcp");
+        p.as_object_mut().unwrap().remove("requestPath");
+    });
+    assert_eq!((lb.probes[0].protocol, lb.probes[0].request_path.as_deref()), (ProbeProtocol::Tcp, None));
+}
+
+#[test]
+fn probe_interval_and_count() {
+    let e = refuse(BASIC, |v| props(v, "probes", 0)["intervalInSeconds"] = json!(4));
+    assert_names(&e, "probes", "HTTPHealthProbe", "intervalInSeconds");
+
+    let e = refuse(BASIC, |v| props(v, "probes", 0)["numberOfProbes"] = json!(0));
+    assert_names(&e, "probes", "HTTPHealthProbe", "numberOfProbes");
+}
+
+#[test]
+fn vni_above_24_bits() {
+    let e = refuse(BASIC, |v| props(v, "backendAddressPools", 0)["vni"] = json!(1 << 24));
+    assert_names(&e, "backendAddressPools", "WebServers", "vni");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals found missing while these tests were written, now made.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn backend_port_zero_names_backend_port() {
+    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["backendPort"] = json!(0));
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendPort");
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["backendPort"] = json!(0));
+    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "backendPort");
+}
+
+#[test]
+fn nat_pool_start_zero_names_start() {
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeStart"] = json!(0));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeStart");
+}
+
+#[test]
+fn ip_version_mismatch_outside_load_balancing_rules() {
+    // Inbound NAT rule: IPv6 frontend, IPv4 target.
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "frontendIPConfigurations", 1)["publicIPAddress"]["ipAddress"] = json!("2001:db8:50::11");
+    });
+    assert_eq!(e.kind, "inboundNatRules", "{e}");
+    // Outbound rule: IPv6 SNAT address for an IPv4 pool.
+    let e = refuse(OUTBOUND, |v| {
+        props(v, "frontendIPConfigurations", 2)["publicIPAddress"]["ipAddress"] = json!("2001:db8:50::12");
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
+    // Inbound NAT pool: IPv6 frontend, IPv4 pool (the HTTP rule moved to the IPv4 management frontend).
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "frontendIPConfigurations", 0)["publicIPAddress"]["ipAddress"] = json!("2001:db8:50::10");
+        props(v, "loadBalancingRules", 0)["frontendIPConfiguration"]["id"] =
+            json!(".../frontendIPConfigurations/MgmtFrontend");
+        collection(v, "inboundNatRules").pop();
+    });
+    assert_eq!(e.kind, "inboundNatPools", "{e}");
+}
+
+#[test]
+fn two_frontends_with_one_address() {
+    let e = refuse(BASIC, |v| {
+        let mut twin = v["properties"]["frontendIPConfigurations"][0].clone();
+        twin["name"] = json!("WebFrontend2");
+        collection(v, "frontendIPConfigurations").push(twin);
+        props(v, "loadBalancingRules", 1)["frontendIPConfiguration"]["id"] =
+            json!(".../frontendIPConfigurations/WebFrontend2");
+        props(v, "loadBalancingRules", 1)["frontendPort"] = json!(80);
+    });
+    assert_eq!(e.kind, "frontendIPConfigurations", "{e}");
+}
+
+#[test]
+fn outbound_rules_sharing_a_frontend_exhaust_it() {
+    // Two rules on the same two frontends, each 3 × 32000 = 96000 ports: 192000 > 128000.
+    let e = refuse(OUTBOUND, |v| {
+        props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(32_000);
+        let mut second = v["properties"]["outboundRules"][0].clone();
+        second["name"] = json!("OutboundRule2");
+        collection(v, "outboundRules").push(second);
+    });
+    assert_names(&e, "outboundRules", "OutboundRule2", "allocatedOutboundPorts");
+}
+
+#[test]
+fn duplicate_backend_names() {
+    let e = refuse(NAT_POOL, |v| {
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][3]["name"] = json!("VM1");
+    });
+    assert_names(&e, "backendAddressPools", "VMSSPool", "name");
+}
