@@ -299,38 +299,24 @@ impl Mux {
                 Vip { version, addr, listeners: Vec::new() }
             })
             .collect();
+        // Every listener of every VIP, in counter order: load-balancing rules, NAT rules, NAT pools.
+        let rules = lb.rules.iter().enumerate().map(|(i, r)| {
+            let ports = if r.is_ha_ports() { (0, u16::MAX) } else { (r.frontend_port, r.frontend_port) };
+            (r.frontend, r.protocol, ports, Target::Rule(i))
+        });
+        let nat_rules = lb
+            .nat_rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.frontend, r.protocol, (r.frontend_port, r.frontend_port), Target::NatRule(i)));
+        let nat_pools = lb
+            .nat_pools
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.frontend, r.protocol, (r.port_start, r.port_end), Target::NatPool(i)));
         let mut counter = 0;
-        for (i, r) in lb.rules.iter().enumerate() {
-            let (lo, hi) = if r.is_ha_ports() { (0, u16::MAX) } else { (r.frontend_port, r.frontend_port) };
-            vips[r.frontend].listeners.push(Listener {
-                protocol: r.protocol,
-                lo,
-                hi,
-                target: Target::Rule(i),
-                counter,
-            });
-            counter += 1;
-        }
-        for (i, r) in lb.nat_rules.iter().enumerate() {
-            let l = Listener {
-                protocol: r.protocol,
-                lo: r.frontend_port,
-                hi: r.frontend_port,
-                target: Target::NatRule(i),
-                counter,
-            };
-            vips[r.frontend].listeners.push(l);
-            counter += 1;
-        }
-        for (i, r) in lb.nat_pools.iter().enumerate() {
-            let l = Listener {
-                protocol: r.protocol,
-                lo: r.port_start,
-                hi: r.port_end,
-                target: Target::NatPool(i),
-                counter,
-            };
-            vips[r.frontend].listeners.push(l);
+        for (frontend, protocol, (lo, hi), target) in rules.chain(nat_rules).chain(nat_pools) {
+            vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
             counter += 1;
         }
         self.counters.vips.resize(vips.len(), Traffic::default());
