@@ -252,14 +252,6 @@ impl FlowTable {
         }
     }
 
-    /// Reads the first bucket of `hash` so that a later lookup finds it in cache: a burst calls
-    /// this for all its packets first, so their misses overlap. A plain load (no `unsafe`).
-    #[inline(always)]
-    pub fn prefetch(&self, hash: u32) {
-        let (b1, _, _) = split(hash, self.n);
-        core::hint::black_box(self.buckets[b1].sigs[0]);
-    }
-
     /// The entry at a slot returned by a lookup or insert.
     #[inline(always)]
     pub fn entry(&self, at: FlowSlot) -> &FlowEntry {
