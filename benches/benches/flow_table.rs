@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lb_core::tables::maglev::mix64;
-use lb_core::tables::{FlowTable, FlowTuple, NewFlow};
+use lb_core::tables::{FlowTable, FlowTuple, MuxFlow};
 
 const BURST: usize = 32;
 const PROBES: usize = 4096;
@@ -43,7 +43,7 @@ fn hits(c: &mut Criterion) {
         let mut table = FlowTable::with_capacity(n).unwrap();
         for i in 0..n as u64 {
             let (t, h) = tuple(i);
-            table.insert(&t, h, 0x02, NewFlow { backend: (i % 1000) as u16, rule: 0, idle_minutes: 4 }, 0);
+            table.insert(&t, h, 0x02, MuxFlow { backend: (i % 1000) as u16, rule: 0 }, 4, 0);
         }
         // Random established flows, as packets of many connections interleave on a link.
         let picks: Vec<(FlowTuple, u32)> = (0..PROBES as u64).map(|i| tuple(mix64(i ^ 0xabc) % n as u64)).collect();
@@ -56,7 +56,7 @@ fn hits(c: &mut Criterion) {
                 let mut acc = 0u32;
                 for (t, h) in tuples.iter().zip(&hashes) {
                     if let Some(at) = table.lookup(black_box(t), *h, 1) {
-                        acc ^= u32::from(table.entry(at).backend);
+                        acc ^= u32::from(table.entry(at).value.backend);
                     }
                 }
                 acc
@@ -69,7 +69,7 @@ fn hits(c: &mut Criterion) {
                 for (t, h) in tuples.chunks(BURST).zip(hashes.chunks(BURST)) {
                     table.lookup_burst(black_box(t), h, 1, &mut out);
                     for at in out.iter().flatten() {
-                        acc ^= u32::from(table.entry(*at).backend);
+                        acc ^= u32::from(table.entry(*at).value.backend);
                     }
                 }
                 acc

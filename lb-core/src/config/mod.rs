@@ -14,6 +14,9 @@ use core::net::IpAddr;
 
 #[cfg(feature = "std")]
 pub mod json;
+pub mod snat;
+
+pub use snat::{SnatGrant, SnatPlan, SnatSource};
 
 /// The largest pool the Standard SKU allows.
 pub const MAX_POOL_SIZE: usize = 1000;
@@ -427,8 +430,6 @@ impl LoadBalancer {
             });
         }
         check_overlaps(&claims)?;
-        // SNAT ports each frontend address hands out, over every outbound rule that uses it.
-        let mut snat_used = alloc::vec![0u64; self.frontends.len()];
         for r in &self.outbound_rules {
             let k = "outboundRules";
             if r.frontends.is_empty() {
@@ -438,29 +439,24 @@ impl LoadBalancer {
             for &f in &r.frontends {
                 self.frontend_ok(k, &r.name, f)?;
                 self.same_version(k, &r.name, "frontendIPConfigurations", f, r.pool)?;
+                if let Some(ha) = self.rules.iter().find(|x| x.frontend == f && x.is_ha_ports()) {
+                    let problem = alloc::format!(
+                        "frontend '{}' has the HA-ports rule '{}', which claims every port",
+                        self.frontends[f].name,
+                        ha.name
+                    );
+                    return Err(err(k, &r.name, "frontendIPConfigurations", problem));
+                }
             }
             idle_ok(k, &r.name, r.idle_timeout_minutes)?;
             if let Some(n) = r.allocated_outbound_ports {
                 if n == 0 || n % 8 != 0 || u64::from(n) > SNAT_PORTS_PER_ADDRESS {
                     return Err(err(k, &r.name, "allocatedOutboundPorts", "a multiple of 8 in 8..=64000"));
                 }
-                // The rule's ports are spread over its addresses; each address has 64,000.
-                let need = u64::from(n) * self.pools[r.pool].backends.len() as u64;
-                let per_address = need.div_ceil(r.frontends.len() as u64);
-                for &f in &r.frontends {
-                    snat_used[f] += per_address;
-                    if snat_used[f] > SNAT_PORTS_PER_ADDRESS {
-                        let have = SNAT_PORTS_PER_ADDRESS * r.frontends.len() as u64;
-                        let problem = alloc::format!(
-                            "{need} ports needed, {have} available: frontend '{}' would hand out {} of {SNAT_PORTS_PER_ADDRESS}",
-                            self.frontends[f].name,
-                            snat_used[f]
-                        );
-                        return Err(err(k, &r.name, "allocatedOutboundPorts", problem));
-                    }
-                }
             }
         }
+        // SNAT ports each frontend address hands out, over every outbound rule that uses it.
+        self.snat_plan()?;
         Ok(())
     }
 

@@ -1,6 +1,11 @@
 //! The data paths of the seed, as plain functions over frames and the tables: the MUX (client frame
-//! → VIP and rule → flow or Maglev → VxLAN to the backend's host).
+//! → VIP and rule → flow or Maglev → VxLAN to the backend's host) and the host agent (VxLAN from a
+//! MUX → NAT → backend; backend → reverse NAT or SNAT → MUX or client).
 
+pub mod host;
+mod listen;
 pub mod mux;
 
+pub use host::{HostAgent, HostCounters, HostDrop, HostError, HostNode, HostVerdict, ReturnPath};
+pub use listen::backend_tag;
 pub use mux::{DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict};

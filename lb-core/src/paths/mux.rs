@@ -20,11 +20,14 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use crate::config::{LoadBalancer, LoadDistribution, Protocol};
-use crate::tables::maglev::mix64;
-use crate::tables::{FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, NewFlow, ProbeState, Transition};
+use super::listen::{addr16, backend_id, backend_tag, build_vips, find_vip, fragment_record, Target, Vip};
+use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
+use crate::tables::{FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition};
 use crate::wire::flow::quoted_flow_key;
-use crate::wire::{parse_flow_key, FlowKey, Fragment, HashFields, IpVersion, MacAddr, VxlanEncap, WireError};
+use crate::wire::vxlan::decapsulate;
+use crate::wire::{
+    ip_proto, parse_flow_key, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError, VXLAN_PORT,
+};
 
 /// This MUX node: its own addresses and the knobs of its tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +104,13 @@ pub enum DropReason {
     FragmentUnknown = 4,
     /// Not enough headroom, or the encapsulated frame would exceed the underlay MTU.
     Encap = 5,
+    /// A frame a host sent back through this MUX whose inner source is no VIP (a MUX relays only
+    /// what its VIPs send, so it is no open relay).
+    NotFromVip = 6,
 }
 
 /// Number of [`DropReason`]s.
-pub const DROP_REASONS: usize = 6;
+pub const DROP_REASONS: usize = 7;
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +139,7 @@ pub struct Traffic {
 
 impl Traffic {
     #[inline(always)]
-    fn add(&mut self, bytes: usize, new_flow: bool) {
+    pub(crate) fn add(&mut self, bytes: usize, new_flow: bool) {
         self.packets += 1;
         self.bytes += bytes as u64;
         self.new_flows += u64::from(new_flow);
@@ -150,34 +156,13 @@ pub struct MuxCounters {
     pub rules: Vec<Traffic>,
     /// Per pool member.
     pub backends: Vec<Vec<Traffic>>,
+    /// Replies to SNAT connections, steered to the host that owns the port.
+    pub snat_replies: Traffic,
+    /// Frames hosts sent back through this MUX (responses, SNAT connections), decapsulated and
+    /// forwarded towards the client.
+    pub relayed: Traffic,
     /// Per [`DropReason`].
     pub drops: [u64; DROP_REASONS],
-}
-
-/// What a listener leads to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Rule(usize),
-    NatRule(usize),
-    NatPool(usize),
-}
-
-/// One (protocol, port range) of a VIP.
-#[derive(Debug, Clone, Copy)]
-struct Listener {
-    protocol: Protocol,
-    lo: u16,
-    hi: u16,
-    target: Target,
-    /// Index into the per-rule counters.
-    counter: usize,
-}
-
-#[derive(Debug, Clone)]
-struct Vip {
-    version: IpVersion,
-    addr: [u8; 16],
-    listeners: Vec<Listener>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,9 +175,6 @@ struct PoolState {
     tunnel: Vec<u16>,
 }
 
-/// Marks the flow-table entries that remember a fragmented datagram rather than a connection.
-const FRAGMENT_MARK: u8 = 0x80;
-
 /// One core's MUX.
 pub struct Mux {
     node: MuxNode,
@@ -201,11 +183,14 @@ pub struct Mux {
     pools: Vec<PoolState>,
     /// Append-only: flows name their tunnel by index, so indices survive reconfiguration.
     tunnels: Vec<VxlanEncap>,
-    tunnel_keys: Vec<(IpAddr, u32)>,
+    /// (host, VNI, backend tag) of each tunnel.
+    tunnel_keys: Vec<(IpAddr, u32, u32)>,
     /// Flow-table `backend` field → (pool, member) for counters; may be stale after an update.
     tunnel_owner: Vec<(usize, usize)>,
     flows: FlowTable,
     counters: MuxCounters,
+    snat: SnatPlan,
+    underlay: (crate::wire::IpVersion, [u8; 16]),
 }
 
 impl Mux {
@@ -213,7 +198,6 @@ impl Mux {
     pub fn new(node: MuxNode, lb: LoadBalancer) -> Result<Self, MuxError> {
         let flows = FlowTable::with_capacity(node.flow_capacity).map_err(MuxError::FlowTable)?;
         let mut mux = Mux {
-            node,
             lb: LoadBalancer::default(),
             vips: Vec::new(),
             pools: Vec::new(),
@@ -222,6 +206,9 @@ impl Mux {
             tunnel_owner: Vec::new(),
             flows,
             counters: MuxCounters::default(),
+            snat: SnatPlan::default(),
+            underlay: addr16(node.underlay),
+            node,
         };
         mux.update(lb)?;
         Ok(mux)
@@ -247,7 +234,7 @@ impl Mux {
                 .and_then(|r| r.probe)
                 .map_or(2, |p| lb.probes[p].number_of_probes);
             for (mi, b) in pool.backends.iter().enumerate() {
-                let key = (b.host, pool.vni);
+                let key = (b.host, pool.vni, backend_tag(b.address));
                 let id = match keys.iter().position(|k| *k == key) {
                     Some(id) => {
                         owners[id] = (pi, mi);
@@ -263,6 +250,7 @@ impl Mux {
                             self.node.ttl,
                             self.node.mtu,
                         )
+                        .and_then(|t| t.with_backend_tag(key.2))
                         .map_err(MuxError::Tunnel)?;
                         tunnels.push(t);
                         keys.push(key);
@@ -281,48 +269,13 @@ impl Mux {
             rebuild_pool(&mut state, pool, self.node.maglev_size)?;
             pools.push(state);
         }
-        let mut vips: Vec<Vip> = lb
-            .frontends
-            .iter()
-            .map(|f| {
-                let mut addr = [0u8; 16];
-                let version = match f.address {
-                    IpAddr::V4(a) => {
-                        addr[..4].copy_from_slice(&a.octets());
-                        IpVersion::V4
-                    }
-                    IpAddr::V6(a) => {
-                        addr = a.octets();
-                        IpVersion::V6
-                    }
-                };
-                Vip { version, addr, listeners: Vec::new() }
-            })
-            .collect();
-        // Every listener of every VIP, in counter order: load-balancing rules, NAT rules, NAT pools.
-        let rules = lb.rules.iter().enumerate().map(|(i, r)| {
-            let ports = if r.is_ha_ports() { (0, u16::MAX) } else { (r.frontend_port, r.frontend_port) };
-            (r.frontend, r.protocol, ports, Target::Rule(i))
-        });
-        let nat_rules = lb
-            .nat_rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.frontend, r.protocol, (r.frontend_port, r.frontend_port), Target::NatRule(i)));
-        let nat_pools = lb
-            .nat_pools
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.frontend, r.protocol, (r.port_start, r.port_end), Target::NatPool(i)));
-        let mut counter = 0;
-        for (frontend, protocol, (lo, hi), target) in rules.chain(nat_rules).chain(nat_pools) {
-            vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
-            counter += 1;
-        }
+        let snat = lb.snat_plan().map_err(MuxError::Config)?;
+        let (vips, counter) = build_vips(&lb);
         self.counters.vips.resize(vips.len(), Traffic::default());
         self.counters.rules.resize(counter, Traffic::default());
         self.counters.backends = lb.pools.iter().map(|p| vec![Traffic::default(); p.backends.len()]).collect();
         self.lb = lb;
+        self.snat = snat;
         self.vips = vips;
         self.pools = pools;
         self.tunnels = tunnels;
@@ -393,8 +346,8 @@ impl Mux {
     /// Everything after parsing: `key` is the frame's flow key, `key_hash` its 5-tuple hash.
     #[inline]
     fn steer(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, key_hash: u32, now: u32) -> Verdict {
-        let Some(vip) = self.vips.iter().position(|v| v.addr == key.dst_addr && v.version == key.ip_version) else {
-            return Verdict::Drop(DropReason::NoVip);
+        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
+            return self.relay(buf, start, len, key);
         };
         let seed = self.node.hash_seed;
         // An ICMP error is steered by the connection it quotes (a packet the VIP sent), reversed.
@@ -417,19 +370,14 @@ impl Mux {
                 return Verdict::Drop(DropReason::FragmentUnknown);
             };
             let e = self.flows.touch(at, 0, now);
-            return self.forward(buf, start, len, vip, usize::from(e.rule), e.backend, false, frag_hash);
+            return self.forward(buf, start, len, vip, usize::from(e.value.rule), e.value.backend, false, frag_hash);
         }
-        let Some(l) = self.vips[vip]
-            .listeners
-            .iter()
-            .find(|l| l.protocol.matches(flow.protocol) && (l.lo..=l.hi).contains(&flow.dst_port))
-            .copied()
-        else {
-            return Verdict::Drop(DropReason::NoRule);
+        let Some(l) = self.vips[vip].listener(flow.protocol, flow.dst_port) else {
+            return self.snat_reply(buf, start, len, vip, &flow, hash);
         };
         let tuple = FlowTuple::from(&flow);
         let (tunnel, new_flow) = match self.flows.lookup(&tuple, hash, now) {
-            Some(at) => (self.flows.touch(at, key.tcp_flags, now).backend, false),
+            Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
             None => {
                 let (pool, member, idle) = match l.target {
                     Target::Rule(r) => {
@@ -460,8 +408,8 @@ impl Mux {
                 };
                 let tunnel = self.pools[pool].tunnel[member];
                 if !key.is_icmp_error() {
-                    let new = NewFlow { backend: tunnel, rule: l.counter as u16, idle_minutes: idle };
-                    self.flows.insert(&tuple, hash, key.tcp_flags, new, now);
+                    let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+                    self.flows.insert(&tuple, hash, key.tcp_flags, new, idle, now);
                 }
                 (tunnel, !key.is_icmp_error())
             }
@@ -469,11 +417,75 @@ impl Mux {
         if flow.fragment == Fragment::First {
             let (ft, fh) = fragment_record(&flow, seed);
             if self.flows.lookup(&ft, fh, now).is_none() {
-                let new = NewFlow { backend: tunnel, rule: l.counter as u16, idle_minutes: 4 };
-                self.flows.insert(&ft, fh, 0, new, now);
+                let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+                self.flows.insert(&ft, fh, 0, new, 4, now);
             }
         }
         self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, hash)
+    }
+
+    /// A reply to a connection a backend opened through SNAT: the port names the backend (every
+    /// node derives the same [`SnatPlan`]), so it goes to that backend's host with no flow state.
+    #[cold]
+    fn snat_reply(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        vip: usize,
+        flow: &FlowKey,
+        hash: u32,
+    ) -> Verdict {
+        let tcp_or_udp = flow.protocol == ip_proto::TCP || flow.protocol == ip_proto::UDP;
+        let Some(g) = self.snat.owner(vip, flow.dst_port).filter(|g| tcp_or_udp && g.protocol.matches(flow.protocol))
+        else {
+            return Verdict::Drop(DropReason::NoRule);
+        };
+        let Some(&tunnel) = self.pools.get(g.pool).and_then(|p| p.tunnel.get(g.member)) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let Some(t) = self.tunnels.get(usize::from(tunnel)) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        match t.encapsulate(buf, start, len, hash) {
+            Ok(outer) => {
+                self.counters.vips[vip].add(len, false);
+                self.counters.snat_replies.add(len, false);
+                Verdict::Forward { start: outer, len: len + t.outer_len() }
+            }
+            Err(_) => Verdict::Drop(DropReason::Encap),
+        }
+    }
+
+    /// A frame addressed to no VIP: if it is a VxLAN frame a host sent to this MUX (a response or an
+    /// SNAT connection going back to a client), strip the tunnel and forward the inner frame towards
+    /// the fabric router, provided its source is one of this MUX's VIPs.
+    #[cold]
+    fn relay(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey) -> Verdict {
+        let to_me = (key.ip_version, key.dst_addr) == self.underlay
+            && key.protocol == ip_proto::UDP
+            && key.dst_port == VXLAN_PORT
+            && key.fragment == Fragment::None;
+        if !to_me {
+            return Verdict::Drop(DropReason::NoVip);
+        }
+        let Some((inner_at, inner_len)) = buf.get(start..start + len).and_then(|f| {
+            let d = decapsulate(f).ok()?;
+            Some((start + d.inner_offset, d.inner.len()))
+        }) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let inner = &mut buf[inner_at..inner_at + inner_len];
+        let Ok(k) = parse_flow_key(inner) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if find_vip(&self.vips, k.ip_version, &k.src_addr).is_none() {
+            return Verdict::Drop(DropReason::NotFromVip);
+        }
+        inner[..6].copy_from_slice(&self.node.gateway_mac.0);
+        inner[6..12].copy_from_slice(&self.node.mac.0);
+        self.counters.relayed.add(inner_len, false);
+        Verdict::Forward { start: inner_at, len: inner_len }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -509,17 +521,6 @@ impl Mux {
     }
 }
 
-/// The flow-table record that ties the fragments of one datagram together.
-#[inline]
-fn fragment_record(k: &FlowKey, seed: u64) -> (FlowTuple, u32) {
-    let mut t = FlowTuple::from(k);
-    t.src_port = (k.frag_ident >> 16) as u16;
-    t.dst_port = k.frag_ident as u16;
-    t.version |= FRAGMENT_MARK;
-    let h = k.hash_fields(HashFields::ThreeTuple, seed) ^ (mix64(u64::from(k.frag_ident)) as u32);
-    (t, h)
-}
-
 /// Rebuilds a pool's Maglev table over its healthy members of non-zero weight.
 fn rebuild_pool(state: &mut PoolState, pool: &crate::config::Pool, size: u32) -> Result<(), MuxError> {
     let mut backends = Vec::new();
@@ -531,13 +532,4 @@ fn rebuild_pool(state: &mut PoolState, pool: &crate::config::Pool, size: u32) ->
         }
     }
     state.table.rebuild(&backends, size).map_err(MuxError::Maglev)
-}
-
-/// A backend's Maglev identity: its address, so every MUX agrees without coordination.
-fn backend_id(a: IpAddr) -> u64 {
-    let o = match a {
-        IpAddr::V4(v) => u128::from(u32::from(v)),
-        IpAddr::V6(v) => u128::from(v),
-    };
-    mix64((o as u64) ^ mix64((o >> 64) as u64))
 }

@@ -72,34 +72,46 @@ impl From<&FlowKey> for FlowTuple {
     }
 }
 
-/// What the table remembers of a flow.
+/// What a data path stores with each flow. The MUX stores a [`MuxFlow`] (4 bytes, so that an entry
+/// stays at 48); the host agent stores its NAT binding.
+pub trait FlowValue: Copy + Default {
+    /// Whether entries the table removes on its own (expired on lookup, evicted on insert, reset by
+    /// a RST) are kept for [`FlowTable::take_removed`], because the owner must release what they
+    /// hold (an SNAT port, a paired entry). The MUX has nothing to release and pays nothing.
+    const TRACK_REMOVALS: bool = false;
+}
+
+/// The MUX's flow value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
-pub struct FlowEntry {
-    /// The flow.
-    pub tuple: FlowTuple,
-    /// Index of the backend chosen when the flow started (kept for the flow's life, whatever the
-    /// backend's health or later table rebuilds).
+pub struct MuxFlow {
+    /// Index of the backend (tunnel) chosen when the flow started, kept for the flow's life
+    /// whatever the backend's health or later table rebuilds.
     pub backend: u16,
     /// Index of the rule that matched.
     pub rule: u16,
+}
+
+impl FlowValue for MuxFlow {}
+
+/// Removed entries kept for the owner (see [`FlowValue::TRACK_REMOVALS`]); one operation removes at
+/// most one entry, so a few slots suffice when the owner drains after each operation.
+const REMOVED_RING: usize = 4;
+
+/// What the table remembers of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowEntry<V = MuxFlow> {
+    /// The flow.
+    pub tuple: FlowTuple,
+    /// What the data path stores with it.
+    pub value: V,
     /// TCP state.
     pub state: TcpState,
     /// Idle timeout in minutes (the rule's `idleTimeoutInMinutes`).
     pub idle_minutes: u8,
     /// Last time a packet was seen, in the caller's seconds.
     pub last_seen: u32,
-}
-
-/// What a new flow needs besides its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewFlow {
-    /// Backend index.
-    pub backend: u16,
-    /// Rule index.
-    pub rule: u16,
-    /// Idle timeout in minutes (1..=255; Azure allows 4..=100).
-    pub idle_minutes: u8,
 }
 
 /// Counters of one table; they only ever grow.
@@ -117,6 +129,8 @@ pub struct FlowTableCounters {
     pub evicted: u64,
     /// Flows removed by a RST.
     pub reset: u64,
+    /// Removed entries the owner did not take in time (it must drain after each operation).
+    pub removals_lost: u64,
 }
 
 /// Why a table cannot be created.
@@ -128,35 +142,47 @@ pub enum FlowTableError {
 
 #[derive(Clone)]
 #[repr(C, align(64))]
-struct Bucket {
+struct Bucket<V> {
     /// Per slot: 0 if empty, else a 16-bit signature of the flow hash (never 0).
     sigs: [u16; BUCKET_SLOTS],
-    entries: [FlowEntry; BUCKET_SLOTS],
+    entries: [FlowEntry<V>; BUCKET_SLOTS],
 }
 
-const EMPTY_BUCKET: Bucket = Bucket { sigs: [0; BUCKET_SLOTS], entries: [ZERO_ENTRY; BUCKET_SLOTS] };
-const ZERO_ENTRY: FlowEntry = FlowEntry {
-    tuple: FlowTuple { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, version: 0 },
-    backend: 0,
-    rule: 0,
-    state: TcpState::Stateless,
-    idle_minutes: 0,
-    last_seen: 0,
-};
+impl<V: FlowValue> Bucket<V> {
+    fn empty() -> Self {
+        Bucket { sigs: [0; BUCKET_SLOTS], entries: [FlowEntry::default(); BUCKET_SLOTS] }
+    }
+}
 
-/// The result of a lookup: where the flow lives, so that an update needs no second search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The result of a lookup: where the flow lives, so that an update needs no second search. An entry
+/// never moves while it lives, so a slot stays valid until the entry is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowSlot {
     bucket: u32,
     slot: u8,
 }
 
+impl FlowSlot {
+    /// The slot as one number (bucket × 8 + slot), for storing in a flow value.
+    #[inline(always)]
+    pub fn to_index(self) -> u32 {
+        self.bucket * BUCKET_SLOTS as u32 + u32::from(self.slot)
+    }
+    /// The slot of [`FlowSlot::to_index`].
+    #[inline(always)]
+    pub fn from_index(i: u32) -> Self {
+        FlowSlot { bucket: i / BUCKET_SLOTS as u32, slot: (i % BUCKET_SLOTS as u32) as u8 }
+    }
+}
+
 /// One core's flow table.
-pub struct FlowTable {
-    buckets: Vec<Bucket>,
+pub struct FlowTable<V = MuxFlow> {
+    buckets: Vec<Bucket<V>>,
     /// `buckets.len()` as the multiplier of [`split`].
     n: u32,
     counters: FlowTableCounters,
+    removed: [FlowEntry<V>; REMOVED_RING],
+    removed_len: usize,
 }
 
 /// The two candidate buckets and the signature of a flow hash. Multiply-shift maps a hash onto any
@@ -172,16 +198,16 @@ fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
 }
 
 #[inline(always)]
-fn expired(e: &FlowEntry, now: u32) -> bool {
+fn expired<V>(e: &FlowEntry<V>, now: u32) -> bool {
     let limit = if e.state == TcpState::Closing { CLOSING_TIMEOUT_SECS } else { u32::from(e.idle_minutes) * 60 };
     now.wrapping_sub(e.last_seen) > limit
 }
 
-impl FlowTable {
+impl<V: FlowValue> FlowTable<V> {
     /// Bytes a table for `flows` flows occupies: enough 8-slot buckets for the nominal capacity to
     /// fill them to 75% on average.
     pub fn memory_for(flows: usize) -> usize {
-        Self::buckets_for(flows) * core::mem::size_of::<Bucket>()
+        Self::buckets_for(flows) * core::mem::size_of::<Bucket<V>>()
     }
 
     fn buckets_for(flows: usize) -> usize {
@@ -194,7 +220,13 @@ impl FlowTable {
         if flows == 0 || n > u32::MAX as usize {
             return Err(FlowTableError::BadCapacity(flows));
         }
-        Ok(FlowTable { buckets: vec![EMPTY_BUCKET; n], n: n as u32, counters: FlowTableCounters::default() })
+        Ok(FlowTable {
+            buckets: vec![Bucket::empty(); n],
+            n: n as u32,
+            counters: FlowTableCounters::default(),
+            removed: [FlowEntry::default(); REMOVED_RING],
+            removed_len: 0,
+        })
     }
 
     /// Slots in the table.
@@ -222,8 +254,10 @@ impl FlowTable {
                 if bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple {
                     if expired(&bucket.entries[i], now) {
                         bucket.sigs[i] = 0;
+                        let e = bucket.entries[i];
                         self.counters.expired += 1;
                         self.counters.misses += 1;
+                        self.keep_removed(&e);
                         return None;
                     }
                     self.counters.hits += 1;
@@ -252,16 +286,97 @@ impl FlowTable {
         }
     }
 
+    /// Whether a live, unexpired flow `tuple` is in the table; changes nothing (not even counters).
+    pub fn contains(&self, tuple: &FlowTuple, hash: u32, now: u32) -> bool {
+        let (b1, b2, sig) = split(hash, self.n);
+        [b1, b2].iter().any(|&b| {
+            let bucket = &self.buckets[b];
+            (0..BUCKET_SLOTS).any(|i| {
+                bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple && !expired(&bucket.entries[i], now)
+            })
+        })
+    }
+
+    /// Visits every live entry; those for which `keep` returns false are removed (control plane:
+    /// a reconfiguration remapping or dropping what flows refer to).
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut FlowEntry<V>) -> bool) {
+        for b in &mut self.buckets {
+            for i in 0..BUCKET_SLOTS {
+                if b.sigs[i] != 0 && !keep(&mut b.entries[i]) {
+                    b.sigs[i] = 0;
+                }
+            }
+        }
+    }
+
     /// The entry at a slot returned by a lookup or insert.
     #[inline(always)]
-    pub fn entry(&self, at: FlowSlot) -> &FlowEntry {
+    pub fn entry(&self, at: FlowSlot) -> &FlowEntry<V> {
         &self.buckets[at.bucket as usize].entries[usize::from(at.slot)]
+    }
+
+    /// The entry at a slot, to update its value (the key and timers stay the table's).
+    #[inline(always)]
+    pub fn value_mut(&mut self, at: FlowSlot) -> &mut V {
+        &mut self.buckets[at.bucket as usize].entries[usize::from(at.slot)].value
+    }
+
+    /// The live entry at `at`, if the slot is in range and holds one.
+    pub fn live(&self, at: FlowSlot) -> Option<&FlowEntry<V>> {
+        let b = self.buckets.get(at.bucket as usize)?;
+        let i = usize::from(at.slot);
+        (i < BUCKET_SLOTS && b.sigs[i] != 0).then(|| &b.entries[i])
+    }
+
+    /// Marks a live entry seen at `now` without any TCP processing (the paired entry of a flow
+    /// whose other direction just carried a packet).
+    #[inline(always)]
+    pub fn refresh(&mut self, at: FlowSlot, now: u32) {
+        if let Some(b) = self.buckets.get_mut(at.bucket as usize) {
+            if let Some(e) = b.entries.get_mut(usize::from(at.slot)) {
+                e.last_seen = now;
+            }
+        }
+    }
+
+    /// Removes the live entry at `at` (the owner's decision, e.g. the pair of a removed entry);
+    /// returns it, or `None` if the slot holds none. Not kept for [`FlowTable::take_removed`].
+    pub fn remove(&mut self, at: FlowSlot) -> Option<FlowEntry<V>> {
+        let b = self.buckets.get_mut(at.bucket as usize)?;
+        let i = usize::from(at.slot);
+        if i >= BUCKET_SLOTS || b.sigs[i] == 0 {
+            return None;
+        }
+        b.sigs[i] = 0;
+        Some(b.entries[i])
+    }
+
+    /// Takes one entry the table removed on its own since the last call (only with
+    /// [`FlowValue::TRACK_REMOVALS`]). Drain it after every lookup, touch or insert.
+    pub fn take_removed(&mut self) -> Option<FlowEntry<V>> {
+        if self.removed_len == 0 {
+            return None;
+        }
+        self.removed_len -= 1;
+        Some(self.removed[self.removed_len])
+    }
+
+    #[inline(always)]
+    fn keep_removed(&mut self, e: &FlowEntry<V>) {
+        if V::TRACK_REMOVALS {
+            if self.removed_len < REMOVED_RING {
+                self.removed[self.removed_len] = *e;
+                self.removed_len += 1;
+            } else {
+                self.counters.removals_lost += 1;
+            }
+        }
     }
 
     /// Records a packet of a found flow: refreshes `last_seen` and follows TCP flags (a FIN moves to
     /// Closing, a RST removes the flow). Returns the entry as it was before a RST removed it.
     #[inline]
-    pub fn touch(&mut self, at: FlowSlot, tcp_flags: u8, now: u32) -> FlowEntry {
+    pub fn touch(&mut self, at: FlowSlot, tcp_flags: u8, now: u32) -> FlowEntry<V> {
         let bucket = &mut self.buckets[at.bucket as usize];
         let i = usize::from(at.slot);
         let e = &mut bucket.entries[i];
@@ -270,7 +385,9 @@ impl FlowTable {
             if tcp_flags & TcpFlags::RST != 0 {
                 bucket.sigs[i] = 0;
                 self.counters.reset += 1;
-                return *e;
+                let e = *e;
+                self.keep_removed(&e);
+                return e;
             }
             if tcp_flags & TcpFlags::FIN != 0 {
                 e.state = TcpState::Closing;
@@ -281,12 +398,21 @@ impl FlowTable {
         *e
     }
 
-    /// Creates a flow (after a lookup missed). Never fails: a full bucket gives up an expired entry,
-    /// else its least recently seen one (counted as evicted).
+    /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle_minutes`
+    /// (1..=255; Azure allows 4..=100). Never fails: a full bucket gives up an expired entry, else
+    /// its least recently seen one (counted as evicted, and kept for [`FlowTable::take_removed`]).
     #[inline]
-    pub fn insert(&mut self, tuple: &FlowTuple, hash: u32, tcp_flags: u8, new: NewFlow, now: u32) -> FlowSlot {
+    pub fn insert(
+        &mut self,
+        tuple: &FlowTuple,
+        hash: u32,
+        tcp_flags: u8,
+        value: V,
+        idle_minutes: u8,
+        now: u32,
+    ) -> FlowSlot {
         let (b1, b2, sig) = split(hash, self.n);
-        let free = |b: &Bucket| b.sigs.iter().filter(|&&s| s == 0).count();
+        let free = |b: &Bucket<V>| b.sigs.iter().filter(|&&s| s == 0).count();
         let (f1, f2) = (free(&self.buckets[b1]), free(&self.buckets[b2]));
         let (b, slot) = if f1 > 0 || f2 > 0 {
             let b = if f1 >= f2 { b1 } else { b2 };
@@ -315,6 +441,8 @@ impl FlowTable {
             } else {
                 self.counters.evicted += 1;
             }
+            let e = self.buckets[victim.0].entries[victim.1];
+            self.keep_removed(&e);
             victim
         };
         let bucket = &mut self.buckets[b];
@@ -327,14 +455,7 @@ impl FlowTable {
             TcpState::Established
         };
         bucket.sigs[slot] = sig;
-        bucket.entries[slot] = FlowEntry {
-            tuple: *tuple,
-            backend: new.backend,
-            rule: new.rule,
-            state,
-            idle_minutes: new.idle_minutes,
-            last_seen: now,
-        };
+        bucket.entries[slot] = FlowEntry { tuple: *tuple, value, state, idle_minutes, last_seen: now };
         self.counters.inserts += 1;
         FlowSlot { bucket: b as u32, slot: slot as u8 }
     }
@@ -342,14 +463,28 @@ impl FlowTable {
     /// Removes expired flows from up to `buckets` buckets starting at `cursor`; returns the next
     /// cursor. Call it from the poll loop's idle time to spread the work.
     pub fn sweep(&mut self, cursor: usize, buckets: usize, now: u32) -> usize {
+        self.sweep_with(cursor, buckets, now, |_, _| {})
+    }
+
+    /// [`FlowTable::sweep`], handing each removed entry (and the slot it held) to `removed`, so that
+    /// its owner can release what it held or tell its endpoints (TCP reset).
+    pub fn sweep_with(
+        &mut self,
+        cursor: usize,
+        buckets: usize,
+        now: u32,
+        mut removed: impl FnMut(FlowSlot, &FlowEntry<V>),
+    ) -> usize {
         let n = self.buckets.len();
         let mut c = cursor % n;
         for _ in 0..buckets.min(n) {
-            let bucket = &mut self.buckets[c];
             for i in 0..BUCKET_SLOTS {
+                let bucket = &mut self.buckets[c];
                 if bucket.sigs[i] != 0 && expired(&bucket.entries[i], now) {
                     bucket.sigs[i] = 0;
                     self.counters.expired += 1;
+                    let e = bucket.entries[i];
+                    removed(FlowSlot { bucket: c as u32, slot: i as u8 }, &e);
                 }
             }
             c = (c + 1) % n;
@@ -388,35 +523,35 @@ mod tests {
         (t, (x >> 20) as u32)
     }
 
-    const NEW: NewFlow = NewFlow { backend: 7, rule: 1, idle_minutes: 4 };
+    const NEW: MuxFlow = MuxFlow { backend: 7, rule: 1 };
 
     #[test]
     fn layout_is_compact() {
         assert_eq!(core::mem::size_of::<FlowTuple>(), 38);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
-        assert_eq!(core::mem::size_of::<Bucket>(), 448, "16 B of signatures + 8 x 48 B, 64-byte aligned");
+        assert_eq!(core::mem::size_of::<Bucket<MuxFlow>>(), 448, "16 B of signatures + 8 x 48 B, 64-byte aligned");
         // The seed's 40 million concurrent flows a MUX: at most 3 GiB, at most 80 bytes a flow.
-        let bytes = FlowTable::memory_for(40_000_000);
+        let bytes = FlowTable::<MuxFlow>::memory_for(40_000_000);
         assert!(bytes <= 3 << 30, "{bytes} bytes");
         assert!(bytes / 40_000_000 <= 80, "{} bytes a flow", bytes / 40_000_000);
     }
 
     #[test]
     fn syn_creates_fin_closes_rst_removes() {
-        let mut t = FlowTable::with_capacity(1000).unwrap();
+        let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         let (k, h) = tuple(1);
         assert_eq!(t.lookup(&k, h, 100), None);
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 100);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 100);
         assert_eq!(t.entry(at).state, TcpState::SynSeen);
         let at = t.lookup(&k, h, 101).unwrap();
-        assert_eq!(t.entry(at).backend, 7);
+        assert_eq!(t.entry(at).value.backend, 7);
         assert_eq!(t.touch(at, TcpFlags::ACK, 101).state, TcpState::Established);
         assert_eq!(t.touch(at, TcpFlags::FIN | TcpFlags::ACK, 102).state, TcpState::Closing);
         // Closing flows expire after CLOSING_TIMEOUT_SECS, not after the idle timeout.
         assert!(t.lookup(&k, h, 102 + CLOSING_TIMEOUT_SECS).is_some());
         assert_eq!(t.lookup(&k, h, 103 + CLOSING_TIMEOUT_SECS + 1), None);
         assert_eq!(t.counters().expired, 1);
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 200);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 200);
         t.touch(at, TcpFlags::RST, 201);
         assert_eq!(t.lookup(&k, h, 201), None);
         assert_eq!(t.counters().reset, 1);
@@ -424,10 +559,10 @@ mod tests {
 
     #[test]
     fn idle_timeout_per_rule() {
-        let mut t = FlowTable::with_capacity(1000).unwrap();
+        let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         let (k, h) = tuple(2);
         let udp = FlowTuple { protocol: 17, ..k };
-        t.insert(&udp, h, 0, NewFlow { idle_minutes: 30, ..NEW }, 0);
+        t.insert(&udp, h, 0, NEW, 30, 0);
         assert!(t.lookup(&udp, h, 30 * 60).is_some(), "idle exactly the timeout: still alive");
         assert!(t.lookup(&udp, h, 30 * 60 + 30 * 60 + 1).is_none());
         assert_eq!(t.counters().expired, 1);
@@ -435,12 +570,12 @@ mod tests {
 
     #[test]
     fn full_table_evicts_oldest_and_counts() {
-        let mut t = FlowTable::with_capacity(64).unwrap();
+        let mut t = FlowTable::<MuxFlow>::with_capacity(64).unwrap();
         let slots = t.slots();
         // Fill to twice the slots: every insert beyond a full bucket evicts, and says so.
         for i in 0..(2 * slots) as u64 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, TcpFlags::SYN, NEW, i as u32);
+            t.insert(&k, h, TcpFlags::SYN, NEW, 4, i as u32);
         }
         let c = t.counters();
         assert_eq!(c.inserts, 2 * slots as u64);
@@ -454,10 +589,10 @@ mod tests {
     #[test]
     fn nominal_capacity_evicts_almost_nothing() {
         let n = 100_000;
-        let mut t = FlowTable::with_capacity(n).unwrap();
+        let mut t = FlowTable::<MuxFlow>::with_capacity(n).unwrap();
         for i in 0..n as u64 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, TcpFlags::SYN, NEW, 0);
+            t.insert(&k, h, TcpFlags::SYN, NEW, 4, 0);
         }
         // Two choices keep both buckets from being full at nominal (75%) load.
         assert!(t.counters().evicted * 10_000 <= n as u64, "{:?}", t.counters());
@@ -477,16 +612,16 @@ mod tests {
 
     #[test]
     fn sweep_expires_idle_flows() {
-        let mut t = FlowTable::with_capacity(1000).unwrap();
+        let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         for i in 0..500 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, 0, NEW, 0);
+            t.insert(&k, h, 0, NEW, 4, 0);
         }
         let n = t.slots() / BUCKET_SLOTS;
         let c = t.sweep(0, n, 4 * 60 + 1);
         assert_eq!(c, 0);
         assert_eq!(t.counters().expired, 500);
         assert!(t.is_empty());
-        assert_eq!(FlowTable::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
+        assert_eq!(FlowTable::<MuxFlow>::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
     }
 }

@@ -4,7 +4,14 @@
 pub mod flow;
 pub mod health;
 pub mod maglev;
+pub mod snat;
 
-pub use flow::{FlowEntry, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, NewFlow, TcpState};
+pub use flow::{
+    FlowEntry, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, FlowValue, MuxFlow, TcpState,
+};
 pub use health::{Health, ProbeState, Transition};
 pub use maglev::{MaglevBackend, MaglevError, MaglevTable, DEFAULT_TABLE_SIZE};
+pub use snat::{
+    default_ports_per_backend, PortBlock, SnatAllocator, SnatCounters, SnatError, MAX_PORT_CONNECTIONS, SHARE_PROBES,
+    SNAT_FIRST_PORT,
+};

@@ -188,7 +188,7 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (r as u64) ^ ((r >> 64) as u64)
 }
 
-fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
+pub(crate) fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
     match v {
         IpVersion::V4 => core::net::IpAddr::from([a[0], a[1], a[2], a[3]]),
         IpVersion::V6 => core::net::IpAddr::from(*a),

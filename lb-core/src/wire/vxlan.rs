@@ -47,6 +47,12 @@ impl VxlanHeader {
     pub fn vni(&self) -> u32 {
         u32::from_be_bytes([0, self.vni[0], self.vni[1], self.vni[2]])
     }
+    /// The 24 bits of the first reserved field, where a MUX names the backend it chose (the seed's
+    /// "VxLAN header: flow metadata"; 0 = none). RFC 7348 receivers ignore reserved bits.
+    #[inline(always)]
+    pub fn backend_tag(&self) -> u32 {
+        u32::from_be_bytes([0, self.reserved1[0], self.reserved1[1], self.reserved1[2]])
+    }
 }
 
 /// A checked view of a VxLAN packet (the UDP payload): header + inner Ethernet frame.
@@ -175,6 +181,18 @@ impl VxlanEncap {
         self
     }
 
+    /// Stamps a 24-bit backend tag into the header's first reserved field (see
+    /// [`VxlanHeader::backend_tag`]); the host that decapsulates knows which of its backends the
+    /// MUX chose even when several of one pool run on it.
+    pub fn with_backend_tag(mut self, tag: u32) -> Result<Self, WireError> {
+        if tag > MAX_VNI {
+            return Err(WireError::FieldOverflow(Layer::Vxlan));
+        }
+        let vx = self.outer_len - VXLAN_HEADER_LEN;
+        self.template[vx + 1..vx + 4].copy_from_slice(&tag.to_be_bytes()[1..]);
+        Ok(self)
+    }
+
     /// Bytes of headroom a frame needs in front of it.
     pub fn outer_len(&self) -> usize {
         self.outer_len
@@ -249,6 +267,8 @@ impl VxlanEncap {
 pub struct VxlanDecap<'a> {
     /// The VNI.
     pub vni: u32,
+    /// The backend tag (see [`VxlanHeader::backend_tag`]).
+    pub backend_tag: u32,
     /// Outer source address (the MUX).
     pub outer_src: IpAddr,
     /// Outer destination address (this host).
@@ -274,6 +294,7 @@ impl<'a> VxlanDecap<'a> {
     ) -> Self {
         VxlanDecap {
             vni: vx.vni(),
+            backend_tag: vx.backend_tag(),
             outer_src: src,
             outer_dst: dst,
             udp_src_port: udp.src_port.get(),
@@ -471,6 +492,19 @@ mod tests {
         padded[..104].copy_from_slice(f);
         assert_eq!(decapsulate(&padded).map(|d| d.inner.len()), Ok(54));
         assert_eq!(decapsulate_general(&padded).map(|d| d.inner.len()), Ok(54));
+    }
+
+    #[test]
+    fn backend_tag_travels_in_the_reserved_bits() {
+        let mut buf = [0u8; 128 + 54];
+        buf[128..].copy_from_slice(&inner());
+        let t = v4_tunnel().with_backend_tag(0xab_cdef).unwrap();
+        let start = t.encapsulate(&mut buf, 128, 54, 7).unwrap();
+        assert_eq!(&buf[start + 42..start + 50], &[0x08, 0xab, 0xcd, 0xef, 0x00, 0x12, 0x34, 0x00]);
+        let d = decapsulate(&buf[start..]).unwrap();
+        assert_eq!((d.vni, d.backend_tag), (0x1234, 0xab_cdef));
+        assert_eq!(decapsulate_general(&buf[start..]).map(|d| d.backend_tag), Ok(0xab_cdef));
+        assert!(v4_tunnel().with_backend_tag(1 << 24).is_err());
     }
 
     #[test]

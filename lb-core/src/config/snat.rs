@@ -1,0 +1,193 @@
+//! Where every backend's SNAT ports are: a plan that each node (every MUX, every host agent) derives
+//! from the same configuration, so that a host knows the ports it may hand out and a MUX knows, for
+//! a reply to a frontend address and port, which backend's host to tunnel it to, with no
+//! coordination between them.
+//!
+//! Sources of ports, in this order:
+//! - outbound rules: each member of the rule's pool gets `allocatedOutboundPorts` (or the default
+//!   split by pool size); the pool's ports are spread evenly over the rule's frontend addresses, so
+//!   a member's ports may lie on more than one address;
+//! - load-balancing rules that do not disable outbound SNAT, for pools no outbound rule covers
+//!   (Azure's "default outbound through the load-balancing rule"): the default split by pool size
+//!   on the rule's frontend, once per (frontend, pool), while the address has ports left (a pool that
+//!   finds none gets no default ports: its members' connections are refused and counted).
+//!
+//! Ports on an address are handed out from [`SNAT_FIRST_PORT`] upwards, at most
+//! [`SNAT_PORTS_PER_ADDRESS`] of them; ports a listener claims inside a block stay out of use (the
+//! host agent reserves them).
+
+use alloc::vec::Vec;
+
+use super::{err, ConfigError, LoadBalancer, Protocol, SNAT_PORTS_PER_ADDRESS};
+use crate::tables::snat::{default_ports_per_backend, SNAT_FIRST_PORT};
+
+/// The rule a grant comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnatSource {
+    /// An outbound rule (index).
+    OutboundRule(usize),
+    /// A load-balancing rule's default outbound SNAT (index).
+    LoadBalancingRule(usize),
+}
+
+/// A block of SNAT ports of one backend on one frontend address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatGrant {
+    /// Where the grant comes from.
+    pub source: SnatSource,
+    /// Pool index.
+    pub pool: usize,
+    /// Member index in the pool.
+    pub member: usize,
+    /// Frontend index (the address SNAT uses).
+    pub frontend: usize,
+    /// First port.
+    pub first: u16,
+    /// Number of ports.
+    pub len: u16,
+    /// Protocols the grant serves.
+    pub protocol: Protocol,
+    /// Idle timeout in minutes of the connections it carries.
+    pub idle_timeout_minutes: u8,
+    /// Reset idle TCP connections.
+    pub tcp_reset: bool,
+}
+
+impl SnatGrant {
+    /// Whether `port` lies in the block.
+    pub fn contains(&self, port: u16) -> bool {
+        port >= self.first && u32::from(port) < u32::from(self.first) + u32::from(self.len)
+    }
+}
+
+/// Every grant of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnatPlan {
+    /// Grants in the order they were laid out.
+    pub grants: Vec<SnatGrant>,
+    /// Per frontend: indices into `grants`, sorted by first port (for [`SnatPlan::owner`]).
+    by_frontend: Vec<Vec<usize>>,
+}
+
+impl SnatPlan {
+    /// The grants of one pool member.
+    pub fn for_member(&self, pool: usize, member: usize) -> impl Iterator<Item = &SnatGrant> + '_ {
+        self.grants.iter().filter(move |g| g.pool == pool && g.member == member)
+    }
+
+    /// The grant that holds `port` on `frontend`, if any (a binary search: this runs on the MUX's
+    /// packet path for replies to SNAT connections).
+    #[inline]
+    pub fn owner(&self, frontend: usize, port: u16) -> Option<&SnatGrant> {
+        let list = self.by_frontend.get(frontend)?;
+        let i = list.partition_point(|&g| self.grants[g].first <= port);
+        let g = &self.grants[*list.get(i.checked_sub(1)?)?];
+        g.contains(port).then_some(g)
+    }
+
+    /// Whether any grant uses `frontend`.
+    pub fn uses_frontend(&self, frontend: usize) -> bool {
+        self.by_frontend.get(frontend).is_some_and(|l| !l.is_empty())
+    }
+}
+
+impl LoadBalancer {
+    /// Lays out the SNAT ports of this configuration (see the module docs). Refuses outbound rules
+    /// whose addresses cannot hold their pool's ports, naming the rule and the address.
+    pub fn snat_plan(&self) -> Result<SnatPlan, ConfigError> {
+        let mut used = alloc::vec![0u64; self.frontends.len()];
+        let mut plan = SnatPlan { grants: Vec::new(), by_frontend: alloc::vec![Vec::new(); self.frontends.len()] };
+        for (ri, r) in self.outbound_rules.iter().enumerate() {
+            let k = "outboundRules";
+            let n = self.pools[r.pool].backends.len();
+            if n == 0 {
+                continue;
+            }
+            let per_backend = match r.allocated_outbound_ports {
+                Some(p) => u64::from(p),
+                None => default_ports_per_backend(n)
+                    .map(u64::from)
+                    .ok_or_else(|| err(k, &r.name, "allocatedOutboundPorts", "no default for a pool over 1,000"))?,
+            };
+            let need = per_backend * n as u64;
+            let per_address = need.div_ceil(r.frontends.len() as u64);
+            for &f in &r.frontends {
+                if used[f] + per_address > SNAT_PORTS_PER_ADDRESS {
+                    let have = SNAT_PORTS_PER_ADDRESS * r.frontends.len() as u64;
+                    let problem = alloc::format!(
+                        "{need} ports needed, {have} available: frontend '{}' would hand out {} of {SNAT_PORTS_PER_ADDRESS}",
+                        self.frontends[f].name,
+                        used[f] + per_address
+                    );
+                    return Err(err(k, &r.name, "allocatedOutboundPorts", problem));
+                }
+            }
+            let source = SnatSource::OutboundRule(ri);
+            let bases: Vec<u64> = r.frontends.iter().map(|&f| used[f]).collect();
+            for member in 0..n {
+                // The member's ports, as a range of the pool's ports laid end to end over the addresses.
+                let mut v = member as u64 * per_backend;
+                let end = v + per_backend;
+                while v < end {
+                    let (j, off) = ((v / per_address) as usize, v % per_address);
+                    let len = (per_address - off).min(end - v);
+                    plan.grants.push(SnatGrant {
+                        source,
+                        pool: r.pool,
+                        member,
+                        frontend: r.frontends[j],
+                        first: SNAT_FIRST_PORT + (bases[j] + off) as u16,
+                        len: len as u16,
+                        protocol: r.protocol,
+                        idle_timeout_minutes: r.idle_timeout_minutes,
+                        tcp_reset: r.tcp_reset,
+                    });
+                    v += len;
+                }
+            }
+            for &f in &r.frontends {
+                used[f] += per_address;
+            }
+        }
+        let covered: Vec<usize> = self.outbound_rules.iter().map(|r| r.pool).collect();
+        let mut done: Vec<(usize, usize)> = Vec::new();
+        for (ri, r) in self.rules.iter().enumerate() {
+            if r.disable_outbound_snat
+                || r.is_ha_ports()
+                || covered.contains(&r.pool)
+                || done.contains(&(r.frontend, r.pool))
+            {
+                continue;
+            }
+            done.push((r.frontend, r.pool));
+            let n = self.pools[r.pool].backends.len();
+            let Some(per_backend) = default_ports_per_backend(n) else { continue };
+            let need = u64::from(per_backend) * n as u64;
+            if used[r.frontend] + need > SNAT_PORTS_PER_ADDRESS {
+                continue;
+            }
+            for member in 0..n {
+                plan.grants.push(SnatGrant {
+                    source: SnatSource::LoadBalancingRule(ri),
+                    pool: r.pool,
+                    member,
+                    frontend: r.frontend,
+                    first: SNAT_FIRST_PORT + (used[r.frontend] + member as u64 * u64::from(per_backend)) as u16,
+                    len: per_backend,
+                    protocol: r.protocol,
+                    idle_timeout_minutes: r.idle_timeout_minutes,
+                    tcp_reset: r.tcp_reset,
+                });
+            }
+            used[r.frontend] += need;
+        }
+        for (i, g) in plan.grants.iter().enumerate() {
+            plan.by_frontend[g.frontend].push(i);
+        }
+        let grants = &plan.grants;
+        for list in &mut plan.by_frontend {
+            list.sort_by_key(|&g| grants[g].first);
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,1020 @@
+//! The SLB host agent ("Step 5: Compute Host Processing", "Outbound Response Flow", "Outbound
+//! Rules"): the half of the load balancer that runs beside the backends.
+//!
+//! - From the fabric ([`HostAgent::from_fabric`]): a VxLAN frame from a MUX is decapsulated in
+//!   place, its VNI and backend tag (which backend the MUX chose; several of one pool may run on one
+//!   host) checked, the flow recorded, and the inner frame DNATed (VIP:frontendPort →
+//!   DIP:backendPort, checksums updated incrementally) or, with floating IP, delivered with the VIP
+//!   untouched. Replies to SNAT connections come the same way and are translated back to the
+//!   backend's own address and port.
+//! - From a backend ([`HostAgent::from_backend`]): a response of a recorded flow is reverse-NATed
+//!   (DIP:backendPort → VIP:frontendPort) and sent back through a MUX (VxLAN) or straight to the
+//!   client (Direct Server Return), as the node is configured. A connection the backend opens is
+//!   SNATed to a port of its own block on an outbound frontend address (see
+//!   [`crate::config::snat`]). Anything else is dropped and counted: nothing leaves with a private
+//!   source address.
+//! - Timers ([`HostAgent::expire`]): idle flows are removed, their SNAT ports released (they come
+//!   back after a quarantine), and, where the rule asks for TCP reset, a RST goes to both ends with
+//!   the sequence numbers the flow last showed.
+//!
+//! Every connection has two entries in the flow table, one per direction, each naming the other's
+//! slot; a packet refreshes both (no second hash). SNAT ports are shared between TCP connections to
+//! different destinations once a block has no fresh port left; a UDP flow always takes a port of
+//! its own (one port per UDP 5-tuple, never shared while in use).
+//!
+//! Fragments: a first fragment records how its datagram was translated; later fragments (no ports)
+//! get the same address translation from that record. ICMP errors about a flow are delivered as is
+//! with floating IP; without it they would need the quoted packet translated too, which this path
+//! does not do yet: they are dropped and counted (`IcmpUntranslated`).
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+use super::listen::{addr16, backend_tag, build_vips, find_vip, fragment_record, Vip};
+use super::mux::Traffic;
+use crate::config::{ConfigError, LoadBalancer, SnatGrant};
+use crate::tables::snat::{PortBlock, SnatAllocator, SnatCounters, SnatError};
+use crate::tables::{FlowEntry, FlowSlot, FlowTable, FlowTableError, FlowTuple, FlowValue, TcpState};
+use crate::wire::nat::{rewrite, Side, TcpResetRepr};
+use crate::wire::vxlan::decapsulate;
+use crate::wire::{ip_proto, parse_flow_key, FlowKey, Fragment, IpVersion, MacAddr, TcpFlags, VxlanEncap};
+
+/// How responses and SNAT connections leave the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnPath {
+    /// VxLAN to a MUX, which strips the tunnel and forwards to the client (the seed's default).
+    ViaMux,
+    /// Straight to the fabric router, with the VIP as source (Direct Server Return).
+    Direct,
+}
+
+/// This host: its addresses and knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNode {
+    /// MAC of the host's fabric port.
+    pub mac: MacAddr,
+    /// MAC of the fabric router.
+    pub gateway_mac: MacAddr,
+    /// The host's underlay address (where MUXes tunnel to).
+    pub underlay: IpAddr,
+    /// Underlay addresses of the MUXes that take responses back (one is picked by flow hash).
+    pub muxes: Vec<IpAddr>,
+    /// How responses leave.
+    pub return_path: ReturnPath,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Underlay MTU.
+    pub mtu: u16,
+    /// Flow hash seed.
+    pub hash_seed: u64,
+    /// Flow-table capacity (each connection takes two entries).
+    pub flow_capacity: usize,
+    /// Seconds a released SNAT port waits before it is handed out again.
+    pub snat_quarantine_secs: u32,
+    /// When a backend's SNAT ports are exhausted, answer its SYN with a RST (else drop it).
+    pub reset_on_snat_exhaustion: bool,
+}
+
+/// Why a host agent refuses a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// Invalid configuration.
+    Config(ConfigError),
+    /// A tunnel to a MUX could not be built.
+    Tunnel(crate::wire::WireError),
+    /// The flow table could not be allocated.
+    FlowTable(FlowTableError),
+    /// The SNAT blocks could not be laid out.
+    Snat(SnatError),
+    /// `ReturnPath::ViaMux` with no MUX address.
+    NoMux,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Config(e) => write!(f, "configuration: {e}"),
+            HostError::Tunnel(e) => write!(f, "tunnel to a MUX: {e}"),
+            HostError::FlowTable(e) => write!(f, "flow table: {e:?}"),
+            HostError::Snat(e) => write!(f, "SNAT: {e}"),
+            HostError::NoMux => f.write_str("return path via MUX but no MUX address"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for HostError {}
+
+/// Why the host agent dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HostDrop {
+    /// Did not parse (outer or inner).
+    Malformed = 0,
+    /// A tunnel frame not addressed to this host.
+    NotForThisHost = 1,
+    /// The VNI or backend tag names no backend of this host.
+    UnknownBackend = 2,
+    /// To a VIP, but no rule matches its protocol and port, and no flow.
+    NoRule = 3,
+    /// From a backend, matching no flow and no outbound rule (never sent with a private source).
+    NoFlow = 4,
+    /// The backend's SNAT ports are exhausted.
+    SnatExhausted = 5,
+    /// A later fragment whose first fragment was not seen.
+    FragmentUnknown = 6,
+    /// Not enough headroom or over the MTU for the tunnel to a MUX.
+    Encap = 7,
+    /// An ICMP error that would need its quoted packet translated.
+    IcmpUntranslated = 8,
+}
+
+/// Number of [`HostDrop`] reasons.
+pub const HOST_DROPS: usize = 9;
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostVerdict {
+    /// Hand `buf[start..start + len]` to local backend `backend` (see [`HostAgent::local_backends`]).
+    Deliver {
+        /// Local backend index.
+        backend: usize,
+        /// Frame start.
+        start: usize,
+        /// Frame length.
+        len: usize,
+    },
+    /// Send `buf[start..start + len]` on the fabric port.
+    Transmit {
+        /// Frame start.
+        start: usize,
+        /// Frame length.
+        len: usize,
+    },
+    /// Drop it.
+    Drop(HostDrop),
+}
+
+/// Where a frame the host agent makes on its own (a TCP reset) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEgress {
+    /// To a local backend.
+    Backend(usize),
+    /// On the fabric port.
+    Fabric,
+}
+
+/// The host agent's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostCounters {
+    /// Frames from MUXes delivered to backends (load-balanced and NAT rules).
+    pub inbound: Traffic,
+    /// Responses sent back towards clients.
+    pub responses: Traffic,
+    /// Frames of backend-initiated connections sent out with an SNAT address.
+    pub snat_out: Traffic,
+    /// Replies to them delivered back to the backends.
+    pub snat_in: Traffic,
+    /// Per local backend: frames delivered to it.
+    pub backends: Vec<Traffic>,
+    /// TCP resets sent (idle timeout, SNAT exhaustion).
+    pub resets: u64,
+    /// Connections torn down because a reconfiguration removed what they used.
+    pub flushed: u64,
+    /// Per [`HostDrop`].
+    pub drops: [u64; HOST_DROPS],
+}
+
+/// Which direction an entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum HostFlowKind {
+    /// Unused.
+    #[default]
+    None = 0,
+    /// Client → VIP (as it arrives from a MUX).
+    Inbound = 1,
+    /// Backend → client (as the backend sends it).
+    Response = 2,
+    /// Backend → remote, a connection the backend opened.
+    SnatOut = 3,
+    /// Remote → SNAT address and port.
+    SnatIn = 4,
+    /// A fragmented datagram's record.
+    Fragment = 5,
+}
+
+const FLOATING: u8 = 1;
+const RESET: u8 = 2;
+const SEQ_SEEN: u8 = 4;
+const ACK_SEEN: u8 = 8;
+/// Fragment record: rewrite the source (else the destination).
+const FRAG_SRC: u8 = 16;
+const NO_PEER: u32 = u32::MAX;
+
+/// What the host agent stores with each flow entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HostFlow {
+    /// Direction.
+    pub kind: HostFlowKind,
+    /// Floating IP, TCP reset, sequence tracking.
+    pub flags: u8,
+    /// Local backend index.
+    pub local: u16,
+    /// Frontend index (the VIP, or the SNAT address).
+    pub frontend: u16,
+    /// Inbound: backend port; Response: frontend port; SNAT: the SNAT port.
+    pub port: u16,
+    /// SnatIn: the backend's own source port; Inbound: the frontend port.
+    pub orig_port: u16,
+    /// SNAT allocator block.
+    pub block: u16,
+    /// Slot of the other direction's entry.
+    pub peer: u32,
+    /// Next sequence number of this direction's sender.
+    pub seq: u32,
+    /// Last acknowledgment number this direction's sender sent.
+    pub ack: u32,
+}
+
+impl FlowValue for HostFlow {
+    const TRACK_REMOVALS: bool = true;
+}
+
+/// A backend of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBackend {
+    /// Pool index.
+    pub pool: usize,
+    /// Member index.
+    pub member: usize,
+    /// Its address (DIP).
+    pub address: IpAddr,
+    /// The tag MUXes stamp for it.
+    pub tag: u32,
+    addr: (IpVersion, [u8; 16]),
+    /// Its SNAT blocks (allocator block indices).
+    blocks: Vec<usize>,
+}
+
+/// One core's host agent.
+pub struct HostAgent {
+    node: HostNode,
+    lb: LoadBalancer,
+    vips: Vec<Vip>,
+    locals: Vec<LocalBackend>,
+    grants: Vec<SnatGrant>,
+    snat: SnatAllocator,
+    /// Per pool, per MUX.
+    tunnels: Vec<Vec<VxlanEncap>>,
+    flows: FlowTable<HostFlow>,
+    counters: HostCounters,
+    cursor: usize,
+    underlay: (IpVersion, [u8; 16]),
+}
+
+/// Headroom a frame the host agent builds (a RST) keeps for the tunnel.
+const RST_HEADROOM: usize = 128;
+
+impl HostAgent {
+    /// Builds the host agent of `node` for a validated configuration.
+    pub fn new(node: HostNode, lb: LoadBalancer) -> Result<Self, HostError> {
+        let flows = FlowTable::with_capacity(node.flow_capacity).map_err(HostError::FlowTable)?;
+        let mut h = HostAgent {
+            lb: LoadBalancer::default(),
+            vips: Vec::new(),
+            locals: Vec::new(),
+            grants: Vec::new(),
+            snat: SnatAllocator::new(&[], node.snat_quarantine_secs).map_err(HostError::Snat)?,
+            tunnels: Vec::new(),
+            flows,
+            counters: HostCounters::default(),
+            cursor: 0,
+            underlay: addr16(node.underlay),
+            node,
+        };
+        h.update(lb)?;
+        Ok(h)
+    }
+
+    /// Applies a new configuration at run time. Established connections keep going if their
+    /// backend and frontend are still there (their entries are remapped); SNAT connections keep
+    /// their ports if the backend's blocks did not change. The rest are removed and counted
+    /// (`flushed`). On error nothing changes.
+    pub fn update(&mut self, lb: LoadBalancer) -> Result<(), HostError> {
+        lb.validate().map_err(HostError::Config)?;
+        if self.node.return_path == ReturnPath::ViaMux && self.node.muxes.is_empty() {
+            return Err(HostError::NoMux);
+        }
+        let plan = lb.snat_plan().map_err(HostError::Config)?;
+        let me = self.node.underlay;
+        let mut locals = Vec::new();
+        let mut grants = Vec::new();
+        for (pi, pool) in lb.pools.iter().enumerate() {
+            for (mi, b) in pool.backends.iter().enumerate() {
+                if b.host != me {
+                    continue;
+                }
+                let mut blocks = Vec::new();
+                for g in plan.for_member(pi, mi) {
+                    blocks.push(grants.len());
+                    grants.push(*g);
+                }
+                let tag = backend_tag(b.address);
+                locals.push(LocalBackend {
+                    pool: pi,
+                    member: mi,
+                    address: b.address,
+                    tag,
+                    addr: addr16(b.address),
+                    blocks,
+                });
+            }
+        }
+        let (vips, _) = build_vips(&lb);
+        let same_snat = grants == self.grants;
+        let snat = if same_snat {
+            None
+        } else {
+            let blocks: Vec<PortBlock> =
+                grants.iter().map(|g| PortBlock { address: g.frontend as u16, first: g.first, len: g.len }).collect();
+            let mut a = SnatAllocator::new(&blocks, self.node.snat_quarantine_secs).map_err(HostError::Snat)?;
+            // Ports a listener claims on the same address never go to SNAT.
+            for (bi, g) in grants.iter().enumerate() {
+                for port in g.first..=g.first + (g.len - 1) {
+                    if vips[g.frontend].claims(port) {
+                        a.reserve(bi, port).map_err(HostError::Snat)?;
+                    }
+                }
+            }
+            Some(a)
+        };
+        let mut tunnels = Vec::with_capacity(lb.pools.len());
+        for pool in &lb.pools {
+            let mut per_mux = Vec::with_capacity(self.node.muxes.len());
+            for &m in &self.node.muxes {
+                let t = VxlanEncap::new(
+                    self.node.mac,
+                    self.node.gateway_mac,
+                    me,
+                    m,
+                    pool.vni,
+                    self.node.ttl,
+                    self.node.mtu,
+                )
+                .map_err(HostError::Tunnel)?;
+                per_mux.push(t);
+            }
+            tunnels.push(per_mux);
+        }
+        // Remap established flows: local backends by address, frontends by address.
+        let old_locals = core::mem::take(&mut self.locals);
+        let old_lb = core::mem::take(&mut self.lb);
+        let local_map: Vec<Option<u16>> = old_locals
+            .iter()
+            .map(|o| {
+                locals.iter().position(|n| n.address == o.address && lb.pools[n.pool].name == old_lb.pools[o.pool].name)
+            })
+            .map(|p| p.map(|p| p as u16))
+            .collect();
+        let frontend_map: Vec<Option<u16>> = old_lb
+            .frontends
+            .iter()
+            .map(|o| lb.frontends.iter().position(|n| n.address == o.address).map(|p| p as u16))
+            .collect();
+        let mut flushed = 0;
+        self.flows.retain(|e| {
+            let v = &mut e.value;
+            let snat = matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn);
+            let local = local_map.get(usize::from(v.local)).copied().flatten();
+            let frontend = frontend_map.get(usize::from(v.frontend)).copied().flatten();
+            match (local, frontend) {
+                (Some(l), Some(f)) if !snat || same_snat => {
+                    v.local = l;
+                    v.frontend = f;
+                    true
+                }
+                _ => {
+                    flushed += 1;
+                    false
+                }
+            }
+        });
+        self.counters.flushed += flushed / 2;
+        self.counters.backends = vec![Traffic::default(); locals.len()];
+        if let Some(a) = snat {
+            self.snat = a;
+        }
+        self.grants = grants;
+        self.locals = locals;
+        self.vips = vips;
+        self.tunnels = tunnels;
+        self.lb = lb;
+        Ok(())
+    }
+
+    /// The backends of this host, in local index order.
+    pub fn local_backends(&self) -> &[LocalBackend] {
+        &self.locals
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &HostCounters {
+        &self.counters
+    }
+
+    /// The SNAT allocator's counters (allocations, sharing, releases, exhaustion).
+    pub fn snat_counters(&self) -> SnatCounters {
+        self.snat.counters()
+    }
+
+    /// SNAT ports in use by local backend `local`, over all its blocks.
+    pub fn snat_ports_in_use(&self, local: usize) -> u32 {
+        self.locals.get(local).map_or(0, |l| l.blocks.iter().map(|&b| self.snat.ports_in_use(b)).sum())
+    }
+
+    /// The flow table (counters, size).
+    pub fn flows(&self) -> &FlowTable<HostFlow> {
+        &self.flows
+    }
+
+    /// A frame from the fabric at `buf[start..start + len]` (a VxLAN frame from a MUX).
+    pub fn from_fabric(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let v = self.fabric_frame(buf, start, len, now);
+        self.settle(now);
+        self.count(v)
+    }
+
+    /// A frame a local backend sent, at `buf[start..start + len]`, with headroom before it for the
+    /// tunnel to a MUX.
+    pub fn from_backend(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let v = self.backend_frame(buf, start, len, now);
+        self.settle(now);
+        self.count(v)
+    }
+
+    fn count(&mut self, v: HostVerdict) -> HostVerdict {
+        if let HostVerdict::Drop(r) = v {
+            self.counters.drops[r as usize] += 1;
+        }
+        v
+    }
+
+    fn fabric_frame(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let Some(frame) = start.checked_add(len).and_then(|end| buf.get(start..end)) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        let Ok(d) = decapsulate(frame) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        if addr16(d.outer_dst) != self.underlay {
+            return HostVerdict::Drop(HostDrop::NotForThisHost);
+        }
+        let (at, ilen, vni, tag) = (start + d.inner_offset, d.inner.len(), d.vni, d.backend_tag);
+        let inner = &mut buf[at..at + ilen];
+        let Ok(key) = parse_flow_key(inner) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        let seed = self.node.hash_seed;
+        if key.fragment == Fragment::Later {
+            return match self.later_fragment(inner, &key, now) {
+                Ok(local) => self.deliver(local, at, ilen, false),
+                Err(d) => HostVerdict::Drop(d),
+            };
+        }
+        if key.is_icmp_error() {
+            return self.icmp_error(&key, vni, tag, at, ilen);
+        }
+        let tuple = FlowTuple::from(&key);
+        let hash = key.hash(seed);
+        if let Some(at_slot) = self.flows.lookup(&tuple, hash, now) {
+            let e = self.flows.touch(at_slot, key.tcp_flags, now);
+            self.follow(at_slot, &e, inner, &key, now);
+            let v = e.value;
+            let local = usize::from(v.local);
+            let Some(l) = self.locals.get(local) else {
+                return HostVerdict::Drop(HostDrop::UnknownBackend);
+            };
+            let (addr, port, snat) = match v.kind {
+                HostFlowKind::Inbound if v.flags & FLOATING != 0 => (key.dst_addr, v.port, false),
+                HostFlowKind::Inbound => (l.addr.1, v.port, false),
+                HostFlowKind::SnatIn => (l.addr.1, v.orig_port, true),
+                _ => return HostVerdict::Drop(HostDrop::NoRule),
+            };
+            if rewrite(inner, &key, Side::Dst, &addr, port).is_err() {
+                return HostVerdict::Drop(HostDrop::Malformed);
+            }
+            self.record_first_fragment(&key, &e.value, Side::Dst, now);
+            return self.deliver(local, at, ilen, snat);
+        }
+        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
+            return HostVerdict::Drop(HostDrop::NoRule);
+        };
+        let Some(listener) = self.vips[vip].listener(key.protocol, key.dst_port) else {
+            // A reply to an SNAT connection that is gone, or a port nobody listens on.
+            return HostVerdict::Drop(HostDrop::NoRule);
+        };
+        let delivery = listener.target.delivery(&self.lb, key.dst_port);
+        if self.lb.pools[delivery.pool].vni != vni {
+            return HostVerdict::Drop(HostDrop::UnknownBackend);
+        }
+        let Some(local) = self.local_for(delivery.pool, delivery.member, tag) else {
+            return HostVerdict::Drop(HostDrop::UnknownBackend);
+        };
+        let backend_port = delivery.backend_port.unwrap_or(key.dst_port);
+        let mut flags = if delivery.floating_ip { FLOATING } else { 0 };
+        if delivery.tcp_reset {
+            flags |= RESET;
+        }
+        let l = &self.locals[local];
+        let dst = if delivery.floating_ip { key.dst_addr } else { l.addr.1 };
+        let inbound = HostFlow {
+            kind: HostFlowKind::Inbound,
+            flags,
+            local: local as u16,
+            frontend: vip as u16,
+            port: backend_port,
+            orig_port: key.dst_port,
+            ..HostFlow::default()
+        };
+        // The response as the backend will send it: from its address (or the VIP) and port.
+        let mut back = tuple;
+        back.src = dst;
+        back.src_port = backend_port;
+        back.dst = tuple.src;
+        back.dst_port = tuple.src_port;
+        let response = HostFlow { kind: HostFlowKind::Response, port: key.dst_port, ..inbound };
+        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, inbound, &back, response, delivery.idle_minutes, now);
+        let e = *self.flows.entry(slot);
+        self.follow(slot, &e, inner, &key, now);
+        if rewrite(inner, &key, Side::Dst, &dst, backend_port).is_err() {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        }
+        self.record_first_fragment(&key, &inbound, Side::Dst, now);
+        self.deliver(local, at, ilen, false)
+    }
+
+    fn backend_frame(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let Some(frame) = start.checked_add(len).and_then(|end| buf.get_mut(start..end)) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        let Ok(key) = parse_flow_key(frame) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        let seed = self.node.hash_seed;
+        let hash = key.hash(seed);
+        if key.fragment == Fragment::Later {
+            return match self.later_fragment(frame, &key, now) {
+                Ok(local) => self.egress(buf, start, len, self.locals[local].pool, hash, Leg::Response),
+                Err(d) => HostVerdict::Drop(d),
+            };
+        }
+        let tuple = FlowTuple::from(&key);
+        if let Some(slot) = self.flows.lookup(&tuple, hash, now) {
+            let e = self.flows.touch(slot, key.tcp_flags, now);
+            self.follow(slot, &e, frame, &key, now);
+            let v = e.value;
+            let Some(l) = self.locals.get(usize::from(v.local)) else {
+                return HostVerdict::Drop(HostDrop::UnknownBackend);
+            };
+            let pool = l.pool;
+            let Some((_, vip)) = self.vips.get(usize::from(v.frontend)).map(|f| (f.version, f.addr)) else {
+                return HostVerdict::Drop(HostDrop::NoFlow);
+            };
+            let leg = match v.kind {
+                HostFlowKind::Response => Leg::Response,
+                HostFlowKind::SnatOut => Leg::Snat,
+                _ => return HostVerdict::Drop(HostDrop::NoFlow),
+            };
+            if rewrite(frame, &key, Side::Src, &vip, v.port).is_err() {
+                return HostVerdict::Drop(HostDrop::Malformed);
+            }
+            self.record_first_fragment(&key, &v, Side::Src, now);
+            return self.egress(buf, start, len, pool, hash, leg);
+        }
+        // No flow: a connection the backend opens, if an outbound rule (or default SNAT) covers it.
+        let Some(local) = self.locals.iter().position(|l| l.addr == (key.ip_version, key.src_addr)) else {
+            return HostVerdict::Drop(HostDrop::NoFlow);
+        };
+        let tcp = key.protocol == ip_proto::TCP;
+        if !(tcp || key.protocol == ip_proto::UDP) || key.is_icmp_error() || self.locals[local].blocks.is_empty() {
+            return HostVerdict::Drop(HostDrop::NoFlow);
+        }
+        let Some((block, port)) = self.allocate(local, &key, now) else {
+            if tcp && self.node.reset_on_snat_exhaustion && key.tcp_flags & TcpFlags::SYN != 0 {
+                return self.refuse_with_reset(buf, start, len, &key, local);
+            }
+            return HostVerdict::Drop(HostDrop::SnatExhausted);
+        };
+        let g = self.grants[block];
+        let (_, faddr) = (self.vips[g.frontend].version, self.vips[g.frontend].addr);
+        let mut flags = 0;
+        if g.tcp_reset {
+            flags |= RESET;
+        }
+        let out = HostFlow {
+            kind: HostFlowKind::SnatOut,
+            flags,
+            local: local as u16,
+            frontend: g.frontend as u16,
+            port,
+            orig_port: key.src_port,
+            block: block as u16,
+            ..HostFlow::default()
+        };
+        let mut back = tuple;
+        back.src = tuple.dst;
+        back.src_port = tuple.dst_port;
+        back.dst = faddr;
+        back.dst_port = port;
+        let back_in = HostFlow { kind: HostFlowKind::SnatIn, ..out };
+        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, out, &back, back_in, g.idle_timeout_minutes, now);
+        let e = *self.flows.entry(slot);
+        let Some(frame) = buf.get_mut(start..start + len) else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        self.follow(slot, &e, frame, &key, now);
+        if rewrite(frame, &key, Side::Src, &faddr, port).is_err() {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        }
+        self.record_first_fragment(&key, &out, Side::Src, now);
+        let pool = self.locals[local].pool;
+        self.egress(buf, start, len, pool, hash, Leg::Snat)
+    }
+
+    /// An SNAT port for a new connection of local backend `local`: a fresh port of one of its blocks
+    /// serving the protocol, else (TCP) a port in use whose connections all go elsewhere.
+    fn allocate(&mut self, local: usize, key: &FlowKey, now: u32) -> Option<(usize, u16)> {
+        let seed = self.node.hash_seed;
+        for &b in &self.locals[local].blocks {
+            let g = &self.grants[b];
+            if !g.protocol.matches(key.protocol) {
+                continue;
+            }
+            let faddr = self.vips[g.frontend].addr;
+            let r = if key.protocol == ip_proto::TCP {
+                let flows = &self.flows;
+                self.snat.alloc_shared(b, now, |p| {
+                    let mut back = FlowTuple::from(key);
+                    back.src = key.dst_addr;
+                    back.src_port = key.dst_port;
+                    back.dst = faddr;
+                    back.dst_port = p;
+                    !flows.contains(&back, tuple_hash(&back, seed), now)
+                })
+            } else {
+                self.snat.alloc(b, now)
+            };
+            if let Ok(p) = r {
+                return Some((b, p));
+            }
+        }
+        None
+    }
+
+    /// Inserts both directions of a connection, each naming the other's slot; returns the first's.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_pair(
+        &mut self,
+        a: &FlowTuple,
+        a_hash: u32,
+        tcp_flags: u8,
+        a_value: HostFlow,
+        b: &FlowTuple,
+        b_value: HostFlow,
+        idle: u8,
+        now: u32,
+    ) -> FlowSlot {
+        let sa = self.flows.insert(a, a_hash, tcp_flags, a_value, idle, now);
+        self.settle(now);
+        let b_hash = tuple_hash(b, self.node.hash_seed);
+        let b_flags = if tcp_flags & TcpFlags::SYN != 0 { TcpFlags::SYN } else { 0 };
+        let sb = self.flows.insert(b, b_hash, b_flags, HostFlow { peer: sa.to_index(), ..b_value }, idle, now);
+        // The second insert may have evicted the first (a full bucket pair): then drop both.
+        if self.flows.live(sa).is_some_and(|e| e.tuple == *a) {
+            self.flows.value_mut(sa).peer = sb.to_index();
+        }
+        self.settle(now);
+        sa
+    }
+
+    /// After a packet of entry `slot`: refresh its pair (one idle timer per connection) and keep
+    /// the sequence numbers a TCP reset will need.
+    fn follow(&mut self, slot: FlowSlot, e: &FlowEntry<HostFlow>, frame: &[u8], key: &FlowKey, now: u32) {
+        let peer = e.value.peer;
+        if peer != NO_PEER {
+            self.flows.refresh(FlowSlot::from_index(peer), now);
+        }
+        if key.protocol != ip_proto::TCP || key.fragment == Fragment::Later || self.flows.live(slot).is_none() {
+            return;
+        }
+        let o = usize::from(key.l4_offset);
+        let Some(h) = frame.get(o..o + 20) else { return };
+        let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        let data = usize::from(key.l4_len).saturating_sub(usize::from(h[12] >> 4) * 4) as u32;
+        let flags = h[13];
+        let next = seq
+            .wrapping_add(data)
+            .wrapping_add(u32::from(flags & TcpFlags::SYN != 0))
+            .wrapping_add(u32::from(flags & TcpFlags::FIN != 0));
+        let v = self.flows.value_mut(slot);
+        v.seq = next;
+        v.flags |= SEQ_SEEN;
+        if flags & TcpFlags::ACK != 0 {
+            v.ack = ack;
+            v.flags |= ACK_SEEN;
+        }
+    }
+
+    /// Releases what removed entries held: the pair's other entry, the SNAT port.
+    fn settle(&mut self, now: u32) {
+        while let Some(e) = self.flows.take_removed() {
+            let peer = self.take_peer(&e);
+            self.release(&e, peer.as_ref(), now);
+        }
+    }
+
+    /// Removes and returns the other entry of `e`'s pair, if it still is one.
+    fn take_peer(&mut self, e: &FlowEntry<HostFlow>) -> Option<FlowEntry<HostFlow>> {
+        if e.value.peer == NO_PEER {
+            return None;
+        }
+        let at = FlowSlot::from_index(e.value.peer);
+        let p = self.flows.live(at)?;
+        // One end of a pair is untranslated in both entries: the client (load-balanced flows) or the
+        // remote end (SNAT flows).
+        let (a, b) = (&p.tuple, &e.tuple);
+        let same_end = (a.dst == b.src && a.dst_port == b.src_port) || (a.src == b.dst && a.src_port == b.dst_port);
+        let pairs = same_end
+            && p.tuple.protocol == e.tuple.protocol
+            && p.value.kind != e.value.kind
+            && p.value.local == e.value.local;
+        if pairs {
+            self.flows.remove(at)
+        } else {
+            None
+        }
+    }
+
+    fn release(&mut self, e: &FlowEntry<HostFlow>, _peer: Option<&FlowEntry<HostFlow>>, now: u32) {
+        if matches!(e.value.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
+            // Both entries carry the port; it is released once, with whichever goes first.
+            let _ = self.snat.release(usize::from(e.value.block), e.value.port, now);
+        }
+    }
+
+    /// Expires idle flows in up to `buckets` buckets of the flow table (call it from the poll loop
+    /// with a small budget): ports go back to their blocks, and TCP connections of rules with
+    /// `enableTcpReset` get a RST towards each end, handed to `emit` with where it goes.
+    pub fn expire(&mut self, now: u32, buckets: usize, mut emit: impl FnMut(HostEgress, &[u8])) {
+        let buckets = buckets.min(self.flows.slots() / crate::tables::flow::BUCKET_SLOTS);
+        for _ in 0..buckets {
+            let mut removed = [(FlowSlot::default(), FlowEntry::<HostFlow>::default()); 8];
+            let mut n = 0;
+            self.cursor = self.flows.sweep_with(self.cursor, 1, now, |slot, e| {
+                removed[n] = (slot, *e);
+                n += 1;
+            });
+            for i in 0..n {
+                let (slot, e) = removed[i];
+                if e.value.kind == HostFlowKind::None {
+                    continue; // already handled as the pair of an earlier one
+                }
+                let peer = match removed[..n].iter().position(|(s, _)| s.to_index() == e.value.peer) {
+                    Some(j) if e.value.peer != NO_PEER => {
+                        removed[j].1.value.kind = HostFlowKind::None;
+                        Some(removed[j].1)
+                    }
+                    _ => self.take_peer(&e),
+                };
+                let _ = slot;
+                self.release(&e, peer.as_ref(), now);
+                if e.tuple.protocol == ip_proto::TCP && e.value.flags & RESET != 0 && e.state != TcpState::Closing {
+                    self.reset_both(&e, peer.as_ref(), &mut emit);
+                }
+            }
+            self.settle(now);
+        }
+    }
+
+    /// A RST to the sender of each entry of a timed-out connection.
+    fn reset_both(
+        &mut self,
+        a: &FlowEntry<HostFlow>,
+        b: Option<&FlowEntry<HostFlow>>,
+        emit: &mut impl FnMut(HostEgress, &[u8]),
+    ) {
+        for (e, other) in [(Some(a), b), (b, Some(a))] {
+            let Some(e) = e else { continue };
+            // Exactly what the receiver expects next (RFC 5961 accepts such a RST at once): the other
+            // side's next sequence number, else the last acknowledgment the receiver sent.
+            let seq = match other.filter(|o| o.value.flags & SEQ_SEEN != 0) {
+                Some(o) => o.value.seq,
+                None if e.value.flags & ACK_SEEN != 0 => e.value.ack,
+                None => 0,
+            };
+            let ack = (e.value.flags & SEQ_SEEN != 0).then_some(e.value.seq);
+            let to_backend = matches!(e.value.kind, HostFlowKind::Response | HostFlowKind::SnatOut);
+            let version = if e.tuple.version & 0x7f == 4 { IpVersion::V4 } else { IpVersion::V6 };
+            let ip = |a: &[u8; 16]| crate::wire::flow::ip_of(version, a);
+            let rst = TcpResetRepr {
+                src_mac: self.node.mac,
+                dst_mac: if to_backend { MacAddr([0xff; 6]) } else { self.node.gateway_mac },
+                vlan: None,
+                src: ip(&e.tuple.dst),
+                dst: ip(&e.tuple.src),
+                src_port: e.tuple.dst_port,
+                dst_port: e.tuple.src_port,
+                seq,
+                ack,
+            };
+            let mut buf = [0u8; RST_HEADROOM + 128];
+            let Ok(n) = rst.emit(&mut buf[RST_HEADROOM..]) else { continue };
+            self.counters.resets += 1;
+            if to_backend {
+                emit(HostEgress::Backend(usize::from(e.value.local)), &buf[RST_HEADROOM..RST_HEADROOM + n]);
+                continue;
+            }
+            let pool = self.locals.get(usize::from(e.value.local)).map_or(0, |l| l.pool);
+            let hash = tuple_hash(&e.tuple, self.node.hash_seed);
+            match self.egress(&mut buf, RST_HEADROOM, n, pool, hash, Leg::Reset) {
+                HostVerdict::Transmit { start, len } => emit(HostEgress::Fabric, &buf[start..start + len]),
+                _ => self.counters.resets -= 1,
+            }
+        }
+    }
+
+    /// Answers a SYN that found no SNAT port with a RST, in place, back to the backend.
+    fn refuse_with_reset(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        key: &FlowKey,
+        local: usize,
+    ) -> HostVerdict {
+        let o = usize::from(key.l4_offset);
+        let Some(seq) = buf.get(start + o + 4..start + o + 8).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        else {
+            return HostVerdict::Drop(HostDrop::Malformed);
+        };
+        let rst = TcpResetRepr {
+            src_mac: self.node.mac,
+            dst_mac: MacAddr([
+                buf[start + 6],
+                buf[start + 7],
+                buf[start + 8],
+                buf[start + 9],
+                buf[start + 10],
+                buf[start + 11],
+            ]),
+            vlan: None,
+            src: key.dst_ip(),
+            dst: key.src_ip(),
+            src_port: key.dst_port,
+            dst_port: key.src_port,
+            seq: 0,
+            ack: Some(seq.wrapping_add(1)),
+        };
+        self.counters.drops[HostDrop::SnatExhausted as usize] += 1;
+        let _ = len;
+        let Ok(n) = rst.emit(&mut buf[start..]) else {
+            return HostVerdict::Drop(HostDrop::SnatExhausted);
+        };
+        self.counters.resets += 1;
+        HostVerdict::Deliver { backend: local, start, len: n }
+    }
+
+    /// The local backend a MUX meant: by tag, among this host's members of `pool` (and the NAT
+    /// target member, if the rule names one). Tag 0 (a MUX that does not stamp): the only member.
+    fn local_for(&self, pool: usize, member: Option<usize>, tag: u32) -> Option<usize> {
+        let mut candidates = self
+            .locals
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.pool == pool && member.is_none_or(|m| m == l.member))
+            .filter(|(_, l)| tag == 0 || l.tag == tag);
+        let first = candidates.next()?.0;
+        candidates.next().is_none().then_some(first)
+    }
+
+    /// An ICMP error about a flow (quoted packet): with floating IP it can be delivered as it is.
+    fn icmp_error(&mut self, key: &FlowKey, vni: u32, tag: u32, at: usize, len: usize) -> HostVerdict {
+        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
+            return HostVerdict::Drop(HostDrop::NoRule);
+        };
+        let floating = self.lb.rules.iter().filter(|r| r.frontend == vip).all(|r| r.floating_ip)
+            && self.lb.nat_rules.iter().filter(|r| r.frontend == vip).all(|r| r.floating_ip)
+            && !self.lb.nat_pools.iter().any(|r| r.frontend == vip);
+        let pool = self.lb.pools.iter().position(|p| p.vni == vni);
+        match (floating, pool.and_then(|p| self.local_for(p, None, tag))) {
+            (true, Some(local)) => self.deliver(local, at, len, false),
+            (true, None) => HostVerdict::Drop(HostDrop::UnknownBackend),
+            _ => HostVerdict::Drop(HostDrop::IcmpUntranslated),
+        }
+    }
+
+    /// A first fragment records the translation its later fragments need.
+    fn record_first_fragment(&mut self, key: &FlowKey, v: &HostFlow, side: Side, now: u32) {
+        if key.fragment != Fragment::First {
+            return;
+        }
+        let (t, h) = fragment_record(key, self.node.hash_seed);
+        if self.flows.lookup(&t, h, now).is_none() {
+            let mut flags = v.flags & FLOATING;
+            if side == Side::Src {
+                flags |= FRAG_SRC;
+            }
+            let rec = HostFlow { kind: HostFlowKind::Fragment, flags, peer: NO_PEER, ..*v };
+            self.flows.insert(&t, h, 0, rec, 1, now);
+        }
+        self.settle(now);
+    }
+
+    /// A later fragment: the address translation of its first fragment; returns the local backend.
+    fn later_fragment(&mut self, frame: &mut [u8], key: &FlowKey, now: u32) -> Result<usize, HostDrop> {
+        let (t, h) = fragment_record(key, self.node.hash_seed);
+        let at = self.flows.lookup(&t, h, now).ok_or(HostDrop::FragmentUnknown)?;
+        let v = self.flows.touch(at, 0, now).value;
+        let local = usize::from(v.local);
+        let l = self.locals.get(local).ok_or(HostDrop::UnknownBackend)?;
+        let (side, addr) = if v.flags & FRAG_SRC != 0 {
+            (Side::Src, self.vips.get(usize::from(v.frontend)).ok_or(HostDrop::NoFlow)?.addr)
+        } else if v.flags & FLOATING != 0 {
+            return Ok(local);
+        } else {
+            (Side::Dst, l.addr.1)
+        };
+        rewrite(frame, key, side, &addr, 0).map_err(|_| HostDrop::Malformed)?;
+        Ok(local)
+    }
+
+    fn deliver(&mut self, local: usize, start: usize, len: usize, snat: bool) -> HostVerdict {
+        if snat {
+            self.counters.snat_in.add(len, false);
+        } else {
+            self.counters.inbound.add(len, false);
+        }
+        if let Some(c) = self.counters.backends.get_mut(local) {
+            c.add(len, false);
+        }
+        HostVerdict::Deliver { backend: local, start, len }
+    }
+
+    /// Sends a translated frame towards the client: through a MUX (VxLAN, the pool's VNI, a MUX
+    /// picked by flow hash) or directly to the fabric router.
+    fn egress(&mut self, buf: &mut [u8], start: usize, len: usize, pool: usize, hash: u32, leg: Leg) -> HostVerdict {
+        let v = match self.node.return_path {
+            ReturnPath::Direct => {
+                let Some(f) = buf.get_mut(start..start + len).filter(|f| f.len() >= 12) else {
+                    return HostVerdict::Drop(HostDrop::Malformed);
+                };
+                f[..6].copy_from_slice(&self.node.gateway_mac.0);
+                f[6..12].copy_from_slice(&self.node.mac.0);
+                HostVerdict::Transmit { start, len }
+            }
+            ReturnPath::ViaMux => {
+                let Some(per_mux) = self.tunnels.get(pool).filter(|t| !t.is_empty()) else {
+                    return HostVerdict::Drop(HostDrop::Encap);
+                };
+                let t = &per_mux[((u64::from(hash) * per_mux.len() as u64) >> 32) as usize];
+                match t.encapsulate(buf, start, len, hash) {
+                    Ok(outer) => HostVerdict::Transmit { start: outer, len: len + t.outer_len() },
+                    Err(_) => return HostVerdict::Drop(HostDrop::Encap),
+                }
+            }
+        };
+        match leg {
+            Leg::Response => self.counters.responses.add(len, false),
+            Leg::Snat => self.counters.snat_out.add(len, false),
+            Leg::Reset => {}
+        }
+        v
+    }
+}
+
+/// Which counter an egress frame moves.
+#[derive(Clone, Copy)]
+enum Leg {
+    Response,
+    Snat,
+    Reset,
+}
+
+/// The hash of a stored tuple (the same function as [`FlowKey::hash`]).
+fn tuple_hash(t: &FlowTuple, seed: u64) -> u32 {
+    let k = FlowKey {
+        src_addr: t.src,
+        dst_addr: t.dst,
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        protocol: t.protocol,
+        ip_version: if t.version & 0x7f == 4 { IpVersion::V4 } else { IpVersion::V6 },
+        ..FlowKey::default()
+    };
+    k.hash(seed)
+}

@@ -1,0 +1,186 @@
+//! What both data paths ask of a frame first: which VIP it is addressed to, and which rule of that
+//! VIP (load-balancing rule, HA ports, inbound NAT rule, inbound NAT pool) its protocol and port
+//! select. Built once per configuration; looked up per packet without allocation.
+
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use crate::config::{LoadBalancer, Protocol};
+use crate::tables::maglev::mix64;
+use crate::tables::FlowTuple;
+use crate::wire::{FlowKey, HashFields, IpVersion};
+
+/// What a listener leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Rule(usize),
+    NatRule(usize),
+    NatPool(usize),
+}
+
+/// One (protocol, port range) of a VIP.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listener {
+    pub protocol: Protocol,
+    pub lo: u16,
+    pub hi: u16,
+    pub target: Target,
+    /// Index into the per-rule counters: load-balancing rules, then NAT rules, then NAT pools.
+    pub counter: usize,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Vip {
+    pub version: IpVersion,
+    pub addr: [u8; 16],
+    pub listeners: Vec<Listener>,
+}
+
+impl Vip {
+    /// The listener for a packet of `protocol` to `port`.
+    #[inline(always)]
+    pub fn listener(&self, protocol: u8, port: u16) -> Option<Listener> {
+        self.listeners.iter().find(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port)).copied()
+    }
+
+    /// Whether some listener claims `port` for some protocol.
+    pub fn claims(&self, port: u16) -> bool {
+        self.listeners.iter().any(|l| (l.lo..=l.hi).contains(&port))
+    }
+}
+
+/// The index of the VIP at `addr`.
+#[inline(always)]
+pub(crate) fn find_vip(vips: &[Vip], version: IpVersion, addr: &[u8; 16]) -> Option<usize> {
+    vips.iter().position(|v| v.addr == *addr && v.version == version)
+}
+
+/// An address as the 16 bytes flow keys use (IPv4 in the first 4).
+pub(crate) fn addr16(a: IpAddr) -> (IpVersion, [u8; 16]) {
+    let mut out = [0u8; 16];
+    match a {
+        IpAddr::V4(v) => {
+            out[..4].copy_from_slice(&v.octets());
+            (IpVersion::V4, out)
+        }
+        IpAddr::V6(v) => (IpVersion::V6, v.octets()),
+    }
+}
+
+/// Every VIP with its listeners, in counter order; and the number of rule counters.
+pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vec<Vip>, usize) {
+    let mut vips: Vec<Vip> = lb
+        .frontends
+        .iter()
+        .map(|f| {
+            let (version, addr) = addr16(f.address);
+            Vip { version, addr, listeners: Vec::new() }
+        })
+        .collect();
+    let rules = lb.rules.iter().enumerate().map(|(i, r)| {
+        let ports = if r.is_ha_ports() { (0, u16::MAX) } else { (r.frontend_port, r.frontend_port) };
+        (r.frontend, r.protocol, ports, Target::Rule(i))
+    });
+    let nat_rules = lb
+        .nat_rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.frontend, r.protocol, (r.frontend_port, r.frontend_port), Target::NatRule(i)));
+    let nat_pools = lb
+        .nat_pools
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.frontend, r.protocol, (r.port_start, r.port_end), Target::NatPool(i)));
+    let mut counter = 0;
+    for (frontend, protocol, (lo, hi), target) in rules.chain(nat_rules).chain(nat_pools) {
+        vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
+        counter += 1;
+    }
+    (vips, counter)
+}
+
+/// What a listener does with a connection, whichever kind of rule it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    /// Pool.
+    pub pool: usize,
+    /// The member, for NAT rules and pools (load-balancing rules pick one by Maglev).
+    pub member: Option<usize>,
+    /// Port on the backend (`None`: keep the frontend port, as HA ports do).
+    pub backend_port: Option<u16>,
+    pub floating_ip: bool,
+    pub idle_minutes: u8,
+    pub tcp_reset: bool,
+}
+
+impl Target {
+    /// The delivery of a connection to `port` (already matched by this target's listener).
+    pub fn delivery(self, lb: &LoadBalancer, port: u16) -> Delivery {
+        match self {
+            Target::Rule(r) => {
+                let r = &lb.rules[r];
+                Delivery {
+                    pool: r.pool,
+                    member: None,
+                    backend_port: (!r.is_ha_ports() && r.backend_port != 0).then_some(r.backend_port),
+                    floating_ip: r.floating_ip,
+                    idle_minutes: r.idle_timeout_minutes,
+                    tcp_reset: r.tcp_reset,
+                }
+            }
+            Target::NatRule(n) => {
+                let n = &lb.nat_rules[n];
+                Delivery {
+                    pool: n.target.0,
+                    member: Some(n.target.1),
+                    backend_port: Some(n.backend_port),
+                    floating_ip: n.floating_ip,
+                    idle_minutes: n.idle_timeout_minutes,
+                    tcp_reset: n.tcp_reset,
+                }
+            }
+            Target::NatPool(p) => {
+                let n = &lb.nat_pools[p];
+                Delivery {
+                    pool: n.pool,
+                    member: Some(usize::from(port.wrapping_sub(n.port_start))),
+                    backend_port: Some(n.backend_port),
+                    floating_ip: false,
+                    idle_minutes: 4,
+                    tcp_reset: false,
+                }
+            }
+        }
+    }
+}
+
+/// A backend's Maglev identity: its address, so every MUX agrees without coordination.
+pub(crate) fn backend_id(a: IpAddr) -> u64 {
+    let o = match a {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    };
+    mix64((o as u64) ^ mix64((o >> 64) as u64))
+}
+
+/// The 24-bit tag a MUX stamps in the VxLAN header to name a backend to its host (never 0): derived
+/// from the backend's address, so MUX and host agree without coordination and a tag survives
+/// reconfiguration as long as the backend keeps its address.
+pub fn backend_tag(a: IpAddr) -> u32 {
+    ((backend_id(a) >> 40) as u32 & 0x00ff_ffff).max(1)
+}
+
+/// Marks the flow-table entries that remember a fragmented datagram rather than a connection.
+const FRAGMENT_MARK: u8 = 0x80;
+
+/// The flow-table record that ties the fragments of one datagram together: addresses, protocol and
+/// identification (later fragments carry no ports), marked so it never equals a connection's key.
+#[inline]
+pub(crate) fn fragment_record(k: &FlowKey, seed: u64) -> (FlowTuple, u32) {
+    let mut t = FlowTuple::from(k);
+    t.src_port = (k.frag_ident >> 16) as u16;
+    t.dst_port = k.frag_ident as u16;
+    t.version |= FRAGMENT_MARK;
+    let h = k.hash_fields(HashFields::ThreeTuple, seed) ^ (mix64(u64::from(k.frag_ident)) as u32);
+    (t, h)
+}

@@ -1,0 +1,601 @@
+//! The whole walk of the seed, end to end: client → MUX → host agent → backend → host agent → (MUX →)
+//! client, and backend-initiated connections through SNAT. Every frame on the way is read back with
+//! etherparse (an independent parser): addresses, ports, IP and transport checksums, payload.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use lb_core::config::*;
+use lb_core::paths::host::HostEgress;
+use lb_core::paths::{backend_tag, HostAgent, HostDrop, HostNode, HostVerdict, Mux, MuxNode, ReturnPath, Verdict};
+use lb_core::wire::MacAddr;
+
+const HEADROOM: usize = 128;
+const VIP: [u8; 4] = [20, 50, 60, 10];
+const SNAT_IP: [u8; 4] = [20, 50, 60, 20];
+const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const MUX_IP: [u8; 4] = [172, 16, 5, 10];
+const HOST_A: [u8; 4] = [172, 16, 10, 20];
+const HOST_B: [u8; 4] = [172, 16, 10, 21];
+const GATEWAY: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const NOW: u32 = 1000;
+
+fn v4(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + i))
+}
+
+fn v6(i: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + i))
+}
+
+fn backend(name: &str, address: IpAddr, host: [u8; 4]) -> Backend {
+    Backend { name: name.into(), address, host: IpAddr::from(host), weight: 1 }
+}
+
+fn rule(name: &str, frontend: usize, pool: usize, protocol: Protocol, port: u16, backend_port: u16) -> Rule {
+    Rule {
+        name: name.into(),
+        frontend,
+        pool,
+        probe: None,
+        protocol,
+        frontend_port: port,
+        backend_port,
+        load_distribution: LoadDistribution::Default,
+        floating_ip: false,
+        idle_timeout_minutes: 4,
+        tcp_reset: true,
+        disable_outbound_snat: true,
+    }
+}
+
+/// Two web VMs on host A and one on host B (so the MUX's backend tag matters), an IPv6 pool, port
+/// translation 80 → 8080, floating IP on port 81, UDP 53, and an outbound rule on its own address.
+fn config(ports_per_backend: u32) -> LoadBalancer {
+    LoadBalancer {
+        name: "lb".into(),
+        frontends: vec![
+            Frontend { name: "Public".into(), address: IpAddr::from(VIP) },
+            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6) },
+            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP) },
+        ],
+        pools: vec![
+            Pool {
+                name: "Web".into(),
+                vni: 0x1001,
+                backends: vec![
+                    backend("vm0", v4(0), HOST_A),
+                    backend("vm1", v4(1), HOST_A),
+                    backend("vm2", v4(2), HOST_B),
+                ],
+            },
+            Pool {
+                name: "Web6".into(),
+                vni: 0x1003,
+                backends: vec![backend("vm0-6", v6(0), HOST_A), backend("vm2-6", v6(2), HOST_B)],
+            },
+        ],
+        probes: vec![],
+        rules: vec![
+            rule("HTTP", 0, 0, Protocol::Tcp, 80, 8080),
+            Rule { floating_ip: true, ..rule("HTTP-Floating", 0, 0, Protocol::Tcp, 81, 81) },
+            rule("DNS", 0, 0, Protocol::Udp, 53, 53),
+            Rule { floating_ip: true, ..rule("DNS-Floating", 0, 0, Protocol::Udp, 54, 54) },
+            rule("HTTP6", 1, 1, Protocol::Tcp, 80, 8080),
+            Rule { floating_ip: true, ..rule("HTTP6-Floating", 1, 1, Protocol::Tcp, 81, 81) },
+            rule("DNS6", 1, 1, Protocol::Udp, 53, 53),
+            Rule { floating_ip: true, ..rule("DNS6-Floating", 1, 1, Protocol::Udp, 54, 54) },
+        ],
+        nat_rules: vec![],
+        nat_pools: vec![],
+        outbound_rules: vec![OutboundRule {
+            name: "Outbound".into(),
+            frontends: vec![2],
+            pool: 0,
+            protocol: Protocol::All,
+            allocated_outbound_ports: Some(ports_per_backend),
+            idle_timeout_minutes: 4,
+            tcp_reset: true,
+        }],
+    }
+}
+
+fn mux() -> Mux {
+    let node = MuxNode {
+        mac: MacAddr([2, 0, 0, 0, 5, 10]),
+        gateway_mac: GATEWAY,
+        underlay: IpAddr::from(MUX_IP),
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: 7,
+        flow_capacity: 100_000,
+        maglev_size: 65_537,
+    };
+    Mux::new(node, config(1024)).unwrap()
+}
+
+fn host(addr: [u8; 4], return_path: ReturnPath, lb: LoadBalancer) -> HostAgent {
+    let node = HostNode {
+        mac: MacAddr([2, 0, 0, 0, 10, addr[3]]),
+        gateway_mac: GATEWAY,
+        underlay: IpAddr::from(addr),
+        muxes: vec![IpAddr::from(MUX_IP)],
+        return_path,
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: 7,
+        flow_capacity: 100_000,
+        snat_quarantine_secs: 60,
+        reset_on_snat_exhaustion: false,
+    };
+    HostAgent::new(node, lb).unwrap()
+}
+
+/// What an independent parser sees in a frame, after checking every checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    tcp_flags: (bool, bool, bool),
+    seq: u32,
+    payload: Vec<u8>,
+}
+
+fn seen(frame: &[u8]) -> Seen {
+    let p = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let (src, dst, v4h, v6h) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 header checksum");
+            (IpAddr::from(h.source), IpAddr::from(h.destination), Some(h), None)
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header().to_header();
+            (IpAddr::from(h.source), IpAddr::from(h.destination), None, Some(h))
+        }
+        _ => panic!("IP frame"),
+    };
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let h = t.to_header();
+            let want = match (&v4h, &v6h) {
+                (Some(ip), _) => h.calc_checksum_ipv4(ip, t.payload()).unwrap(),
+                (_, Some(ip)) => h.calc_checksum_ipv6(ip, t.payload()).unwrap(),
+                _ => unreachable!(),
+            };
+            assert_eq!(t.checksum(), want, "TCP checksum");
+            Seen {
+                src,
+                dst,
+                sport: t.source_port(),
+                dport: t.destination_port(),
+                tcp_flags: (t.syn(), t.rst(), t.ack()),
+                seq: t.sequence_number(),
+                payload: t.payload().to_vec(),
+            }
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let h = u.to_header();
+            let want = match (&v4h, &v6h) {
+                (Some(ip), _) => h.calc_checksum_ipv4(ip, u.payload()).unwrap(),
+                (_, Some(ip)) => h.calc_checksum_ipv6(ip, u.payload()).unwrap(),
+                _ => unreachable!(),
+            };
+            assert_eq!(u.checksum(), want, "UDP checksum");
+            Seen {
+                src,
+                dst,
+                sport: u.source_port(),
+                dport: u.destination_port(),
+                tcp_flags: (false, false, false),
+                seq: 0,
+                payload: u.payload().to_vec(),
+            }
+        }
+        _ => panic!("TCP or UDP"),
+    }
+}
+
+/// A frame from `src` to `dst` (same version), TCP (SYN or ACK) or UDP.
+fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, tcp: Option<bool>, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10]);
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed versions"),
+    };
+    let mut v = Vec::new();
+    match tcp {
+        Some(syn) => {
+            let b = b.tcp(sport, dport, 1000, 65535);
+            let b = if syn { b.syn() } else { b.ack(5001) };
+            b.write(&mut v, payload).unwrap();
+        }
+        None => b.udp(sport, dport).write(&mut v, payload).unwrap(),
+    }
+    v
+}
+
+fn with_headroom(f: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; HEADROOM + f.len()];
+    buf[HEADROOM..].copy_from_slice(f);
+    buf
+}
+
+/// The MUX: a client frame in, the VxLAN frame out (outer destination, backend tag).
+fn through_mux(mux: &mut Mux, f: &[u8]) -> (Vec<u8>, [u8; 4], u32) {
+    let mut buf = with_headroom(f);
+    let Verdict::Forward { start, len } = mux.process(&mut buf, HEADROOM, f.len(), NOW) else { panic!("MUX forwards") };
+    let outer = buf[start..start + len].to_vec();
+    let dst = [outer[30], outer[31], outer[32], outer[33]];
+    let tag = u32::from_be_bytes([0, outer[43], outer[44], outer[45]]);
+    (outer, dst, tag)
+}
+
+/// A frame a host agent sends towards the client: via the MUX (check the tunnel, let the MUX relay
+/// it) or directly (check the L2 rewrite).
+fn to_client(mux: &mut Mux, out: &[u8], path: ReturnPath, host_addr: [u8; 4]) -> Vec<u8> {
+    match path {
+        ReturnPath::Direct => {
+            assert_eq!(&out[..6], &GATEWAY.0, "DSR goes to the fabric router");
+            out.to_vec()
+        }
+        ReturnPath::ViaMux => {
+            let p = SlicedPacket::from_ethernet(out).expect("tunnel parses");
+            let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("IPv4 underlay") };
+            assert_eq!(ip.header().source(), host_addr);
+            assert_eq!(ip.header().destination(), MUX_IP);
+            let mut buf = out.to_vec();
+            let Verdict::Forward { start, len } = mux.process(&mut buf, 0, out.len(), NOW) else {
+                panic!("MUX relays the response")
+            };
+            let inner = buf[start..start + len].to_vec();
+            assert_eq!(&inner[..6], &GATEWAY.0, "relayed to the fabric router");
+            assert_eq!(&inner[6..12], &[2, 0, 0, 0, 5, 10], "from the MUX");
+            inner
+        }
+    }
+}
+
+#[test]
+fn client_to_backend_and_back_v4_v6_tcp_udp_default_and_floating_via_mux_and_dsr() {
+    for path in [ReturnPath::ViaMux, ReturnPath::Direct] {
+        let mut mux = mux();
+        let mut hosts: HashMap<[u8; 4], HostAgent> =
+            [HOST_A, HOST_B].iter().map(|&h| (h, host(h, path, config(1024)))).collect();
+        let mut delivered_to = HashSet::new();
+        let cases: [(IpAddr, Option<bool>, u16, u16, bool); 8] = [
+            (IpAddr::from(VIP), Some(true), 80, 8080, false),
+            (IpAddr::from(VIP), Some(true), 81, 81, true),
+            (IpAddr::from(VIP), None, 53, 53, false),
+            (IpAddr::from(VIP), None, 54, 54, true),
+            (IpAddr::from(VIP6), Some(true), 80, 8080, false),
+            (IpAddr::from(VIP6), Some(true), 81, 81, true),
+            (IpAddr::from(VIP6), None, 53, 53, false),
+            (IpAddr::from(VIP6), None, 54, 54, true),
+        ];
+        for (vip, tcp, fport, bport, floating) in cases {
+            for c in 0..12u16 {
+                let client = match vip {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 0, c as u8 + 1)),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, c + 1)),
+                };
+                let cport = 40000 + c;
+                let request = frame(client, cport, vip, fport, tcp, b"request bytes");
+                let (outer, host_addr, tag) = through_mux(&mut mux, &request);
+                let h = hosts.get_mut(&host_addr).expect("tunnelled to a host");
+                let mut buf = outer.clone();
+                let HostVerdict::Deliver { backend, start, len } = h.from_fabric(&mut buf, 0, outer.len(), NOW) else {
+                    panic!("host delivers ({path:?} {vip} {fport})")
+                };
+                let dip = h.local_backends()[backend].address;
+                assert_eq!(backend_tag(dip), tag, "the backend the MUX chose");
+                delivered_to.insert(dip);
+                let s = seen(&buf[start..start + len]);
+                let want_dst = if floating { vip } else { dip };
+                assert_eq!((s.src, s.sport, s.dst, s.dport), (client, cport, want_dst, bport), "DNAT");
+                assert_eq!(s.payload, b"request bytes");
+                // The backend answers from the address and port it was addressed to.
+                let response = frame(want_dst, bport, client, cport, tcp.map(|_| false), b"response!");
+                let mut rbuf = with_headroom(&response);
+                let HostVerdict::Transmit { start, len } = h.from_backend(&mut rbuf, HEADROOM, response.len(), NOW)
+                else {
+                    panic!("host sends the response")
+                };
+                let back = to_client(&mut mux, &rbuf[start..start + len], path, host_addr);
+                let s = seen(&back);
+                assert_eq!((s.src, s.sport, s.dst, s.dport), (vip, fport, client, cport), "reverse NAT");
+                assert_eq!(s.payload, b"response!");
+            }
+        }
+        assert!(delivered_to.len() >= 4, "flows reach several backends, both hosts: {delivered_to:?}");
+        let a = hosts[&HOST_A].counters();
+        let b = hosts[&HOST_B].counters();
+        assert_eq!(a.inbound.packets + b.inbound.packets, 8 * 12);
+        assert_eq!(a.responses.packets + b.responses.packets, 8 * 12);
+        if path == ReturnPath::ViaMux {
+            assert_eq!(mux.counters().relayed.packets, 8 * 12);
+        }
+    }
+}
+
+#[test]
+fn a_backend_frame_with_no_flow_and_no_outbound_rule_is_dropped_not_leaked() {
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    // Web6 has no outbound rule and its rules disable outbound SNAT.
+    let f = frame(v6(0), 5555, IpAddr::from([0x2606, 0x4700, 0, 0, 0, 0, 0, 0x1111u16]), 443, Some(true), b"");
+    let mut buf = with_headroom(&f);
+    assert_eq!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Drop(HostDrop::NoFlow));
+    assert_eq!(&buf[HEADROOM..], &f[..], "the frame is not touched");
+    // Not a backend of this host at all.
+    let f = frame(IpAddr::from([10, 0, 1, 99]), 5555, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
+    let mut buf = with_headroom(&f);
+    assert_eq!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Drop(HostDrop::NoFlow));
+    // A response of a flow the host never saw.
+    let f = frame(v4(0), 8080, IpAddr::from([198, 18, 0, 1]), 40000, Some(false), b"");
+    let mut buf = with_headroom(&f);
+    let v = h.from_backend(&mut buf, HEADROOM, f.len(), NOW);
+    // vm0 has an outbound rule: this becomes an SNAT connection, never a frame with a private source.
+    let HostVerdict::Transmit { start, len } = v else { panic!("{v:?}") };
+    assert_eq!(seen(&buf[start..start + len]).src, IpAddr::from(SNAT_IP));
+    assert_eq!(h.counters().drops[HostDrop::NoFlow as usize], 2);
+    // Garbage and tunnels for someone else.
+    let mut junk = vec![0u8; 60];
+    assert_eq!(h.from_fabric(&mut junk, 0, 60, NOW), HostVerdict::Drop(HostDrop::Malformed));
+    let mut m = mux();
+    let (mut outer, dst, _) =
+        through_mux(&mut m, &frame(IpAddr::from([198, 18, 0, 1]), 1, IpAddr::from(VIP), 80, Some(true), b""));
+    let mut other = host(if dst == HOST_A { HOST_B } else { HOST_A }, ReturnPath::Direct, config(1024));
+    let n = outer.len();
+    assert_eq!(other.from_fabric(&mut outer, 0, n, NOW), HostVerdict::Drop(HostDrop::NotForThisHost));
+}
+
+/// The reply the remote end sends to an SNAT connection, through the MUX to the owning host.
+fn snat_reply(mux: &mut Mux, remote: IpAddr, rport: u16, port: u16, tcp: bool) -> (Vec<u8>, [u8; 4]) {
+    let f = frame(remote, rport, IpAddr::from(SNAT_IP), port, tcp.then_some(false), b"reply");
+    let (outer, host, _) = through_mux(mux, &f);
+    (outer, host)
+}
+
+#[test]
+fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
+    const PORTS: u32 = 1024;
+    let mut mux = mux();
+    let mut hosts: HashMap<[u8; 4], HostAgent> =
+        [HOST_A, HOST_B].iter().map(|&h| (h, host(h, ReturnPath::Direct, config(PORTS)))).collect();
+    let plan = config(PORTS).snat_plan().unwrap();
+    let remote = |i: u32| IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
+    let mut used: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
+    let backends = [(v4(0), HOST_A), (v4(1), HOST_A), (v4(2), HOST_B)];
+    for (m, &(dip, h)) in backends.iter().enumerate() {
+        let agent = hosts.get_mut(&h).unwrap();
+        for i in 0..PORTS + 5 {
+            // UDP: every flow takes a port of its own.
+            let f = frame(dip, 10000 + i as u16, remote(i), 53, None, b"q");
+            let mut buf = with_headroom(&f);
+            match agent.from_backend(&mut buf, HEADROOM, f.len(), NOW) {
+                HostVerdict::Transmit { start, len } => {
+                    let s = seen(&buf[start..start + len]);
+                    assert_eq!(s.src, IpAddr::from(SNAT_IP));
+                    assert_eq!((s.dst, s.dport), (remote(i), 53));
+                    let g = plan.owner(2, s.sport).expect("a planned port");
+                    assert_eq!((g.pool, g.member), (0, m), "the port is in this backend's block");
+                    assert!(used.entry(dip).or_default().insert(s.sport), "no port handed out twice");
+                    // The reply finds its way back: MUX (by port) → host → backend's own address and port.
+                    if i % 97 == 0 {
+                        let (mut outer, to) = snat_reply(&mut mux, remote(i), 53, s.sport, false);
+                        assert_eq!(to, h, "the MUX tunnels the reply to the owner's host");
+                        let n = outer.len();
+                        let HostVerdict::Deliver { backend, start, len } = agent.from_fabric(&mut outer, 0, n, NOW)
+                        else {
+                            panic!("reply delivered")
+                        };
+                        assert_eq!(agent.local_backends()[backend].address, dip);
+                        let r = seen(&outer[start..start + len]);
+                        assert_eq!((r.src, r.sport, r.dst, r.dport), (remote(i), 53, dip, 10000 + i as u16));
+                    }
+                }
+                HostVerdict::Drop(HostDrop::SnatExhausted) => assert!(i >= PORTS, "exhausted only after {PORTS}"),
+                v => panic!("{v:?}"),
+            }
+        }
+        assert_eq!(used[&dip].len(), PORTS as usize);
+    }
+    let a = &hosts[&HOST_A];
+    assert_eq!(a.snat_counters().allocated, 2 * u64::from(PORTS));
+    assert_eq!(a.counters().drops[HostDrop::SnatExhausted as usize], 2 * 5);
+    assert_eq!(a.snat_ports_in_use(0), PORTS);
+    assert_eq!(hosts[&HOST_B].counters().snat_out.packets, u64::from(PORTS));
+
+    // TCP shares a port between different destinations once no fresh port is left.
+    let agent = hosts.get_mut(&HOST_A).unwrap();
+    let f = frame(v4(0), 30000, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
+    let mut buf = with_headroom(&f);
+    let HostVerdict::Transmit { start, len } = agent.from_backend(&mut buf, HEADROOM, f.len(), NOW) else {
+        panic!("TCP shares a port")
+    };
+    let shared_port = seen(&buf[start..start + len]).sport;
+    assert!(used[&v4(0)].contains(&shared_port));
+    assert_eq!(agent.snat_counters().shared, 1);
+
+    // Idle timeout (4 minutes) frees every port; they come back after the quarantine (60 s).
+    let later = NOW + 4 * 60 + 1;
+    let mut resets = Vec::new();
+    agent.expire(later, usize::MAX >> 1, |to, f| resets.push((to, f.to_vec())));
+    let agent = hosts.get_mut(&HOST_A).unwrap();
+    assert_eq!(agent.snat_ports_in_use(0), 0);
+    assert_eq!(agent.snat_ports_in_use(1), 0);
+    assert_eq!(agent.snat_counters().released, 2 * u64::from(PORTS) + 1);
+    assert_eq!(agent.flows().len(), 0, "both entries of every connection are gone");
+    // The TCP connection's rule asks for resets: one to the backend, one to the remote end.
+    assert_eq!(resets.len(), 2);
+    let f = frame(v4(0), 30001, IpAddr::from([1, 1, 1, 2]), 443, None, b"");
+    let mut buf = with_headroom(&f);
+    assert_eq!(agent.from_backend(&mut buf, HEADROOM, f.len(), later), HostVerdict::Drop(HostDrop::SnatExhausted));
+    let mut buf = with_headroom(&f);
+    let v = agent.from_backend(&mut buf, HEADROOM, f.len(), later + 60);
+    assert!(matches!(v, HostVerdict::Transmit { .. }), "reused after the quarantine: {v:?}");
+}
+
+#[test]
+fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() {
+    let mut mux = mux();
+    let client = IpAddr::from([198, 18, 7, 7]);
+    // Find a client port the MUX sends to host A.
+    let (port, outer) = (40000..41000u16)
+        .find_map(|p| {
+            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (h == HOST_A).then_some((p, o))
+        })
+        .unwrap();
+    for reset in [true, false] {
+        let mut lb = config(1024);
+        lb.rules[0].tcp_reset = reset;
+        let mut h = host(HOST_A, ReturnPath::ViaMux, lb);
+        let mut buf = outer.clone();
+        let n = buf.len();
+        let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
+        let dip = h.local_backends()[backend].address;
+        // The client's SYN had seq 1000. The backend answers SYN-ACK seq 5000 ack 1001; the client
+        // sends "hello" at seq 1001 (ack 5001): each end now expects 1006 and 5001.
+        let mut synack = frame(dip, 8080, client, port, Some(false), b"");
+        let tcp_at = 34;
+        synack[tcp_at + 4..tcp_at + 8].copy_from_slice(&5000u32.to_be_bytes());
+        synack[tcp_at + 8..tcp_at + 12].copy_from_slice(&1001u32.to_be_bytes());
+        synack[tcp_at + 13] = 0x12;
+        fix_tcp_checksum(&mut synack);
+        let mut rbuf = with_headroom(&synack);
+        assert!(matches!(h.from_backend(&mut rbuf, HEADROOM, synack.len(), NOW), HostVerdict::Transmit { .. }));
+        let mut ack = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"hello");
+        ack[tcp_at + 4..tcp_at + 8].copy_from_slice(&1001u32.to_be_bytes());
+        fix_tcp_checksum(&mut ack);
+        let (mut o, _, _) = through_mux(&mut mux, &ack);
+        let n = o.len();
+        assert!(matches!(h.from_fabric(&mut o, 0, n, NOW + 10), HostVerdict::Deliver { .. }));
+        // Four minutes of silence.
+        let mut out = Vec::new();
+        h.expire(NOW + 10 + 4 * 60 + 1, 1 << 20, |to, f| out.push((to, f.to_vec())));
+        assert_eq!(h.flows().len(), 0);
+        if !reset {
+            assert!(out.is_empty(), "without enableTcpReset the flow goes silently");
+            continue;
+        }
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(h.counters().resets, 2);
+        for (to, f) in out {
+            match to {
+                HostEgress::Backend(b) => {
+                    assert_eq!(b, backend);
+                    let s = seen(&f);
+                    assert_eq!((s.src, s.sport, s.dst, s.dport), (client, port, dip, 8080));
+                    assert!(s.tcp_flags.1, "RST");
+                    assert_eq!(s.seq, 1006, "the backend's next expected sequence number");
+                }
+                HostEgress::Fabric => {
+                    let inner = to_client(&mut mux, &f, ReturnPath::ViaMux, HOST_A);
+                    let s = seen(&inner);
+                    assert_eq!((s.src, s.sport, s.dst, s.dport), (IpAddr::from(VIP), 80, client, port));
+                    assert!(s.tcp_flags.1, "RST");
+                    assert_eq!(s.seq, 5001, "the client's next expected sequence number");
+                }
+            }
+        }
+    }
+}
+
+/// Recomputes the TCP checksum of an untagged IPv4 frame (tests edit sequence numbers by hand).
+fn fix_tcp_checksum(f: &mut [u8]) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!() };
+    let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!() };
+    let c = t.to_header().calc_checksum_ipv4(&ip.header().to_header(), t.payload()).unwrap();
+    drop(p);
+    f[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn reconfiguration_keeps_established_flows() {
+    let mut mux = mux();
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let client = IpAddr::from([198, 18, 1, 1]);
+    let (outer, port) = (40000..41000u16)
+        .find_map(|p| {
+            let (o, to, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (to == HOST_A).then_some((o, p))
+        })
+        .unwrap();
+    let mut buf = outer.clone();
+    let n = buf.len();
+    let HostVerdict::Deliver { backend: local, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
+    let dip = h.local_backends()[local].address;
+    // A new configuration: an extra pool member on host B and the rule's backend port changed.
+    let mut lb = config(1024);
+    lb.pools[0].backends.push(backend("vm3", v4(3), HOST_B));
+    lb.rules[0].backend_port = 9090;
+    h.update(lb).unwrap();
+    let response = frame(dip, 8080, client, port, Some(false), b"still here");
+    let mut rbuf = with_headroom(&response);
+    let HostVerdict::Transmit { start, len } = h.from_backend(&mut rbuf, HEADROOM, response.len(), NOW + 1) else {
+        panic!("the established flow still translates")
+    };
+    let s = seen(&rbuf[start..start + len]);
+    assert_eq!((s.src, s.sport), (IpAddr::from(VIP), 80));
+    // A broken configuration is refused and the running one kept.
+    let mut bad = config(1024);
+    bad.rules[0].pool = 9;
+    assert!(h.update(bad).is_err());
+    let mut rbuf = with_headroom(&response);
+    assert!(matches!(h.from_backend(&mut rbuf, HEADROOM, response.len(), NOW + 2), HostVerdict::Transmit { .. }));
+}
+
+#[test]
+fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated() {
+    let lb = config(8);
+    let node = HostNode {
+        mac: MacAddr([2, 0, 0, 0, 10, 20]),
+        gateway_mac: GATEWAY,
+        underlay: IpAddr::from(HOST_A),
+        muxes: vec![IpAddr::from(MUX_IP)],
+        return_path: ReturnPath::Direct,
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: 7,
+        flow_capacity: 1000,
+        snat_quarantine_secs: 60,
+        reset_on_snat_exhaustion: true,
+    };
+    let mut h = HostAgent::new(node, lb).unwrap();
+    let dst = IpAddr::from([1, 1, 1, 1]);
+    let mut ports = Vec::new();
+    for i in 0..8u16 {
+        // Same destination every time: TCP can share a port only between different destinations.
+        let f = frame(v4(0), 20000 + i, dst, 443, Some(true), b"");
+        let mut buf = with_headroom(&f);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW) else { panic!() };
+        ports.push(seen(&buf[start..start + len]).sport);
+    }
+    let f = frame(v4(0), 20008, dst, 443, Some(true), b"");
+    let mut buf = with_headroom(&f);
+    let HostVerdict::Deliver { backend, start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW) else {
+        panic!("a RST back to the backend")
+    };
+    assert_eq!(h.local_backends()[backend].address, v4(0));
+    let s = seen(&buf[start..start + len]);
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (dst, 443, v4(0), 20008));
+    assert!(s.tcp_flags.1 && s.tcp_flags.2, "RST+ACK");
+    assert_eq!(h.counters().drops[HostDrop::SnatExhausted as usize], 1);
+    assert_eq!(h.counters().resets, 1);
+    // Every connection that has a port keeps it.
+    for (i, p) in ports.iter().enumerate() {
+        let f = frame(v4(0), 20000 + i as u16, dst, 443, Some(false), b"more");
+        let mut buf = with_headroom(&f);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW + 1) else {
+            panic!()
+        };
+        assert_eq!(seen(&buf[start..start + len]).sport, *p);
+    }
+    assert_eq!(h.snat_ports_in_use(0), 8);
+}
