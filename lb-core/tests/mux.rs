@@ -380,3 +380,43 @@ fn reconfiguration_keeps_established_flows() {
     assert!(mux.update(bad).is_err(), "an invalid configuration is refused");
     assert_eq!(mux.config().pools[0].backends.len(), 4, "and the running one kept");
 }
+
+/// A host's frame back through the MUX: VxLAN to the MUX's underlay address around `inner`.
+fn from_host(inner: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 10, 20], [2, 0, 0, 0, 5, 10])
+        .ipv4(HOSTS[0], [172, 16, 5, 10], 64)
+        .udp(50000, 4789)
+        .write(&mut v, &[&[0x08u8, 0, 0, 0, 0, 0x10, 0x01, 0][..], inner].concat())
+        .unwrap();
+    v
+}
+
+#[test]
+fn host_traffic_is_relayed_only_from_a_vip() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let response = tcp4(VIP, 80, client(5), 40000, false);
+    let mut buf = from_host(&response);
+    let n = buf.len();
+    let Verdict::Forward { start, len } = mux.process(&mut buf, 0, n, 1000) else { panic!("relayed") };
+    let out = &buf[start..start + len];
+    assert_eq!(&out[..6], &[2, 0, 0, 0, 0, 1], "to the fabric router");
+    assert_eq!(&out[6..12], &[2, 0, 0, 0, 5, 10], "from the MUX");
+    assert_eq!(&out[12..], &response[12..], "the inner packet untouched");
+    assert_eq!(mux.counters().relayed.packets, 1);
+    // A backend's private address is never relayed (no open relay, no leak).
+    let leak = tcp4([10, 0, 1, 4], 80, client(5), 40000, false);
+    let mut buf = from_host(&leak);
+    let n = buf.len();
+    assert_eq!(mux.process(&mut buf, 0, n, 1000), Verdict::Drop(DropReason::NotFromVip));
+    // Garbage inside the tunnel.
+    let mut buf = from_host(&[0u8; 20]);
+    let n = buf.len();
+    assert_eq!(mux.process(&mut buf, 0, n, 1000), Verdict::Drop(DropReason::Malformed));
+    // VxLAN to someone else is just traffic to no VIP.
+    let mut other = from_host(&response);
+    other[30..34].copy_from_slice(&[172, 16, 5, 99]);
+    let n = other.len();
+    assert_eq!(mux.process(&mut other, 0, n, 1000), Verdict::Drop(DropReason::NoVip));
+    assert_eq!(mux.counters().drops[DropReason::NotFromVip as usize], 1);
+}
