@@ -599,3 +599,70 @@ fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated(
     }
     assert_eq!(h.snat_ports_in_use(0), 8);
 }
+
+/// Splits an untagged IPv4 UDP frame into a first fragment (UDP header + 8 bytes) and a later one.
+fn split_in_two(f: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip, l4) = (&f[..14], &f[14..34], &f[34..]);
+    let part = |data: &[u8], offset_units: u16, more: bool| {
+        let mut h = ip.to_vec();
+        h[2..4].copy_from_slice(&(20 + data.len() as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        h[6..8].copy_from_slice(&((if more { 0x2000 } else { 0 }) | offset_units).to_be_bytes());
+        h[10..12].fill(0);
+        let c = lb_core::wire::checksum::ipv4_header(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        [eth, &h, data].concat()
+    };
+    (part(&l4[..16], 0, true), part(&l4[16..], 2, false))
+}
+
+#[test]
+fn fragments_of_a_datagram_are_translated_alike_and_reassemble_with_valid_checksums() {
+    let mut mux = mux();
+    let client = IpAddr::from([198, 18, 3, 3]);
+    let payload: Vec<u8> = (0..40u8).collect();
+    let datagram = frame(client, 5353, IpAddr::from(VIP), 53, None, &payload);
+    let (first, later) = split_in_two(&datagram);
+    let (mut o1, host_addr, _) = through_mux(&mut mux, &first);
+    let (mut o2, host2, _) = through_mux(&mut mux, &later);
+    assert_eq!(host_addr, host2, "the MUX sends both fragments to one host");
+    let mut h = host(host_addr, ReturnPath::Direct, config(1024));
+    let (n1, n2) = (o1.len(), o2.len());
+    let HostVerdict::Deliver { backend: b1, start: s1, len: l1 } = h.from_fabric(&mut o1, 0, n1, NOW) else { panic!() };
+    let HostVerdict::Deliver { backend: b2, start: s2, len: l2 } = h.from_fabric(&mut o2, 0, n2, NOW) else { panic!() };
+    assert_eq!(b1, b2, "both fragments reach one backend");
+    let dip = h.local_backends()[b1].address;
+    let (f1, f2) = (&o1[s1..s1 + l1], &o2[s2..s2 + l2]);
+    for f in [f1, f2] {
+        assert_eq!(IpAddr::from([f[30], f[31], f[32], f[33]]), dip, "DNAT on every fragment");
+        let c = lb_core::wire::checksum::ipv4_header(&f[14..34]);
+        assert_eq!(c.to_be_bytes(), [f[24], f[25]], "IPv4 header checksum");
+    }
+    // Reassembled, the datagram carries a UDP checksum valid for the new destination.
+    let mut whole = [&f1[..34], &f1[34..], &f2[34..]].concat();
+    whole[14 + 2..14 + 4].copy_from_slice(&(20 + 8 + 40u16).to_be_bytes());
+    whole[14 + 6..14 + 8].fill(0);
+    whole[14 + 10..14 + 12].fill(0);
+    let c = lb_core::wire::checksum::ipv4_header(&whole[14..34]);
+    whole[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let s = seen(&whole);
+    assert_eq!((s.src, s.sport, s.dst, s.dport), (client, 5353, dip, 53));
+    assert_eq!(s.payload, payload);
+    // A later fragment whose first never came is dropped and counted.
+    let (_, mut stray) = split_in_two(&frame(client, 5354, IpAddr::from(VIP), 53, None, &payload));
+    stray[14 + 4..14 + 6].copy_from_slice(&0x4343u16.to_be_bytes());
+    stray[14 + 10..14 + 12].fill(0);
+    let c = lb_core::wire::checksum::ipv4_header(&stray[14..34]);
+    stray[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let mut tunnel = o1.clone();
+    tunnel.truncate(50);
+    tunnel.extend_from_slice(&stray);
+    let n = tunnel.len();
+    // Fix the outer lengths for the new inner frame.
+    tunnel[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+    tunnel[24..26].fill(0);
+    let c = lb_core::wire::checksum::ipv4_header(&tunnel[14..34]);
+    tunnel[24..26].copy_from_slice(&c.to_be_bytes());
+    tunnel[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
+    assert_eq!(h.from_fabric(&mut tunnel, 0, n, NOW), HostVerdict::Drop(HostDrop::FragmentUnknown));
+}
