@@ -1,11 +1,18 @@
-//! `lb-dpdk`: the load balancer's program. For now it has one subcommand, `inspect`, which shows what
-//! the `lb-core` wire layer sees in a pcap; the MUX / host-agent poll loop comes with its own issue.
+//! `lb-dpdk`: the load balancer's program. `run` runs the MUX or the host agent of a node file on a
+//! pcap (the pure-Rust default) or on DPDK (feature `dpdk`); `inspect` shows what the wire layer sees
+//! in a pcap.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod engine;
 mod inspect;
+mod metrics;
+mod node;
+mod port;
+mod probe;
+mod run;
 
 /// Command line of `lb-dpdk`.
 #[derive(Debug, Parser)]
@@ -19,10 +26,13 @@ struct Cli {
 enum Command {
     /// Read a pcap and print what the wire layer sees: per-frame flow keys (--verbose) and a summary.
     Inspect(inspect::InspectArgs),
+    /// Run the MUX or the host agent a node file describes, on a pcap (default) or DPDK.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Inspect(args) => inspect::main(&args),
+        Command::Run(args) => run::main(&args),
     }
 }

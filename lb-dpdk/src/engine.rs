@@ -1,0 +1,229 @@
+//! One lcore's data path: the MUX or the host agent of `lb-core`, behind one `process` call, with its
+//! counters as a plain snapshot the status line and the metrics page read.
+
+use std::net::IpAddr;
+
+use lb_core::config::LoadBalancer;
+use lb_core::paths::host::HostEgress;
+use lb_core::paths::{HostAgent, HostVerdict, Mux, Verdict};
+use lb_core::wire::vxlan::decapsulate;
+
+use crate::node::{NodeConfig, Role};
+
+/// What to do with a frame after processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Transmit `buf[start..start + len]`.
+    Transmit { start: usize, len: usize },
+    /// Hand `buf[start..start + len]` to local backend `backend` (host role; the pcap port writes it
+    /// to the output too, the DPDK port sends it on the same port).
+    Deliver { backend: usize, start: usize, len: usize },
+    /// Dropped (the engine counted it).
+    Drop,
+}
+
+/// A data path.
+pub enum Engine {
+    /// The MUX, and where its flow-table sweep goes on next.
+    Mux(Box<Mux>, usize),
+    /// The host agent.
+    Host(Box<HostAgent>, IpAddr),
+}
+
+/// Names of the MUX's drop reasons, by index.
+pub const MUX_DROPS: [&str; 7] =
+    ["malformed", "no_vip", "no_rule", "no_backend", "fragment_unknown", "encap", "not_from_vip"];
+/// Names of the host agent's drop reasons, by index.
+pub const HOST_DROPS: [&str; 9] = [
+    "malformed",
+    "not_for_this_host",
+    "unknown_backend",
+    "no_rule",
+    "no_flow",
+    "snat_exhausted",
+    "fragment_unknown",
+    "encap",
+    "icmp_untranslated",
+];
+
+/// Counters of one engine, summed over lcores for display.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames received.
+    pub rx: u64,
+    /// Frames sent (transmitted or delivered).
+    pub tx: u64,
+    /// Frames the port could not send (ring full), freed.
+    pub tx_failed: u64,
+    /// Drops by reason name.
+    pub drops: Vec<(&'static str, u64)>,
+    /// Per backend: (pool name, backend name, address, packets, new flows).
+    pub backends: Vec<(String, String, IpAddr, u64, u64)>,
+    /// Live flow-table entries.
+    pub flows: u64,
+    /// SNAT ports in use (host role).
+    pub snat_ports: u64,
+    /// TCP resets sent (host role).
+    pub resets: u64,
+}
+
+impl Stats {
+    /// Adds another lcore's counters (same configuration, so the same rows).
+    pub fn merge(&mut self, o: &Stats) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.tx_failed += o.tx_failed;
+        if self.drops.is_empty() {
+            self.drops = o.drops.clone();
+        } else {
+            for (a, b) in self.drops.iter_mut().zip(&o.drops) {
+                a.1 += b.1;
+            }
+        }
+        if self.backends.is_empty() {
+            self.backends = o.backends.clone();
+        } else {
+            for (a, b) in self.backends.iter_mut().zip(&o.backends) {
+                a.3 += b.3;
+                a.4 += b.4;
+            }
+        }
+        self.flows += o.flows;
+        self.snat_ports += o.snat_ports;
+        self.resets += o.resets;
+    }
+
+    /// Total drops.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().map(|d| d.1).sum()
+    }
+}
+
+impl Engine {
+    /// Builds the engine a node file asks for.
+    pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
+        match cfg.role {
+            Role::Mux => Mux::new(cfg.mux.clone(), cfg.lb.clone())
+                .map(|m| Engine::Mux(Box::new(m), 0))
+                .map_err(|e| e.to_string()),
+            Role::Host => HostAgent::new(cfg.host.clone(), cfg.lb.clone())
+                .map(|h| Engine::Host(Box::new(h), cfg.host.underlay))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Processes the frame at `buf[start..start + len]` at time `now` (seconds).
+    #[inline]
+    pub fn process(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> Action {
+        match self {
+            Engine::Mux(m, _) => match m.process(buf, start, len, now) {
+                Verdict::Forward { start, len } => Action::Transmit { start, len },
+                Verdict::Drop(_) => Action::Drop,
+            },
+            Engine::Host(h, underlay) => {
+                // A host has two sides: tunnels from MUXes arrive on the fabric, everything else
+                // comes from its backends.
+                let from_fabric = buf
+                    .get(start..start + len)
+                    .and_then(|f| decapsulate(f).ok())
+                    .is_some_and(|d| d.outer_dst == *underlay);
+                let v = if from_fabric {
+                    h.from_fabric(buf, start, len, now)
+                } else {
+                    h.from_backend(buf, start, len, now)
+                };
+                match v {
+                    HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
+                    HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
+                    HostVerdict::Drop(_) => Action::Drop,
+                }
+            }
+        }
+    }
+
+    /// Timers: flows idle past their timeout go (host: their SNAT ports are released and TCP resets
+    /// sent, handed to `emit`). Call it every poll loop with a small `budget` of buckets.
+    pub fn tick(&mut self, now: u32, budget: usize, mut emit: impl FnMut(&[u8])) {
+        match self {
+            Engine::Mux(m, cursor) => *cursor = m.flows().sweep(*cursor, budget, now),
+            Engine::Host(h, _) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
+        }
+    }
+
+    /// Applies a new configuration; on error the running one stays.
+    pub fn update(&mut self, lb: LoadBalancer) -> Result<(), String> {
+        match self {
+            Engine::Mux(m, _) => m.update(lb).map_err(|e| e.to_string()),
+            Engine::Host(h, _) => h.update(lb).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Feeds one probe result (MUX: the health state machine; host agents do not steer by health).
+    pub fn report_probe(&mut self, pool: usize, member: usize, up: bool) {
+        if let Engine::Mux(m, _) = self {
+            let _ = m.report_probe(pool, member, up);
+        }
+    }
+
+    /// The engine's counters.
+    pub fn stats(&mut self) -> Stats {
+        match self {
+            Engine::Mux(m, _) => {
+                let c = m.counters().clone();
+                let lb = m.config().clone();
+                let flows = m.flows().len() as u64;
+                let mut backends = Vec::new();
+                for (pi, p) in lb.pools.iter().enumerate() {
+                    for (bi, b) in p.backends.iter().enumerate() {
+                        let t = c.backends.get(pi).and_then(|x| x.get(bi)).copied().unwrap_or_default();
+                        backends.push((p.name.clone(), b.name.clone(), b.address, t.packets, t.new_flows));
+                    }
+                }
+                let drops = MUX_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
+                Stats { drops, backends, flows, ..Stats::default() }
+            }
+            Engine::Host(h, _) => {
+                let c = h.counters().clone();
+                let locals = h.local_backends().to_vec();
+                let mut backends = Vec::new();
+                let mut snat = 0;
+                for (i, l) in locals.iter().enumerate() {
+                    let t = c.backends.get(i).copied().unwrap_or_default();
+                    backends.push((
+                        format!("pool{}", l.pool),
+                        format!("member{}", l.member),
+                        l.address,
+                        t.packets,
+                        t.new_flows,
+                    ));
+                    snat += u64::from(h.snat_ports_in_use(i));
+                }
+                let drops = HOST_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
+                Stats {
+                    drops,
+                    backends,
+                    flows: h.flows().len() as u64,
+                    snat_ports: snat,
+                    resets: c.resets,
+                    ..Stats::default()
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::paths::{DropReason, HostDrop};
+
+    #[test]
+    fn drop_names_follow_the_enums() {
+        assert_eq!(MUX_DROPS.len(), lb_core::paths::mux::DROP_REASONS);
+        assert_eq!(MUX_DROPS[DropReason::NotFromVip as usize], "not_from_vip");
+        assert_eq!(MUX_DROPS[DropReason::Encap as usize], "encap");
+        assert_eq!(HOST_DROPS.len(), lb_core::paths::host::HOST_DROPS);
+        assert_eq!(HOST_DROPS[HostDrop::IcmpUntranslated as usize], "icmp_untranslated");
+        assert_eq!(HOST_DROPS[HostDrop::SnatExhausted as usize], "snat_exhausted");
+    }
+}

@@ -1,0 +1,164 @@
+//! I/O behind one small trait, so that the same poll loop runs on a pcap file (the default: pure
+//! Rust, runs anywhere) and on a DPDK port (feature `dpdk`).
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+use pcap_file::DataLink;
+
+/// Bytes kept free in front of every received frame, for the VxLAN outer headers (70 over IPv6).
+pub const HEADROOM: usize = 128;
+/// Largest frame a buffer holds (a 9000-byte jumbo frame plus its tags and a tunnel).
+pub const MAX_FRAME: usize = 9216 + 128;
+
+/// A packet buffer: the frame lies at `buf[start..start + len]`, with headroom before it.
+pub trait FrameBuf {
+    /// The whole buffer and where the frame lies in it.
+    fn parts(&mut self) -> (&mut [u8], usize, usize);
+    /// The frame now lies at `buf[start..start + len]` (after encapsulation or decapsulation).
+    fn set_frame(&mut self, start: usize, len: usize);
+}
+
+/// A port: bursts in, bursts out.
+pub trait Port {
+    /// Its buffers.
+    type Buf: FrameBuf;
+    /// Receives up to `max` frames into `out`; returns how many.
+    fn rx_burst(&mut self, out: &mut Vec<Self::Buf>, max: usize) -> usize;
+    /// Sends the frames of `frames` in order and empties it; returns how many were sent (the port
+    /// freed the rest: the caller counts them).
+    fn tx_burst(&mut self, frames: &mut Vec<Self::Buf>) -> usize;
+    /// Sends a copy of a frame the engine built on its own (a TCP reset); false if it could not.
+    fn tx_copy(&mut self, frame: &[u8]) -> bool;
+    /// Hands a buffer back for reuse (a dropped frame).
+    fn recycle(&mut self, buf: Self::Buf);
+    /// Seconds of the clock the data path runs on (pcap: the capture time of the last frame read).
+    fn now(&self) -> u32;
+    /// Whether the input has ended (a pcap file read to its end; a NIC never ends).
+    fn finished(&self) -> bool;
+}
+
+/// A heap buffer of the pcap port.
+pub struct HeapBuf {
+    data: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
+
+impl FrameBuf for HeapBuf {
+    fn parts(&mut self) -> (&mut [u8], usize, usize) {
+        (&mut self.data, self.start, self.len)
+    }
+    fn set_frame(&mut self, start: usize, len: usize) {
+        self.start = start;
+        self.len = len;
+    }
+}
+
+fn new_buf() -> HeapBuf {
+    HeapBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), start: 0, len: 0 }
+}
+
+/// Reads frames from one pcap file and writes what it sends to another.
+pub struct PcapPort {
+    reader: PcapReader<BufReader<File>>,
+    writer: PcapWriter<BufWriter<File>>,
+    pool: Vec<HeapBuf>,
+    now: u32,
+    ts: std::time::Duration,
+    done: bool,
+    /// Frames in the input longer than a buffer (skipped).
+    pub oversize: u64,
+    /// Records the reader could not parse (the rest of the file is skipped).
+    pub read_errors: u64,
+}
+
+impl PcapPort {
+    /// Opens `input` for reading and creates `output` (Ethernet link type).
+    pub fn open(input: &Path, output: &Path) -> Result<Self, String> {
+        let f = File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        let reader = PcapReader::new(BufReader::new(f)).map_err(|e| format!("{}: {e}", input.display()))?;
+        let o = File::create(output).map_err(|e| format!("{}: {e}", output.display()))?;
+        let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: MAX_FRAME as u32, ..PcapHeader::default() };
+        let writer =
+            PcapWriter::with_header(BufWriter::new(o), header).map_err(|e| format!("{}: {e}", output.display()))?;
+        Ok(PcapPort {
+            reader,
+            writer,
+            pool: Vec::new(),
+            now: 0,
+            ts: std::time::Duration::ZERO,
+            done: false,
+            oversize: 0,
+            read_errors: 0,
+        })
+    }
+
+    fn write(&mut self, frame: &[u8]) -> bool {
+        let p = PcapPacket::new(self.ts, frame.len() as u32, frame);
+        self.writer.write_packet(&p).is_ok()
+    }
+}
+
+impl Port for PcapPort {
+    type Buf = HeapBuf;
+
+    fn rx_burst(&mut self, out: &mut Vec<HeapBuf>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max && !self.done {
+            match self.reader.next_packet() {
+                None => self.done = true,
+                Some(Err(_)) => {
+                    self.read_errors += 1;
+                    self.done = true;
+                }
+                Some(Ok(p)) => {
+                    if p.data.len() > MAX_FRAME {
+                        self.oversize += 1;
+                        continue;
+                    }
+                    self.ts = p.timestamp;
+                    self.now = p.timestamp.as_secs() as u32;
+                    let len = p.data.len();
+                    let mut b = self.pool.pop().unwrap_or_else(new_buf);
+                    b.data[HEADROOM..HEADROOM + len].copy_from_slice(&p.data);
+                    b.start = HEADROOM;
+                    b.len = len;
+                    out.push(b);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, frames: &mut Vec<HeapBuf>) -> usize {
+        let mut sent = 0;
+        for mut b in frames.drain(..) {
+            let (buf, s, l) = b.parts();
+            if self.write(&buf[s..s + l]) {
+                sent += 1;
+            }
+            self.pool.push(b);
+        }
+        sent
+    }
+
+    fn tx_copy(&mut self, frame: &[u8]) -> bool {
+        self.write(frame)
+    }
+
+    fn recycle(&mut self, buf: HeapBuf) {
+        self.pool.push(buf);
+    }
+
+    fn now(&self) -> u32 {
+        self.now
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,377 @@
+//! `lb-dpdk run`: the poll-mode program. The control plane (this thread) loads the configuration,
+//! handles signals (SIGINT/SIGTERM stop, SIGHUP reloads), runs the health probers, prints the status
+//! line and serves the metrics; each worker (one per lcore) owns an engine, its flow table and its
+//! counters, and runs [`poll_loop`] on its own port or queue. Workers share nothing: the control
+//! plane sends each one the probe results and new configurations through its own channel.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use lb_core::config::LoadBalancer;
+
+use crate::engine::{Action, Engine, Stats};
+use crate::node::{self, NodeConfig};
+use crate::port::{FrameBuf, PcapPort, Port};
+
+/// Frames per burst.
+pub const BURST: usize = 32;
+/// Flow-table buckets each loop iteration sweeps for idle flows.
+const SWEEP_BUDGET: usize = 8;
+
+/// `lb-dpdk run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The node configuration (role, addresses, load balancer): see examples/*.node.json.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Read frames from this pcap (the pure-Rust port, the default).
+    #[arg(long, required_unless_present = "dpdk")]
+    pub pcap_in: Option<PathBuf>,
+    /// Write transmitted frames to this pcap.
+    #[arg(long, required_unless_present = "dpdk")]
+    pub pcap_out: Option<PathBuf>,
+    /// Use DPDK (EAL arguments after `--`).
+    #[arg(long)]
+    pub dpdk: bool,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Seconds between status lines (0: none).
+    #[arg(long, default_value_t = 1)]
+    pub status_interval: u64,
+    /// Do not run health probes.
+    #[arg(long)]
+    pub no_probes: bool,
+    /// Keep running after the pcap input ends (for probes, reloads and metrics), until a signal.
+    #[arg(long)]
+    pub linger: bool,
+    /// EAL arguments (after `--`).
+    #[arg(last = true)]
+    pub eal: Vec<String>,
+}
+
+/// What the control plane tells a worker.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Apply this configuration.
+    Reload(Arc<LoadBalancer>),
+    /// One probe result for (pool, member).
+    Probe { pool: usize, member: usize, up: bool },
+}
+
+/// What a worker shares with the control plane: a stop flag, its channel and its counters.
+pub struct WorkerLink {
+    /// Set to stop the worker.
+    pub stop: Arc<AtomicBool>,
+    /// Control messages.
+    pub rx: Receiver<Control>,
+    /// The worker's latest counters.
+    pub stats: Arc<Mutex<Stats>>,
+    /// Set by the worker when its input ended.
+    pub finished: Arc<AtomicBool>,
+}
+
+/// The control plane's side of a worker.
+pub struct WorkerHandle {
+    tx: Sender<Control>,
+    stats: Arc<Mutex<Stats>>,
+    finished: Arc<AtomicBool>,
+}
+
+/// A worker link and its handle.
+pub fn worker_pair(stop: &Arc<AtomicBool>) -> (WorkerLink, WorkerHandle) {
+    let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let finished = Arc::new(AtomicBool::new(false));
+    (
+        WorkerLink { stop: stop.clone(), rx, stats: stats.clone(), finished: finished.clone() },
+        WorkerHandle { tx, stats, finished },
+    )
+}
+
+/// The poll loop of one worker: burst in, process, burst out, timers, control messages, counters.
+/// Returns when told to stop, or when the port's input has ended (pcap).
+pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) {
+    let mut rx: Vec<P::Buf> = Vec::with_capacity(BURST);
+    let mut tx: Vec<P::Buf> = Vec::with_capacity(BURST);
+    let mut stats = Stats::default();
+    let mut last_publish = Instant::now();
+    let mut resets: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if link.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        for c in link.rx.try_iter() {
+            match c {
+                Control::Reload(lb) => {
+                    if let Err(e) = engine.update((*lb).clone()) {
+                        eprintln!("lb-dpdk: reload refused by a worker, running configuration kept: {e}");
+                    }
+                }
+                Control::Probe { pool, member, up } => engine.report_probe(pool, member, up),
+            }
+        }
+        let n = port.rx_burst(&mut rx, BURST);
+        let now = port.now();
+        stats.rx += n as u64;
+        for mut b in rx.drain(..) {
+            let (buf, start, len) = b.parts();
+            match engine.process(buf, start, len, now) {
+                Action::Transmit { start, len } | Action::Deliver { start, len, .. } => {
+                    b.set_frame(start, len);
+                    tx.push(b);
+                }
+                Action::Drop => port.recycle(b),
+            }
+        }
+        let attempted = tx.len() as u64;
+        if attempted > 0 {
+            let sent = port.tx_burst(&mut tx) as u64;
+            stats.tx += sent;
+            stats.tx_failed += attempted - sent;
+        }
+        engine.tick(now, SWEEP_BUDGET, |f| resets.push(f.to_vec()));
+        for f in resets.drain(..) {
+            if port.tx_copy(&f) {
+                stats.tx += 1;
+            } else {
+                stats.tx_failed += 1;
+            }
+        }
+        let done = n == 0 && port.finished();
+        if done || last_publish.elapsed() >= Duration::from_millis(200) {
+            publish(engine, &stats, link);
+            last_publish = Instant::now();
+        }
+        if done {
+            link.finished.store(true, Ordering::Relaxed);
+            break;
+        }
+    }
+    publish(engine, &stats, link);
+}
+
+fn publish(engine: &mut Engine, io: &Stats, link: &WorkerLink) {
+    let mut s = engine.stats();
+    s.rx = io.rx;
+    s.tx = io.tx;
+    s.tx_failed = io.tx_failed;
+    if let Ok(mut slot) = link.stats.lock() {
+        *slot = s;
+    }
+}
+
+/// `lb-dpdk run`.
+pub fn main(args: &RunArgs) -> ExitCode {
+    let cfg = match node::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lb-dpdk: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGHUP, &reload),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("lb-dpdk: cannot handle signal {sig}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let workers = match start_workers(args, &cfg, &stop) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("lb-dpdk: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = control_plane(args, cfg, &stop, &reload, &workers.handles);
+    stop.store(true, Ordering::Relaxed);
+    for t in workers.threads {
+        let _ = t.join();
+    }
+    let total = sum(&workers.handles);
+    let mut out = std::io::stdout().lock();
+    let _ = print_summary(&total, &mut out);
+    code
+}
+
+/// Running workers.
+pub struct Workers {
+    /// Their threads.
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    /// Their control-plane handles.
+    pub handles: Vec<WorkerHandle>,
+}
+
+fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<Workers, String> {
+    if args.dpdk {
+        #[cfg(feature = "dpdk")]
+        return crate::dpdk::start(args, cfg, stop);
+        #[cfg(not(feature = "dpdk"))]
+        return Err("this build has no DPDK support: rebuild with `--features dpdk`".into());
+    }
+    let (Some(input), Some(output)) = (&args.pcap_in, &args.pcap_out) else {
+        return Err("--pcap-in and --pcap-out are needed without --dpdk".into());
+    };
+    let mut port = PcapPort::open(input, output)?;
+    let mut engine = Engine::new(cfg)?;
+    let (link, handle) = worker_pair(stop);
+    let t = std::thread::Builder::new()
+        .name("lb-worker-0".into())
+        .spawn(move || {
+            poll_loop(&mut engine, &mut port, &link);
+            if port.oversize > 0 || port.read_errors > 0 {
+                eprintln!(
+                    "lb-dpdk: pcap input: {} oversize frames skipped, {} read errors",
+                    port.oversize, port.read_errors
+                );
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Workers { threads: vec![t], handles: vec![handle] })
+}
+
+fn sum(handles: &[WorkerHandle]) -> Stats {
+    let mut total = Stats::default();
+    for h in handles {
+        if let Ok(s) = h.stats.lock() {
+            total.merge(&s);
+        }
+    }
+    total
+}
+
+/// Signals, reloads, probes, status and metrics, until a stop signal or every worker's input ended.
+fn control_plane(
+    args: &RunArgs,
+    cfg: NodeConfig,
+    stop: &Arc<AtomicBool>,
+    reload: &Arc<AtomicBool>,
+    workers: &[WorkerHandle],
+) -> ExitCode {
+    let metrics_page = Arc::new(Mutex::new(String::new()));
+    if let Some(addr) = args.metrics {
+        if let Err(e) = crate::metrics::serve(addr, metrics_page.clone(), stop.clone()) {
+            eprintln!("lb-dpdk: metrics on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+        eprintln!("lb-dpdk: metrics on http://{addr}/metrics");
+    }
+    let mut lb = cfg.lb.clone();
+    let (probe_tx, probe_rx) = mpsc::channel();
+    let mut probers = (!args.no_probes).then(|| crate::probe::Probers::start(&lb, probe_tx.clone()));
+    let started = Instant::now();
+    let mut last_status = Instant::now();
+    let mut last = Stats::default();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if reload.swap(false, Ordering::Relaxed) {
+            match node::load(&args.config) {
+                Ok(new) if new.role == cfg.role => {
+                    eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
+                    lb = new.lb.clone();
+                    let shared = Arc::new(new.lb);
+                    for w in workers {
+                        let _ = w.tx.send(Control::Reload(shared.clone()));
+                    }
+                    if let Some(p) = probers.take() {
+                        p.stop();
+                        probers = Some(crate::probe::Probers::start(&lb, probe_tx.clone()));
+                    }
+                }
+                Ok(_) => eprintln!("lb-dpdk: SIGHUP: refused: the role cannot change at run time"),
+                Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
+            }
+        }
+        for r in probe_rx.try_iter() {
+            let r: crate::probe::ProbeResult = r;
+            for w in workers {
+                let _ = w.tx.send(Control::Probe { pool: r.pool, member: r.member, up: r.success });
+            }
+        }
+        let interval = Duration::from_secs(args.status_interval.max(1));
+        if last_status.elapsed() >= interval {
+            let total = sum(workers);
+            if args.status_interval > 0 {
+                eprintln!("{}", status_line(&total, &last, last_status.elapsed(), started.elapsed()));
+            }
+            if let Ok(mut page) = metrics_page.lock() {
+                *page = crate::metrics::render(&total);
+            }
+            last = total;
+            last_status = Instant::now();
+        }
+        if workers.iter().all(|w| w.finished.load(Ordering::Relaxed)) && !args.linger {
+            break;
+        }
+    }
+    if let Some(p) = probers.take() {
+        p.stop();
+    }
+    ExitCode::SUCCESS
+}
+
+/// One line: rates since the last line, drops by reason, flows, SNAT ports.
+pub fn status_line(now: &Stats, before: &Stats, over: Duration, up: Duration) -> String {
+    let secs = over.as_secs_f64().max(1e-9);
+    let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+    let drops: Vec<String> = now.drops.iter().filter(|d| d.1 > 0).map(|(n, v)| format!("{n}={v}")).collect();
+    format!(
+        "[{:>6.1}s] in {:.0} pps, out {:.0} pps | rx {} tx {} tx_failed {} | drops {} {} | flows {} | snat ports {}",
+        up.as_secs_f64(),
+        rate(now.rx, before.rx),
+        rate(now.tx, before.tx),
+        now.rx,
+        now.tx,
+        now.tx_failed,
+        now.dropped(),
+        if drops.is_empty() { String::new() } else { format!("({})", drops.join(" ")) },
+        now.flows,
+        now.snat_ports
+    )
+}
+
+/// The final report: counters, drops by reason, and the per-backend distribution with a bar each.
+pub fn print_summary(s: &Stats, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "frames in {}, out {}, tx failed {}, dropped {}", s.rx, s.tx, s.tx_failed, s.dropped())?;
+    writeln!(out, "flows {}, snat ports in use {}, tcp resets {}", s.flows, s.snat_ports, s.resets)?;
+    writeln!(out, "drops by reason:")?;
+    for (n, v) in &s.drops {
+        writeln!(out, "  {n:<20} {v:>10}")?;
+    }
+    writeln!(out, "per backend:")?;
+    let total: u64 = s.backends.iter().map(|b| b.3).sum();
+    let most = s.backends.iter().map(|b| b.3).max().unwrap_or(0).max(1);
+    let width = 40.0;
+    writeln!(
+        out,
+        "  {:<14} {:<10} {:<26} {:>10} {:>9} {:>6}",
+        "pool", "backend", "address", "packets", "new flows", "share"
+    )?;
+    for (pool, name, addr, packets, new_flows) in &s.backends {
+        let share = if total == 0 { 0.0 } else { *packets as f64 / total as f64 };
+        let bar = "#".repeat((*packets as f64 / most as f64 * width).round() as usize);
+        writeln!(
+            out,
+            "  {pool:<14} {name:<10} {:<26} {packets:>10} {new_flows:>9} {:>5.1}% {bar}",
+            addr.to_string(),
+            share * 100.0
+        )?;
+    }
+    Ok(())
+}
