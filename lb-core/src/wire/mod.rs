@@ -22,7 +22,7 @@ pub use flow::{parse_flow_key, FlowKey, Fragment, HashFields, IpVersion};
 pub use icmp::{IcmpMessage, IcmpVersion};
 pub use ipv4::{Ipv4Header, Ipv4Packet, Ipv4Repr};
 pub use ipv6::{Ipv6Header, Ipv6Packet, Ipv6Repr};
-pub use nat::{rewrite, Side, TcpResetRepr};
+pub use nat::{rewrite, rewrite_quoted, Side, TcpResetRepr};
 pub use tcp::{TcpFlags, TcpHeader, TcpSegment};
 pub use udp::{UdpDatagram, UdpHeader, UdpRepr};
 pub use vxlan::{VxlanDecap, VxlanEncap, VxlanHeader, VxlanPacket, VXLAN_PORT};

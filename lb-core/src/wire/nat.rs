@@ -197,6 +197,171 @@ pub fn rewrite(frame: &mut [u8], key: &FlowKey, side: Side, addr: &[u8; 16], por
     Ok(())
 }
 
+/// The ones'-complement sum `delta` (changes made at `offset` bytes into a checksummed message)
+/// as it counts in that message's checksum: a run of 16-bit words that starts at an odd offset
+/// adds its bytes to the opposite halves of the message's words, which byte-swaps its sum
+/// (RFC 1071 2.B).
+#[inline(always)]
+fn at_offset(delta: u32, offset: usize) -> u32 {
+    let d = checksum::fold(delta);
+    u32::from(if offset % 2 == 0 { d } else { d.swap_bytes() })
+}
+
+/// Finds the quoted L4 fields to patch; `l4` is the quoted L4 header's frame offset, already
+/// checked to hold `quoted.l4_len` bytes.
+#[inline(always)]
+fn quoted_l4_patch(frame: &[u8], quoted: &FlowKey, side: Side, l4: usize) -> Result<Option<L4Patch>, WireError> {
+    if quoted.fragment == Fragment::Later {
+        return Ok(None);
+    }
+    let len = usize::from(quoted.l4_len);
+    let port_at = Some(match side {
+        Side::Src => l4,
+        Side::Dst => l4 + 2,
+    });
+    Ok(match (quoted.protocol, quoted.ip_version) {
+        (ip_proto::TCP | ip_proto::UDP, _) if len < 4 => return Err(WireError::Truncated(Layer::IcmpQuote)),
+        // The TCP checksum (bytes 16..18) is quoted only when more than the RFC 792 minimum is.
+        (ip_proto::TCP, _) => Some(L4Patch {
+            checksum_at: (len >= TCP_CHECKSUM_AT + 2).then_some(l4 + TCP_CHECKSUM_AT),
+            port_at,
+            pseudo: true,
+            udp: false,
+        }),
+        (ip_proto::UDP, _) => {
+            // A checksum of 0 stays 0, as in `rewrite`.
+            let at = l4 + UDP_CHECKSUM_AT;
+            let checksum_at = (len >= UDP_HEADER_LEN && get16(frame, at) != 0).then_some(at);
+            Some(L4Patch { checksum_at, port_at, pseudo: true, udp: true })
+        }
+        // A quoted ICMPv6 message: its checksum covers the quoted pseudo-header. Its echo identifier
+        // is left alone (`quoted_flow_key` reports no ports for it).
+        (ip_proto::ICMPV6, IpVersion::V6) if len >= ICMP_CHECKSUM_AT + 2 => {
+            Some(L4Patch { checksum_at: Some(l4 + ICMP_CHECKSUM_AT), port_at: None, pseudo: true, udp: false })
+        }
+        _ => None,
+    })
+}
+
+/// Rewrites the address and port of one side of the packet quoted in an ICMP error, in place:
+/// the quoted IP header's address (and its IPv4 header checksum), the quoted port, the quoted
+/// UDP checksum when the quote holds it, and the ICMP checksum (incrementally, including the
+/// ICMPv6 pseudo-header where relevant). `key` is the outer key, `quoted` the key `quoted_flow_key`
+/// returned for this frame.
+///
+/// This is the half of an ICMP error translation that [`rewrite`] leaves out: a host agent that
+/// receives an error sent to the VIP about a packet the VIP sent (quoting `VIP:fp -> client:cp`)
+/// rewrites the outer destination with [`rewrite`]`(.., Side::Dst, DIP, ..)` and the quoted source
+/// with `rewrite_quoted(.., Side::Src, DIP, bp)`; in the other direction (an error from the backend
+/// quoting `client:cp -> DIP:bp`), the outer source and the quoted destination. The two calls patch
+/// the ICMP checksum independently, in either order. The old values are read from the frame.
+///
+/// By quoted protocol (the quote is cut anywhere after its IP header, RFC 792 / RFC 4443):
+/// - The quoted IP header: the address (IPv4: its first 4 bytes of `addr`) and, for IPv4, the
+///   header checksum.
+/// - TCP and UDP (not a later fragment): the port, which the quote must hold
+///   ([`WireError::Truncated`]`(IcmpQuote)` if not), and the transport checksum for the port and the
+///   quoted pseudo-header address when the quote holds the whole checksum field (UDP: the first 8
+///   bytes, always there in a conforming error; TCP: the first 18, usually not). A UDP checksum of 0
+///   stays 0; one patched to 0x0000 is written as 0xffff.
+/// - A quoted ICMPv6 message: its checksum, for the pseudo-header address (not the echo identifier).
+/// - Anything else, and later fragments: the address only.
+/// - The ICMP checksum of the outer message, for every byte changed above. The outer pseudo-header
+///   (ICMPv6) does not change here.
+///
+/// Errors, with the frame untouched: `key` is not an ICMP error ([`WireError::Truncated`]`(IcmpQuote)`,
+/// as [`quoted_flow_key`](super::flow::quoted_flow_key)); the ICMP message the key describes runs past
+/// the frame or is shorter than its header ([`WireError::Truncated`]`(Icmp)`); the keys' IP versions
+/// differ, or the quoted IP version nibble differs from them ([`WireError::BadVersion`]); the quoted
+/// IP header starts inside the ICMP header or the quoted L4 header inside the quoted IP header
+/// ([`WireError::LengthMismatch`]`(IcmpQuote)`); the quoted headers run past the ICMP message, or a
+/// TCP/UDP quote is too short for its ports ([`WireError::Truncated`]`(IcmpQuote)`).
+#[inline]
+pub fn rewrite_quoted(
+    frame: &mut [u8],
+    key: &FlowKey,
+    quoted: &FlowKey,
+    side: Side,
+    addr: &[u8; 16],
+    port: u16,
+) -> Result<(), WireError> {
+    if !key.is_icmp_error() {
+        return Err(WireError::Truncated(Layer::IcmpQuote));
+    }
+    let icmp = usize::from(key.l4_offset);
+    let end = icmp + usize::from(key.l4_len);
+    if end > frame.len() || usize::from(key.l4_len) < ICMP_HEADER_LEN {
+        return Err(WireError::Truncated(Layer::Icmp));
+    }
+    if quoted.ip_version != key.ip_version {
+        return Err(WireError::BadVersion(quoted.ip_version as u8));
+    }
+    let (ip_len, addr_len, addr_at) = match (quoted.ip_version, side) {
+        (IpVersion::V4, Side::Src) => (IPV4_HEADER_LEN, 4, IPV4_SRC_AT),
+        (IpVersion::V4, Side::Dst) => (IPV4_HEADER_LEN, 4, IPV4_DST_AT),
+        (IpVersion::V6, Side::Src) => (IPV6_HEADER_LEN, 16, IPV6_SRC_AT),
+        (IpVersion::V6, Side::Dst) => (IPV6_HEADER_LEN, 16, IPV6_DST_AT),
+    };
+    let l3 = usize::from(quoted.l3_offset);
+    if l3 < icmp + ICMP_HEADER_LEN {
+        return Err(WireError::LengthMismatch(Layer::IcmpQuote));
+    }
+    if l3 + ip_len > end {
+        return Err(WireError::Truncated(Layer::IcmpQuote));
+    }
+    let version = frame[l3] >> 4;
+    if version != quoted.ip_version as u8 {
+        return Err(WireError::BadVersion(version));
+    }
+    let l4 = usize::from(quoted.l4_offset);
+    if l4 < l3 + ip_len {
+        return Err(WireError::LengthMismatch(Layer::IcmpQuote));
+    }
+    if l4 + usize::from(quoted.l4_len) > end {
+        return Err(WireError::Truncated(Layer::IcmpQuote));
+    }
+    let patch = quoted_l4_patch(frame, quoted, side, l4)?;
+
+    // Every offset is checked: from here on nothing fails. `in_l3` and `in_l4` sum the changes made
+    // in the quoted IP header and the quoted L4 header, for the ICMP checksum.
+    let at = l3 + addr_at;
+    let new = &addr[..addr_len];
+    let field = &mut frame[at..at + addr_len];
+    let delta = u32::from(!checksum::fold(checksum::sum(field))) + u32::from(checksum::fold(checksum::sum(new)));
+    field.copy_from_slice(new);
+    let mut in_l3 = delta;
+    if quoted.ip_version == IpVersion::V4 {
+        let c = l3 + IPV4_CHECKSUM_AT;
+        let (old, new) = (get16(frame, c), adjust(get16(frame, c), delta));
+        put16(frame, c, new);
+        in_l3 += u32::from(!old) + u32::from(new);
+    }
+    let mut in_l4 = 0;
+    if let Some(p) = patch {
+        let mut delta = if p.pseudo { delta } else { 0 };
+        if let Some(at) = p.port_at {
+            let old = get16(frame, at);
+            if old != port {
+                let d = u32::from(!old) + u32::from(port);
+                delta += d;
+                in_l4 += d;
+                put16(frame, at, port);
+            }
+        }
+        if let Some(at) = p.checksum_at {
+            let old = get16(frame, at);
+            let c = adjust(old, delta);
+            let c = if p.udp && c == 0 { 0xffff } else { c };
+            put16(frame, at, c);
+            in_l4 += u32::from(!old) + u32::from(c);
+        }
+    }
+    let c = icmp + ICMP_CHECKSUM_AT;
+    let delta = at_offset(in_l3, l3 - icmp) + at_offset(in_l4, l4 - icmp);
+    put16(frame, c, adjust(get16(frame, c), delta));
+    Ok(())
+}
+
 /// A TCP RST segment in its own Ethernet frame: what a load balancer sends both ends of a flow it
 /// drops on idle timeout, so that neither keeps a half-open connection.
 ///
@@ -1021,5 +1186,655 @@ mod tests {
         assert_eq!(reset(false, Some(0x1000), None).emit(&mut buf), Err(WireError::FieldOverflow(Layer::Vlan)));
         assert!(buf.iter().all(|&b| b == 0));
         assert!(reset(false, Some(0x0fff), None).emit(&mut buf).is_ok());
+    }
+
+    // ICMP errors: the outer header by `rewrite`, the quoted packet by `rewrite_quoted`.
+
+    const ROUTER4: [u8; 4] = [198, 51, 100, 1];
+    const ROUTER6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+    const PORT_UNREACHABLE4: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+    const TIME_EXCEEDED4: (u8, u8, [u8; 4]) = (11, 0, [0; 4]);
+    const PACKET_TOO_BIG: (u8, u8, [u8; 4]) = (2, 0, 1280u32.to_be_bytes());
+    const PORT_UNREACHABLE6: (u8, u8, [u8; 4]) = (1, 4, [0; 4]);
+    const TIME_EXCEEDED6: (u8, u8, [u8; 4]) = (3, 0, [0; 4]);
+
+    /// An ICMP error from `src` to `dst` (type, code and the 4 type-specific bytes) quoting `quote`,
+    /// built by etherparse (which fills every checksum).
+    fn icmp_error(v6: bool, src: &[u8; 16], dst: &[u8; 16], icmp: (u8, u8, [u8; 4]), quote: &[u8]) -> Vec<u8> {
+        let ip = ip_step(src, dst, v6, None);
+        let mut out = Vec::new();
+        if v6 {
+            ip.icmpv6_raw(icmp.0, icmp.1, icmp.2).write(&mut out, quote)
+        } else {
+            ip.icmpv4_raw(icmp.0, icmp.1, icmp.2).write(&mut out, quote)
+        }
+        .unwrap();
+        out
+    }
+
+    /// What an ICMP error quotes of the packet `build` makes: its first `cut` bytes from the IP header
+    /// on (all of it when `None`), with a UDP checksum of 0 when `zero_udp` is set.
+    #[allow(clippy::too_many_arguments)]
+    fn quote_of(
+        l4: L4,
+        v6: bool,
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+        cut: Option<usize>,
+        zero_udp: bool,
+    ) -> Vec<u8> {
+        let mut ip = build(l4, v6, None, src, dst, sport, dport, payload).split_off(ETHERNET_HEADER_LEN);
+        if zero_udp {
+            assert_eq!(l4, L4::Udp);
+            let ck = if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN } + UDP_CHECKSUM_AT;
+            ip[ck..ck + 2].fill(0);
+        }
+        ip.truncate(cut.unwrap_or(usize::MAX));
+        ip
+    }
+
+    /// Frame offsets `rewrite_quoted` may change for one side of `quoted` (both sides' ports, for
+    /// brevity), besides the ICMP checksum.
+    fn quoted_fields(key: &FlowKey, quoted: &FlowKey) -> Vec<usize> {
+        let (l3, l4) = (usize::from(quoted.l3_offset), usize::from(quoted.l4_offset));
+        let icmp = usize::from(key.l4_offset);
+        let mut v: Vec<usize> = match quoted.ip_version {
+            IpVersion::V4 => (l3 + 10..l3 + 20).collect(),
+            IpVersion::V6 => (l3 + 8..l3 + 40).collect(),
+        };
+        v.extend(icmp + 2..icmp + 4);
+        match quoted.protocol {
+            ip_proto::TCP => v.extend((l4..l4 + 4).chain(l4 + 16..l4 + 18)),
+            ip_proto::UDP => v.extend((l4..l4 + 4).chain(l4 + 6..l4 + 8)),
+            ip_proto::ICMPV6 => v.extend(l4 + 2..l4 + 4),
+            _ => {}
+        }
+        v
+    }
+
+    /// Checks a translated ICMP error with etherparse, smoltcp and this crate's parser, all from the
+    /// final bytes: the ICMP checksum, the quoted IPv4 header checksum, the quoted addresses and ports
+    /// and, when the quote holds the whole packet, the quoted transport checksum.
+    fn check_icmp_error(out: &[u8], quoted_src: [u8; 16], quoted_dst: [u8; 16], ports: (u16, u16)) {
+        let key = parse_flow_key(out).unwrap();
+        assert!(key.is_icmp_error());
+        check_with_smoltcp(out, &key);
+        let p = SlicedPacket::from_ethernet(out).unwrap();
+        let (outer_src, outer_dst) = (key.src_addr, key.dst_addr);
+        let quote = match p.transport.unwrap() {
+            TransportSlice::Icmpv4(i) => {
+                assert_eq!(i.checksum(), i.icmp_type().calc_checksum(i.payload()), "etherparse: ICMPv4 checksum");
+                i.payload()
+            }
+            TransportSlice::Icmpv6(i) => {
+                assert!(i.is_checksum_valid(outer_src, outer_dst), "etherparse: ICMPv6 checksum");
+                i.payload()
+            }
+            other => panic!("not ICMP: {other:?}"),
+        };
+        // This crate's checksum code, over the whole message.
+        let msg = &out[usize::from(key.l4_offset)..][..usize::from(key.l4_len)];
+        let pseudo = if key.ip_version == IpVersion::V6 {
+            checksum::pseudo_header_v6(&outer_src, &outer_dst, ip_proto::ICMPV6, msg.len() as u32)
+        } else {
+            0
+        };
+        assert_eq!(checksum::finish(checksum::combine(pseudo, checksum::sum(msg))), 0, "ICMP checksum");
+
+        let q = etherparse::LaxPacketHeaders::from_ip(quote).unwrap();
+        let ip_len = match q.net.as_ref().unwrap() {
+            etherparse::NetHeaders::Ipv4(h, _) => {
+                assert_eq!(h.header_checksum, h.calc_header_checksum(), "etherparse: quoted IPv4 header checksum");
+                assert!(smoltcp::wire::Ipv4Packet::new_unchecked(quote).verify_checksum(), "smoltcp: quoted IPv4");
+                assert_eq!((v4(h.source), v4(h.destination)), (quoted_src, quoted_dst));
+                h.header_len()
+            }
+            etherparse::NetHeaders::Ipv6(h, _) => {
+                assert_eq!((h.source, h.destination), (quoted_src, quoted_dst));
+                IPV6_HEADER_LEN
+            }
+            etherparse::NetHeaders::Arp(_) => panic!("not IP"),
+        };
+        let (s4, d4) = (first4(&quoted_src), first4(&quoted_dst));
+        let v6 = key.ip_version == IpVersion::V6;
+        let whole = q.stop_err.is_none()
+            && match q.payload {
+                etherparse::LaxPayloadSlice::Tcp { incomplete, .. }
+                | etherparse::LaxPayloadSlice::Udp { incomplete, .. }
+                | etherparse::LaxPayloadSlice::Icmpv4 { incomplete, .. }
+                | etherparse::LaxPayloadSlice::Icmpv6 { incomplete, .. } => !incomplete,
+                _ => false,
+            };
+        match (q.transport.as_ref(), q.payload.slice()) {
+            (Some(etherparse::TransportHeader::Tcp(h)), payload) => {
+                assert_eq!((h.source_port, h.destination_port), ports);
+                if whole {
+                    let want = if v6 {
+                        h.calc_checksum_ipv6_raw(quoted_src, quoted_dst, payload)
+                    } else {
+                        h.calc_checksum_ipv4_raw(s4, d4, payload)
+                    };
+                    assert!(same_checksum(h.checksum, want.unwrap()), "quoted TCP checksum");
+                }
+            }
+            (Some(etherparse::TransportHeader::Udp(h)), payload) => {
+                assert_eq!((h.source_port, h.destination_port), ports);
+                if whole && h.checksum != 0 {
+                    let want = if v6 {
+                        h.calc_checksum_ipv6_raw(quoted_src, quoted_dst, payload)
+                    } else {
+                        h.calc_checksum_ipv4_raw(s4, d4, payload)
+                    };
+                    assert_eq!(h.checksum, want.unwrap(), "quoted UDP checksum");
+                }
+            }
+            (Some(etherparse::TransportHeader::Icmpv6(h)), payload) if whole => {
+                let want = h.icmp_type.calc_checksum(quoted_src, quoted_dst, payload).unwrap();
+                assert_eq!(h.checksum, want, "quoted ICMPv6 checksum");
+            }
+            _ => {
+                // A TCP header cut short of its 20 bytes: the ports are the first 4 bytes.
+                let l4 = &quote[ip_len..];
+                if l4.len() >= 4 && ports != (0, 0) {
+                    let got = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
+                    assert_eq!(got, ports);
+                }
+            }
+        }
+        // This crate's parser finds the translated quote.
+        let quoted = crate::wire::flow::quoted_flow_key(out, &key).unwrap();
+        assert_eq!((quoted.src_addr, quoted.dst_addr), (quoted_src, quoted_dst));
+        assert_eq!((quoted.src_port, quoted.dst_port), ports);
+    }
+
+    /// One ICMP error translation. `inbound`: an error sent to the VIP about a packet the VIP sent
+    /// (`VIP:443 -> client:50000`), delivered to the backend: outer destination and quoted source
+    /// become the backend's (`DIP:8443`). Otherwise an error the backend sends about a packet it
+    /// received (`client:50000 -> DIP:8443`): outer source and quoted destination become the VIP's.
+    #[derive(Debug, Clone, Copy)]
+    struct IcmpCase {
+        v6: bool,
+        l4: L4,
+        icmp: (u8, u8, [u8; 4]),
+        /// Bytes of the invoking packet quoted (from its IP header), `None` for all of it.
+        cut: Option<usize>,
+        inbound: bool,
+        zero_udp: bool,
+    }
+
+    /// Endpoints of an ICMP error: outer source and destination, quoted source and destination and
+    /// the quoted ports.
+    type Ends = ([u8; 16], [u8; 16], [u8; 16], [u8; 16], u16, u16);
+
+    impl IcmpCase {
+        fn frame(&self, e: &Ends) -> Vec<u8> {
+            let quote = quote_of(self.l4, self.v6, &e.2, &e.3, e.4, e.5, PAYLOAD, self.cut, self.zero_udp);
+            icmp_error(self.v6, &e.0, &e.1, self.icmp, &quote)
+        }
+
+        /// Translates the error, checks the result against the same error built from scratch with the
+        /// translated values, checks it independently, and translates it back.
+        fn run(self) {
+            let (client, vip, backend, router) = if self.v6 {
+                (CLIENT6, VIP6, BACKEND6, ROUTER6)
+            } else {
+                (v4(CLIENT4), v4(VIP4), v4(BACKEND4), v4(ROUTER4))
+            };
+            // An echo's identifier is not translated: the same on both sides.
+            let (fe_port, be_port) = if self.l4 == L4::Echo { (7, 7) } else { (443, 8443) };
+            let (before, after, outer, inner): (Ends, Ends, Side, Side) = if self.inbound {
+                (
+                    (router, vip, vip, client, fe_port, 50000),
+                    (router, backend, backend, client, be_port, 50000),
+                    Side::Dst,
+                    Side::Src,
+                )
+            } else {
+                (
+                    (backend, client, client, backend, 50000, be_port),
+                    (vip, client, client, vip, 50000, fe_port),
+                    Side::Src,
+                    Side::Dst,
+                )
+            };
+            let translate = |frame: &[u8], to: &Ends| -> Vec<u8> {
+                let key = parse_flow_key(frame).unwrap();
+                assert!(key.is_icmp_error(), "{self:?}");
+                let quoted = crate::wire::flow::quoted_flow_key(frame, &key).unwrap();
+                let (outer_addr, inner_addr, inner_port) = match inner {
+                    Side::Src => (to.1, to.2, to.4),
+                    Side::Dst => (to.0, to.3, to.5),
+                };
+                let mut out = frame.to_vec();
+                rewrite(&mut out, &key, outer, &outer_addr, 0).unwrap();
+                rewrite_quoted(&mut out, &key, &quoted, inner, &inner_addr, inner_port).unwrap();
+                let mut allowed = nat_fields(&key);
+                allowed.extend(quoted_fields(&key, &quoted));
+                for (i, (a, b)) in frame.iter().zip(&out).enumerate() {
+                    assert!(a == b || allowed.contains(&i), "{self:?}: byte {i} changed");
+                }
+                out
+            };
+            let frame = self.frame(&before);
+            let key = parse_flow_key(&frame).unwrap();
+            let quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap();
+            let ports = |e: &Ends| if matches!(self.l4, L4::Echo) { (0, 0) } else { (e.4, e.5) };
+            assert_eq!(
+                (quoted.src_addr, quoted.dst_addr, (quoted.src_port, quoted.dst_port)),
+                (before.2, before.3, ports(&before))
+            );
+
+            let out = translate(&frame, &after);
+            assert_eq!(out, self.frame(&after), "{self:?}: as if built with the translated values");
+            check_icmp_error(&out, after.2, after.3, ports(&after));
+            if self.zero_udp {
+                let at = usize::from(quoted.l4_offset) + UDP_CHECKSUM_AT;
+                assert_eq!(&out[at..at + 2], &[0, 0], "a quoted UDP checksum of 0 stays 0");
+            }
+            assert_eq!(translate(&out, &before), frame, "{self:?}: and back");
+        }
+    }
+
+    /// The RFC 792 quote: the IPv4 header and 8 bytes.
+    const V4_MIN: Option<usize> = Some(IPV4_HEADER_LEN + 8);
+    const INBOUND: IcmpCase =
+        IcmpCase { v6: false, l4: L4::Tcp, icmp: FRAG_NEEDED, cut: None, inbound: true, zero_udp: false };
+
+    #[test]
+    fn icmpv4_frag_needed_quoting_tcp_is_translated_to_the_backend() {
+        // RFC 792: the IP header and 8 bytes, so the TCP checksum is not quoted.
+        IcmpCase { cut: V4_MIN, ..INBOUND }.run();
+        // RFC 1812 routers quote more: here all of it, the TCP checksum included.
+        IcmpCase { cut: None, ..INBOUND }.run();
+        IcmpCase { cut: Some(IPV4_HEADER_LEN + 4), ..INBOUND }.run();
+        IcmpCase { cut: Some(IPV4_HEADER_LEN + 18), ..INBOUND }.run();
+    }
+
+    #[test]
+    fn icmpv4_dest_unreachable_quoting_udp_is_translated_to_the_backend() {
+        for icmp in [FRAG_NEEDED, PORT_UNREACHABLE4, (3, 1, [0; 4]), TIME_EXCEEDED4] {
+            for cut in [V4_MIN, None, Some(IPV4_HEADER_LEN + 4)] {
+                IcmpCase { l4: L4::Udp, icmp, cut, ..INBOUND }.run();
+            }
+        }
+    }
+
+    #[test]
+    fn icmpv4_quoted_udp_without_checksum_stays_zero() {
+        for cut in [V4_MIN, None] {
+            for inbound in [true, false] {
+                IcmpCase { l4: L4::Udp, icmp: PORT_UNREACHABLE4, cut, inbound, zero_udp: true, ..INBOUND }.run();
+            }
+        }
+    }
+
+    #[test]
+    fn icmpv6_packet_too_big_quoting_tcp_is_translated_to_the_backend() {
+        // RFC 4443: as much of the invoking packet as fits in the minimum MTU, here all of it.
+        IcmpCase { v6: true, icmp: PACKET_TOO_BIG, ..INBOUND }.run();
+        IcmpCase { v6: true, icmp: PACKET_TOO_BIG, cut: Some(IPV6_HEADER_LEN + 8), ..INBOUND }.run();
+    }
+
+    #[test]
+    fn icmpv6_packet_too_big_quoting_udp_is_translated_to_the_backend() {
+        for icmp in [PACKET_TOO_BIG, PORT_UNREACHABLE6, TIME_EXCEEDED6] {
+            for cut in [None, Some(IPV6_HEADER_LEN + 8), Some(IPV6_HEADER_LEN + 4)] {
+                IcmpCase { v6: true, l4: L4::Udp, icmp, cut, ..INBOUND }.run();
+            }
+        }
+    }
+
+    #[test]
+    fn backend_icmp_errors_are_translated_to_the_vip() {
+        for v6 in [false, true] {
+            for l4 in [L4::Tcp, L4::Udp] {
+                let icmps = if v6 {
+                    [PORT_UNREACHABLE6, PACKET_TOO_BIG, TIME_EXCEEDED6]
+                } else {
+                    [PORT_UNREACHABLE4, FRAG_NEEDED, TIME_EXCEEDED4]
+                };
+                for icmp in icmps {
+                    let min = Some(if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN } + 8);
+                    for cut in [min, None] {
+                        IcmpCase { v6, l4, icmp, cut, inbound: false, ..INBOUND }.run();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_errors_quoting_an_echo_translate_the_address_only() {
+        // ICMPv6: the quoted echo's checksum covers the quoted pseudo-header and is patched for it.
+        IcmpCase { v6: true, l4: L4::Echo, icmp: TIME_EXCEEDED6, ..INBOUND }.run();
+        IcmpCase { v6: true, l4: L4::Echo, icmp: PACKET_TOO_BIG, inbound: false, ..INBOUND }.run();
+        // ICMPv4: no pseudo-header, nothing but the address and the header checksum.
+        IcmpCase { l4: L4::Echo, icmp: TIME_EXCEEDED4, ..INBOUND }.run();
+        IcmpCase { l4: L4::Echo, icmp: FRAG_NEEDED, cut: Some(IPV4_HEADER_LEN + 8), inbound: false, ..INBOUND }.run();
+    }
+
+    #[test]
+    fn quoted_ipv4_options_and_later_fragments() {
+        // A quoted IPv4 header with 4 bytes of options (NOP x4): the ports are found after them.
+        let mut ip = quote_of(L4::Udp, false, &v4(VIP4), &v4(CLIENT4), 443, 50000, PAYLOAD, None, false);
+        ip.splice(IPV4_HEADER_LEN..IPV4_HEADER_LEN, [1, 1, 1, 1]);
+        ip[0] = 0x46;
+        let total = ip.len() as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[10..12].fill(0);
+        let c = checksum::ipv4_header(&ip[..24]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let frame = icmp_error(false, &v4(ROUTER4), &v4(VIP4), FRAG_NEEDED, &ip[..24 + 8]);
+        let key = parse_flow_key(&frame).unwrap();
+        let quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap();
+        assert_eq!(quoted.l4_offset, quoted.l3_offset + 24);
+        let mut out = frame.clone();
+        rewrite(&mut out, &key, Side::Dst, &v4(BACKEND4), 0).unwrap();
+        rewrite_quoted(&mut out, &key, &quoted, Side::Src, &v4(BACKEND4), 8443).unwrap();
+        check_icmp_error(&out, v4(BACKEND4), v4(CLIENT4), (8443, 50000));
+
+        // A quoted later fragment has no L4 header: its address only, whatever the port.
+        let mut ip = ip[..24 + 8].to_vec();
+        ip[6..8].copy_from_slice(&(crate::wire::ipv4::FLAG_MF | 3).to_be_bytes());
+        ip[10..12].fill(0);
+        let c = checksum::ipv4_header(&ip[..24]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let frame = icmp_error(false, &v4(ROUTER4), &v4(VIP4), TIME_EXCEEDED4, &ip);
+        let key = parse_flow_key(&frame).unwrap();
+        let quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap();
+        assert_eq!((quoted.fragment, quoted.src_port), (Fragment::Later, 0));
+        let mut out = frame.clone();
+        rewrite_quoted(&mut out, &key, &quoted, Side::Src, &v4(BACKEND4), 8443).unwrap();
+        let l4 = usize::from(quoted.l4_offset);
+        assert_eq!(out[l4..], frame[l4..], "the fragment's bytes are left alone");
+        check_with_smoltcp(&out, &key);
+        let q = &out[usize::from(quoted.l3_offset)..];
+        assert!(smoltcp::wire::Ipv4Packet::new_unchecked(q).verify_checksum());
+        assert_eq!(q[12..16], BACKEND4);
+    }
+
+    #[test]
+    fn a_half_quoted_checksum_is_left_alone() {
+        for v6 in [false, true] {
+            let (client, vip, backend, router) = if v6 {
+                (CLIENT6, VIP6, BACKEND6, ROUTER6)
+            } else {
+                (v4(CLIENT4), v4(VIP4), v4(BACKEND4), v4(ROUTER4))
+            };
+            let ip_len = if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN };
+            for (l4, ck) in [(L4::Tcp, TCP_CHECKSUM_AT), (L4::Udp, UDP_CHECKSUM_AT)] {
+                let quote = quote_of(l4, v6, &vip, &client, 443, 50000, PAYLOAD, Some(ip_len + ck + 1), false);
+                let icmp = if v6 { PACKET_TOO_BIG } else { FRAG_NEEDED };
+                let frame = icmp_error(v6, &router, &vip, icmp, &quote);
+                let key = parse_flow_key(&frame).unwrap();
+                let quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap();
+                let mut out = frame.clone();
+                rewrite(&mut out, &key, Side::Dst, &backend, 0).unwrap();
+                rewrite_quoted(&mut out, &key, &quoted, Side::Src, &backend, 8443).unwrap();
+                assert_eq!(out.last(), frame.last(), "{l4:?} v6 {v6}");
+                check_icmp_error(&out, backend, client, (8443, 50000));
+            }
+        }
+    }
+
+    /// `addr` as an address of the IP version (IPv4: its first 4 bytes).
+    fn addr_of(v6: bool, addr: [u8; 16]) -> [u8; 16] {
+        if v6 {
+            addr
+        } else {
+            v4(first4(&addr))
+        }
+    }
+
+    /// The ICMP error frames of the error tests: v4 and v6, TCP and UDP, short and whole quotes.
+    fn icmp_error_frames() -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        for v6 in [false, true] {
+            let (client, vip, router) =
+                if v6 { (CLIENT6, VIP6, ROUTER6) } else { (v4(CLIENT4), v4(VIP4), v4(ROUTER4)) };
+            let icmp = if v6 { PACKET_TOO_BIG } else { FRAG_NEEDED };
+            let min = Some(if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN } + 8);
+            for l4 in [L4::Tcp, L4::Udp] {
+                for cut in [min, None] {
+                    let quote = quote_of(l4, v6, &vip, &client, 443, 50000, b"data", cut, false);
+                    frames.push(icmp_error(v6, &router, &vip, icmp, &quote));
+                }
+            }
+        }
+        frames
+    }
+
+    #[test]
+    fn truncated_or_mismatched_icmp_errors_are_errors_not_panics() {
+        let addr = [9u8; 16];
+        for frame in icmp_error_frames() {
+            let key = parse_flow_key(&frame).unwrap();
+            let quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap();
+            assert_eq!(usize::from(key.l4_offset) + usize::from(key.l4_len), frame.len());
+            for len in 0..frame.len() {
+                for side in [Side::Src, Side::Dst] {
+                    let mut f = frame[..len].to_vec();
+                    assert!(rewrite_quoted(&mut f, &key, &quoted, side, &addr, 1).is_err(), "len {len}");
+                    assert_eq!(f, frame[..len], "an error leaves the frame untouched");
+                }
+            }
+            let other = if key.ip_version == IpVersion::V4 { IpVersion::V6 } else { IpVersion::V4 };
+            let (l3, l4) = (quoted.l3_offset, quoted.l4_offset);
+            let quote_err = WireError::Truncated(Layer::IcmpQuote);
+            let cases = [
+                (FlowKey::default(), quoted, quote_err),
+                (FlowKey { icmp_type: 128, ..key }, quoted, quote_err),
+                (FlowKey { protocol: ip_proto::TCP, ..key }, quoted, quote_err),
+                (FlowKey { fragment: Fragment::Later, ..key }, quoted, quote_err),
+                (FlowKey { l4_len: 7, ..key }, quoted, WireError::Truncated(Layer::Icmp)),
+                (FlowKey { l4_len: key.l4_len + 1, ..key }, quoted, WireError::Truncated(Layer::Icmp)),
+                (FlowKey { l4_offset: u16::MAX, ..key }, quoted, WireError::Truncated(Layer::Icmp)),
+                (key, FlowKey { ip_version: other, ..quoted }, WireError::BadVersion(other as u8)),
+                (key, FlowKey { l3_offset: key.l4_offset + 4, ..quoted }, WireError::LengthMismatch(Layer::IcmpQuote)),
+                (key, FlowKey { l3_offset: u16::MAX, ..quoted }, quote_err),
+                (key, FlowKey { l3_offset: l3 + 4, ..quoted }, WireError::BadVersion(0)),
+                (key, FlowKey { l4_offset: l3 + 19, ..quoted }, WireError::LengthMismatch(Layer::IcmpQuote)),
+                (key, FlowKey { l4_offset: u16::MAX, ..quoted }, quote_err),
+                (key, FlowKey { l4_len: quoted.l4_len + 1, ..quoted }, quote_err),
+                (key, FlowKey { l4_offset: l4 + 1, ..quoted }, quote_err),
+                (key, FlowKey { l4_len: 3, ..quoted }, quote_err),
+            ];
+            for (k, q, err) in cases {
+                let mut f = frame.clone();
+                assert_eq!(rewrite_quoted(&mut f, &k, &q, Side::Src, &addr, 1), Err(err), "{k:?} {q:?}");
+                assert_eq!(f, frame);
+            }
+            // The same error with its quote cut shorter, and the keys of the whole one: an error unless
+            // the quoted headers still fit, and whatever parses is rewritten.
+            let l4_end = usize::from(quoted.l4_offset) + 4;
+            for len in usize::from(key.l4_offset) + ICMP_HEADER_LEN..frame.len() {
+                let (src, dst) = (key.src_addr, key.dst_addr);
+                let icmp =
+                    (key.icmp_type, key.icmp_code, frame[usize::from(key.l4_offset) + 4..][..4].try_into().unwrap());
+                let v6 = key.ip_version == IpVersion::V6;
+                let short = icmp_error(v6, &src, &dst, icmp, &frame[usize::from(l3)..len]);
+                let short_key = parse_flow_key(&short).unwrap();
+                let mut f = short.clone();
+                assert!(rewrite_quoted(&mut f, &short_key, &quoted, Side::Src, &addr, 1).is_err(), "len {len}");
+                assert_eq!(f, short);
+                match crate::wire::flow::quoted_flow_key(&short, &short_key) {
+                    Ok(q) => {
+                        assert!(len >= l4_end, "len {len}");
+                        rewrite_quoted(&mut f, &short_key, &q, Side::Src, &addr, 1).unwrap();
+                        check_icmp_error(&f, addr_of(v6, addr), quoted.dst_addr, (1, quoted.dst_port));
+                    }
+                    Err(_) => assert!(len < l4_end, "len {len}"),
+                }
+            }
+            // A quoted IP version nibble that disagrees with the keys.
+            let mut f = frame.clone();
+            f[usize::from(l3)] ^= 0xf0;
+            let bad = f.clone();
+            assert!(matches!(
+                rewrite_quoted(&mut f, &key, &quoted, Side::Dst, &addr, 1),
+                Err(WireError::BadVersion(_))
+            ));
+            assert_eq!(f, bad);
+        }
+    }
+
+    /// The ones'-complement sum of `key`'s ICMP message, which `rewrite_quoted` must preserve.
+    fn icmp_sum(frame: &[u8], key: &FlowKey) -> u16 {
+        let msg = &frame[usize::from(key.l4_offset)..][..usize::from(key.l4_len)];
+        checksum::fold(checksum::sum(msg))
+    }
+
+    /// Runs `rewrite_quoted` on a copy of `frame`: an error changes nothing; a success changes no byte
+    /// outside the quote but the ICMP checksum, and keeps the ICMP message's ones'-complement sum.
+    fn check_garbage(
+        frame: &[u8],
+        key: &FlowKey,
+        quoted: &FlowKey,
+        side: Side,
+        addr: &[u8; 16],
+        port: u16,
+    ) -> Result<(), TestCaseError> {
+        let mut out = frame.to_vec();
+        match rewrite_quoted(&mut out, key, quoted, side, addr, port) {
+            Err(_) => prop_assert_eq!(&out, frame),
+            Ok(()) => {
+                prop_assert!(same_checksum(icmp_sum(&out, key), icmp_sum(frame, key)));
+                let (icmp, l3) = (usize::from(key.l4_offset), usize::from(quoted.l3_offset));
+                let end = icmp + usize::from(key.l4_len);
+                prop_assert_eq!(&out[..icmp + 2], &frame[..icmp + 2]);
+                prop_assert_eq!(&out[icmp + 4..l3], &frame[icmp + 4..l3]);
+                prop_assert_eq!(&out[end..], &frame[end..]);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn rewrite_quoted_matches_building_the_translated_error(
+            v6 in any::<bool>(),
+            l4 in prop_oneof![Just(L4::Tcp), Just(L4::Udp), Just(L4::Echo)],
+            src_side in any::<bool>(),
+            old in (proptest::array::uniform16(any::<u8>()), proptest::array::uniform16(any::<u8>())),
+            new_addr in proptest::array::uniform16(any::<u8>()),
+            ports in (any::<u16>(), any::<u16>(), any::<u16>()),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            cut in any::<proptest::sample::Index>(),
+            zero_udp in any::<bool>(),
+            odd in any::<bool>(),
+        ) {
+            let zero_udp = zero_udp && l4 == L4::Udp && !v6;
+            let (q_src, q_dst) = if v6 { old } else { (v4(first4(&old.0)), v4(first4(&old.1))) };
+            let new_addr = if v6 { new_addr } else { v4(first4(&new_addr)) };
+            let (router, vip) = if v6 { (ROUTER6, VIP6) } else { (v4(ROUTER4), v4(VIP4)) };
+            let icmp = if v6 { PACKET_TOO_BIG } else { FRAG_NEEDED };
+            let ip_len = if v6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN };
+            let whole = quote_of(l4, v6, &q_src, &q_dst, ports.0, ports.1, &payload, None, zero_udp).len();
+            // At least the ports; an echo identifier is kept, so the new port is ignored.
+            let cut = ip_len + 4 + cut.index(whole - ip_len - 3);
+            // A quote that ends inside the transport checksum leaves it (see `a_half_quoted_checksum_is_left_alone`).
+            let cut = if cut == ip_len + if l4 == L4::Tcp { TCP_CHECKSUM_AT } else { UDP_CHECKSUM_AT } + 1 {
+                cut + 1
+            } else {
+                cut
+            };
+            let side = if src_side { Side::Src } else { Side::Dst };
+            let (new_src, new_dst, new_sport, new_dport) = match (side, l4) {
+                (_, L4::Echo) if src_side => (new_addr, q_dst, ports.0, ports.1),
+                (_, L4::Echo) => (q_src, new_addr, ports.0, ports.1),
+                (Side::Src, _) => (new_addr, q_dst, ports.2, ports.1),
+                (Side::Dst, _) => (q_src, new_addr, ports.0, ports.2),
+            };
+            // `odd`: one byte between the ICMP header and the quote, with the quoted key moved by
+            // hand, so the quoted fields sit at odd offsets of the ICMP message.
+            let message = |src: &[u8; 16], dst: &[u8; 16], sport: u16, dport: u16| -> Vec<u8> {
+                let mut m = if odd { std::vec![0xa5] } else { Vec::new() };
+                m.extend(quote_of(l4, v6, src, dst, sport, dport, &payload, Some(cut), zero_udp));
+                icmp_error(v6, &router, &vip, icmp, &m)
+            };
+            let frame = message(&q_src, &q_dst, ports.0, ports.1);
+            let key = parse_flow_key(&frame).unwrap();
+            let quoted = if odd {
+                let aligned = icmp_error(v6, &router, &vip, icmp, &frame[usize::from(key.l4_offset) + 9..]);
+                let k = crate::wire::flow::quoted_flow_key(&aligned, &parse_flow_key(&aligned).unwrap()).unwrap();
+                FlowKey { l3_offset: k.l3_offset + 1, l4_offset: k.l4_offset + 1, ..k }
+            } else {
+                crate::wire::flow::quoted_flow_key(&frame, &key).unwrap()
+            };
+            let mut out = frame.clone();
+            rewrite_quoted(&mut out, &key, &quoted, side, &new_addr, ports.2).unwrap();
+            prop_assert_eq!(&out, &message(&new_src, &new_dst, new_sport, new_dport));
+            // Full recomputations with this crate's checksum code, over the final bytes.
+            let icmp_at = usize::from(key.l4_offset);
+            let mut msg = out[icmp_at..].to_vec();
+            let stored = u16::from_be_bytes([msg[2], msg[3]]);
+            msg[2..4].fill(0);
+            let pseudo = if v6 {
+                checksum::pseudo_header_v6(&router, &vip, ip_proto::ICMPV6, msg.len() as u32)
+            } else {
+                0
+            };
+            prop_assert_eq!(stored, checksum::transport(pseudo, &msg));
+            if !v6 {
+                let l3 = usize::from(quoted.l3_offset);
+                let c = u16::from_be_bytes([out[l3 + 10], out[l3 + 11]]);
+                prop_assert_eq!(c, checksum::ipv4_header(&out[l3..l3 + IPV4_HEADER_LEN]));
+            }
+            if !odd {
+                check_icmp_error(&out, new_src, new_dst, if l4 == L4::Echo { (0, 0) } else { (new_sport, new_dport) });
+            }
+        }
+
+        #[test]
+        fn rewrite_quoted_on_garbage_never_panics_and_keeps_the_icmp_sum(
+            which in any::<proptest::sample::Index>(),
+            mutations in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 0..6),
+            perturb in proptest::option::weighted(0.7, (any::<bool>(), 0u16..200, 0u16..200, 0u16..200)),
+            protocol in prop_oneof![Just(ip_proto::TCP), Just(ip_proto::UDP), Just(ip_proto::ICMPV6), Just(47u8)],
+            fragment in prop_oneof![Just(Fragment::None), Just(Fragment::First), Just(Fragment::Later)],
+            cut in proptest::option::weighted(0.2, any::<proptest::sample::Index>()),
+            side in prop_oneof![Just(Side::Src), Just(Side::Dst)],
+            addr in proptest::array::uniform16(any::<u8>()),
+            port in any::<u16>(),
+            random in proptest::collection::vec(any::<u8>(), 0..128),
+        ) {
+            let frames = icmp_error_frames();
+            let original = &frames[which.index(frames.len())];
+            let original_key = parse_flow_key(original).unwrap();
+            let original_quoted = crate::wire::flow::quoted_flow_key(original, &original_key).unwrap();
+            let mut frame = original.clone();
+            for (at, byte) in &mutations {
+                let at = at.index(frame.len());
+                frame[at] = *byte;
+            }
+            if let Some(cut) = cut {
+                frame.truncate(cut.index(frame.len() + 1).max(frame.len() / 2));
+            }
+            // The keys the frame parses to, or else the original's (keys that disagree with the frame).
+            let key = parse_flow_key(&frame).unwrap_or(original_key);
+            let mut quoted = crate::wire::flow::quoted_flow_key(&frame, &key).unwrap_or(original_quoted);
+            if let Some((nudge, l3, l4, len)) = perturb {
+                quoted = if nudge {
+                    // The quoted L4 header moved by up to 4 bytes, still inside the quote: often at an
+                    // odd offset of the ICMP message.
+                    let by = l4 % 5;
+                    let l4_len = quoted.l4_len.saturating_sub(by + len % 2);
+                    FlowKey { l4_offset: quoted.l4_offset + by, l4_len, ..quoted }
+                } else {
+                    FlowKey { l3_offset: l3, l4_offset: l4, l4_len: len, protocol, fragment, ..quoted }
+                };
+            }
+            check_garbage(&frame, &key, &quoted, side, &addr, port)?;
+            // Random bytes: whatever parses is rewritten without a panic (with a foreign quote if its
+            // own does not parse).
+            if let Ok(k) = parse_flow_key(&random) {
+                let q = crate::wire::flow::quoted_flow_key(&random, &k).unwrap_or(original_quoted);
+                check_garbage(&random, &k, &q, side, &addr, port)?;
+            }
+        }
     }
 }
