@@ -654,15 +654,108 @@ fn fragments_of_a_datagram_are_translated_alike_and_reassemble_with_valid_checks
     stray[14 + 10..14 + 12].fill(0);
     let c = lb_core::wire::checksum::ipv4_header(&stray[14..34]);
     stray[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-    let mut tunnel = o1.clone();
-    tunnel.truncate(50);
-    tunnel.extend_from_slice(&stray);
+    let mut tunnel = retunnel(&o1, &stray);
     let n = tunnel.len();
-    // Fix the outer lengths for the new inner frame.
-    tunnel[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
-    tunnel[24..26].fill(0);
-    let c = lb_core::wire::checksum::ipv4_header(&tunnel[14..34]);
-    tunnel[24..26].copy_from_slice(&c.to_be_bytes());
-    tunnel[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
     assert_eq!(h.from_fabric(&mut tunnel, 0, n, NOW), HostVerdict::Drop(HostDrop::FragmentUnknown));
+}
+
+/// An ICMPv4 error from `src` to `dst` quoting `quoted` (an IP packet; 28 bytes of it are quoted).
+fn icmp4_error(src: [u8; 4], dst: [u8; 4], frag_needed: bool, quoted: &[u8]) -> Vec<u8> {
+    use etherparse::icmpv4::DestUnreachableHeader;
+    let t = if frag_needed {
+        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }
+    } else {
+        DestUnreachableHeader::Port
+    };
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
+        .ipv4(src, dst, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(t))
+        .write(&mut v, &quoted[..28])
+        .unwrap();
+    v
+}
+
+/// Outer addresses, the quoted (src, sport, dst, dport), after checking the ICMP and quoted IPv4
+/// checksums.
+fn icmp4_seen(f: &[u8]) -> (IpAddr, IpAddr, (IpAddr, u16, IpAddr, u16)) {
+    let p = SlicedPacket::from_ethernet(f).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!() };
+    let h = ip.header().to_header();
+    assert_eq!(h.calc_header_checksum(), h.header_checksum);
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("ICMPv4") };
+    let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum;
+    assert_eq!(icmp.checksum(), want, "ICMP checksum");
+    let q = etherparse::Ipv4HeaderSlice::from_slice(icmp.payload()).unwrap().to_header();
+    assert_eq!(q.calc_header_checksum(), q.header_checksum, "quoted IPv4 header checksum");
+    let l4 = &icmp.payload()[20..];
+    let ports = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
+    (
+        IpAddr::from(h.source),
+        IpAddr::from(h.destination),
+        (IpAddr::from(q.source), ports.0, IpAddr::from(q.destination), ports.1),
+    )
+}
+
+#[test]
+fn icmp_errors_are_translated_both_ways_with_their_quotes() {
+    let mut mux = mux();
+    let client = IpAddr::from([198, 18, 4, 4]);
+    let (port, outer) = (40000..41000u16)
+        .find_map(|p| {
+            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (h == HOST_A).then_some((p, o))
+        })
+        .unwrap();
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut buf = outer.clone();
+    let n = buf.len();
+    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
+    let dip = h.local_backends()[backend].address;
+    // A router on the way to the client says the VIP's response was too big.
+    let response = frame(IpAddr::from(VIP), 80, client, port, Some(false), &[0u8; 64]);
+    let err = icmp4_error([203, 0, 113, 1], VIP, true, &response[14..]);
+    let (mut o, to, _) = through_mux(&mut mux, &err);
+    assert_eq!(to, HOST_A, "the MUX steers the error by the flow it quotes");
+    let n = o.len();
+    let HostVerdict::Deliver { backend: b, start, len } = h.from_fabric(&mut o, 0, n, NOW) else { panic!("delivered") };
+    assert_eq!(b, backend);
+    let (src, dst, quote) = icmp4_seen(&o[start..start + len]);
+    assert_eq!((src, dst), (IpAddr::from([203, 0, 113, 1]), dip), "outer destination translated");
+    assert_eq!(quote, (dip, 8080, client, port), "the quote is the packet as the backend sent it");
+    // The backend says a request's port is unreachable: the client must see the VIP in both places.
+    let request = frame(client, port, dip, 8080, Some(false), b"");
+    let err = icmp4_error(
+        match dip {
+            IpAddr::V4(a) => a.octets(),
+            _ => unreachable!(),
+        },
+        [198, 18, 4, 4],
+        false,
+        &request[14..],
+    );
+    let mut b = with_headroom(&err);
+    let HostVerdict::Transmit { start, len } = h.from_backend(&mut b, HEADROOM, err.len(), NOW) else { panic!("sent") };
+    let (src, dst, quote) = icmp4_seen(&b[start..start + len]);
+    assert_eq!((src, dst), (IpAddr::from(VIP), client));
+    assert_eq!(quote, (client, port, IpAddr::from(VIP), 80));
+    // An error about no connection of this host is dropped and counted.
+    let stray =
+        icmp4_error([203, 0, 113, 1], VIP, true, &frame(IpAddr::from(VIP), 80, client, 1, Some(false), b"")[14..]);
+    let mut tunnel = retunnel(&o, &stray);
+    let n = tunnel.len();
+    assert_eq!(h.from_fabric(&mut tunnel, 0, n, NOW), HostVerdict::Drop(HostDrop::IcmpUntranslated));
+}
+
+/// The tunnel (IPv4 underlay, 50 bytes of outer headers) of `outer` around another inner frame,
+/// with the outer lengths and checksum fixed.
+fn retunnel(outer: &[u8], inner: &[u8]) -> Vec<u8> {
+    let mut t = [&outer[..50], inner].concat();
+    let n = t.len();
+    t[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+    t[24..26].fill(0);
+    let c = lb_core::wire::checksum::ipv4_header(&t[14..34]);
+    t[24..26].copy_from_slice(&c.to_be_bytes());
+    t[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
+    t
 }

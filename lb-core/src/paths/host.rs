@@ -23,9 +23,9 @@
 //! its own (one port per UDP 5-tuple, never shared while in use).
 //!
 //! Fragments: a first fragment records how its datagram was translated; later fragments (no ports)
-//! get the same address translation from that record. ICMP errors about a flow are delivered as is
-//! with floating IP; without it they would need the quoted packet translated too, which this path
-//! does not do yet: they are dropped and counted (`IcmpUntranslated`).
+//! get the same address translation from that record. ICMP errors (fragmentation needed, packet too
+//! big, unreachable) are found by the connection they quote and translated like it, in the outer
+//! header and in the quote, so path MTU discovery works through the NAT in both directions.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -37,7 +37,8 @@ use super::mux::Traffic;
 use crate::config::{ConfigError, LoadBalancer, SnatGrant};
 use crate::tables::snat::{PortBlock, SnatAllocator, SnatCounters, SnatError};
 use crate::tables::{FlowEntry, FlowSlot, FlowTable, FlowTableError, FlowTuple, FlowValue, TcpState};
-use crate::wire::nat::{rewrite, Side, TcpResetRepr};
+use crate::wire::flow::quoted_flow_key;
+use crate::wire::nat::{rewrite, rewrite_quoted, Side, TcpResetRepr};
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{ip_proto, parse_flow_key, FlowKey, Fragment, IpVersion, MacAddr, TcpFlags, VxlanEncap};
 
@@ -127,7 +128,7 @@ pub enum HostDrop {
     FragmentUnknown = 6,
     /// Not enough headroom or over the MTU for the tunnel to a MUX.
     Encap = 7,
-    /// An ICMP error that would need its quoted packet translated.
+    /// An ICMP error whose quoted packet belongs to no connection of this host.
     IcmpUntranslated = 8,
 }
 
@@ -486,7 +487,10 @@ impl HostAgent {
             };
         }
         if key.is_icmp_error() {
-            return self.icmp_error(&key, vni, tag, at, ilen);
+            return match self.icmp_error(inner, &key, Side::Dst, now) {
+                Ok((local, snat)) => self.deliver(local, at, ilen, snat),
+                Err(d) => HostVerdict::Drop(d),
+            };
         }
         let tuple = FlowTuple::from(&key);
         let hash = key.hash(seed);
@@ -569,6 +573,15 @@ impl HostAgent {
         if key.fragment == Fragment::Later {
             return match self.later_fragment(frame, &key, now) {
                 Ok(local) => self.egress(buf, start, len, self.locals[local].pool, hash, Leg::Response),
+                Err(d) => HostVerdict::Drop(d),
+            };
+        }
+        if key.is_icmp_error() {
+            return match self.icmp_error(frame, &key, Side::Src, now) {
+                Ok((local, snat)) => {
+                    let leg = if snat { Leg::Snat } else { Leg::Response };
+                    self.egress(buf, start, len, self.locals[local].pool, hash, leg)
+                }
                 Err(d) => HostVerdict::Drop(d),
             };
         }
@@ -902,20 +915,40 @@ impl HostAgent {
         candidates.next().is_none().then_some(first)
     }
 
-    /// An ICMP error about a flow (quoted packet): with floating IP it can be delivered as it is.
-    fn icmp_error(&mut self, key: &FlowKey, vni: u32, tag: u32, at: usize, len: usize) -> HostVerdict {
-        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
-            return HostVerdict::Drop(HostDrop::NoRule);
+    /// An ICMP error about a packet of one of this host's connections (a router's "fragmentation
+    /// needed" about a response, a backend's "port unreachable" about a request): found by the flow
+    /// it quotes, reversed, and translated like that connection's packets, in the outer header and in
+    /// the quote. `outer` is the side of the outer header this direction translates (`Dst` from the
+    /// fabric, `Src` from a backend). Returns the local backend and whether the flow is SNAT.
+    fn icmp_error(
+        &mut self,
+        frame: &mut [u8],
+        key: &FlowKey,
+        outer: Side,
+        now: u32,
+    ) -> Result<(usize, bool), HostDrop> {
+        let quoted = quoted_flow_key(frame, key).map_err(|_| HostDrop::Malformed)?;
+        let t = FlowTuple::from(&quoted.reversed());
+        let slot = self.flows.lookup(&t, tuple_hash(&t, self.node.hash_seed), now);
+        self.settle(now);
+        let v = slot.map(|s| self.flows.entry(s).value).ok_or(HostDrop::IcmpUntranslated)?;
+        let local = usize::from(v.local);
+        let l = self.locals.get(local).ok_or(HostDrop::UnknownBackend)?;
+        let frontend = self.vips.get(usize::from(v.frontend)).map(|f| f.addr).ok_or(HostDrop::IcmpUntranslated)?;
+        // (address, port) the quoted packet's other end gets, for each kind of entry.
+        let (addr, port, snat) = match (outer, v.kind) {
+            (Side::Dst, HostFlowKind::Inbound) if v.flags & FLOATING != 0 => (quoted.src_addr, v.port, false),
+            (Side::Dst, HostFlowKind::Inbound) => (l.addr.1, v.port, false),
+            (Side::Dst, HostFlowKind::SnatIn) => (l.addr.1, v.orig_port, true),
+            (Side::Src, HostFlowKind::Response) => (frontend, v.port, false),
+            (Side::Src, HostFlowKind::SnatOut) => (frontend, v.port, true),
+            _ => return Err(HostDrop::IcmpUntranslated),
         };
-        let floating = self.lb.rules.iter().filter(|r| r.frontend == vip).all(|r| r.floating_ip)
-            && self.lb.nat_rules.iter().filter(|r| r.frontend == vip).all(|r| r.floating_ip)
-            && !self.lb.nat_pools.iter().any(|r| r.frontend == vip);
-        let pool = self.lb.pools.iter().position(|p| p.vni == vni);
-        match (floating, pool.and_then(|p| self.local_for(p, None, tag))) {
-            (true, Some(local)) => self.deliver(local, at, len, false),
-            (true, None) => HostVerdict::Drop(HostDrop::UnknownBackend),
-            _ => HostVerdict::Drop(HostDrop::IcmpUntranslated),
-        }
+        // The quote is a packet the other way: its source is our destination, and vice versa.
+        let quoted_side = if outer == Side::Dst { Side::Src } else { Side::Dst };
+        rewrite_quoted(frame, key, &quoted, quoted_side, &addr, port).map_err(|_| HostDrop::Malformed)?;
+        rewrite(frame, key, outer, &addr, 0).map_err(|_| HostDrop::Malformed)?;
+        Ok((local, snat))
     }
 
     /// A first fragment records the translation its later fragments need.
