@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # The first command on a fresh machine: build in release mode, generate a capture of realistic
-# traffic with lb-testkit's generator, and show what lb-core's wire layer makes of it.
+# client traffic with lb-testkit's generator, and run the load balancer's MUX on it with the pure-Rust
+# pcap port (no DPDK, no NIC needed). Prints the status line, then the counters, the drops by reason
+# and the distribution over the backends, one bar each.
 #
 #   scripts/run.sh [COUNT]          # COUNT frames (default 10000)
-#   SEED=7 MIX=uniform VERBOSE=1 scripts/run.sh 2000
+#   SEED=7 MIX=uniform CONFIG=examples/demo-mux.node.json scripts/run.sh 2000
 #
-# Output: target/demo/traffic.pcap (open it in Wireshark too) and the `lb-dpdk inspect` summary.
+# Output: target/demo/traffic.pcap (the clients' frames) and target/demo/mux-out.pcap (what the MUX
+# sent: VxLAN to the backends' hosts); open them in Wireshark too.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 COUNT="${1:-10000}"
 SEED="${SEED:-42}"
 MIX="${MIX:-realistic}"
+CONFIG="${CONFIG:-examples/demo-mux.node.json}"
 OUT_DIR=target/demo
 PCAP="$OUT_DIR/traffic.pcap"
+OUT="$OUT_DIR/mux-out.pcap"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -28,5 +33,5 @@ echo "==> lb-gen: $COUNT frames, seed $SEED, mix $MIX -> $PCAP"
 mkdir -p "$OUT_DIR"
 "$BIN/lb-gen" --count "$COUNT" --seed "$SEED" --mix "$MIX" --out "$PCAP"
 
-echo "==> lb-dpdk inspect --pcap $PCAP${VERBOSE:+ --verbose}"
-"$BIN/lb-dpdk" inspect --pcap "$PCAP" ${VERBOSE:+--verbose}
+echo "==> lb-dpdk run --config $CONFIG --pcap-in $PCAP --pcap-out $OUT --no-probes"
+"$BIN/lb-dpdk" run --config "$CONFIG" --pcap-in "$PCAP" --pcap-out "$OUT" --no-probes
