@@ -10,7 +10,7 @@
 //!   the probe state machine. They allocate when the control plane builds them; the packet path
 //!   only reads and updates them in place.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
@@ -22,6 +22,7 @@ extern crate std;
 pub mod config;
 #[cfg(feature = "alloc")]
 pub mod paths;
+pub mod prefetch;
 #[cfg(feature = "alloc")]
 pub mod tables;
 pub mod wire;

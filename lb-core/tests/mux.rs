@@ -420,3 +420,32 @@ fn host_traffic_is_relayed_only_from_a_vip() {
     assert_eq!(mux.process(&mut other, 0, n, 1000), Verdict::Drop(DropReason::NoVip));
     assert_eq!(mux.counters().drops[DropReason::NotFromVip as usize], 1);
 }
+
+#[test]
+fn bursts_give_the_verdicts_and_bytes_of_one_frame_at_a_time() {
+    let mut one = Mux::new(node(5), config()).unwrap();
+    let mut burst = Mux::new(node(5), config()).unwrap();
+    // 70 frames: several bursts of 32 and a tail; new flows, repeats, drops, VLAN and IPv6.
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for i in 0..70u32 {
+        frames.push(match i % 5 {
+            0 => tcp4(client(i), 1000 + i as u16, VIP, 80, true),
+            1 => tcp4(client(i - 1), 1000 + i as u16 - 1, VIP, 80, false),
+            2 => tcp4(client(i), 2000, [9, 9, 9, 9], 80, true),
+            3 => vec![0u8; 30],
+            _ => tcp4(client(i), 3000, VIP_NAT, 50001, true),
+        });
+    }
+    let mut a: Vec<Vec<u8>> = frames.iter().map(|f| [vec![0u8; HEADROOM], f.clone()].concat()).collect();
+    let mut b = a.clone();
+    let va: Vec<Verdict> =
+        a.iter_mut().zip(&frames).map(|(buf, f)| one.process(buf, HEADROOM, f.len(), 1000)).collect();
+    let mut refs: Vec<(&mut [u8], usize, usize)> =
+        b.iter_mut().zip(&frames).map(|(buf, f)| (&mut buf[..], HEADROOM, f.len())).collect();
+    let mut vb = vec![Verdict::Drop(DropReason::Malformed); frames.len()];
+    burst.process_burst(&mut refs, 1000, &mut vb);
+    assert_eq!(va, vb);
+    assert_eq!(a, b, "the same bytes on the wire");
+    assert_eq!(one.counters(), burst.counters());
+    assert!(va.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() >= 40);
+}
