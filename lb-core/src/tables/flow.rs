@@ -145,12 +145,16 @@ pub enum FlowTableError {
 struct Bucket<V> {
     /// Per slot: 0 if empty, else a 16-bit signature of the flow hash (never 0).
     sigs: [u16; BUCKET_SLOTS],
+    /// Per slot: the second after which the flow has been idle too long (last seen + its timeout).
+    /// Beside the signatures, in the same cache line: expiry checks, sweeps and the choice of a
+    /// victim in a full bucket never read the entries themselves.
+    deadlines: [u32; BUCKET_SLOTS],
     entries: [FlowEntry<V>; BUCKET_SLOTS],
 }
 
 impl<V: FlowValue> Bucket<V> {
     fn empty() -> Self {
-        Bucket { sigs: [0; BUCKET_SLOTS], entries: [FlowEntry::default(); BUCKET_SLOTS] }
+        Bucket { sigs: [0; BUCKET_SLOTS], deadlines: [0; BUCKET_SLOTS], entries: [FlowEntry::default(); BUCKET_SLOTS] }
     }
 }
 
@@ -197,10 +201,17 @@ fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
     (b1, b2, (hash as u16) | 1)
 }
 
+/// The deadline of an entry last seen at `now` (see [`Bucket::deadlines`]).
 #[inline(always)]
-fn expired<V>(e: &FlowEntry<V>, now: u32) -> bool {
-    let limit = if e.state == TcpState::Closing { CLOSING_TIMEOUT_SECS } else { u32::from(e.idle_minutes) * 60 };
-    now.wrapping_sub(e.last_seen) > limit
+fn deadline(state: TcpState, idle_minutes: u8, now: u32) -> u32 {
+    let limit = if state == TcpState::Closing { CLOSING_TIMEOUT_SECS } else { u32::from(idle_minutes) * 60 };
+    now.wrapping_add(limit)
+}
+
+/// Whether `now` is past `deadline` (wrapping time: the clock may run for any length of time).
+#[inline(always)]
+fn past(deadline: u32, now: u32) -> bool {
+    (now.wrapping_sub(deadline) as i32) > 0
 }
 
 impl<V: FlowValue> FlowTable<V> {
@@ -252,7 +263,7 @@ impl<V: FlowValue> FlowTable<V> {
             let bucket = &mut self.buckets[b];
             for i in 0..BUCKET_SLOTS {
                 if bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple {
-                    if expired(&bucket.entries[i], now) {
+                    if past(bucket.deadlines[i], now) {
                         bucket.sigs[i] = 0;
                         let e = bucket.entries[i];
                         self.counters.expired += 1;
@@ -296,9 +307,8 @@ impl<V: FlowValue> FlowTable<V> {
         let (b1, b2, sig) = split(hash, self.n);
         [b1, b2].iter().any(|&b| {
             let bucket = &self.buckets[b];
-            (0..BUCKET_SLOTS).any(|i| {
-                bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple && !expired(&bucket.entries[i], now)
-            })
+            (0..BUCKET_SLOTS)
+                .any(|i| bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple && !past(bucket.deadlines[i], now))
         })
     }
 
@@ -338,8 +348,10 @@ impl<V: FlowValue> FlowTable<V> {
     #[inline(always)]
     pub fn refresh(&mut self, at: FlowSlot, now: u32) {
         if let Some(b) = self.buckets.get_mut(at.bucket as usize) {
-            if let Some(e) = b.entries.get_mut(usize::from(at.slot)) {
+            let i = usize::from(at.slot);
+            if let Some(e) = b.entries.get_mut(i) {
                 e.last_seen = now;
+                b.deadlines[i] = deadline(e.state, e.idle_minutes, now);
             }
         }
     }
@@ -400,12 +412,14 @@ impl<V: FlowValue> FlowTable<V> {
                 e.state = TcpState::Established;
             }
         }
+        bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
         *e
     }
 
     /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle_minutes`
-    /// (1..=255; Azure allows 4..=100). Never fails: a full bucket gives up an expired entry, else
-    /// its least recently seen one (counted as evicted, and kept for [`FlowTable::take_removed`]).
+    /// (1..=255; Azure allows 4..=100). Never fails: when both buckets are full, the entry nearest its
+    /// idle deadline goes (an expired one first; else the one that would expire soonest, counted as
+    /// evicted), and is kept for [`FlowTable::take_removed`].
     #[inline]
     pub fn insert(
         &mut self,
@@ -423,24 +437,21 @@ impl<V: FlowValue> FlowTable<V> {
             let b = if f1 >= f2 { b1 } else { b2 };
             (b, self.buckets[b].sigs.iter().position(|&s| s == 0).unwrap_or(0))
         } else {
-            // Both full: an expired entry of either bucket, else the least recently seen one.
+            // Both full: the entry nearest its deadline (an expired one if there is any), read from
+            // the two buckets' deadline lines alone.
             let mut victim = (b1, 0usize);
-            let mut oldest = 0u32;
-            let mut found_expired = false;
-            'scan: for b in [b1, b2] {
-                for (i, e) in self.buckets[b].entries.iter().enumerate() {
-                    if expired(e, now) {
-                        victim = (b, i);
-                        found_expired = true;
-                        break 'scan;
-                    }
-                    let idle = now.wrapping_sub(e.last_seen);
-                    if idle >= oldest {
-                        oldest = idle;
+            let mut least = i32::MAX;
+            for b in [b1, b2] {
+                for (i, &d) in self.buckets[b].deadlines.iter().enumerate() {
+                    // Seconds left before the deadline; negative once expired.
+                    let left = d.wrapping_sub(now) as i32;
+                    if left < least {
+                        least = left;
                         victim = (b, i);
                     }
                 }
             }
+            let found_expired = past(self.buckets[victim.0].deadlines[victim.1], now);
             if found_expired {
                 self.counters.expired += 1;
             } else {
@@ -460,6 +471,7 @@ impl<V: FlowValue> FlowTable<V> {
             TcpState::Established
         };
         bucket.sigs[slot] = sig;
+        bucket.deadlines[slot] = deadline(state, idle_minutes, now);
         bucket.entries[slot] = FlowEntry { tuple: *tuple, value, state, idle_minutes, last_seen: now };
         self.counters.inserts += 1;
         FlowSlot { bucket: b as u32, slot: slot as u8 }
@@ -485,7 +497,7 @@ impl<V: FlowValue> FlowTable<V> {
         for _ in 0..buckets.min(n) {
             for i in 0..BUCKET_SLOTS {
                 let bucket = &mut self.buckets[c];
-                if bucket.sigs[i] != 0 && expired(&bucket.entries[i], now) {
+                if bucket.sigs[i] != 0 && past(bucket.deadlines[i], now) {
                     bucket.sigs[i] = 0;
                     self.counters.expired += 1;
                     let e = bucket.entries[i];
@@ -534,7 +546,11 @@ mod tests {
     fn layout_is_compact() {
         assert_eq!(core::mem::size_of::<FlowTuple>(), 38);
         assert_eq!(core::mem::size_of::<FlowEntry>(), 48);
-        assert_eq!(core::mem::size_of::<Bucket<MuxFlow>>(), 448, "16 B of signatures + 8 x 48 B, 64-byte aligned");
+        assert_eq!(
+            core::mem::size_of::<Bucket<MuxFlow>>(),
+            448,
+            "16 B of signatures + 32 B of deadlines + 8 x 48 B, 64-byte aligned"
+        );
         // The seed's 40 million concurrent flows a MUX: at most 3 GiB, at most 80 bytes a flow.
         let bytes = FlowTable::<MuxFlow>::memory_for(40_000_000);
         assert!(bytes <= 3 << 30, "{bytes} bytes");
