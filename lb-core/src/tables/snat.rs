@@ -24,11 +24,11 @@
 //!   within the quarantine, and that the caller's predicate accepts (the caller knows whether it
 //!   already has a live connection from that port to the same destination). Each port keeps a
 //!   connection count; it returns to the free ring when its last connection ends.
-//! - **UDP is never shared.** The host agent allocates UDP ports with plain [`SnatAllocator::alloc`],
-//!   one port per internal (address, port) endpoint whatever the destination: endpoint-independent
-//!   mapping (RFC 4787, what STUN-style NAT traversal relies on) with port-restricted filtering. One
-//!   endpoint mapped to one public port cannot also carry another endpoint's datagrams, so a UDP port
-//!   is never given to [`SnatAllocator::alloc_shared`]'s sharing.
+//! - **UDP is never shared.** The host agent allocates UDP ports with plain [`SnatAllocator::alloc`]:
+//!   one port per UDP flow (5-tuple), held while the flow lives (its idle timeout) and given to no
+//!   other flow meanwhile, so a datagram that arrives on a port can only belong to that flow
+//!   (endpoint-dependent mapping in RFC 4787's terms: a backend talking to two destinations from one
+//!   socket shows two public ports). Sharing ([`SnatAllocator::alloc_shared`]) is for TCP only.
 //! - **Reserved ports.** A port a listener on the same frontend address claims is taken out of its
 //!   block for good with [`SnatAllocator::reserve`].
 //!
