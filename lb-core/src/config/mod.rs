@@ -14,6 +14,8 @@ use core::net::IpAddr;
 
 #[cfg(feature = "std")]
 pub mod json;
+#[cfg(feature = "std")]
+pub mod node;
 pub mod snat;
 
 pub use snat::{SnatGrant, SnatPlan, SnatSource};
