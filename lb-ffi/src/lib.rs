@@ -1,7 +1,626 @@
-//! C ABI over `lb-core`. This crate is a shell until the lb-ffi issue: it only exports the version.
+//! The C ABI of the load balancer: a C appliance (a vSwitch, a firewall, a router) creates a MUX or
+//! a host agent from a node file's JSON, hands it bursts of frames in its own buffers, and reads
+//! verdicts, counters and errors. `include/lb.h` is generated from this file by cbindgen.
+//!
+//! Conventions (rustls-ffi's): every symbol starts with `lb_`; instances are opaque handles
+//! (`lb_instance *`); every function that can fail returns an [`lb_result`] whose success value is
+//! 0 and whose error values start at 7000; a NULL argument gives `LB_RESULT_NULL_ARGUMENT`, never a
+//! crash; no panic crosses the boundary (each export runs under `catch_unwind` and a panic becomes
+//! `LB_RESULT_PANIC`; the instance that panicked is poisoned and refuses further work).
+//!
+//! Threads: one instance per core (per thread), no hidden locks, no global state besides the
+//! version string. An instance may move between threads, but must not be used by two at once.
+#![allow(non_camel_case_types)]
+
+use std::ffi::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use lb_core::config::json::from_json;
+use lb_core::config::node::{self, NodeConfig, Role};
+use lb_core::paths::{HostAgent, HostVerdict, Mux, Verdict};
+use lb_core::wire::vxlan::decapsulate;
+
+/// Result codes. `LB_RESULT_OK` is 0; errors start at 7000 so that they never look like a count or
+/// an errno.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lb_result {
+    /// Success.
+    LB_RESULT_OK = 0,
+    /// A required pointer argument was NULL.
+    LB_RESULT_NULL_ARGUMENT = 7000,
+    /// The text is not UTF-8 or not JSON of the expected shape.
+    LB_RESULT_BAD_JSON = 7001,
+    /// The configuration is invalid (the message names the resource and the field).
+    LB_RESULT_BAD_CONFIG = 7002,
+    /// An argument is out of range (an unknown pool member, a frame outside its buffer).
+    LB_RESULT_BAD_ARGUMENT = 7003,
+    /// The operation does not apply to this instance's role.
+    LB_RESULT_WRONG_ROLE = 7004,
+    /// The library panicked (a bug); the instance refuses further work.
+    LB_RESULT_PANIC = 7005,
+    /// The instance panicked earlier and is unusable; free it.
+    LB_RESULT_POISONED = 7006,
+}
+
+/// What to do with a frame after [`lb_process_burst`].
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lb_action {
+    /// Send `buf[start .. start + len]` on the fabric / network port.
+    LB_ACTION_TRANSMIT = 1,
+    /// Hand `buf[start .. start + len]` to local backend `backend` (host agent only).
+    LB_ACTION_DELIVER = 2,
+    /// Drop it; `reason` says why (see [`lb_drop_reason_name`]).
+    LB_ACTION_DROP = 3,
+}
+
+/// Where a frame given to a host agent comes from.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lb_direction {
+    /// Decide per frame: a VxLAN frame addressed to this host came from the fabric, anything else
+    /// from a backend. A MUX ignores the direction.
+    LB_DIRECTION_AUTO = 0,
+    /// From the fabric (VxLAN from a MUX, replies to SNAT connections).
+    LB_DIRECTION_FROM_FABRIC = 1,
+    /// From a local backend (its vNIC).
+    LB_DIRECTION_FROM_BACKEND = 2,
+}
+
+/// The role of an instance.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum lb_role {
+    /// A MUX.
+    LB_ROLE_MUX = 1,
+    /// A host agent.
+    LB_ROLE_HOST = 2,
+}
+
+/// One frame of a burst, in a buffer the caller owns. On input the frame lies at
+/// `buf[start .. start + len]`, with headroom before it (at least 70 bytes for the tunnel's outer
+/// headers over IPv6, 50 over IPv4; 128 is a safe choice); on output `start` and `len` say where the
+/// frame to send or deliver now lies (the library edits frames in place and writes outer headers
+/// into the headroom, never past `buf_len`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lb_frame {
+    /// The buffer (caller-owned; must stay valid and unaliased during the call).
+    pub buf: *mut u8,
+    /// Its size in bytes.
+    pub buf_len: usize,
+    /// Where the frame starts.
+    pub start: usize,
+    /// The frame's length.
+    pub len: usize,
+}
+
+/// The verdict on one frame.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct lb_verdict {
+    /// What to do.
+    pub action: lb_action,
+    /// For `LB_ACTION_DROP`: the reason's index (see [`lb_drop_reason_name`]); else 0.
+    pub reason: u32,
+    /// For `LB_ACTION_DELIVER`: the local backend's index; else 0.
+    pub backend: u32,
+}
+
+/// Maximum number of drop reasons an [`lb_counters`] holds.
+pub const LB_MAX_DROP_REASONS: usize = 16;
+
+/// An instance's counters (a snapshot).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct lb_counters {
+    /// Frames sent on (transmitted or delivered).
+    pub forwarded: u64,
+    /// Their bytes (as received).
+    pub forwarded_bytes: u64,
+    /// New connections.
+    pub new_flows: u64,
+    /// Drops per reason index; `drop_reasons` of them are meaningful.
+    pub drops: [u64; LB_MAX_DROP_REASONS],
+    /// Number of drop reasons of this role.
+    pub drop_reasons: u32,
+    /// Live flow-table entries.
+    pub flows: u64,
+    /// SNAT ports in use (host agent).
+    pub snat_ports_in_use: u64,
+    /// TCP resets sent (host agent).
+    pub tcp_resets: u64,
+}
+
+enum Engine {
+    Mux(Box<Mux>),
+    Host(Box<HostAgent>, std::net::IpAddr),
+}
+
+/// An opaque MUX or host-agent instance. Create it with [`lb_instance_new`], free it with
+/// [`lb_instance_free`].
+pub struct lb_instance {
+    engine: Engine,
+    poisoned: bool,
+    /// Where the MUX's flow-table sweep goes on next.
+    sweep: usize,
+}
+
+/// Copies `msg` into the caller's `err` buffer (NUL-terminated, truncated to fit) if there is one.
+fn write_error(err: *mut c_char, err_len: usize, msg: &str) {
+    if err.is_null() || err_len == 0 {
+        return;
+    }
+    let n = msg.len().min(err_len - 1);
+    // SAFETY: the caller promises `err` points to `err_len` writable bytes; we write n + 1 <= err_len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+        *err.add(n) = 0;
+    }
+}
+
+/// Runs `f` with panics caught and turned into `LB_RESULT_PANIC`.
+fn guard(f: impl FnOnce() -> lb_result) -> lb_result {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(lb_result::LB_RESULT_PANIC)
+}
+
+/// `len` bytes at `text` as UTF-8, or an error code.
+///
+/// # Safety
+/// `text` must point to `len` readable bytes (checked for NULL here).
+unsafe fn text<'a>(text: *const c_char, len: usize) -> Result<&'a str, lb_result> {
+    if text.is_null() {
+        return Err(lb_result::LB_RESULT_NULL_ARGUMENT);
+    }
+    // SAFETY: non-NULL, and the caller promises `len` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) };
+    std::str::from_utf8(bytes).map_err(|_| lb_result::LB_RESULT_BAD_JSON)
+}
+
+fn build(cfg: &NodeConfig) -> Result<Engine, String> {
+    match cfg.role {
+        Role::Mux => {
+            Mux::new(cfg.mux.clone(), cfg.lb.clone()).map(|m| Engine::Mux(Box::new(m))).map_err(|e| e.to_string())
+        }
+        Role::Host => HostAgent::new(cfg.host.clone(), cfg.lb.clone())
+            .map(|h| Engine::Host(Box::new(h), cfg.host.underlay))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Creates an instance from a node file's JSON (`json`, `json_len` bytes, UTF-8, need not be
+/// NUL-terminated): the role (`"mux"` or `"host"`), this node's addresses and the load balancer
+/// inline (`"loadBalancer": {...}`) or as a file (`"loadBalancerFile"`, relative to the current
+/// directory). On success `*out` owns a new instance (free it with [`lb_instance_free`]). On failure
+/// `*out` is left NULL and, if `err` is not NULL, a NUL-terminated message (truncated to `err_len`
+/// bytes) says what is wrong. NULL `json` or `out` gives `LB_RESULT_NULL_ARGUMENT`.
+///
+/// # Safety
+/// `json` must point to `json_len` readable bytes; `out` to a writable pointer; `err`, if not NULL,
+/// to `err_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lb_instance_new(
+    json: *const c_char,
+    json_len: usize,
+    out: *mut *mut lb_instance,
+    err: *mut c_char,
+    err_len: usize,
+) -> lb_result {
+    guard(|| {
+        if out.is_null() {
+            return lb_result::LB_RESULT_NULL_ARGUMENT;
+        }
+        // SAFETY: `out` is non-NULL and writable per the contract.
+        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: per the contract.
+        let t = match unsafe { text(json, json_len) } {
+            Ok(t) => t,
+            Err(e) => {
+                write_error(err, err_len, "configuration is NULL or not UTF-8");
+                return e;
+            }
+        };
+        let cfg = match node::parse(t, Path::new("."), Path::new("<json>")) {
+            Ok(c) => c,
+            Err(e) => {
+                write_error(err, err_len, &e.to_string());
+                return match e {
+                    node::NodeError::Json(..) => lb_result::LB_RESULT_BAD_JSON,
+                    _ => lb_result::LB_RESULT_BAD_CONFIG,
+                };
+            }
+        };
+        match build(&cfg) {
+            Ok(engine) => {
+                let b = Box::new(lb_instance { engine, poisoned: false, sweep: 0 });
+                // SAFETY: as above.
+                unsafe { *out = Box::into_raw(b) };
+                lb_result::LB_RESULT_OK
+            }
+            Err(e) => {
+                write_error(err, err_len, &e);
+                lb_result::LB_RESULT_BAD_CONFIG
+            }
+        }
+    })
+}
+
+/// Frees an instance. NULL is ignored. Freeing the same instance twice, or using it afterwards, is
+/// undefined behaviour (as with `free`).
+///
+/// # Safety
+/// `inst` must be NULL or a pointer [`lb_instance_new`] returned and not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn lb_instance_free(inst: *mut lb_instance) {
+    if inst.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: per the contract, `inst` came from Box::into_raw and is freed once.
+        drop(unsafe { Box::from_raw(inst) });
+    }));
+}
+
+/// The role of an instance (`LB_ROLE_MUX` or `LB_ROLE_HOST`), or 0 for NULL.
+///
+/// # Safety
+/// `inst` must be NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn lb_instance_role(inst: *const lb_instance) -> u32 {
+    // SAFETY: per the contract.
+    match unsafe { inst.as_ref() } {
+        Some(lb_instance { engine: Engine::Mux(_), .. }) => lb_role::LB_ROLE_MUX as u32,
+        Some(lb_instance { engine: Engine::Host(..), .. }) => lb_role::LB_ROLE_HOST as u32,
+        None => 0,
+    }
+}
+
+/// Runs `f` on a live, unpoisoned instance, poisoning it if `f` panics.
+///
+/// # Safety
+/// `inst` must be NULL or a live instance not used by another thread.
+unsafe fn with_instance(inst: *mut lb_instance, f: impl FnOnce(&mut lb_instance) -> lb_result) -> lb_result {
+    // SAFETY: per the contract.
+    let Some(i) = (unsafe { inst.as_mut() }) else {
+        return lb_result::LB_RESULT_NULL_ARGUMENT;
+    };
+    if i.poisoned {
+        return lb_result::LB_RESULT_POISONED;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| f(&mut *i)));
+    match r {
+        Ok(r) => r,
+        Err(_) => {
+            i.poisoned = true;
+            lb_result::LB_RESULT_PANIC
+        }
+    }
+}
+
+/// Processes `n` frames in place at time `now` (seconds of any monotonic clock) and writes one
+/// verdict per frame to `verdicts` (`n` of them, caller-owned). `direction` (an [`lb_direction`])
+/// tells a host agent where the frames come from (a MUX ignores it; other values give
+/// `LB_RESULT_BAD_ARGUMENT`). A frame whose `start`/`len` do not lie inside its buffer
+/// is dropped as malformed; a frame without enough headroom for the tunnel is dropped with the
+/// encapsulation reason. Returns `LB_RESULT_NULL_ARGUMENT` if `inst`, or (with `n > 0`) `frames` or
+/// `verdicts`, is NULL, or if a frame's `buf` is NULL (that frame's verdict is a drop; the others
+/// are processed). Never allocates.
+///
+/// # Safety
+/// `frames` and `verdicts` must point to `n` elements; each frame's `buf` to `buf_len` bytes the
+/// library may read and write, not aliased by another frame of the burst.
+#[no_mangle]
+pub unsafe extern "C" fn lb_process_burst(
+    inst: *mut lb_instance,
+    frames: *mut lb_frame,
+    n: usize,
+    now: u32,
+    direction: u32,
+    verdicts: *mut lb_verdict,
+) -> lb_result {
+    // A C caller may pass any integer: only the listed values become an `lb_direction`.
+    let direction = match direction {
+        0 => lb_direction::LB_DIRECTION_AUTO,
+        1 => lb_direction::LB_DIRECTION_FROM_FABRIC,
+        2 => lb_direction::LB_DIRECTION_FROM_BACKEND,
+        _ => return lb_result::LB_RESULT_BAD_ARGUMENT,
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        with_instance(inst, |i| {
+            if n == 0 {
+                return lb_result::LB_RESULT_OK;
+            }
+            if frames.is_null() || verdicts.is_null() {
+                return lb_result::LB_RESULT_NULL_ARGUMENT;
+            }
+            // SAFETY: non-NULL, `n` elements each, per the contract.
+            let frames = std::slice::from_raw_parts_mut(frames, n);
+            let verdicts = std::slice::from_raw_parts_mut(verdicts, n);
+            let mut result = lb_result::LB_RESULT_OK;
+            for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+                if f.buf.is_null() {
+                    result = lb_result::LB_RESULT_NULL_ARGUMENT;
+                    *v = drop_verdict(0);
+                    continue;
+                }
+                // SAFETY: `buf` is non-NULL with `buf_len` bytes, exclusively ours for the call.
+                let buf = std::slice::from_raw_parts_mut(f.buf, f.buf_len);
+                *v = process_one(&mut i.engine, buf, f, now, direction);
+            }
+            result
+        })
+    }
+}
+
+fn drop_verdict(reason: u32) -> lb_verdict {
+    lb_verdict { action: lb_action::LB_ACTION_DROP, reason, backend: 0 }
+}
+
+fn process_one(engine: &mut Engine, buf: &mut [u8], f: &mut lb_frame, now: u32, direction: lb_direction) -> lb_verdict {
+    let (start, len) = (f.start, f.len);
+    let (sent, verdict) = match engine {
+        Engine::Mux(m) => match m.process(buf, start, len, now) {
+            Verdict::Forward { start, len } => {
+                (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
+            }
+            Verdict::Drop(r) => (None, drop_verdict(r as u32)),
+        },
+        Engine::Host(h, underlay) => {
+            let from_fabric = match direction {
+                lb_direction::LB_DIRECTION_FROM_FABRIC => true,
+                lb_direction::LB_DIRECTION_FROM_BACKEND => false,
+                lb_direction::LB_DIRECTION_AUTO => start
+                    .checked_add(len)
+                    .and_then(|end| buf.get(start..end))
+                    .and_then(|fr| decapsulate(fr).ok())
+                    .is_some_and(|d| d.outer_dst == *underlay),
+            };
+            let v =
+                if from_fabric { h.from_fabric(buf, start, len, now) } else { h.from_backend(buf, start, len, now) };
+            match v {
+                HostVerdict::Transmit { start, len } => {
+                    (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
+                }
+                HostVerdict::Deliver { backend, start, len } => (
+                    Some((start, len)),
+                    lb_verdict { action: lb_action::LB_ACTION_DELIVER, reason: 0, backend: backend as u32 },
+                ),
+                HostVerdict::Drop(r) => (None, drop_verdict(r as u32)),
+            }
+        }
+    };
+    if let Some((s, l)) = sent {
+        f.start = s;
+        f.len = l;
+    }
+    verdict
+}
+
+/// Reports one health-probe result for member `member` of pool `pool` (indices in the load
+/// balancer's order). A MUX feeds its health state machine (`numberOfProbes` consecutive results
+/// flip a backend); a host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`.
+/// Unknown indices give `LB_RESULT_BAD_ARGUMENT`.
+///
+/// # Safety
+/// `inst` must be NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn lb_report_probe(
+    inst: *mut lb_instance,
+    pool: usize,
+    member: usize,
+    success: bool,
+) -> lb_result {
+    // SAFETY: per the contract.
+    unsafe {
+        with_instance(inst, |i| match &mut i.engine {
+            Engine::Mux(m) => match m.report_probe(pool, member, success) {
+                Ok(_) => lb_result::LB_RESULT_OK,
+                Err(_) => lb_result::LB_RESULT_BAD_ARGUMENT,
+            },
+            Engine::Host(..) => lb_result::LB_RESULT_WRONG_ROLE,
+        })
+    }
+}
+
+/// Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a host
+/// agent, or indices out of range).
+///
+/// # Safety
+/// `inst` must be NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn lb_backend_up(inst: *const lb_instance, pool: usize, member: usize) -> i32 {
+    // SAFETY: per the contract.
+    match unsafe { inst.as_ref() } {
+        Some(lb_instance { engine: Engine::Mux(m), .. }) => match m.health(pool, member) {
+            Some(lb_core::tables::Health::Up) => 1,
+            Some(_) => 0,
+            None => -1,
+        },
+        _ => -1,
+    }
+}
+
+/// Replaces the load balancer at run time with the seed's JSON of one load balancer (`json`,
+/// `json_len` bytes; not a node file: the role and addresses stay). Established flows keep their
+/// backends. On error nothing changes, the message goes to `err` as in [`lb_instance_new`], and the
+/// result is `LB_RESULT_BAD_JSON` or `LB_RESULT_BAD_CONFIG`.
+///
+/// # Safety
+/// As [`lb_instance_new`]; `inst` must be NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn lb_update(
+    inst: *mut lb_instance,
+    json: *const c_char,
+    json_len: usize,
+    err: *mut c_char,
+    err_len: usize,
+) -> lb_result {
+    // SAFETY: per the contract.
+    unsafe {
+        with_instance(inst, |i| {
+            let t = match text(json, json_len) {
+                Ok(t) => t,
+                Err(e) => {
+                    write_error(err, err_len, "configuration is NULL or not UTF-8");
+                    return e;
+                }
+            };
+            let lb = match from_json(t) {
+                Ok(lb) => lb,
+                Err(e) => {
+                    write_error(err, err_len, &e.to_string());
+                    return if e.field == "json" {
+                        lb_result::LB_RESULT_BAD_JSON
+                    } else {
+                        lb_result::LB_RESULT_BAD_CONFIG
+                    };
+                }
+            };
+            let r = match &mut i.engine {
+                Engine::Mux(m) => m.update(lb).map_err(|e| e.to_string()),
+                Engine::Host(h, _) => h.update(lb).map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(()) => lb_result::LB_RESULT_OK,
+                Err(e) => {
+                    write_error(err, err_len, &e);
+                    lb_result::LB_RESULT_BAD_CONFIG
+                }
+            }
+        })
+    }
+}
+
+/// Expires idle flows in up to `buckets` buckets of the flow table (call it from the poll loop with
+/// a small budget, e.g. 8). A host agent releases their SNAT ports; TCP resets it would send are
+/// counted, and written nowhere (C appliances that want them call the Rust API).
+///
+/// # Safety
+/// `inst` must be NULL or a live instance.
+#[no_mangle]
+pub unsafe extern "C" fn lb_expire(inst: *mut lb_instance, now: u32, buckets: usize) -> lb_result {
+    // SAFETY: per the contract.
+    unsafe {
+        with_instance(inst, |i| {
+            match &mut i.engine {
+                Engine::Mux(m) => i.sweep = m.flows().sweep(i.sweep, buckets, now),
+                Engine::Host(h, _) => h.expire(now, buckets, |_, _| {}),
+            }
+            lb_result::LB_RESULT_OK
+        })
+    }
+}
+
+/// Writes a snapshot of the counters to `*out` (caller-owned).
+///
+/// # Safety
+/// `inst` must be NULL or a live instance; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_counters) -> lb_result {
+    // SAFETY: per the contract.
+    unsafe {
+        if out.is_null() {
+            return lb_result::LB_RESULT_NULL_ARGUMENT;
+        }
+        with_instance(inst, |i| {
+            let mut c = lb_counters::default();
+            match &mut i.engine {
+                Engine::Mux(m) => {
+                    let k = m.counters();
+                    for t in k.vips.iter() {
+                        c.forwarded += t.packets;
+                        c.forwarded_bytes += t.bytes;
+                        c.new_flows += t.new_flows;
+                    }
+                    c.forwarded += k.relayed.packets;
+                    c.forwarded_bytes += k.relayed.bytes;
+                    c.drop_reasons = k.drops.len() as u32;
+                    c.drops[..k.drops.len()].copy_from_slice(&k.drops);
+                    c.flows = m.flows().len() as u64;
+                }
+                Engine::Host(h, _) => {
+                    let k = h.counters();
+                    for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
+                        c.forwarded += t.packets;
+                        c.forwarded_bytes += t.bytes;
+                    }
+                    c.new_flows = h.flows().counters().inserts;
+                    c.drop_reasons = k.drops.len() as u32;
+                    c.drops[..k.drops.len()].copy_from_slice(&k.drops);
+                    c.flows = h.flows().len() as u64;
+                    c.snat_ports_in_use =
+                        (0..h.local_backends().len()).map(|l| u64::from(h.snat_ports_in_use(l))).sum();
+                    c.tcp_resets = k.resets;
+                }
+            }
+            *out = c;
+            lb_result::LB_RESULT_OK
+        })
+    }
+}
+
+const MUX_DROP_NAMES: [&[u8]; 7] =
+    [b"malformed\0", b"no_vip\0", b"no_rule\0", b"no_backend\0", b"fragment_unknown\0", b"encap\0", b"not_from_vip\0"];
+const HOST_DROP_NAMES: [&[u8]; 9] = [
+    b"malformed\0",
+    b"not_for_this_host\0",
+    b"unknown_backend\0",
+    b"no_rule\0",
+    b"no_flow\0",
+    b"snat_exhausted\0",
+    b"fragment_unknown\0",
+    b"encap\0",
+    b"icmp_untranslated\0",
+];
+
+/// The name of drop reason `reason` for instances of role `role` (a static NUL-terminated string
+/// the library owns: never free it), or NULL if there is no such reason.
+#[no_mangle]
+pub extern "C" fn lb_drop_reason_name(role: u32, reason: u32) -> *const c_char {
+    let names: &[&[u8]] = match role {
+        r if r == lb_role::LB_ROLE_MUX as u32 => &MUX_DROP_NAMES,
+        r if r == lb_role::LB_ROLE_HOST as u32 => &HOST_DROP_NAMES,
+        _ => &[],
+    };
+    names.get(reason as usize).map_or(std::ptr::null(), |n| n.as_ptr().cast())
+}
+
+/// A static, NUL-terminated description of a result code (never free it).
+#[no_mangle]
+pub extern "C" fn lb_result_name(r: u32) -> *const c_char {
+    let s: &[u8] = match r {
+        0 => b"ok\0",
+        7000 => b"a required argument is NULL\0",
+        7001 => b"not UTF-8 or not JSON of the expected shape\0",
+        7002 => b"invalid configuration\0",
+        7003 => b"argument out of range\0",
+        7004 => b"not supported by this instance's role\0",
+        7005 => b"the library panicked\0",
+        7006 => b"the instance is poisoned by an earlier panic\0",
+        _ => b"unknown result code\0",
+    };
+    s.as_ptr().cast()
+}
 
 /// The library version as a NUL-terminated string, owned by the library (never free it).
 #[no_mangle]
-pub extern "C" fn lb_version() -> *const core::ffi::c_char {
+pub extern "C" fn lb_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_names_follow_the_core() {
+        assert_eq!(MUX_DROP_NAMES.len(), lb_core::paths::mux::DROP_REASONS);
+        assert_eq!(HOST_DROP_NAMES.len(), lb_core::paths::host::HOST_DROPS);
+        assert!(MUX_DROP_NAMES.len() <= LB_MAX_DROP_REASONS && HOST_DROP_NAMES.len() <= LB_MAX_DROP_REASONS);
+        assert_eq!(MUX_DROP_NAMES[lb_core::paths::DropReason::NotFromVip as usize], b"not_from_vip\0");
+        assert_eq!(HOST_DROP_NAMES[lb_core::paths::HostDrop::SnatExhausted as usize], b"snat_exhausted\0");
+    }
 }
