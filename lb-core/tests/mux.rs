@@ -449,3 +449,21 @@ fn bursts_give_the_verdicts_and_bytes_of_one_frame_at_a_time() {
     assert_eq!(one.counters(), burst.counters());
     assert!(va.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() >= 40);
 }
+
+#[test]
+fn number_of_probes_comes_from_the_pools_probe_and_follows_a_reload() {
+    let mut cfg = config();
+    // The pool's first rule has no probe; the second names one with numberOfProbes 3.
+    cfg.rules[0].probe = None;
+    cfg.probes[0].number_of_probes = 3;
+    let mut mux = Mux::new(node(1), cfg.clone()).unwrap();
+    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::WentDown);
+    assert_eq!(mux.report_probe(0, 2, true).unwrap(), Transition::None);
+    // A reload to numberOfProbes 1 keeps the member down and applies the new count at once.
+    cfg.probes[0].number_of_probes = 1;
+    mux.update(cfg).unwrap();
+    assert_eq!(mux.health(0, 2), Some(Health::Down));
+    assert_eq!(mux.report_probe(0, 2, true).unwrap(), Transition::CameUp);
+}

@@ -243,11 +243,12 @@ impl Mux {
             let old = self.lb.pools.iter().position(|p| p.name == pool.name);
             let mut tunnel = Vec::with_capacity(pool.backends.len());
             let mut health = Vec::with_capacity(pool.backends.len());
+            // The probe of the pool's first rule that has one (what a prober runs for the pool).
             let probes = lb
                 .rules
                 .iter()
-                .find(|r| r.pool == pi)
-                .and_then(|r| r.probe)
+                .filter(|r| r.pool == pi)
+                .find_map(|r| r.probe)
                 .map_or(2, |p| lb.probes[p].number_of_probes);
             for (mi, b) in pool.backends.iter().enumerate() {
                 let key = (b.host, pool.vni, backend_tag(b.address));
@@ -279,7 +280,7 @@ impl Mux {
                     let op = &self.lb.pools[o];
                     op.backends.iter().position(|x| x.address == b.address).map(|m| self.pools[o].health[m])
                 });
-                health.push(kept.unwrap_or_else(|| ProbeState::new(probes)));
+                health.push(kept.map_or_else(|| ProbeState::new(probes), |k| k.with_threshold(probes)));
             }
             let mut state = PoolState { table: MaglevTable::default(), in_table: Vec::new(), health, tunnel };
             rebuild_pool(&mut state, pool, self.node.maglev_size)?;

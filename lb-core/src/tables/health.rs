@@ -39,6 +39,12 @@ impl ProbeState {
         ProbeState { health: Health::Up, streak: 0, threshold: number_of_probes.max(1) }
     }
 
+    /// The same health and streak under a new `numberOfProbes` (a reconfiguration changed the
+    /// probe): the backend keeps its state, the next transitions follow the new count.
+    pub fn with_threshold(self, number_of_probes: u8) -> Self {
+        ProbeState { threshold: number_of_probes.max(1), ..self }
+    }
+
     /// Current health.
     pub fn health(&self) -> Health {
         self.health
