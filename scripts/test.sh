@@ -8,9 +8,12 @@
 #   5. cargo test --benches         (every benchmark runs once, untimed)
 #   6. scripts/run.sh               (the README's first command: build, generate a capture, inspect it)
 #   7. scripts/fuzz.sh              (each fuzz target for FUZZ_SECONDS, default 30; skipped if absent)
+#   8. DPDK (feature `dpdk`)        (clippy and the tests of lb-dpdk with the DPDK port, on virtual
+#                                    devices; skipped where `pkg-config` finds no libdpdk, but not in CI)
 #
 # Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
-# and exits non-zero if any step failed. Installs missing C tools (gcc, binutils) with apt-get.
+# and exits non-zero if any step failed. Installs missing C tools (gcc, binutils) and DPDK
+# (libdpdk-dev, dpdk-dev, libclang-dev for bindgen, pkg-config) with apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -49,12 +52,36 @@ ensure_tools() {
         echo "test.sh: installing ${missing[*]}"
         apt_install "${missing[@]}"
     fi
+    ensure_dpdk
     for component in rustfmt clippy; do
         if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
             echo "test.sh: installing the $component component"
             rustup component add "$component"
         fi
     done
+}
+
+has_libclang() {
+    { ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null; } | grep -q 'libclang[-.0-9]*\.so' ||
+        compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+}
+
+has_dpdk() {
+    command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libdpdk && has_libclang
+}
+
+# The DPDK port's build needs the system DPDK (found with pkg-config) and libclang (bindgen); its
+# benchmark needs dpdk-testpmd. Where they cannot be installed (no apt-get, no root), the DPDK step
+# is skipped outside CI.
+ensure_dpdk() {
+    if has_dpdk && command -v dpdk-testpmd >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing DPDK (libdpdk-dev dpdk-dev libclang-dev pkg-config)"
+        apt_install libdpdk-dev dpdk-dev libclang-dev pkg-config ||
+            echo "test.sh: could not install DPDK: the DPDK step will not run" >&2
+    fi
 }
 
 # --- steps ------------------------------------------------------------------------------------------
@@ -97,13 +124,20 @@ step_fuzz() {
     bash scripts/fuzz.sh "$FUZZ_SECONDS"
 }
 
+step_dpdk() {
+    # The DPDK port builds only with the feature: lint it too, then run its tests (tests/dpdk.rs: the
+    # program on DPDK's net_pcap and net_null vdevs, no NIC, no hugepages; step 3 ran the others).
+    cargo clippy -p lb-dpdk --all-targets --features dpdk -- -D warnings
+    cargo test -p lb-dpdk --features dpdk --test dpdk
+}
+
 # --- runner -----------------------------------------------------------------------------------------
 
 PASSED=0
 FAILED=0
 SKIPPED=0
 RESULTS=()
-TOTAL_STEPS=7
+TOTAL_STEPS=8
 STEP_NO=0
 
 # run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit on (so its first failing command
@@ -155,6 +189,11 @@ if [ -f scripts/fuzz.sh ]; then
     run_step "scripts/fuzz.sh $FUZZ_SECONDS" step_fuzz
 else
     skip_step "scripts/fuzz.sh" "not present"
+fi
+if has_dpdk || [ "${CI:-}" = "true" ]; then
+    run_step "DPDK: clippy + cargo test -p lb-dpdk --features dpdk --test dpdk" step_dpdk
+else
+    skip_step "DPDK (--features dpdk)" "pkg-config finds no libdpdk, or no libclang"
 fi
 
 echo

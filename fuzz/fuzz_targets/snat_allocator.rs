@@ -81,6 +81,8 @@ struct Model {
     quiet: Vec<u32>,
     reserved: BTreeSet<u16>,
     in_use: BTreeSet<u16>,
+    /// Ports `alloc` handed out (never shared until released).
+    exclusive: BTreeSet<u16>,
 }
 
 impl Model {
@@ -92,7 +94,11 @@ impl Model {
     fn shareable(&self, port: u16, now: u32) -> bool {
         self.idx(port).is_some_and(|i| {
             let r = self.refs[i];
-            r != 0 && r < MAX_PORT_CONNECTIONS && !self.reserved.contains(&port) && self.quiet[i] <= now
+            r != 0
+                && r < MAX_PORT_CONNECTIONS
+                && !self.reserved.contains(&port)
+                && !self.exclusive.contains(&port)
+                && self.quiet[i] <= now
         })
     }
 }
@@ -201,6 +207,7 @@ fuzz_target!(|data: &[u8]| {
             quiet: vec![0; usize::from(spec.len)],
             reserved: BTreeSet::new(),
             in_use: BTreeSet::new(),
+            exclusive: BTreeSet::new(),
         })
         .collect();
     let total: usize = specs.iter().map(|b| usize::from(b.len)).sum();
@@ -243,6 +250,7 @@ fuzz_target!(|data: &[u8]| {
                         m.fifo.pop_front();
                         m.refs[i] = 1;
                         m.in_use.insert(port);
+                        m.exclusive.insert(port);
                         counters.allocated += 1;
                     }
                     _ => {
@@ -348,6 +356,7 @@ fuzz_target!(|data: &[u8]| {
                 if m.refs[i] == 0 {
                     m.fifo.push_back((port, at));
                     m.in_use.remove(&port);
+                    m.exclusive.remove(&port);
                 }
                 counters.released += 1;
             }

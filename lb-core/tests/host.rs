@@ -368,25 +368,29 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
         [HOST_A, HOST_B].iter().map(|&h| (h, host(h, ReturnPath::Direct, config(PORTS)))).collect();
     let plan = config(PORTS).snat_plan().unwrap();
     let remote = |i: u32| IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
+    let web = IpAddr::from([93, 184, 216, 34]);
     let mut used: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
+    // vm0 and vm1 (host A) open UDP flows to many destinations: every flow takes a port of its own.
+    // vm2 (host B) opens TCP connections to one web server: a port carries one connection to it.
     let backends = [(v4(0), HOST_A), (v4(1), HOST_A), (v4(2), HOST_B)];
     for (m, &(dip, h)) in backends.iter().enumerate() {
         let agent = hosts.get_mut(&h).unwrap();
+        let tcp = m == 2;
         for i in 0..PORTS + 5 {
-            // UDP: every flow takes a port of its own.
-            let f = frame(dip, 10000 + i as u16, remote(i), 53, None, b"q");
+            let (dst, dport) = if tcp { (web, 443) } else { (remote(i), 53) };
+            let f = frame(dip, 10000 + i as u16, dst, dport, tcp.then_some(true), b"q");
             let mut buf = with_headroom(&f);
             match agent.from_backend(&mut buf, HEADROOM, f.len(), NOW) {
                 HostVerdict::Transmit { start, len } => {
                     let s = seen(&buf[start..start + len]);
                     assert_eq!(s.src, IpAddr::from(SNAT_IP));
-                    assert_eq!((s.dst, s.dport), (remote(i), 53));
+                    assert_eq!((s.dst, s.dport), (dst, dport));
                     let g = plan.owner(2, s.sport).expect("a planned port");
                     assert_eq!((g.pool, g.member), (0, m), "the port is in this backend's block");
                     assert!(used.entry(dip).or_default().insert(s.sport), "no port handed out twice");
                     // The reply finds its way back: MUX (by port) → host → backend's own address and port.
                     if i % 97 == 0 {
-                        let (mut outer, to) = snat_reply(&mut mux, remote(i), 53, s.sport, false);
+                        let (mut outer, to) = snat_reply(&mut mux, dst, dport, s.sport, tcp);
                         assert_eq!(to, h, "the MUX tunnels the reply to the owner's host");
                         let n = outer.len();
                         let HostVerdict::Deliver { backend, start, len } = agent.from_fabric(&mut outer, 0, n, NOW)
@@ -395,7 +399,7 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
                         };
                         assert_eq!(agent.local_backends()[backend].address, dip);
                         let r = seen(&outer[start..start + len]);
-                        assert_eq!((r.src, r.sport, r.dst, r.dport), (remote(i), 53, dip, 10000 + i as u16));
+                        assert_eq!((r.src, r.sport, r.dst, r.dport), (dst, dport, dip, 10000 + i as u16));
                     }
                 }
                 HostVerdict::Drop(HostDrop::SnatExhausted) => assert!(i >= PORTS, "exhausted only after {PORTS}"),
@@ -409,34 +413,47 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
     assert_eq!(a.counters().drops[HostDrop::SnatExhausted as usize], 2 * 5);
     assert_eq!(a.snat_ports_in_use(0), PORTS);
     assert_eq!(hosts[&HOST_B].counters().snat_out.packets, u64::from(PORTS));
+    assert_eq!(hosts[&HOST_B].counters().drops[HostDrop::SnatExhausted as usize], 5);
 
-    // TCP shares a port between different destinations once no fresh port is left.
-    let agent = hosts.get_mut(&HOST_A).unwrap();
-    let f = frame(v4(0), 30000, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
+    // TCP shares a port between different destinations once no fresh port is left...
+    let b = hosts.get_mut(&HOST_B).unwrap();
+    let f = frame(v4(2), 30000, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
     let mut buf = with_headroom(&f);
-    let HostVerdict::Transmit { start, len } = agent.from_backend(&mut buf, HEADROOM, f.len(), NOW) else {
+    let HostVerdict::Transmit { start, len } = b.from_backend(&mut buf, HEADROOM, f.len(), NOW) else {
         panic!("TCP shares a port")
     };
-    let shared_port = seen(&buf[start..start + len]).sport;
-    assert!(used[&v4(0)].contains(&shared_port));
-    assert_eq!(agent.snat_counters().shared, 1);
+    assert!(used[&v4(2)].contains(&seen(&buf[start..start + len]).sport));
+    assert_eq!(b.snat_counters().shared, 1);
+    // ...but never a port a UDP flow holds.
+    let a = hosts.get_mut(&HOST_A).unwrap();
+    let f0 = frame(v4(0), 30000, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
+    let mut buf = with_headroom(&f0);
+    assert_eq!(a.from_backend(&mut buf, HEADROOM, f0.len(), NOW), HostVerdict::Drop(HostDrop::SnatExhausted));
 
     // Idle timeout (4 minutes) frees every port; they come back after the quarantine (60 s).
     let later = NOW + 4 * 60 + 1;
     let mut resets = Vec::new();
-    agent.expire(later, usize::MAX >> 1, |to, f| resets.push((to, f.to_vec())));
-    let agent = hosts.get_mut(&HOST_A).unwrap();
-    assert_eq!(agent.snat_ports_in_use(0), 0);
-    assert_eq!(agent.snat_ports_in_use(1), 0);
-    assert_eq!(agent.snat_counters().released, 2 * u64::from(PORTS) + 1);
-    assert_eq!(agent.flows().len(), 0, "both entries of every connection are gone");
-    // The TCP connection's rule asks for resets: one to the backend, one to the remote end.
-    assert_eq!(resets.len(), 2);
+    for h in [HOST_A, HOST_B] {
+        hosts.get_mut(&h).unwrap().expire(later, usize::MAX >> 1, |to, f| resets.push((h, to, f.to_vec())));
+    }
+    let a = &hosts[&HOST_A];
+    assert_eq!((a.snat_ports_in_use(0), a.snat_ports_in_use(1)), (0, 0));
+    assert_eq!(a.snat_counters().released, 2 * u64::from(PORTS));
+    assert_eq!(a.flows().len(), 0, "both entries of every connection are gone");
+    let b = &hosts[&HOST_B];
+    assert_eq!(b.snat_counters().released, u64::from(PORTS) + 1);
+    assert_eq!(b.flows().len(), 0);
+    // The TCP connections' rule asks for resets: one to the backend and one to the remote end each;
+    // the UDP flows go silently.
+    assert_eq!(resets.len(), 2 * (PORTS as usize + 1));
+    assert!(resets.iter().all(|(h, _, _)| *h == HOST_B));
+    assert_eq!(resets.iter().filter(|(_, to, _)| *to == HostEgress::Fabric).count(), PORTS as usize + 1);
+    let a = hosts.get_mut(&HOST_A).unwrap();
     let f = frame(v4(0), 30001, IpAddr::from([1, 1, 1, 2]), 443, None, b"");
     let mut buf = with_headroom(&f);
-    assert_eq!(agent.from_backend(&mut buf, HEADROOM, f.len(), later), HostVerdict::Drop(HostDrop::SnatExhausted));
+    assert_eq!(a.from_backend(&mut buf, HEADROOM, f.len(), later), HostVerdict::Drop(HostDrop::SnatExhausted));
     let mut buf = with_headroom(&f);
-    let v = agent.from_backend(&mut buf, HEADROOM, f.len(), later + 60);
+    let v = a.from_backend(&mut buf, HEADROOM, f.len(), later + 60);
     assert!(matches!(v, HostVerdict::Transmit { .. }), "reused after the quarantine: {v:?}");
 }
 
@@ -758,4 +775,41 @@ fn retunnel(outer: &[u8], inner: &[u8]) -> Vec<u8> {
     t[24..26].copy_from_slice(&c.to_be_bytes());
     t[38..40].copy_from_slice(&((n - 34) as u16).to_be_bytes());
     t
+}
+
+#[test]
+fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
+    // 8 flows of capacity: new connections keep evicting old ones (and sometimes their own first
+    // entry). Whatever is evicted releases its port exactly once.
+    let node = HostNode {
+        mac: MacAddr([2, 0, 0, 0, 10, 20]),
+        gateway_mac: GATEWAY,
+        underlay: IpAddr::from(HOST_A),
+        muxes: vec![IpAddr::from(MUX_IP)],
+        return_path: ReturnPath::Direct,
+        ttl: 64,
+        mtu: 9000,
+        hash_seed: 7,
+        flow_capacity: 8,
+        snat_quarantine_secs: 0,
+        reset_on_snat_exhaustion: false,
+    };
+    let mut h = HostAgent::new(node, config(64)).unwrap();
+    for i in 0..400u32 {
+        let tcp = i % 3 == 0;
+        let dst = IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
+        let f = frame(v4((i % 2) as u8), 10000 + i as u16, dst, 443, tcp.then_some(true), b"x");
+        let mut buf = with_headroom(&f);
+        let v = h.from_backend(&mut buf, HEADROOM, f.len(), NOW);
+        assert!(matches!(v, HostVerdict::Transmit { .. } | HostVerdict::Drop(HostDrop::FlowTableFull)), "{i}: {v:?}");
+        let c = h.snat_counters();
+        let live = u64::from(h.snat_ports_in_use(0) + h.snat_ports_in_use(1));
+        assert!(c.allocated + c.shared >= c.released + live, "{i}: {c:?}, {live} in use");
+        assert!(h.flows().len() <= h.flows().slots());
+    }
+    assert!(h.flows().counters().evicted > 0, "the table was too small");
+    h.expire(NOW + 3600, usize::MAX >> 1, |_, _| {});
+    let c = h.snat_counters();
+    assert_eq!((h.snat_ports_in_use(0), h.snat_ports_in_use(1), h.flows().len()), (0, 0, 0));
+    assert_eq!(c.allocated + c.shared, c.released, "every port released exactly once: {c:?}");
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use lb_core::config::LoadBalancer;
 use lb_core::paths::host::HostEgress;
 use lb_core::paths::{HostAgent, HostVerdict, Mux, Verdict};
+use lb_core::tables::Health;
 use lb_core::wire::vxlan::decapsulate;
 
 use crate::node::{NodeConfig, Role};
@@ -34,7 +35,7 @@ pub enum Engine {
 pub const MUX_DROPS: [&str; 7] =
     ["malformed", "no_vip", "no_rule", "no_backend", "fragment_unknown", "encap", "not_from_vip"];
 /// Names of the host agent's drop reasons, by index.
-pub const HOST_DROPS: [&str; 9] = [
+pub const HOST_DROPS: [&str; 10] = [
     "malformed",
     "not_for_this_host",
     "unknown_backend",
@@ -44,6 +45,7 @@ pub const HOST_DROPS: [&str; 9] = [
     "fragment_unknown",
     "encap",
     "icmp_untranslated",
+    "flow_table_full",
 ];
 
 /// Counters of one engine, summed over lcores for display.
@@ -59,6 +61,9 @@ pub struct Stats {
     pub drops: Vec<(&'static str, u64)>,
     /// Per backend: (pool name, backend name, address, packets, new flows).
     pub backends: Vec<(String, String, IpAddr, u64, u64)>,
+    /// MUX: whether each backend of `backends` takes new flows (its health probes' verdict); empty
+    /// for a host agent, which does not steer by health.
+    pub backends_up: Vec<bool>,
     /// Live flow-table entries.
     pub flows: u64,
     /// SNAT ports in use (host role).
@@ -86,6 +91,14 @@ impl Stats {
             for (a, b) in self.backends.iter_mut().zip(&o.backends) {
                 a.3 += b.3;
                 a.4 += b.4;
+            }
+        }
+        if self.backends_up.is_empty() {
+            self.backends_up = o.backends_up.clone();
+        } else {
+            // Every lcore gets the same probe results; while one lags, the backend counts as down.
+            for (a, b) in self.backends_up.iter_mut().zip(&o.backends_up) {
+                *a &= *b;
             }
         }
         self.flows += o.flows;
@@ -173,14 +186,16 @@ impl Engine {
                 let lb = m.config().clone();
                 let flows = m.flows().len() as u64;
                 let mut backends = Vec::new();
+                let mut backends_up = Vec::new();
                 for (pi, p) in lb.pools.iter().enumerate() {
                     for (bi, b) in p.backends.iter().enumerate() {
                         let t = c.backends.get(pi).and_then(|x| x.get(bi)).copied().unwrap_or_default();
                         backends.push((p.name.clone(), b.name.clone(), b.address, t.packets, t.new_flows));
+                        backends_up.push(m.health(pi, bi) != Some(Health::Down));
                     }
                 }
                 let drops = MUX_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
-                Stats { drops, backends, flows, ..Stats::default() }
+                Stats { drops, backends, backends_up, flows, ..Stats::default() }
             }
             Engine::Host(h, _) => {
                 let c = h.counters().clone();

@@ -2,10 +2,16 @@
 //! pcap (the pure-Rust default) or on DPDK (feature `dpdk`); `inspect` shows what the wire layer sees
 //! in a pcap.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The only module with unsafe code: the DPDK bindings and what uses them.
+#[cfg(feature = "dpdk")]
+#[allow(unsafe_code)]
+mod dpdk;
 mod engine;
 mod inspect;
 mod metrics;

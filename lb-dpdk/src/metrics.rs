@@ -40,6 +40,17 @@ pub fn render(s: &Stats) -> String {
         let _ =
             writeln!(o, "lb_backend_new_flows_total{{pool=\"{pool}\",backend=\"{name}\",address=\"{addr}\"}} {flows}");
     }
+    if !s.backends_up.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP lb_backend_up Whether the MUX sends new flows to each backend (1) or its health probes \
+             took it out (0).\n# TYPE lb_backend_up gauge"
+        );
+        for ((pool, name, addr, _, _), up) in s.backends.iter().zip(&s.backends_up) {
+            let _ =
+                writeln!(o, "lb_backend_up{{pool=\"{pool}\",backend=\"{name}\",address=\"{addr}\"}} {}", u8::from(*up));
+        }
+    }
     let _ = writeln!(o, "# HELP lb_flows Live flow-table entries.\n# TYPE lb_flows gauge\nlb_flows {}", s.flows);
     let _ = writeln!(
         o,
@@ -70,4 +81,38 @@ pub fn serve(addr: SocketAddr, page: Arc<Mutex<String>>, stop: Arc<AtomicBool>) 
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_has_every_counter_and_the_health_gauge() {
+        let s = Stats {
+            rx: 7,
+            tx: 5,
+            drops: vec![("no_vip", 2)],
+            backends: vec![
+                ("Web".into(), "b1".into(), "10.0.0.1".parse().unwrap(), 3, 1),
+                ("Web".into(), "b2".into(), "10.0.0.2".parse().unwrap(), 2, 1),
+            ],
+            backends_up: vec![true, false],
+            ..Stats::default()
+        };
+        let page = render(&s);
+        for line in [
+            "lb_rx_frames_total 7",
+            "lb_tx_frames_total 5",
+            "lb_drops_total{reason=\"no_vip\"} 2",
+            "lb_backend_packets_total{pool=\"Web\",backend=\"b1\",address=\"10.0.0.1\"} 3",
+            "# TYPE lb_backend_up gauge",
+            "lb_backend_up{pool=\"Web\",backend=\"b1\",address=\"10.0.0.1\"} 1",
+            "lb_backend_up{pool=\"Web\",backend=\"b2\",address=\"10.0.0.2\"} 0",
+        ] {
+            assert!(page.lines().any(|l| l == line), "no line {line:?} in\n{page}");
+        }
+        let host = render(&Stats { backends_up: Vec::new(), ..s });
+        assert!(!host.contains("lb_backend_up"), "a host agent has no health gauge");
+    }
 }

@@ -6,7 +6,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
-use pcap_file::DataLink;
+use pcap_file::{DataLink, PcapError};
 
 /// Bytes kept free in front of every received frame, for the VxLAN outer headers (70 over IPv6).
 pub const HEADROOM: usize = 128;
@@ -61,6 +61,21 @@ fn new_buf() -> HeapBuf {
     HeapBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), start: 0, len: 0 }
 }
 
+/// What a [`PcapPort`] does when it has read its input to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtEnd {
+    /// The port has finished: the worker stops (and the program, unless it lingers).
+    Finish,
+    /// `--linger`: the port never finishes, so that its worker goes on taking probe results and
+    /// reloads, running its timers and publishing its counters, until a signal.
+    Wait,
+    /// `--pcap-follow`: as `Wait`, and the input is read like `tail -f` reads a file: frames appended
+    /// to it while the program runs are processed as they come (a record cut short at the end is
+    /// completed later). The output is written as usual (buffered): it is complete once the program
+    /// stopped.
+    Follow,
+}
+
 /// Reads frames from one pcap file and writes what it sends to another.
 pub struct PcapPort {
     reader: PcapReader<BufReader<File>>,
@@ -69,6 +84,8 @@ pub struct PcapPort {
     now: u32,
     ts: std::time::Duration,
     done: bool,
+    /// What happens at the end of the input.
+    at_end: AtEnd,
     /// Frames in the input longer than a buffer (skipped).
     pub oversize: u64,
     /// Records the reader could not parse (the rest of the file is skipped).
@@ -91,9 +108,15 @@ impl PcapPort {
             now: 0,
             ts: std::time::Duration::ZERO,
             done: false,
+            at_end: AtEnd::Finish,
             oversize: 0,
             read_errors: 0,
         })
+    }
+
+    /// What to do at the end of the input (default: finish).
+    pub fn at_end(&mut self, at_end: AtEnd) {
+        self.at_end = at_end;
     }
 
     fn write(&mut self, frame: &[u8]) -> bool {
@@ -107,9 +130,13 @@ impl Port for PcapPort {
 
     fn rx_burst(&mut self, out: &mut Vec<HeapBuf>, max: usize) -> usize {
         let mut n = 0;
+        let follow = self.at_end == AtEnd::Follow;
         while n < max && !self.done {
             match self.reader.next_packet() {
+                None if follow => break,
                 None => self.done = true,
+                // A record still being written: the reader keeps its start and reads on next time.
+                Some(Err(PcapError::IoError(e))) if follow && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Some(Err(_)) => {
                     self.read_errors += 1;
                     self.done = true;
@@ -130,6 +157,10 @@ impl Port for PcapPort {
                     n += 1;
                 }
             }
+        }
+        if n == 0 && (follow || (self.done && self.at_end == AtEnd::Wait)) {
+            // Nothing to read (a file has no interrupt): poll every millisecond rather than spin.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         n
     }
@@ -159,6 +190,6 @@ impl Port for PcapPort {
     }
 
     fn finished(&self) -> bool {
-        self.done
+        self.done && self.at_end == AtEnd::Finish
     }
 }

@@ -18,7 +18,7 @@ use lb_core::config::LoadBalancer;
 
 use crate::engine::{Action, Engine, Stats};
 use crate::node::{self, NodeConfig};
-use crate::port::{FrameBuf, PcapPort, Port};
+use crate::port::{AtEnd, FrameBuf, PcapPort, Port};
 
 /// Frames per burst.
 pub const BURST: usize = 32;
@@ -52,6 +52,24 @@ pub struct RunArgs {
     /// Keep running after the pcap input ends (for probes, reloads and metrics), until a signal.
     #[arg(long)]
     pub linger: bool,
+    /// Follow --pcap-in as it grows, like `tail -f`: frames appended to it while the program runs
+    /// are processed as they come, and the program runs until a signal (its output is complete once
+    /// it stopped). Lets a test or a demo show live traffic move with health probes and reloads.
+    #[arg(long, conflicts_with = "dpdk")]
+    pub pcap_follow: bool,
+    /// DPDK: the port to receive on.
+    #[arg(long, default_value_t = 0, requires = "dpdk")]
+    pub dpdk_rx_port: u16,
+    /// DPDK: the port to send on (default: the rx port).
+    #[arg(long, requires = "dpdk")]
+    pub dpdk_tx_port: Option<u16>,
+    /// DPDK: mbufs in the pool (default: enough for every queue's descriptors, at least 8191).
+    #[arg(long, requires = "dpdk")]
+    pub dpdk_mbufs: Option<u32>,
+    /// DPDK: a worker ends after this many seconds without a frame, the program when all have (for
+    /// tests and benchmarks on vdevs whose input ends, such as net_pcap).
+    #[arg(long, requires = "dpdk")]
+    pub dpdk_idle_exit: Option<f64>,
     /// EAL arguments (after `--`).
     #[arg(last = true)]
     pub eal: Vec<String>,
@@ -198,8 +216,8 @@ pub fn main(args: &RunArgs) -> ExitCode {
     };
     let code = control_plane(args, cfg, &stop, &reload, &workers.handles);
     stop.store(true, Ordering::Relaxed);
-    for t in workers.threads {
-        let _ = t.join();
+    for join in workers.joins {
+        join();
     }
     let total = sum(&workers.handles);
     let mut out = std::io::stdout().lock();
@@ -209,8 +227,9 @@ pub fn main(args: &RunArgs) -> ExitCode {
 
 /// Running workers.
 pub struct Workers {
-    /// Their threads.
-    pub threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each waits for some workers to end (joins a thread; DPDK: waits for the lcores, then closes
+    /// the ports and the EAL).
+    pub joins: Vec<Box<dyn FnOnce()>>,
     /// Their control-plane handles.
     pub handles: Vec<WorkerHandle>,
 }
@@ -226,6 +245,11 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
         return Err("--pcap-in and --pcap-out are needed without --dpdk".into());
     };
     let mut port = PcapPort::open(input, output)?;
+    port.at_end(match (args.pcap_follow, args.linger) {
+        (true, _) => AtEnd::Follow,
+        (false, true) => AtEnd::Wait,
+        (false, false) => AtEnd::Finish,
+    });
     let mut engine = Engine::new(cfg)?;
     let (link, handle) = worker_pair(stop);
     let t = std::thread::Builder::new()
@@ -240,7 +264,10 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
             }
         })
         .map_err(|e| e.to_string())?;
-    Ok(Workers { threads: vec![t], handles: vec![handle] })
+    let join = move || {
+        let _ = t.join();
+    };
+    Ok(Workers { joins: vec![Box::new(join)], handles: vec![handle] })
 }
 
 fn sum(handles: &[WorkerHandle]) -> Stats {
@@ -284,13 +311,17 @@ fn control_plane(
             match node::load(&args.config) {
                 Ok(new) if new.role == cfg.role => {
                     eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
+                    // The old probers' results name members by their place in the old configuration:
+                    // stop them, and hand the workers what they sent before the new configuration,
+                    // never after it.
+                    let probing = probers.take().map(crate::probe::Probers::stop).is_some();
+                    forward_probes(&probe_rx, workers);
                     lb = new.lb.clone();
                     let shared = Arc::new(new.lb);
                     for w in workers {
                         let _ = w.tx.send(Control::Reload(shared.clone()));
                     }
-                    if let Some(p) = probers.take() {
-                        p.stop();
+                    if probing {
                         probers = Some(crate::probe::Probers::start(&lb, probe_tx.clone()));
                     }
                 }
@@ -298,12 +329,7 @@ fn control_plane(
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
             }
         }
-        for r in probe_rx.try_iter() {
-            let r: crate::probe::ProbeResult = r;
-            for w in workers {
-                let _ = w.tx.send(Control::Probe { pool: r.pool, member: r.member, up: r.success });
-            }
-        }
+        forward_probes(&probe_rx, workers);
         let interval = Duration::from_secs(args.status_interval.max(1));
         if last_status.elapsed() >= interval {
             let total = sum(workers);
@@ -324,6 +350,15 @@ fn control_plane(
         p.stop();
     }
     ExitCode::SUCCESS
+}
+
+/// Hands every probe result received so far to every worker.
+fn forward_probes(rx: &Receiver<crate::probe::ProbeResult>, workers: &[WorkerHandle]) {
+    for r in rx.try_iter() {
+        for w in workers {
+            let _ = w.tx.send(Control::Probe { pool: r.pool, member: r.member, up: r.success });
+        }
+    }
 }
 
 /// One line: rates since the last line, drops by reason, flows, SNAT ports.

@@ -564,7 +564,7 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
 
 const MUX_DROP_NAMES: [&[u8]; 7] =
     [b"malformed\0", b"no_vip\0", b"no_rule\0", b"no_backend\0", b"fragment_unknown\0", b"encap\0", b"not_from_vip\0"];
-const HOST_DROP_NAMES: [&[u8]; 9] = [
+const HOST_DROP_NAMES: [&[u8]; 10] = [
     b"malformed\0",
     b"not_for_this_host\0",
     b"unknown_backend\0",
@@ -574,6 +574,7 @@ const HOST_DROP_NAMES: [&[u8]; 9] = [
     b"fragment_unknown\0",
     b"encap\0",
     b"icmp_untranslated\0",
+    b"flow_table_full\0",
 ];
 
 /// The name of drop reason `reason` for instances of role `role` (a static NUL-terminated string

@@ -130,10 +130,13 @@ pub enum HostDrop {
     Encap = 7,
     /// An ICMP error whose quoted packet belongs to no connection of this host.
     IcmpUntranslated = 8,
+    /// A new connection found no room for both its entries (the flow table is too small for the
+    /// load: its `evicted` counter moves too).
+    FlowTableFull = 9,
 }
 
 /// Number of [`HostDrop`] reasons.
-pub const HOST_DROPS: usize = 9;
+pub const HOST_DROPS: usize = 10;
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -551,7 +554,11 @@ impl HostAgent {
         back.dst = tuple.src;
         back.dst_port = tuple.src_port;
         let response = HostFlow { kind: HostFlowKind::Response, port: key.dst_port, ..inbound };
-        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, inbound, &back, response, delivery.idle_minutes, now);
+        let Some(slot) =
+            self.insert_pair(&tuple, hash, key.tcp_flags, inbound, &back, response, delivery.idle_minutes, now)
+        else {
+            return HostVerdict::Drop(HostDrop::FlowTableFull);
+        };
         let e = *self.flows.entry(slot);
         self.follow(slot, &e, inner, &key, now);
         if rewrite(inner, &key, Side::Dst, &dst, backend_port).is_err() {
@@ -644,7 +651,11 @@ impl HostAgent {
         back.dst = faddr;
         back.dst_port = port;
         let back_in = HostFlow { kind: HostFlowKind::SnatIn, ..out };
-        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, out, &back, back_in, g.idle_timeout_minutes, now);
+        let Some(slot) =
+            self.insert_pair(&tuple, hash, key.tcp_flags, out, &back, back_in, g.idle_timeout_minutes, now)
+        else {
+            return HostVerdict::Drop(HostDrop::FlowTableFull);
+        };
         let e = *self.flows.entry(slot);
         let Some(frame) = buf.get_mut(start..start + len) else {
             return HostVerdict::Drop(HostDrop::Malformed);
@@ -688,7 +699,8 @@ impl HostAgent {
         None
     }
 
-    /// Inserts both directions of a connection, each naming the other's slot; returns the first's.
+    /// Inserts both directions of a connection, each naming the other's slot; returns the first's,
+    /// or `None` (nothing inserted, nothing held) if the second insert had to evict the first.
     #[allow(clippy::too_many_arguments)]
     fn insert_pair(
         &mut self,
@@ -700,18 +712,22 @@ impl HostAgent {
         b_value: HostFlow,
         idle: u8,
         now: u32,
-    ) -> FlowSlot {
-        let sa = self.flows.insert(a, a_hash, tcp_flags, a_value, idle, now);
+    ) -> Option<FlowSlot> {
+        self.settle(now);
+        let sa = self.flows.insert(a, a_hash, tcp_flags, HostFlow { peer: NO_PEER, ..a_value }, idle, now);
         self.settle(now);
         let b_hash = tuple_hash(b, self.node.hash_seed);
         let b_flags = if tcp_flags & TcpFlags::SYN != 0 { TcpFlags::SYN } else { 0 };
         let sb = self.flows.insert(b, b_hash, b_flags, HostFlow { peer: sa.to_index(), ..b_value }, idle, now);
-        // The second insert may have evicted the first (a full bucket pair): then drop both.
-        if self.flows.live(sa).is_some_and(|e| e.tuple == *a) {
-            self.flows.value_mut(sa).peer = sb.to_index();
-        }
+        // The second insert evicted the first (a full bucket pair): settling releases what the
+        // first held (its SNAT port, once); the second goes too, without a second release.
         self.settle(now);
-        sa
+        if sb == sa || !self.flows.live(sa).is_some_and(|e| e.tuple == *a) {
+            self.flows.remove(sb);
+            return None;
+        }
+        self.flows.value_mut(sa).peer = sb.to_index();
+        Some(sa)
     }
 
     /// After a packet of entry `slot`: refresh its pair (one idle timer per connection) and keep
@@ -745,32 +761,23 @@ impl HostAgent {
 
     /// Releases what removed entries held: the pair's other entry, the SNAT port.
     fn settle(&mut self, now: u32) {
-        while let Some(e) = self.flows.take_removed() {
-            let peer = self.take_peer(&e);
+        while let Some((at, e)) = self.flows.take_removed() {
+            let peer = self.take_peer(at, &e);
             self.release(&e, peer.as_ref(), now);
         }
     }
 
-    /// Removes and returns the other entry of `e`'s pair, if it still is one.
-    fn take_peer(&mut self, e: &FlowEntry<HostFlow>) -> Option<FlowEntry<HostFlow>> {
+    /// Removes and returns the other entry of the pair whose entry `e` was at `at`: the entry `e`
+    /// names, provided it names `at` back (slots are reused, so only a mutual link is a pair).
+    fn take_peer(&mut self, at: FlowSlot, e: &FlowEntry<HostFlow>) -> Option<FlowEntry<HostFlow>> {
         if e.value.peer == NO_PEER {
             return None;
         }
-        let at = FlowSlot::from_index(e.value.peer);
-        let p = self.flows.live(at)?;
-        // One end of a pair is untranslated in both entries: the client (load-balanced flows) or the
-        // remote end (SNAT flows).
-        let (a, b) = (&p.tuple, &e.tuple);
-        let same_end = (a.dst == b.src && a.dst_port == b.src_port) || (a.src == b.dst && a.src_port == b.dst_port);
-        let pairs = same_end
-            && p.tuple.protocol == e.tuple.protocol
-            && p.value.kind != e.value.kind
-            && p.value.local == e.value.local;
-        if pairs {
-            self.flows.remove(at)
-        } else {
-            None
+        let p = FlowSlot::from_index(e.value.peer);
+        if self.flows.live(p)?.value.peer != at.to_index() {
+            return None;
         }
+        self.flows.remove(p)
     }
 
     fn release(&mut self, e: &FlowEntry<HostFlow>, _peer: Option<&FlowEntry<HostFlow>>, now: u32) {
@@ -797,14 +804,17 @@ impl HostAgent {
                 if e.value.kind == HostFlowKind::None {
                     continue; // already handled as the pair of an earlier one
                 }
-                let peer = match removed[..n].iter().position(|(s, _)| s.to_index() == e.value.peer) {
-                    Some(j) if e.value.peer != NO_PEER => {
+                // The pair, if the same bucket held it (then it was swept too), else in the table.
+                let mutual = |(s, p): &(FlowSlot, FlowEntry<HostFlow>)| {
+                    s.to_index() == e.value.peer && p.value.peer == slot.to_index() && e.value.peer != NO_PEER
+                };
+                let peer = match removed[..n].iter().position(mutual) {
+                    Some(j) => {
                         removed[j].1.value.kind = HostFlowKind::None;
                         Some(removed[j].1)
                     }
-                    _ => self.take_peer(&e),
+                    None => self.take_peer(slot, &e),
                 };
-                let _ = slot;
                 self.release(&e, peer.as_ref(), now);
                 if e.tuple.protocol == ip_proto::TCP && e.value.flags & RESET != 0 && e.state != TcpState::Closing {
                     self.reset_both(&e, peer.as_ref(), &mut emit);
@@ -956,8 +966,13 @@ impl HostAgent {
         if key.fragment != Fragment::First {
             return;
         }
+        // Whatever this packet's own lookup or touch removed is settled before an insert can evict
+        // another entry (two removals of one pair before settling would release its port twice).
+        self.settle(now);
         let (t, h) = fragment_record(key, self.node.hash_seed);
-        if self.flows.lookup(&t, h, now).is_none() {
+        let found = self.flows.lookup(&t, h, now).is_some();
+        self.settle(now);
+        if !found {
             let mut flags = v.flags & FLOATING;
             if side == Side::Src {
                 flags |= FRAG_SRC;

@@ -185,7 +185,7 @@ pub struct FlowTable<V = MuxFlow> {
     /// `buckets.len()` as the multiplier of [`split`].
     n: u32,
     counters: FlowTableCounters,
-    removed: [FlowEntry<V>; REMOVED_RING],
+    removed: [(FlowSlot, FlowEntry<V>); REMOVED_RING],
     removed_len: usize,
 }
 
@@ -235,7 +235,7 @@ impl<V: FlowValue> FlowTable<V> {
             buckets: vec![Bucket::empty(); n],
             n: n as u32,
             counters: FlowTableCounters::default(),
-            removed: [FlowEntry::default(); REMOVED_RING],
+            removed: [(FlowSlot::default(), FlowEntry::default()); REMOVED_RING],
             removed_len: 0,
         })
     }
@@ -268,7 +268,7 @@ impl<V: FlowValue> FlowTable<V> {
                         let e = bucket.entries[i];
                         self.counters.expired += 1;
                         self.counters.misses += 1;
-                        self.keep_removed(&e);
+                        self.keep_removed(FlowSlot { bucket: b as u32, slot: i as u8 }, &e);
                         return None;
                     }
                     self.counters.hits += 1;
@@ -368,9 +368,9 @@ impl<V: FlowValue> FlowTable<V> {
         Some(b.entries[i])
     }
 
-    /// Takes one entry the table removed on its own since the last call (only with
-    /// [`FlowValue::TRACK_REMOVALS`]). Drain it after every lookup, touch or insert.
-    pub fn take_removed(&mut self) -> Option<FlowEntry<V>> {
+    /// Takes one entry the table removed on its own since the last call, with the slot it held
+    /// (only with [`FlowValue::TRACK_REMOVALS`]). Drain it after every lookup, touch or insert.
+    pub fn take_removed(&mut self) -> Option<(FlowSlot, FlowEntry<V>)> {
         if self.removed_len == 0 {
             return None;
         }
@@ -379,10 +379,10 @@ impl<V: FlowValue> FlowTable<V> {
     }
 
     #[inline(always)]
-    fn keep_removed(&mut self, e: &FlowEntry<V>) {
+    fn keep_removed(&mut self, at: FlowSlot, e: &FlowEntry<V>) {
         if V::TRACK_REMOVALS {
             if self.removed_len < REMOVED_RING {
-                self.removed[self.removed_len] = *e;
+                self.removed[self.removed_len] = (at, *e);
                 self.removed_len += 1;
             } else {
                 self.counters.removals_lost += 1;
@@ -403,7 +403,7 @@ impl<V: FlowValue> FlowTable<V> {
                 bucket.sigs[i] = 0;
                 self.counters.reset += 1;
                 let e = *e;
-                self.keep_removed(&e);
+                self.keep_removed(at, &e);
                 return e;
             }
             if tcp_flags & TcpFlags::FIN != 0 {
@@ -458,7 +458,7 @@ impl<V: FlowValue> FlowTable<V> {
                 self.counters.evicted += 1;
             }
             let e = self.buckets[victim.0].entries[victim.1];
-            self.keep_removed(&e);
+            self.keep_removed(FlowSlot { bucket: victim.0 as u32, slot: victim.1 as u8 }, &e);
             victim
         };
         let bucket = &mut self.buckets[b];

@@ -195,6 +195,8 @@ pub struct SnatAllocator {
     /// Per port: its last release time plus the quarantine, saturating (0 if never released); the
     /// port may carry a new connection from this time on.
     quiet: Vec<u32>,
+    /// Per port: handed out by [`SnatAllocator::alloc`] (a UDP flow's): never shared while it lasts.
+    exclusive: Vec<bool>,
     /// Per block, `len` slots: the ring of free ports.
     ring: Vec<Free>,
     quarantine: u32,
@@ -241,6 +243,7 @@ impl SnatAllocator {
             blocks: state,
             refs: alloc::vec![0; total],
             quiet: alloc::vec![0; total],
+            exclusive: alloc::vec![false; total],
             ring,
             quarantine: quarantine_secs,
             counters: SnatCounters::default(),
@@ -250,7 +253,7 @@ impl SnatAllocator {
     /// Takes the head of the block's free ring if it is eligible at `now`; `None` if it is not or the
     /// ring is empty. Counts an allocation, not an exhaustion.
     #[inline]
-    fn take_fresh(&mut self, block: usize, now: u32) -> Result<Option<u16>, SnatError> {
+    fn take_fresh(&mut self, block: usize, now: u32, exclusive: bool) -> Result<Option<u16>, SnatError> {
         let b = self.blocks.get_mut(block).ok_or(SnatError::UnknownBlock(block))?;
         if b.free == 0 {
             return Ok(None);
@@ -265,17 +268,22 @@ impl SnatAllocator {
         }
         b.free -= 1;
         b.in_use += 1;
-        self.refs[b.base + usize::from(head.port - b.spec.first)] = 1;
+        let i = b.base + usize::from(head.port - b.spec.first);
+        self.refs[i] = 1;
+        self.exclusive[i] = exclusive;
         self.counters.allocated += 1;
         Ok(Some(head.port))
     }
 
     /// Hands out a port of `block` with no connection on it: the one freed longest ago, if its
-    /// quarantine is over at `now`. O(1). [`SnatError::Exhausted`] (counted; nothing else changes)
-    /// when there is none.
+    /// quarantine is over at `now`. The port is the connection's alone: [`alloc_shared`] never puts
+    /// another connection on it (UDP). O(1). [`SnatError::Exhausted`] (counted; nothing else
+    /// changes) when there is none.
+    ///
+    /// [`alloc_shared`]: Self::alloc_shared
     #[inline]
     pub fn alloc(&mut self, block: usize, now: u32) -> Result<u16, SnatError> {
-        match self.take_fresh(block, now)? {
+        match self.take_fresh(block, now, true)? {
             Some(port) => Ok(port),
             None => {
                 self.counters.exhausted += 1;
@@ -287,7 +295,8 @@ impl SnatAllocator {
     /// For TCP: like [`alloc`](Self::alloc), but when no fresh port is eligible, puts the connection
     /// on a port already in use. It looks at up to [`SHARE_PROBES`] consecutive ports of the block
     /// (wrapping), from a cursor that moves on with every scan, and takes the first one that has
-    /// between 1 and `MAX_PORT_CONNECTIONS - 1` connections, was not released less than the
+    /// between 1 and `MAX_PORT_CONNECTIONS - 1` connections, did not come from [`alloc`](Self::alloc)
+    /// (a UDP flow's port is its own), was not released less than the
     /// quarantine ago, and for which `usable(port)` is true (the caller answers whether it has no
     /// live connection from that port to the new connection's destination). `usable` is only asked
     /// about such ports. [`SnatError::Exhausted`] (counted) if none qualifies.
@@ -298,7 +307,7 @@ impl SnatAllocator {
         now: u32,
         mut usable: impl FnMut(u16) -> bool,
     ) -> Result<u16, SnatError> {
-        if let Some(port) = self.take_fresh(block, now)? {
+        if let Some(port) = self.take_fresh(block, now, false)? {
             return Ok(port);
         }
         let b = &mut self.blocks[block];
@@ -309,7 +318,7 @@ impl SnatAllocator {
             let port = b.spec.first + off;
             off = if off + 1 == len { 0 } else { off + 1 };
             let r = self.refs[i];
-            if r != 0 && r < MAX_PORT_CONNECTIONS && self.quiet[i] <= now && usable(port) {
+            if r != 0 && r < MAX_PORT_CONNECTIONS && !self.exclusive[i] && self.quiet[i] <= now && usable(port) {
                 self.refs[i] = r + 1;
                 b.cursor = off;
                 self.counters.shared += 1;
@@ -340,6 +349,7 @@ impl SnatAllocator {
         self.quiet[i] = at;
         self.refs[i] = r - 1;
         if r == 1 {
+            self.exclusive[i] = false;
             let mut tail = b.head + b.free;
             if tail >= u32::from(b.spec.len) {
                 tail -= u32::from(b.spec.len);
@@ -654,7 +664,7 @@ mod tests {
     fn sharing_skips_free_and_quarantined_ports() {
         let mut a = one(3000, 3, 60);
         for _ in 0..3 {
-            a.alloc(0, 0).unwrap();
+            a.alloc_shared(0, 0, |_| true).unwrap();
         }
         // 3000 goes back to the ring (in quarantine): it must not be shared, it has no connection.
         a.release(0, 3000, 0).unwrap();
@@ -676,7 +686,7 @@ mod tests {
     #[test]
     fn shared_port_returns_to_the_ring_with_its_last_connection() {
         let mut a = one(3000, 1, 0);
-        let p = a.alloc(0, 0).unwrap();
+        let p = a.alloc_shared(0, 0, |_| true).unwrap();
         assert_eq!(a.alloc_shared(0, 0, |_| true), Ok(p));
         assert_eq!(a.alloc_shared(0, 0, |_| true), Ok(p));
         assert_eq!(a.connections(0, p), 3);
@@ -692,7 +702,7 @@ mod tests {
     #[test]
     fn shared_connections_stop_at_the_maximum() {
         let mut a = one(3000, 1, 0);
-        a.alloc(0, 0).unwrap();
+        a.alloc_shared(0, 0, |_| true).unwrap();
         for _ in 1..MAX_PORT_CONNECTIONS {
             a.alloc_shared(0, 0, |_| true).unwrap();
         }
@@ -700,6 +710,28 @@ mod tests {
         assert_eq!(a.alloc_shared(0, 0, |_| true), Err(SnatError::Exhausted));
         a.release(0, 3000, 0).unwrap();
         assert_eq!(a.alloc_shared(0, 0, |_| true), Ok(3000));
+    }
+
+    #[test]
+    fn a_port_from_alloc_is_never_shared() {
+        let mut a = one(3000, 2, 0);
+        let udp = a.alloc(0, 0).unwrap();
+        let tcp = a.alloc_shared(0, 0, |_| true).unwrap();
+        let mut asked = vec![];
+        for _ in 0..4 {
+            assert_eq!(
+                a.alloc_shared(0, 0, |p| {
+                    asked.push(p);
+                    true
+                }),
+                Ok(tcp)
+            );
+        }
+        assert!(!asked.contains(&udp), "the UDP flow's port was offered: {asked:?}");
+        // Once released, the port is an ordinary free port again.
+        a.release(0, udp, 0).unwrap();
+        assert_eq!(a.alloc_shared(0, 0, |_| true), Ok(udp));
+        assert_eq!(a.alloc_shared(0, 0, |p| p == udp), Ok(udp));
     }
 
     #[test]
