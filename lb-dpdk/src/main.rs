@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod dpdk;
 mod engine;
 mod inspect;
+mod mem;
 mod metrics;
 mod node;
 mod port;

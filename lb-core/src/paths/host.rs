@@ -286,7 +286,17 @@ const RST_HEADROOM: usize = 128;
 impl HostAgent {
     /// Builds the host agent of `node` for a validated configuration.
     pub fn new(node: HostNode, lb: LoadBalancer) -> Result<Self, HostError> {
-        let flows = FlowTable::with_capacity(node.flow_capacity).map_err(HostError::FlowTable)?;
+        Self::with_flow_memory(node, lb, |_, _| {})
+    }
+
+    /// [`HostAgent::new`], handing the flow table's memory to `prepare` before it is first written
+    /// (see [`FlowTable::with_capacity_prepared`]).
+    pub fn with_flow_memory(
+        node: HostNode,
+        lb: LoadBalancer,
+        prepare: impl FnOnce(*const u8, usize),
+    ) -> Result<Self, HostError> {
+        let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(HostError::FlowTable)?;
         let mut h = HostAgent {
             lb: LoadBalancer::default(),
             vips: Vec::new(),

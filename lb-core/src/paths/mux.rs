@@ -212,7 +212,17 @@ pub struct Mux {
 impl Mux {
     /// Builds a MUX for a validated configuration.
     pub fn new(node: MuxNode, lb: LoadBalancer) -> Result<Self, MuxError> {
-        let flows = FlowTable::with_capacity(node.flow_capacity).map_err(MuxError::FlowTable)?;
+        Self::with_flow_memory(node, lb, |_, _| {})
+    }
+
+    /// [`Mux::new`], handing the flow table's memory to `prepare` before it is first written (see
+    /// [`FlowTable::with_capacity_prepared`]: the program asks for large pages there).
+    pub fn with_flow_memory(
+        node: MuxNode,
+        lb: LoadBalancer,
+        prepare: impl FnOnce(*const u8, usize),
+    ) -> Result<Self, MuxError> {
+        let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
         let mut mux = Mux {
             lb: LoadBalancer::default(),
             vips: Vec::new(),

@@ -12,7 +12,6 @@
 //! compare keys, so that a burst of 32 pays for its cache misses in parallel rather than one after
 //! another; this is what keeps a hit in a 40-million-flow table close to a hit in a small one.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::wire::{FlowKey, IpVersion, TcpFlags};
@@ -227,12 +226,27 @@ impl<V: FlowValue> FlowTable<V> {
 
     /// Allocates a table for about `flows` concurrent flows. This is the only allocation it makes.
     pub fn with_capacity(flows: usize) -> Result<Self, FlowTableError> {
+        Self::with_capacity_prepared(flows, |_, _| {})
+    }
+
+    /// [`FlowTable::with_capacity`], handing the table's memory to `prepare` (its address and
+    /// length in bytes) after it is reserved and before it is first written, so that the caller can
+    /// ask the OS for large pages there (`madvise(MADV_HUGEPAGE)`): a table of millions of flows on
+    /// 4 KiB pages pays a TLB miss on nearly every lookup.
+    pub fn with_capacity_prepared(
+        flows: usize,
+        prepare: impl FnOnce(*const u8, usize),
+    ) -> Result<Self, FlowTableError> {
         let n = Self::buckets_for(flows);
         if flows == 0 || n > u32::MAX as usize {
             return Err(FlowTableError::BadCapacity(flows));
         }
+        let mut buckets: Vec<Bucket<V>> = Vec::with_capacity(n);
+        let spare = buckets.spare_capacity_mut();
+        prepare(spare.as_ptr().cast::<u8>(), core::mem::size_of_val(spare));
+        buckets.resize(n, Bucket::empty());
         Ok(FlowTable {
-            buckets: vec![Bucket::empty(); n],
+            buckets,
             n: n as u32,
             counters: FlowTableCounters::default(),
             removed: [(FlowSlot::default(), FlowEntry::default()); REMOVED_RING],
@@ -524,6 +538,7 @@ impl<V: FlowValue> FlowTable<V> {
 mod tests {
     use super::*;
     use crate::tables::maglev::mix64;
+    use alloc::vec;
 
     fn tuple(i: u64) -> (FlowTuple, u32) {
         let x = mix64(i);
@@ -541,6 +556,16 @@ mod tests {
     }
 
     const NEW: MuxFlow = MuxFlow { backend: 7, rule: 1 };
+
+    #[test]
+    fn prepare_sees_the_whole_table_before_it_is_written() {
+        let mut seen = None;
+        let t = FlowTable::<MuxFlow>::with_capacity_prepared(100_000, |p, len| seen = Some((p as usize, len))).unwrap();
+        let (p, len) = seen.expect("prepare was called");
+        assert_eq!(len, FlowTable::<MuxFlow>::memory_for(100_000));
+        assert_eq!(p, t.buckets.as_ptr() as usize, "the memory the table then uses");
+        assert!(t.is_empty());
+    }
 
     #[test]
     fn layout_is_compact() {
