@@ -54,6 +54,32 @@ typedef uint32_t lb_action;
 #endif // __cplusplus
 
 /*
+ Where a frame given to a host agent comes from.
+ */
+enum lb_direction
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /*
+   Decide per frame: a VxLAN frame addressed to this host came from the fabric, anything else
+   from a backend. A MUX ignores the direction.
+   */
+  LB_DIRECTION_AUTO = 0,
+  /*
+   From the fabric (VxLAN from a MUX, replies to SNAT connections).
+   */
+  LB_DIRECTION_FROM_FABRIC = 1,
+  /*
+   From a local backend (its vNIC).
+   */
+  LB_DIRECTION_FROM_BACKEND = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t lb_direction;
+#endif // __cplusplus
+
+/*
  Result codes. `LB_RESULT_OK` is 0; errors start at 7000 so that they never look like a count or
  an errno.
  */
@@ -97,6 +123,27 @@ enum lb_result
 };
 #ifndef __cplusplus
 typedef uint32_t lb_result;
+#endif // __cplusplus
+
+/*
+ The role of an instance.
+ */
+enum lb_role
+#ifdef __cplusplus
+  : uint32_t
+#endif // __cplusplus
+ {
+  /*
+   A MUX.
+   */
+  LB_ROLE_MUX = 1,
+  /*
+   A host agent.
+   */
+  LB_ROLE_HOST = 2,
+};
+#ifndef __cplusplus
+typedef uint32_t lb_role;
 #endif // __cplusplus
 
 /*
@@ -158,11 +205,12 @@ typedef struct lb_counters {
    */
   uint64_t forwarded;
   /*
-   Their bytes (as received).
+   Their bytes, without tunnel headers (the frames as the client or the backend sent them).
    */
   uint64_t forwarded_bytes;
   /*
-   New connections.
+   New connections: a MUX counts those it steered; a host agent those it delivered and those
+   its backends opened through SNAT.
    */
   uint64_t new_flows;
   /*
@@ -229,12 +277,13 @@ uint32_t lb_instance_role(const struct lb_instance *inst);
 /*
  Processes `n` frames in place at time `now` (seconds of any monotonic clock) and writes one
  verdict per frame to `verdicts` (`n` of them, caller-owned). `direction` (an [`lb_direction`])
- tells a host agent where the frames come from (a MUX ignores it; other values give
- `LB_RESULT_BAD_ARGUMENT`). A frame whose `start`/`len` do not lie inside its buffer
- is dropped as malformed; a frame without enough headroom for the tunnel is dropped with the
- encapsulation reason. Returns `LB_RESULT_NULL_ARGUMENT` if `inst`, or (with `n > 0`) `frames` or
- `verdicts`, is NULL, or if a frame's `buf` is NULL (that frame's verdict is a drop; the others
- are processed). Never allocates.
+ tells a host agent where the frames come from (a MUX ignores it, but it must still be one of the
+ listed values: others give `LB_RESULT_BAD_ARGUMENT` and process nothing). A frame whose
+ `start`/`len` do not lie inside its buffer is dropped as malformed; a frame without enough
+ headroom for the tunnel is dropped with the encapsulation reason. Returns
+ `LB_RESULT_NULL_ARGUMENT` if `inst`, or (with `n > 0`) `frames` or `verdicts`, is NULL (checked
+ first, nothing is processed), or if a frame's `buf` is NULL (that frame's verdict is a drop with
+ reason 0, malformed; the others are processed). Never allocates.
 
  # Safety
  `frames` and `verdicts` must point to `n` elements; each frame's `buf` to `buf_len` bytes the

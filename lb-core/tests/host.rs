@@ -315,6 +315,8 @@ fn client_to_backend_and_back_v4_v6_tcp_udp_default_and_floating_via_mux_and_dsr
         let a = hosts[&HOST_A].counters();
         let b = hosts[&HOST_B].counters();
         assert_eq!(a.inbound.packets + b.inbound.packets, 8 * 12);
+        assert_eq!(a.inbound.new_flows + b.inbound.new_flows, 8 * 12, "one new connection each");
+        assert_eq!(a.backends.iter().chain(&b.backends).map(|t| t.new_flows).sum::<u64>(), 8 * 12);
         assert_eq!(a.responses.packets + b.responses.packets, 8 * 12);
         if path == ReturnPath::ViaMux {
             assert_eq!(mux.counters().relayed.packets, 8 * 12);
@@ -413,6 +415,7 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
     assert_eq!(a.counters().drops[HostDrop::SnatExhausted as usize], 2 * 5);
     assert_eq!(a.snat_ports_in_use(0), PORTS);
     assert_eq!(hosts[&HOST_B].counters().snat_out.packets, u64::from(PORTS));
+    assert_eq!(hosts[&HOST_B].counters().snat_out.new_flows, u64::from(PORTS));
     assert_eq!(hosts[&HOST_B].counters().drops[HostDrop::SnatExhausted as usize], 5);
 
     // TCP shares a port between different destinations once no fresh port is left...

@@ -467,3 +467,34 @@ fn number_of_probes_comes_from_the_pools_probe_and_follows_a_reload() {
     assert_eq!(mux.health(0, 2), Some(Health::Down));
     assert_eq!(mux.report_probe(0, 2, true).unwrap(), Transition::CameUp);
 }
+
+#[test]
+fn counters_follow_their_resource_across_a_reconfiguration() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    for i in 0..50u32 {
+        run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap();
+    }
+    let before = mux.counters().clone();
+    assert_eq!(before.vips[0].packets, 50);
+    // A new frontend and a new rule first: every index shifts by one.
+    let mut cfg = config();
+    cfg.frontends
+        .insert(0, Frontend { name: "NewFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(20, 50, 60, 99)) });
+    for r in &mut cfg.rules {
+        r.frontend += 1;
+    }
+    for r in &mut cfg.nat_rules {
+        r.frontend += 1;
+    }
+    for r in &mut cfg.nat_pools {
+        r.frontend += 1;
+    }
+    cfg.rules.insert(0, rule("NewRule", 0, 0, Protocol::Tcp, 80));
+    mux.update(cfg).unwrap();
+    let after = mux.counters();
+    assert_eq!(after.vips[0], Default::default(), "the new frontend starts at zero");
+    assert_eq!(after.vips[1], before.vips[0], "PublicFrontend keeps its counts");
+    assert_eq!(after.rules[0], Default::default());
+    assert_eq!(after.rules[1], before.rules[0], "HTTP-Rule keeps its counts");
+    assert_eq!(after.backends, before.backends, "the pools did not change");
+}

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use lb_core::config::json::from_json;
 use lb_core::config::node::{self, NodeConfig, Role};
-use lb_core::paths::{HostAgent, HostVerdict, Mux, Verdict};
+use lb_core::paths::{HostAgent, HostVerdict, Mux, MuxCounters, Traffic, Verdict};
 use lb_core::wire::vxlan::decapsulate;
 
 /// Result codes. `LB_RESULT_OK` is 0; errors start at 7000 so that they never look like a count or
@@ -118,9 +118,10 @@ pub const LB_MAX_DROP_REASONS: usize = 16;
 pub struct lb_counters {
     /// Frames sent on (transmitted or delivered).
     pub forwarded: u64,
-    /// Their bytes (as received).
+    /// Their bytes, without tunnel headers (the frames as the client or the backend sent them).
     pub forwarded_bytes: u64,
-    /// New connections.
+    /// New connections: a MUX counts those it steered; a host agent those it delivered and those
+    /// its backends opened through SNAT.
     pub new_flows: u64,
     /// Drops per reason index; `drop_reasons` of them are meaningful.
     pub drops: [u64; LB_MAX_DROP_REASONS],
@@ -146,14 +147,22 @@ pub struct lb_instance {
     poisoned: bool,
     /// Where the MUX's flow-table sweep goes on next.
     sweep: usize,
+    /// Traffic of MUX frontends an update removed (their counters go with them in the core), so
+    /// that the totals [`lb_counters_get`] reports never go backwards.
+    retired: Traffic,
 }
 
-/// Copies `msg` into the caller's `err` buffer (NUL-terminated, truncated to fit) if there is one.
+/// Copies `msg` into the caller's `err` buffer (NUL-terminated, truncated to fit on a UTF-8
+/// character boundary) if there is one; `err_len` 0 writes nothing.
 fn write_error(err: *mut c_char, err_len: usize, msg: &str) {
     if err.is_null() || err_len == 0 {
         return;
     }
-    let n = msg.len().min(err_len - 1);
+    let mut n = msg.len().min(err_len - 1);
+    // Cut on a character boundary, so that what the caller gets is always valid UTF-8.
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
     // SAFETY: the caller promises `err` points to `err_len` writable bytes; we write n + 1 <= err_len.
     unsafe {
         std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
@@ -227,14 +236,16 @@ pub unsafe extern "C" fn lb_instance_new(
             Err(e) => {
                 write_error(err, err_len, &e.to_string());
                 return match e {
+                    // The load balancer's JSON of the wrong shape is bad JSON too, as in `lb_update`.
                     node::NodeError::Json(..) => lb_result::LB_RESULT_BAD_JSON,
+                    node::NodeError::LoadBalancer(ref c) if c.field == "json" => lb_result::LB_RESULT_BAD_JSON,
                     _ => lb_result::LB_RESULT_BAD_CONFIG,
                 };
             }
         };
         match build(&cfg) {
             Ok(engine) => {
-                let b = Box::new(lb_instance { engine, poisoned: false, sweep: 0 });
+                let b = Box::new(lb_instance { engine, poisoned: false, sweep: 0, retired: Traffic::default() });
                 // SAFETY: as above.
                 unsafe { *out = Box::into_raw(b) };
                 lb_result::LB_RESULT_OK
@@ -301,12 +312,13 @@ unsafe fn with_instance(inst: *mut lb_instance, f: impl FnOnce(&mut lb_instance)
 
 /// Processes `n` frames in place at time `now` (seconds of any monotonic clock) and writes one
 /// verdict per frame to `verdicts` (`n` of them, caller-owned). `direction` (an [`lb_direction`])
-/// tells a host agent where the frames come from (a MUX ignores it; other values give
-/// `LB_RESULT_BAD_ARGUMENT`). A frame whose `start`/`len` do not lie inside its buffer
-/// is dropped as malformed; a frame without enough headroom for the tunnel is dropped with the
-/// encapsulation reason. Returns `LB_RESULT_NULL_ARGUMENT` if `inst`, or (with `n > 0`) `frames` or
-/// `verdicts`, is NULL, or if a frame's `buf` is NULL (that frame's verdict is a drop; the others
-/// are processed). Never allocates.
+/// tells a host agent where the frames come from (a MUX ignores it, but it must still be one of the
+/// listed values: others give `LB_RESULT_BAD_ARGUMENT` and process nothing). A frame whose
+/// `start`/`len` do not lie inside its buffer is dropped as malformed; a frame without enough
+/// headroom for the tunnel is dropped with the encapsulation reason. Returns
+/// `LB_RESULT_NULL_ARGUMENT` if `inst`, or (with `n > 0`) `frames` or `verdicts`, is NULL (checked
+/// first, nothing is processed), or if a frame's `buf` is NULL (that frame's verdict is a drop with
+/// reason 0, malformed; the others are processed). Never allocates.
 ///
 /// # Safety
 /// `frames` and `verdicts` must point to `n` elements; each frame's `buf` to `buf_len` bytes the
@@ -320,16 +332,16 @@ pub unsafe extern "C" fn lb_process_burst(
     direction: u32,
     verdicts: *mut lb_verdict,
 ) -> lb_result {
-    // A C caller may pass any integer: only the listed values become an `lb_direction`.
-    let direction = match direction {
-        0 => lb_direction::LB_DIRECTION_AUTO,
-        1 => lb_direction::LB_DIRECTION_FROM_FABRIC,
-        2 => lb_direction::LB_DIRECTION_FROM_BACKEND,
-        _ => return lb_result::LB_RESULT_BAD_ARGUMENT,
-    };
     // SAFETY: per the contract.
     unsafe {
         with_instance(inst, |i| {
+            // A C caller may pass any integer: only the listed values become an `lb_direction`.
+            let direction = match direction {
+                0 => lb_direction::LB_DIRECTION_AUTO,
+                1 => lb_direction::LB_DIRECTION_FROM_FABRIC,
+                2 => lb_direction::LB_DIRECTION_FROM_BACKEND,
+                _ => return lb_result::LB_RESULT_BAD_ARGUMENT,
+            };
             if n == 0 {
                 return lb_result::LB_RESULT_OK;
             }
@@ -480,7 +492,16 @@ pub unsafe extern "C" fn lb_update(
                 }
             };
             let r = match &mut i.engine {
-                Engine::Mux(m) => m.update(lb).map_err(|e| e.to_string()),
+                Engine::Mux(m) => {
+                    // The core keeps per-frontend counters and drops those of removed frontends.
+                    let before = vip_totals(m.counters());
+                    let r = m.update(lb).map_err(|e| e.to_string());
+                    let after = vip_totals(m.counters());
+                    i.retired.packets += before.packets.saturating_sub(after.packets);
+                    i.retired.bytes += before.bytes.saturating_sub(after.bytes);
+                    i.retired.new_flows += before.new_flows.saturating_sub(after.new_flows);
+                    r
+                }
                 Engine::Host(h, _) => h.update(lb).map_err(|e| e.to_string()),
             };
             match r {
@@ -492,6 +513,15 @@ pub unsafe extern "C" fn lb_update(
             }
         })
     }
+}
+
+/// The sum of a MUX's per-frontend traffic.
+fn vip_totals(c: &MuxCounters) -> Traffic {
+    c.vips.iter().fold(Traffic::default(), |a, t| Traffic {
+        packets: a.packets + t.packets,
+        bytes: a.bytes + t.bytes,
+        new_flows: a.new_flows + t.new_flows,
+    })
 }
 
 /// Expires idle flows in up to `buckets` buckets of the flow table (call it from the poll loop with
@@ -530,11 +560,10 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
             match &mut i.engine {
                 Engine::Mux(m) => {
                     let k = m.counters();
-                    for t in k.vips.iter() {
-                        c.forwarded += t.packets;
-                        c.forwarded_bytes += t.bytes;
-                        c.new_flows += t.new_flows;
-                    }
+                    let t = vip_totals(k);
+                    c.forwarded = t.packets + i.retired.packets;
+                    c.forwarded_bytes = t.bytes + i.retired.bytes;
+                    c.new_flows = t.new_flows + i.retired.new_flows;
                     c.forwarded += k.relayed.packets;
                     c.forwarded_bytes += k.relayed.bytes;
                     c.drop_reasons = k.drops.len() as u32;
@@ -547,7 +576,7 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
                         c.forwarded += t.packets;
                         c.forwarded_bytes += t.bytes;
                     }
-                    c.new_flows = h.flows().counters().inserts;
+                    c.new_flows = k.inbound.new_flows + k.snat_out.new_flows;
                     c.drop_reasons = k.drops.len() as u32;
                     c.drops[..k.drops.len()].copy_from_slice(&k.drops);
                     c.flows = h.flows().len() as u64;
@@ -623,5 +652,79 @@ mod tests {
         assert!(MUX_DROP_NAMES.len() <= LB_MAX_DROP_REASONS && HOST_DROP_NAMES.len() <= LB_MAX_DROP_REASONS);
         assert_eq!(MUX_DROP_NAMES[lb_core::paths::DropReason::NotFromVip as usize], b"not_from_vip\0");
         assert_eq!(HOST_DROP_NAMES[lb_core::paths::HostDrop::SnatExhausted as usize], b"snat_exhausted\0");
+        assert_eq!(HOST_DROP_NAMES[lb_core::paths::HostDrop::FlowTableFull as usize], b"flow_table_full\0");
+    }
+
+    /// A load balancer with `vips` frontends (20.50.60.10, .11, ...), each forwarding TCP 80 to one
+    /// backend.
+    fn lb_json(vips: usize) -> String {
+        let fronts: Vec<String> = (0..vips)
+            .map(|i| format!(r#"{{"name":"F{i}","properties":{{"privateIPAddress":"20.50.60.{}"}}}}"#, 10 + i))
+            .collect();
+        let rules: Vec<String> = (0..vips)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"R{i}","properties":{{"frontendIPConfiguration":{{"id":"x/F{i}"}},"backendAddressPool":{{"id":"x/P"}},"protocol":"Tcp","frontendPort":80,"backendPort":80}}}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"name":"T","properties":{{"frontendIPConfigurations":[{}],"backendAddressPools":[{{"name":"P","properties":{{"loadBalancerBackendAddresses":[{{"name":"b","properties":{{"ipAddress":"10.0.0.4","hostAddress":"172.16.10.20"}}}}]}}}}],"loadBalancingRules":[{}]}}}}"#,
+            fronts.join(","),
+            rules.join(",")
+        )
+    }
+
+    fn syn(vip: [u8; 4]) -> Vec<u8> {
+        let mut buf = vec![0u8; 128];
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
+            .ipv4([198, 18, 0, 1], vip, 64)
+            .tcp(40000, 80, 1, 65535)
+            .syn()
+            .write(&mut buf, &[])
+            .unwrap();
+        buf
+    }
+
+    fn counters(inst: *mut lb_instance) -> lb_counters {
+        let mut c = lb_counters::default();
+        // SAFETY: a live instance and a writable snapshot.
+        assert_eq!(unsafe { lb_counters_get(inst, &mut c) }, lb_result::LB_RESULT_OK);
+        c
+    }
+
+    /// Counters are totals: an update that removes a frontend does not take its traffic back.
+    #[test]
+    fn counters_survive_an_update_that_removes_a_frontend() {
+        let node = format!(
+            r#"{{"role":"mux","mac":"02:00:00:00:05:0a","gatewayMac":"02:00:00:00:00:01","underlay":"172.16.5.10","flowCapacity":64,"loadBalancer":{}}}"#,
+            lb_json(2)
+        );
+        let mut inst = std::ptr::null_mut();
+        // SAFETY: valid text and out pointer, no error buffer.
+        let r = unsafe { lb_instance_new(node.as_ptr().cast(), node.len(), &mut inst, std::ptr::null_mut(), 0) };
+        assert_eq!(r, lb_result::LB_RESULT_OK);
+        for vip in [[20, 50, 60, 10], [20, 50, 60, 11]] {
+            let mut buf = syn(vip);
+            let len = buf.len() - 128;
+            let mut f = lb_frame { buf: buf.as_mut_ptr(), buf_len: buf.len(), start: 128, len };
+            let mut v = drop_verdict(0);
+            // SAFETY: one frame in a live buffer, one verdict.
+            assert_eq!(unsafe { lb_process_burst(inst, &mut f, 1, 0, 0, &mut v) }, lb_result::LB_RESULT_OK);
+            assert_eq!(v.action, lb_action::LB_ACTION_TRANSMIT);
+        }
+        let before = counters(inst);
+        assert_eq!((before.forwarded, before.new_flows), (2, 2));
+        let one = lb_json(1);
+        // SAFETY: valid text, no error buffer.
+        let r = unsafe { lb_update(inst, one.as_ptr().cast(), one.len(), std::ptr::null_mut(), 0) };
+        assert_eq!(r, lb_result::LB_RESULT_OK);
+        let after = counters(inst);
+        assert_eq!(
+            (after.forwarded, after.forwarded_bytes, after.new_flows),
+            (before.forwarded, before.forwarded_bytes, before.new_flows)
+        );
+        // SAFETY: freed once.
+        unsafe { lb_instance_free(inst) };
     }
 }

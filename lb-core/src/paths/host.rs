@@ -575,7 +575,12 @@ impl HostAgent {
             return HostVerdict::Drop(HostDrop::Malformed);
         }
         self.record_first_fragment(&key, &inbound, Side::Dst, now);
-        self.deliver(local, at, ilen, false)
+        let v = self.deliver(local, at, ilen, false);
+        self.counters.inbound.new_flows += 1;
+        if let Some(c) = self.counters.backends.get_mut(local) {
+            c.new_flows += 1;
+        }
+        v
     }
 
     fn backend_frame(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
@@ -676,7 +681,11 @@ impl HostAgent {
         }
         self.record_first_fragment(&key, &out, Side::Src, now);
         let pool = self.locals[local].pool;
-        self.egress(buf, start, len, pool, hash, Leg::Snat)
+        let v = self.egress(buf, start, len, pool, hash, Leg::Snat);
+        if matches!(v, HostVerdict::Transmit { .. }) {
+            self.counters.snat_out.new_flows += 1;
+        }
+        v
     }
 
     /// An SNAT port for a new connection of local backend `local`: a fresh port of one of its blocks

@@ -15,7 +15,6 @@
 //! a backend sent from the VIP are steered by the flow they quote, reversed: they reach the backend
 //! that owns the connection.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -298,9 +297,41 @@ impl Mux {
         }
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
-        self.counters.vips.resize(vips.len(), Traffic::default());
-        self.counters.rules.resize(counter, Traffic::default());
-        self.counters.backends = lb.pools.iter().map(|p| vec![Traffic::default(); p.backends.len()]).collect();
+        // Counters follow their resource (by name; backends by pool name and address), wherever
+        // it moves in the new configuration; a new resource starts at zero, a removed one's go.
+        let old = &self.lb;
+        let old_vips = core::mem::take(&mut self.counters.vips);
+        self.counters.vips = lb
+            .frontends
+            .iter()
+            .map(|f| old.frontends.iter().position(|o| o.name == f.name).and_then(|i| old_vips.get(i).copied()))
+            .map(Option::unwrap_or_default)
+            .collect();
+        let (old_names, new_names) = (rule_names(old), rule_names(&lb));
+        let old_rules = core::mem::take(&mut self.counters.rules);
+        self.counters.rules = new_names
+            .iter()
+            .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_rules.get(i).copied()).unwrap_or_default())
+            .collect();
+        debug_assert_eq!(self.counters.rules.len(), counter);
+        let old_backends = core::mem::take(&mut self.counters.backends);
+        self.counters.backends = lb
+            .pools
+            .iter()
+            .map(|p| {
+                let op = old.pools.iter().position(|o| o.name == p.name);
+                p.backends
+                    .iter()
+                    .map(|b| {
+                        op.and_then(|oi| {
+                            let bi = old.pools[oi].backends.iter().position(|x| x.address == b.address)?;
+                            old_backends.get(oi)?.get(bi).copied()
+                        })
+                        .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .collect();
         self.lb = lb;
         self.snat = snat;
         self.vips = vips;
@@ -573,6 +604,14 @@ impl Mux {
             Err(_) => Verdict::Drop(DropReason::Encap),
         }
     }
+}
+
+/// Every listener's resource, in counter order (load-balancing rules, NAT rules, NAT pools).
+fn rule_names(lb: &LoadBalancer) -> Vec<(u8, &str)> {
+    let rules = lb.rules.iter().map(|r| (0, r.name.as_str()));
+    let nat_rules = lb.nat_rules.iter().map(|r| (1, r.name.as_str()));
+    let nat_pools = lb.nat_pools.iter().map(|r| (2, r.name.as_str()));
+    rules.chain(nat_rules).chain(nat_pools).collect()
 }
 
 /// Rebuilds a pool's Maglev table over its healthy members of non-zero weight.

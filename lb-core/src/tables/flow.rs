@@ -135,7 +135,8 @@ pub struct FlowTableCounters {
 /// Why a table cannot be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowTableError {
-    /// Capacity 0, or more buckets than the 32-bit hash can address.
+    /// Capacity 0, more buckets than the 32-bit hash can address, or more memory than the
+    /// allocator can give.
     BadCapacity(usize),
 }
 
@@ -241,7 +242,9 @@ impl<V: FlowValue> FlowTable<V> {
         if flows == 0 || n > u32::MAX as usize {
             return Err(FlowTableError::BadCapacity(flows));
         }
-        let mut buckets: Vec<Bucket<V>> = Vec::with_capacity(n);
+        // A capacity the machine cannot hold is an error, not an abort of the whole process.
+        let mut buckets: Vec<Bucket<V>> = Vec::new();
+        buckets.try_reserve_exact(n).map_err(|_| FlowTableError::BadCapacity(flows))?;
         let spare = buckets.spare_capacity_mut();
         prepare(spare.as_ptr().cast::<u8>(), core::mem::size_of_val(spare));
         buckets.resize(n, Bucket::empty());
@@ -669,5 +672,8 @@ mod tests {
         assert_eq!(t.counters().expired, 500);
         assert!(t.is_empty());
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
+        // 20 billion flows (1.5 TB of buckets, addressable by the hash): refused, not an abort.
+        let huge = 20_000_000_000usize;
+        assert_eq!(FlowTable::<MuxFlow>::with_capacity(huge).err(), Some(FlowTableError::BadCapacity(huge)));
     }
 }
