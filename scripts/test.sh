@@ -184,7 +184,7 @@ run_step "cargo clippy --workspace --all-targets -D warnings" step_clippy
 run_step "cargo test --workspace" step_test
 run_step "nostd-check (no_std staticlib + C test)" step_nostd
 run_step "cargo test --workspace --benches" step_bench
-run_step "scripts/run.sh (demo: lb-gen + lb-dpdk inspect)" step_demo
+run_step "scripts/run.sh (demo: lb-gen + lb-dpdk run)" step_demo
 if [ -f scripts/fuzz.sh ]; then
     run_step "scripts/fuzz.sh $FUZZ_SECONDS" step_fuzz
 else
