@@ -62,8 +62,8 @@ enum lb_direction
 #endif // __cplusplus
  {
   /*
-   Decide per frame: a VxLAN frame addressed to this host came from the fabric, anything else
-   from a backend. A MUX ignores the direction.
+   Decide per frame: a VxLAN frame addressed to this host, or sent by one of its MUXes, came
+   from the fabric; anything else from a backend. A MUX ignores the direction.
    */
   LB_DIRECTION_AUTO = 0,
   /*

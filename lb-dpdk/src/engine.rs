@@ -28,7 +28,7 @@ pub enum Engine {
     /// The MUX, and where its flow-table sweep goes on next.
     Mux(Box<Mux>, usize),
     /// The host agent.
-    Host(Box<HostAgent>, IpAddr),
+    Host(Box<HostAgent>, IpAddr, Vec<IpAddr>),
 }
 
 /// Names of the MUX's drop reasons, by index.
@@ -120,7 +120,7 @@ impl Engine {
                 .map(|m| Engine::Mux(Box::new(m), 0))
                 .map_err(|e| e.to_string()),
             Role::Host => HostAgent::with_flow_memory(cfg.host.clone(), cfg.lb.clone(), crate::mem::huge_pages)
-                .map(|h| Engine::Host(Box::new(h), cfg.host.underlay))
+                .map(|h| Engine::Host(Box::new(h), cfg.host.underlay, cfg.host.muxes.clone()))
                 .map_err(|e| e.to_string()),
         }
     }
@@ -133,13 +133,14 @@ impl Engine {
                 Verdict::Forward { start, len } => Action::Transmit { start, len },
                 Verdict::Drop(_) => Action::Drop,
             },
-            Engine::Host(h, underlay) => {
-                // A host has two sides: tunnels from MUXes arrive on the fabric, everything else
-                // comes from its backends.
+            Engine::Host(h, underlay, muxes) => {
+                // A host has two sides: tunnels (to this host, or from one of the MUXes, which the
+                // host agent then refuses if they are for another host) arrive on the fabric;
+                // everything else comes from its backends. One port carries both here.
                 let from_fabric = buf
                     .get(start..start + len)
                     .and_then(|f| decapsulate(f).ok())
-                    .is_some_and(|d| d.outer_dst == *underlay);
+                    .is_some_and(|d| d.outer_dst == *underlay || muxes.contains(&d.outer_src));
                 let v = if from_fabric {
                     h.from_fabric(buf, start, len, now)
                 } else {
@@ -159,7 +160,7 @@ impl Engine {
     pub fn tick(&mut self, now: u32, budget: usize, mut emit: impl FnMut(&[u8])) {
         match self {
             Engine::Mux(m, cursor) => *cursor = m.flows().sweep(*cursor, budget, now),
-            Engine::Host(h, _) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
+            Engine::Host(h, ..) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
         }
     }
 
@@ -167,7 +168,7 @@ impl Engine {
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), String> {
         match self {
             Engine::Mux(m, _) => m.update(lb).map_err(|e| e.to_string()),
-            Engine::Host(h, _) => h.update(lb).map_err(|e| e.to_string()),
+            Engine::Host(h, ..) => h.update(lb).map_err(|e| e.to_string()),
         }
     }
 
@@ -197,7 +198,7 @@ impl Engine {
                 let drops = MUX_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
                 Stats { drops, backends, backends_up, flows, ..Stats::default() }
             }
-            Engine::Host(h, _) => {
+            Engine::Host(h, ..) => {
                 let c = h.counters().clone();
                 let locals = h.local_backends().to_vec();
                 let mut backends = Vec::new();
@@ -205,8 +206,12 @@ impl Engine {
                 for (i, l) in locals.iter().enumerate() {
                     let t = c.backends.get(i).copied().unwrap_or_default();
                     backends.push((
-                        format!("pool{}", l.pool),
-                        format!("member{}", l.member),
+                        h.config().pools.get(l.pool).map_or_else(|| format!("pool{}", l.pool), |p| p.name.clone()),
+                        h.config()
+                            .pools
+                            .get(l.pool)
+                            .and_then(|p| p.backends.get(l.member))
+                            .map_or_else(|| format!("member{}", l.member), |b| b.name.clone()),
                         l.address,
                         t.packets,
                         t.new_flows,

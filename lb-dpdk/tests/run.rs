@@ -763,9 +763,9 @@ fn host_agent_delivers_dnated_and_returns_responses_via_the_mux() {
     let for_here: Vec<&Vxlan<'_>> = tunnels.iter().filter(|t| t.outer_dst == here).collect();
     assert!(for_here.len() > 100 && for_here.len() < tunnels.len(), "{} of {}", for_here.len(), tunnels.len());
     assert_eq!(
-        rep.drops.get("no_flow").copied(),
+        rep.drops.get("not_for_this_host").copied(),
         Some((tunnels.len() - for_here.len()) as u64),
-        "tunnels to other hosts are no flow of this host's backends\n{stdout}"
+        "tunnels from the MUX to other hosts are refused as such\n{stdout}"
     );
     let mut cursor = 0;
     let mut delivered: Vec<(Ip, Ip)> = Vec::new(); // (as the MUX carried it, as delivered)

@@ -60,8 +60,8 @@ pub enum lb_action {
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum lb_direction {
-    /// Decide per frame: a VxLAN frame addressed to this host came from the fabric, anything else
-    /// from a backend. A MUX ignores the direction.
+    /// Decide per frame: a VxLAN frame addressed to this host, or sent by one of its MUXes, came
+    /// from the fabric; anything else from a backend. A MUX ignores the direction.
     LB_DIRECTION_AUTO = 0,
     /// From the fabric (VxLAN from a MUX, replies to SNAT connections).
     LB_DIRECTION_FROM_FABRIC = 1,
@@ -137,7 +137,7 @@ pub struct lb_counters {
 
 enum Engine {
     Mux(Box<Mux>),
-    Host(Box<HostAgent>, std::net::IpAddr),
+    Host(Box<HostAgent>, std::net::IpAddr, Vec<std::net::IpAddr>),
 }
 
 /// An opaque MUX or host-agent instance. Create it with [`lb_instance_new`], free it with
@@ -194,7 +194,7 @@ fn build(cfg: &NodeConfig) -> Result<Engine, String> {
             Mux::new(cfg.mux.clone(), cfg.lb.clone()).map(|m| Engine::Mux(Box::new(m))).map_err(|e| e.to_string())
         }
         Role::Host => HostAgent::new(cfg.host.clone(), cfg.lb.clone())
-            .map(|h| Engine::Host(Box::new(h), cfg.host.underlay))
+            .map(|h| Engine::Host(Box::new(h), cfg.host.underlay, cfg.host.muxes.clone()))
             .map_err(|e| e.to_string()),
     }
 }
@@ -380,7 +380,7 @@ fn process_one(engine: &mut Engine, buf: &mut [u8], f: &mut lb_frame, now: u32, 
             }
             Verdict::Drop(r) => (None, drop_verdict(r as u32)),
         },
-        Engine::Host(h, underlay) => {
+        Engine::Host(h, underlay, muxes) => {
             let from_fabric = match direction {
                 lb_direction::LB_DIRECTION_FROM_FABRIC => true,
                 lb_direction::LB_DIRECTION_FROM_BACKEND => false,
@@ -388,7 +388,7 @@ fn process_one(engine: &mut Engine, buf: &mut [u8], f: &mut lb_frame, now: u32, 
                     .checked_add(len)
                     .and_then(|end| buf.get(start..end))
                     .and_then(|fr| decapsulate(fr).ok())
-                    .is_some_and(|d| d.outer_dst == *underlay),
+                    .is_some_and(|d| d.outer_dst == *underlay || muxes.contains(&d.outer_src)),
             };
             let v =
                 if from_fabric { h.from_fabric(buf, start, len, now) } else { h.from_backend(buf, start, len, now) };
@@ -502,7 +502,7 @@ pub unsafe extern "C" fn lb_update(
                     i.retired.new_flows += before.new_flows.saturating_sub(after.new_flows);
                     r
                 }
-                Engine::Host(h, _) => h.update(lb).map_err(|e| e.to_string()),
+                Engine::Host(h, ..) => h.update(lb).map_err(|e| e.to_string()),
             };
             match r {
                 Ok(()) => lb_result::LB_RESULT_OK,
@@ -537,7 +537,7 @@ pub unsafe extern "C" fn lb_expire(inst: *mut lb_instance, now: u32, buckets: us
         with_instance(inst, |i| {
             match &mut i.engine {
                 Engine::Mux(m) => i.sweep = m.flows().sweep(i.sweep, buckets, now),
-                Engine::Host(h, _) => h.expire(now, buckets, |_, _| {}),
+                Engine::Host(h, ..) => h.expire(now, buckets, |_, _| {}),
             }
             lb_result::LB_RESULT_OK
         })
@@ -570,7 +570,7 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
                     c.drops[..k.drops.len()].copy_from_slice(&k.drops);
                     c.flows = m.flows().len() as u64;
                 }
-                Engine::Host(h, _) => {
+                Engine::Host(h, ..) => {
                     let k = h.counters();
                     for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
                         c.forwarded += t.packets;

@@ -430,6 +430,11 @@ impl HostAgent {
         Ok(())
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> &LoadBalancer {
+        &self.lb
+    }
+
     /// The backends of this host, in local index order.
     pub fn local_backends(&self) -> &[LocalBackend] {
         &self.locals
