@@ -816,3 +816,51 @@ fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
     assert_eq!((h.snat_ports_in_use(0), h.snat_ports_in_use(1), h.flows().len()), (0, 0, 0));
     assert_eq!(c.allocated + c.shared, c.released, "every port released exactly once: {c:?}");
 }
+
+#[test]
+fn inbound_nat_rules_and_pools_reach_their_member_on_its_port() {
+    // SSH to each web VM: a NAT pool (50000 + i -> member i, port 22) and a NAT rule (60001 -> vm1:22).
+    let mut lb = config(1024);
+    lb.nat_pools.push(NatPool {
+        name: "SSH-Pool".into(),
+        frontend: 0,
+        protocol: Protocol::Tcp,
+        port_start: 50000,
+        port_end: 50002,
+        backend_port: 22,
+        pool: 0,
+    });
+    lb.nat_rules.push(NatRule {
+        name: "RDP-vm1".into(),
+        frontend: 0,
+        protocol: Protocol::Tcp,
+        frontend_port: 60001,
+        backend_port: 3389,
+        target: (0, 1),
+        floating_ip: false,
+        idle_timeout_minutes: 4,
+        tcp_reset: false,
+    });
+    let mut m = mux();
+    m.update(lb.clone()).unwrap();
+    let mut hosts: HashMap<[u8; 4], HostAgent> =
+        [HOST_A, HOST_B].iter().map(|&h| (h, host(h, ReturnPath::ViaMux, lb.clone()))).collect();
+    let client = IpAddr::from([198, 18, 9, 9]);
+    for (fport, member, bport) in [(50000u16, 0u8, 22u16), (50001, 1, 22), (50002, 2, 22), (60001, 1, 3389)] {
+        let f = frame(client, 41000, IpAddr::from(VIP), fport, Some(true), b"ssh");
+        let (mut outer, to, tag) = through_mux(&mut m, &f);
+        assert_eq!(tag, backend_tag(v4(member)), "the MUX picks the rule's member");
+        let h = hosts.get_mut(&to).unwrap();
+        let n = outer.len();
+        let HostVerdict::Deliver { start, len, .. } = h.from_fabric(&mut outer, 0, n, NOW) else { panic!("{fport}") };
+        let s = seen(&outer[start..start + len]);
+        assert_eq!((s.dst, s.dport), (v4(member), bport), "port {fport}");
+        // The answer leaves from the VIP and the frontend port.
+        let back = frame(v4(member), bport, client, 41000, Some(false), b"");
+        let mut rb = with_headroom(&back);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut rb, HEADROOM, back.len(), NOW) else { panic!() };
+        let out = to_client(&mut m, &rb[start..start + len], ReturnPath::ViaMux, to);
+        let s = seen(&out);
+        assert_eq!((s.src, s.sport, s.dst, s.dport), (IpAddr::from(VIP), fport, client, 41000));
+    }
+}
