@@ -1074,6 +1074,49 @@ fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     assert_eq!(names, ["b1", "b2", "b3"], "{stdout}");
 }
 
+#[test]
+fn sighup_moves_only_new_flows() {
+    let dir = TempDir::new("reload-flows");
+    let two = [("b1", "127.0.0.2", "172.16.10.20"), ("b2", "127.0.0.3", "172.16.10.21")];
+    let three = [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")];
+    let config = dir.join("node.json");
+    std::fs::write(&config, mux_node(small_lb(&two, None))).unwrap();
+    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
+    write_pcap(&input, &[]);
+    let (mut p, maddr) = start_with_metrics(&os(&[
+        &"run",
+        &"--config",
+        &config,
+        &"--pcap-in",
+        &input,
+        &"--pcap-out",
+        &output,
+        &"--pcap-follow",
+        &"--no-probes",
+    ]));
+    let rx = |m: &BTreeMap<String, f64>| m.get("lb_rx_frames_total").copied();
+    append_pcap(&input, &new_flows(1, 200), 1_700_000_000);
+    wait_metrics(&mut p, maddr, "200 frames in", |m| rx(m) == Some(200.0));
+    // A third backend: established flows stay where they are, new flows may go to it.
+    std::fs::write(&config, mux_node(small_lb(&three, None))).unwrap();
+    p.signal(libc::SIGHUP);
+    p.wait_stderr(&["SIGHUP", "reloaded"]);
+    wait_metrics(&mut p, maddr, "backend b3", |m| backend_sample(m, "lb_backend_packets_total", "b3").is_some());
+    append_pcap(&input, &new_flows(1, 200), 1_700_000_005);
+    append_pcap(&input, &new_flows(2, 200), 1_700_000_006);
+    wait_metrics(&mut p, maddr, "600 frames in", |m| rx(m) == Some(600.0));
+    p.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = p.wait();
+    assert_eq!(status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let hosts: Vec<IpAddr> = read_pcap(&output).iter().map(|f| vxlan(f).unwrap().outer_dst).collect();
+    assert_eq!(hosts.len(), 600);
+    assert_eq!(hosts[200..400], hosts[..200], "established flows did not move");
+    let b3_host = IpAddr::from([172, 16, 10, 22]);
+    assert!(!hosts[..400].contains(&b3_host));
+    let moved = hosts[400..].iter().filter(|h| **h == b3_host).count();
+    assert!(moved > 20, "new flows reach the new backend ({moved} of 200)");
+}
+
 // --- metrics ---------------------------------------------------------------------------------------
 
 #[test]
