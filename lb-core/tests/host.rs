@@ -864,3 +864,13 @@ fn inbound_nat_rules_and_pools_reach_their_member_on_its_port() {
         assert_eq!((s.src, s.sport, s.dst, s.dport), (IpAddr::from(VIP), fport, client, 41000));
     }
 }
+
+#[test]
+fn drop_reasons_are_listed_in_counter_order_with_their_names() {
+    for (i, r) in HostDrop::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i);
+        assert_eq!(r.c_name().to_str().unwrap(), r.name());
+    }
+    assert_eq!(HostDrop::IcmpUntranslated.name(), "icmp_untranslated");
+    assert_eq!(HostDrop::SnatExhausted.name(), "snat_exhausted");
+}

@@ -498,3 +498,13 @@ fn counters_follow_their_resource_across_a_reconfiguration() {
     assert_eq!(after.rules[1], before.rules[0], "HTTP-Rule keeps its counts");
     assert_eq!(after.backends, before.backends, "the pools did not change");
 }
+
+#[test]
+fn drop_reasons_are_listed_in_counter_order_with_their_names() {
+    for (i, r) in DropReason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i);
+        assert_eq!(r.c_name().to_str().unwrap(), r.name());
+    }
+    assert_eq!(DropReason::NotFromVip.name(), "not_from_vip");
+    assert_eq!(DropReason::Encap.name(), "encap");
+}

@@ -5,9 +5,8 @@ use std::net::IpAddr;
 
 use lb_core::config::LoadBalancer;
 use lb_core::paths::host::HostEgress;
-use lb_core::paths::{HostAgent, HostVerdict, Mux, Verdict};
+use lb_core::paths::{DropReason, HostAgent, HostDrop, HostVerdict, Mux, Verdict};
 use lb_core::tables::Health;
-use lb_core::wire::vxlan::decapsulate;
 
 use crate::node::{NodeConfig, Role};
 
@@ -28,25 +27,8 @@ pub enum Engine {
     /// The MUX, and where its flow-table sweep goes on next.
     Mux(Box<Mux>, usize),
     /// The host agent.
-    Host(Box<HostAgent>, IpAddr, Vec<IpAddr>),
+    Host(Box<HostAgent>),
 }
-
-/// Names of the MUX's drop reasons, by index.
-pub const MUX_DROPS: [&str; 7] =
-    ["malformed", "no_vip", "no_rule", "no_backend", "fragment_unknown", "encap", "not_from_vip"];
-/// Names of the host agent's drop reasons, by index.
-pub const HOST_DROPS: [&str; 10] = [
-    "malformed",
-    "not_for_this_host",
-    "unknown_backend",
-    "no_rule",
-    "no_flow",
-    "snat_exhausted",
-    "fragment_unknown",
-    "encap",
-    "icmp_untranslated",
-    "flow_table_full",
-];
 
 /// Counters of one engine, summed over lcores for display.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,7 +102,7 @@ impl Engine {
                 .map(|m| Engine::Mux(Box::new(m), 0))
                 .map_err(|e| e.to_string()),
             Role::Host => HostAgent::with_flow_memory(cfg.host.clone(), cfg.lb.clone(), crate::mem::huge_pages)
-                .map(|h| Engine::Host(Box::new(h), cfg.host.underlay, cfg.host.muxes.clone()))
+                .map(|h| Engine::Host(Box::new(h)))
                 .map_err(|e| e.to_string()),
         }
     }
@@ -133,19 +115,9 @@ impl Engine {
                 Verdict::Forward { start, len } => Action::Transmit { start, len },
                 Verdict::Drop(_) => Action::Drop,
             },
-            Engine::Host(h, underlay, muxes) => {
-                // A host has two sides: tunnels (to this host, or from one of the MUXes, which the
-                // host agent then refuses if they are for another host) arrive on the fabric;
-                // everything else comes from its backends. One port carries both here.
-                let from_fabric = buf
-                    .get(start..start + len)
-                    .and_then(|f| decapsulate(f).ok())
-                    .is_some_and(|d| d.outer_dst == *underlay || muxes.contains(&d.outer_src));
-                let v = if from_fabric {
-                    h.from_fabric(buf, start, len, now)
-                } else {
-                    h.from_backend(buf, start, len, now)
-                };
+            Engine::Host(h) => {
+                // One port carries both sides of the host here.
+                let v = h.from_either(buf, start, len, now);
                 match v {
                     HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
                     HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
@@ -160,7 +132,7 @@ impl Engine {
     pub fn tick(&mut self, now: u32, budget: usize, mut emit: impl FnMut(&[u8])) {
         match self {
             Engine::Mux(m, cursor) => *cursor = m.flows().sweep(*cursor, budget, now),
-            Engine::Host(h, ..) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
+            Engine::Host(h) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
         }
     }
 
@@ -168,7 +140,7 @@ impl Engine {
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), String> {
         match self {
             Engine::Mux(m, _) => m.update(lb).map_err(|e| e.to_string()),
-            Engine::Host(h, ..) => h.update(lb).map_err(|e| e.to_string()),
+            Engine::Host(h) => h.update(lb).map_err(|e| e.to_string()),
         }
     }
 
@@ -183,9 +155,8 @@ impl Engine {
     pub fn stats(&mut self) -> Stats {
         match self {
             Engine::Mux(m, _) => {
-                let c = m.counters().clone();
-                let lb = m.config().clone();
                 let flows = m.flows().len() as u64;
+                let (c, lb) = (m.counters(), m.config());
                 let mut backends = Vec::new();
                 let mut backends_up = Vec::new();
                 for (pi, p) in lb.pools.iter().enumerate() {
@@ -195,30 +166,27 @@ impl Engine {
                         backends_up.push(m.health(pi, bi) != Some(Health::Down));
                     }
                 }
-                let drops = MUX_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
+                let drops = DropReason::ALL.iter().map(|r| (r.name(), c.drops[*r as usize])).collect();
                 Stats { drops, backends, backends_up, flows, ..Stats::default() }
             }
-            Engine::Host(h, ..) => {
+            Engine::Host(h) => {
                 let c = h.counters().clone();
                 let locals = h.local_backends().to_vec();
                 let mut backends = Vec::new();
                 let mut snat = 0;
                 for (i, l) in locals.iter().enumerate() {
                     let t = c.backends.get(i).copied().unwrap_or_default();
+                    let pool = &h.config().pools[l.pool];
                     backends.push((
-                        h.config().pools.get(l.pool).map_or_else(|| format!("pool{}", l.pool), |p| p.name.clone()),
-                        h.config()
-                            .pools
-                            .get(l.pool)
-                            .and_then(|p| p.backends.get(l.member))
-                            .map_or_else(|| format!("member{}", l.member), |b| b.name.clone()),
+                        pool.name.clone(),
+                        pool.backends[l.member].name.clone(),
                         l.address,
                         t.packets,
                         t.new_flows,
                     ));
                     snat += u64::from(h.snat_ports_in_use(i));
                 }
-                let drops = HOST_DROPS.iter().zip(c.drops).map(|(n, v)| (*n, v)).collect();
+                let drops = HostDrop::ALL.iter().map(|r| (r.name(), c.drops[*r as usize])).collect();
                 Stats {
                     drops,
                     backends,
@@ -229,21 +197,5 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lb_core::paths::{DropReason, HostDrop};
-
-    #[test]
-    fn drop_names_follow_the_enums() {
-        assert_eq!(MUX_DROPS.len(), lb_core::paths::mux::DROP_REASONS);
-        assert_eq!(MUX_DROPS[DropReason::NotFromVip as usize], "not_from_vip");
-        assert_eq!(MUX_DROPS[DropReason::Encap as usize], "encap");
-        assert_eq!(HOST_DROPS.len(), lb_core::paths::host::HOST_DROPS);
-        assert_eq!(HOST_DROPS[HostDrop::IcmpUntranslated as usize], "icmp_untranslated");
-        assert_eq!(HOST_DROPS[HostDrop::SnatExhausted as usize], "snat_exhausted");
     }
 }

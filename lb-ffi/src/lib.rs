@@ -18,8 +18,7 @@ use std::path::Path;
 
 use lb_core::config::json::from_json;
 use lb_core::config::node::{self, NodeConfig, Role};
-use lb_core::paths::{HostAgent, HostVerdict, Mux, MuxCounters, Traffic, Verdict};
-use lb_core::wire::vxlan::decapsulate;
+use lb_core::paths::{DropReason, HostAgent, HostDrop, HostVerdict, Mux, MuxCounters, Traffic, Verdict};
 
 /// Result codes. `LB_RESULT_OK` is 0; errors start at 7000 so that they never look like a count or
 /// an errno.
@@ -137,7 +136,7 @@ pub struct lb_counters {
 
 enum Engine {
     Mux(Box<Mux>),
-    Host(Box<HostAgent>, std::net::IpAddr, Vec<std::net::IpAddr>),
+    Host(Box<HostAgent>),
 }
 
 /// An opaque MUX or host-agent instance. Create it with [`lb_instance_new`], free it with
@@ -194,7 +193,7 @@ fn build(cfg: &NodeConfig) -> Result<Engine, String> {
             Mux::new(cfg.mux.clone(), cfg.lb.clone()).map(|m| Engine::Mux(Box::new(m))).map_err(|e| e.to_string())
         }
         Role::Host => HostAgent::new(cfg.host.clone(), cfg.lb.clone())
-            .map(|h| Engine::Host(Box::new(h), cfg.host.underlay, cfg.host.muxes.clone()))
+            .map(|h| Engine::Host(Box::new(h)))
             .map_err(|e| e.to_string()),
     }
 }
@@ -380,18 +379,12 @@ fn process_one(engine: &mut Engine, buf: &mut [u8], f: &mut lb_frame, now: u32, 
             }
             Verdict::Drop(r) => (None, drop_verdict(r as u32)),
         },
-        Engine::Host(h, underlay, muxes) => {
-            let from_fabric = match direction {
-                lb_direction::LB_DIRECTION_FROM_FABRIC => true,
-                lb_direction::LB_DIRECTION_FROM_BACKEND => false,
-                lb_direction::LB_DIRECTION_AUTO => start
-                    .checked_add(len)
-                    .and_then(|end| buf.get(start..end))
-                    .and_then(|fr| decapsulate(fr).ok())
-                    .is_some_and(|d| d.outer_dst == *underlay || muxes.contains(&d.outer_src)),
+        Engine::Host(h) => {
+            let v = match direction {
+                lb_direction::LB_DIRECTION_FROM_FABRIC => h.from_fabric(buf, start, len, now),
+                lb_direction::LB_DIRECTION_FROM_BACKEND => h.from_backend(buf, start, len, now),
+                lb_direction::LB_DIRECTION_AUTO => h.from_either(buf, start, len, now),
             };
-            let v =
-                if from_fabric { h.from_fabric(buf, start, len, now) } else { h.from_backend(buf, start, len, now) };
             match v {
                 HostVerdict::Transmit { start, len } => {
                     (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
@@ -502,7 +495,7 @@ pub unsafe extern "C" fn lb_update(
                     i.retired.new_flows += before.new_flows.saturating_sub(after.new_flows);
                     r
                 }
-                Engine::Host(h, ..) => h.update(lb).map_err(|e| e.to_string()),
+                Engine::Host(h) => h.update(lb).map_err(|e| e.to_string()),
             };
             match r {
                 Ok(()) => lb_result::LB_RESULT_OK,
@@ -537,7 +530,7 @@ pub unsafe extern "C" fn lb_expire(inst: *mut lb_instance, now: u32, buckets: us
         with_instance(inst, |i| {
             match &mut i.engine {
                 Engine::Mux(m) => i.sweep = m.flows().sweep(i.sweep, buckets, now),
-                Engine::Host(h, ..) => h.expire(now, buckets, |_, _| {}),
+                Engine::Host(h) => h.expire(now, buckets, |_, _| {}),
             }
             lb_result::LB_RESULT_OK
         })
@@ -570,7 +563,7 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
                     c.drops[..k.drops.len()].copy_from_slice(&k.drops);
                     c.flows = m.flows().len() as u64;
                 }
-                Engine::Host(h, ..) => {
+                Engine::Host(h) => {
                     let k = h.counters();
                     for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
                         c.forwarded += t.packets;
@@ -591,31 +584,16 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
     }
 }
 
-const MUX_DROP_NAMES: [&[u8]; 7] =
-    [b"malformed\0", b"no_vip\0", b"no_rule\0", b"no_backend\0", b"fragment_unknown\0", b"encap\0", b"not_from_vip\0"];
-const HOST_DROP_NAMES: [&[u8]; 10] = [
-    b"malformed\0",
-    b"not_for_this_host\0",
-    b"unknown_backend\0",
-    b"no_rule\0",
-    b"no_flow\0",
-    b"snat_exhausted\0",
-    b"fragment_unknown\0",
-    b"encap\0",
-    b"icmp_untranslated\0",
-    b"flow_table_full\0",
-];
-
 /// The name of drop reason `reason` for instances of role `role` (a static NUL-terminated string
 /// the library owns: never free it), or NULL if there is no such reason.
 #[no_mangle]
 pub extern "C" fn lb_drop_reason_name(role: u32, reason: u32) -> *const c_char {
-    let names: &[&[u8]] = match role {
-        r if r == lb_role::LB_ROLE_MUX as u32 => &MUX_DROP_NAMES,
-        r if r == lb_role::LB_ROLE_HOST as u32 => &HOST_DROP_NAMES,
-        _ => &[],
+    let name = match role {
+        r if r == lb_role::LB_ROLE_MUX as u32 => DropReason::ALL.get(reason as usize).map(|d| d.c_name()),
+        r if r == lb_role::LB_ROLE_HOST as u32 => HostDrop::ALL.get(reason as usize).map(|d| d.c_name()),
+        _ => None,
     };
-    names.get(reason as usize).map_or(std::ptr::null(), |n| n.as_ptr().cast())
+    name.map_or(std::ptr::null(), |n| n.as_ptr())
 }
 
 /// A static, NUL-terminated description of a result code (never free it).
@@ -647,12 +625,22 @@ mod tests {
 
     #[test]
     fn drop_names_follow_the_core() {
-        assert_eq!(MUX_DROP_NAMES.len(), lb_core::paths::mux::DROP_REASONS);
-        assert_eq!(HOST_DROP_NAMES.len(), lb_core::paths::host::HOST_DROPS);
-        assert!(MUX_DROP_NAMES.len() <= LB_MAX_DROP_REASONS && HOST_DROP_NAMES.len() <= LB_MAX_DROP_REASONS);
-        assert_eq!(MUX_DROP_NAMES[lb_core::paths::DropReason::NotFromVip as usize], b"not_from_vip\0");
-        assert_eq!(HOST_DROP_NAMES[lb_core::paths::HostDrop::SnatExhausted as usize], b"snat_exhausted\0");
-        assert_eq!(HOST_DROP_NAMES[lb_core::paths::HostDrop::FlowTableFull as usize], b"flow_table_full\0");
+        let name = |role: lb_role, r: u32| {
+            let p = lb_drop_reason_name(role as u32, r);
+            (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes_with_nul().to_vec())
+        };
+        assert!(DropReason::ALL.len() <= LB_MAX_DROP_REASONS && HostDrop::ALL.len() <= LB_MAX_DROP_REASONS);
+        assert_eq!(name(lb_role::LB_ROLE_MUX, DropReason::ALL.len() as u32), None);
+        assert_eq!(name(lb_role::LB_ROLE_HOST, HostDrop::ALL.len() as u32), None);
+        assert_eq!(name(lb_role::LB_ROLE_MUX, DropReason::NotFromVip as u32).as_deref(), Some(&b"not_from_vip\0"[..]));
+        assert_eq!(
+            name(lb_role::LB_ROLE_HOST, HostDrop::SnatExhausted as u32).as_deref(),
+            Some(&b"snat_exhausted\0"[..])
+        );
+        assert_eq!(
+            name(lb_role::LB_ROLE_HOST, HostDrop::FlowTableFull as u32).as_deref(),
+            Some(&b"flow_table_full\0"[..])
+        );
     }
 
     /// A load balancer with `vips` frontends (20.50.60.10, .11, ...), each forwarding TCP 80 to one

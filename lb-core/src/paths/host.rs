@@ -138,6 +138,43 @@ pub enum HostDrop {
 /// Number of [`HostDrop`] reasons.
 pub const HOST_DROPS: usize = 10;
 
+impl HostDrop {
+    /// Every reason, in counter order (`HostCounters::drops[r as usize]`).
+    pub const ALL: [HostDrop; HOST_DROPS] = [
+        HostDrop::Malformed,
+        HostDrop::NotForThisHost,
+        HostDrop::UnknownBackend,
+        HostDrop::NoRule,
+        HostDrop::NoFlow,
+        HostDrop::SnatExhausted,
+        HostDrop::FragmentUnknown,
+        HostDrop::Encap,
+        HostDrop::IcmpUntranslated,
+        HostDrop::FlowTableFull,
+    ];
+
+    /// The reason's name in reports and metrics, NUL-terminated for the C ABI.
+    pub fn c_name(self) -> &'static core::ffi::CStr {
+        match self {
+            HostDrop::Malformed => c"malformed",
+            HostDrop::NotForThisHost => c"not_for_this_host",
+            HostDrop::UnknownBackend => c"unknown_backend",
+            HostDrop::NoRule => c"no_rule",
+            HostDrop::NoFlow => c"no_flow",
+            HostDrop::SnatExhausted => c"snat_exhausted",
+            HostDrop::FragmentUnknown => c"fragment_unknown",
+            HostDrop::Encap => c"encap",
+            HostDrop::IcmpUntranslated => c"icmp_untranslated",
+            HostDrop::FlowTableFull => c"flow_table_full",
+        }
+    }
+
+    /// The reason's name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("")
+    }
+}
+
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostVerdict {
@@ -475,6 +512,26 @@ impl HostAgent {
         self.count(v)
     }
 
+    /// A frame from a port that carries both sides (a single-port program, a C appliance that does
+    /// not say): a VxLAN frame addressed to this host, or sent by one of its MUXes, is fabric
+    /// traffic (refused as not for this host when it is for another); anything else comes from a
+    /// backend.
+    /// The tunnel is decapsulated once, whichever way the frame goes.
+    pub fn from_either(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let tunnel = start
+            .checked_add(len)
+            .and_then(|end| buf.get(start..end))
+            .and_then(|f| decapsulate(f).ok())
+            .filter(|d| addr16(d.outer_dst) == self.underlay || self.node.muxes.contains(&d.outer_src))
+            .map(|d| Tunnel::of(start, &d));
+        let v = match tunnel {
+            Some(t) => self.tunnelled(buf, t, now),
+            None => self.backend_frame(buf, start, len, now),
+        };
+        self.settle(now);
+        self.count(v)
+    }
+
     fn count(&mut self, v: HostVerdict) -> HostVerdict {
         if let HostVerdict::Drop(r) = v {
             self.counters.drops[r as usize] += 1;
@@ -489,10 +546,16 @@ impl HostAgent {
         let Ok(d) = decapsulate(frame) else {
             return HostVerdict::Drop(HostDrop::Malformed);
         };
-        if addr16(d.outer_dst) != self.underlay {
+        let t = Tunnel::of(start, &d);
+        self.tunnelled(buf, t, now)
+    }
+
+    /// A decapsulated frame from the fabric: the inner frame lies at `buf[t.at..t.at + t.len]`.
+    fn tunnelled(&mut self, buf: &mut [u8], t: Tunnel, now: u32) -> HostVerdict {
+        if addr16(t.outer_dst) != self.underlay {
             return HostVerdict::Drop(HostDrop::NotForThisHost);
         }
-        let (at, ilen, vni, tag) = (start + d.inner_offset, d.inner.len(), d.vni, d.backend_tag);
+        let (at, ilen, vni, tag) = (t.at, t.len, t.vni, t.tag);
         let inner = &mut buf[at..at + ilen];
         let Ok(key) = parse_flow_key(inner) else {
             return HostVerdict::Drop(HostDrop::Malformed);
@@ -645,7 +708,7 @@ impl HostAgent {
         }
         let Some((block, port)) = self.allocate(local, &key, now) else {
             if tcp && self.node.reset_on_snat_exhaustion && key.tcp_flags & TcpFlags::SYN != 0 {
-                return self.refuse_with_reset(buf, start, len, &key, local);
+                return self.refuse_with_reset(buf, start, &key, local);
             }
             return HostVerdict::Drop(HostDrop::SnatExhausted);
         };
@@ -786,8 +849,8 @@ impl HostAgent {
     /// Releases what removed entries held: the pair's other entry, the SNAT port.
     fn settle(&mut self, now: u32) {
         while let Some((at, e)) = self.flows.take_removed() {
-            let peer = self.take_peer(at, &e);
-            self.release(&e, peer.as_ref(), now);
+            self.take_peer(at, &e);
+            self.release(&e, now);
         }
     }
 
@@ -804,7 +867,8 @@ impl HostAgent {
         self.flows.remove(p)
     }
 
-    fn release(&mut self, e: &FlowEntry<HostFlow>, _peer: Option<&FlowEntry<HostFlow>>, now: u32) {
+    /// Releases the SNAT port a removed connection held (its pair is gone with it).
+    fn release(&mut self, e: &FlowEntry<HostFlow>, now: u32) {
         if matches!(e.value.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
             // Both entries carry the port; it is released once, with whichever goes first.
             let _ = self.snat.release(usize::from(e.value.block), e.value.port, now);
@@ -839,7 +903,7 @@ impl HostAgent {
                     }
                     None => self.take_peer(slot, &e),
                 };
-                self.release(&e, peer.as_ref(), now);
+                self.release(&e, now);
                 if e.tuple.protocol == ip_proto::TCP && e.value.flags & RESET != 0 && e.state != TcpState::Closing {
                     self.reset_both(&e, peer.as_ref(), &mut emit);
                 }
@@ -896,14 +960,7 @@ impl HostAgent {
     }
 
     /// Answers a SYN that found no SNAT port with a RST, in place, back to the backend.
-    fn refuse_with_reset(
-        &mut self,
-        buf: &mut [u8],
-        start: usize,
-        len: usize,
-        key: &FlowKey,
-        local: usize,
-    ) -> HostVerdict {
+    fn refuse_with_reset(&mut self, buf: &mut [u8], start: usize, key: &FlowKey, local: usize) -> HostVerdict {
         let o = usize::from(key.l4_offset);
         let Some(seq) = buf.get(start + o + 4..start + o + 8).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
         else {
@@ -928,7 +985,6 @@ impl HostAgent {
             ack: Some(seq.wrapping_add(1)),
         };
         self.counters.drops[HostDrop::SnatExhausted as usize] += 1;
-        let _ = len;
         let Ok(n) = rst.emit(&mut buf[start..]) else {
             return HostVerdict::Drop(HostDrop::SnatExhausted);
         };
@@ -1066,6 +1122,28 @@ impl HostAgent {
             Leg::Reset => {}
         }
         v
+    }
+}
+
+/// Where a decapsulated frame lies in its buffer, and what its tunnel said.
+#[derive(Clone, Copy)]
+struct Tunnel {
+    outer_dst: IpAddr,
+    at: usize,
+    len: usize,
+    vni: u32,
+    tag: u32,
+}
+
+impl Tunnel {
+    fn of(start: usize, d: &crate::wire::VxlanDecap<'_>) -> Self {
+        Tunnel {
+            outer_dst: d.outer_dst,
+            at: start + d.inner_offset,
+            len: d.inner.len(),
+            vni: d.vni,
+            tag: d.backend_tag,
+        }
     }
 }
 

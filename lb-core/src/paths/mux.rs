@@ -111,6 +111,37 @@ pub enum DropReason {
 /// Number of [`DropReason`]s.
 pub const DROP_REASONS: usize = 7;
 
+impl DropReason {
+    /// Every reason, in counter order (`MuxCounters::drops[r as usize]`).
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::Malformed,
+        DropReason::NoVip,
+        DropReason::NoRule,
+        DropReason::NoBackend,
+        DropReason::FragmentUnknown,
+        DropReason::Encap,
+        DropReason::NotFromVip,
+    ];
+
+    /// The reason's name in reports and metrics, NUL-terminated for the C ABI.
+    pub fn c_name(self) -> &'static core::ffi::CStr {
+        match self {
+            DropReason::Malformed => c"malformed",
+            DropReason::NoVip => c"no_vip",
+            DropReason::NoRule => c"no_rule",
+            DropReason::NoBackend => c"no_backend",
+            DropReason::FragmentUnknown => c"fragment_unknown",
+            DropReason::Encap => c"encap",
+            DropReason::NotFromVip => c"not_from_vip",
+        }
+    }
+
+    /// The reason's name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("")
+    }
+}
+
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
