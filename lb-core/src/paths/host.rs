@@ -32,7 +32,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use super::listen::{addr16, backend_tag, build_vips, find_vip, fragment_record, Vip};
+use super::listen::{addr16, backend_tag, build_vips, fragment_record, Vips};
 use super::mux::Traffic;
 use crate::config::{ConfigError, LoadBalancer, SnatGrant};
 use crate::tables::snat::{PortBlock, SnatAllocator, SnatCounters, SnatError};
@@ -305,7 +305,7 @@ pub struct LocalBackend {
 pub struct HostAgent {
     node: HostNode,
     lb: LoadBalancer,
-    vips: Vec<Vip>,
+    vips: Vips,
     locals: Vec<LocalBackend>,
     grants: Vec<SnatGrant>,
     snat: SnatAllocator,
@@ -336,7 +336,7 @@ impl HostAgent {
         let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(HostError::FlowTable)?;
         let mut h = HostAgent {
             lb: LoadBalancer::default(),
-            vips: Vec::new(),
+            vips: Vips::default(),
             locals: Vec::new(),
             grants: Vec::new(),
             snat: SnatAllocator::new(&[], node.snat_quarantine_secs).map_err(HostError::Snat)?,
@@ -595,7 +595,7 @@ impl HostAgent {
             self.record_first_fragment(&key, &e.value, Side::Dst, now);
             return self.deliver(local, at, ilen, snat);
         }
-        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
+        let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
             return HostVerdict::Drop(HostDrop::NoRule);
         };
         let Some(listener) = self.vips[vip].listener(key.protocol, key.dst_port) else {

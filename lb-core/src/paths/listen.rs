@@ -49,10 +49,70 @@ impl Vip {
     }
 }
 
-/// The index of the VIP at `addr`.
-#[inline(always)]
-pub(crate) fn find_vip(vips: &[Vip], version: IpVersion, addr: &[u8; 16]) -> Option<usize> {
-    vips.iter().position(|v| v.addr == *addr && v.version == version)
+/// Every VIP of a configuration, in frontend order (so `vips[i]` is frontend `i`), with a hashed
+/// index from address to VIP: one hash and usually one compare per packet, however many VIPs the
+/// MUX serves, instead of a scan whose length and exit point the CPU cannot predict.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Vips {
+    list: Vec<Vip>,
+    /// Open addressing with linear probing, at most half full: `(address, version, index)`, index
+    /// `u32::MAX` where empty.
+    slots: Vec<([u8; 16], IpVersion, u32)>,
+    /// `slots.len() - 1` (a power of two minus one).
+    mask: usize,
+}
+
+const NO_VIP: u32 = u32::MAX;
+
+impl Vips {
+    fn new(list: Vec<Vip>) -> Self {
+        let size = (list.len() * 2).next_power_of_two().max(8);
+        let mut slots = alloc::vec![([0u8; 16], IpVersion::V4, NO_VIP); size];
+        let mask = size - 1;
+        for (i, v) in list.iter().enumerate() {
+            let mut at = Self::home(v.version, &v.addr) & mask;
+            // Two frontends on one address: the first one answers (as a scan in frontend order would).
+            while slots[at].2 != NO_VIP && (slots[at].0, slots[at].1) != (v.addr, v.version) {
+                at = (at + 1) & mask;
+            }
+            if slots[at].2 == NO_VIP {
+                slots[at] = (v.addr, v.version, i as u32);
+            }
+        }
+        Vips { list, slots, mask }
+    }
+
+    #[inline(always)]
+    fn home(version: IpVersion, addr: &[u8; 16]) -> usize {
+        let (a, b) = addr.split_at(8);
+        let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let r = u128::from(a ^ 0x9e37_79b9_7f4a_7c15) * u128::from(b ^ 0xc2b2_ae3d_27d4_eb4f ^ version as u64);
+        ((r as u64) ^ ((r >> 64) as u64)) as usize
+    }
+
+    /// The index of the VIP at `addr`.
+    #[inline(always)]
+    pub fn find(&self, version: IpVersion, addr: &[u8; 16]) -> Option<usize> {
+        let mut at = Self::home(version, addr) & self.mask;
+        loop {
+            let (a, v, i) = self.slots.get(at)?;
+            if *i == NO_VIP {
+                return None;
+            }
+            if a == addr && *v == version {
+                return Some(*i as usize);
+            }
+            at = (at + 1) & self.mask;
+        }
+    }
+}
+
+impl core::ops::Deref for Vips {
+    type Target = [Vip];
+    fn deref(&self) -> &[Vip] {
+        &self.list
+    }
 }
 
 /// An address as the 16 bytes flow keys use (IPv4 in the first 4).
@@ -68,7 +128,7 @@ pub(crate) fn addr16(a: IpAddr) -> (IpVersion, [u8; 16]) {
 }
 
 /// Every VIP with its listeners, in counter order; and the number of rule counters.
-pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vec<Vip>, usize) {
+pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vips, usize) {
     let mut vips: Vec<Vip> = lb
         .frontends
         .iter()
@@ -96,7 +156,7 @@ pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vec<Vip>, usize) {
         vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
         counter += 1;
     }
-    (vips, counter)
+    (Vips::new(vips), counter)
 }
 
 /// What a listener does with a connection, whichever kind of rule it is.
@@ -183,4 +243,42 @@ pub(crate) fn fragment_record(k: &FlowKey, seed: u64) -> (FlowTuple, u32) {
     t.version |= FRAGMENT_MARK;
     let h = k.hash_fields(HashFields::ThreeTuple, seed) ^ (mix64(u64::from(k.frag_ident)) as u32);
     (t, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn vip(version: IpVersion, addr: [u8; 16]) -> Vip {
+        Vip { version, addr, listeners: Vec::new() }
+    }
+
+    #[test]
+    fn vip_index_finds_every_vip_and_nothing_else() {
+        // 300 VIPs (the index wraps and probes past collisions), an IPv4 and an IPv6 VIP whose 16
+        // bytes are equal, and a duplicate address (the first frontend answers).
+        let mut list: Vec<Vip> = (0..300u32)
+            .map(|i| {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&(0x1432_0000 + i).to_be_bytes());
+                vip(IpVersion::V4, a)
+            })
+            .collect();
+        let same_bytes = list[7].addr;
+        list.push(vip(IpVersion::V6, same_bytes));
+        list.push(vip(IpVersion::V4, list[3].addr));
+        let vips = Vips::new(list.clone());
+        assert_eq!(vips.len(), 302);
+        for (i, v) in list.iter().enumerate().take(301) {
+            assert_eq!(vips.find(v.version, &v.addr), Some(i), "VIP {i}");
+        }
+        assert_eq!(vips.find(IpVersion::V4, &list[301].addr), Some(3));
+        let mut other = [0u8; 16];
+        other[..4].copy_from_slice(&0x1432_ffffu32.to_be_bytes());
+        assert_eq!(vips.find(IpVersion::V4, &other), None);
+        assert_eq!(vips.find(IpVersion::V6, &list[0].addr), None);
+        assert_eq!(Vips::default().find(IpVersion::V4, &other), None);
+        assert_eq!(Vips::new(vec![]).find(IpVersion::V4, &other), None);
+    }
 }

@@ -19,13 +19,14 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use super::listen::{addr16, backend_id, backend_tag, build_vips, find_vip, fragment_record, Target, Vip};
+use super::listen::{addr16, backend_id, backend_tag, build_vips, fragment_record, Listener, Target, Vips};
 use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
 use crate::tables::{FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition};
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{
-    ip_proto, parse_flow_key, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError, VXLAN_PORT,
+    ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError,
+    VXLAN_PORT,
 };
 
 /// This MUX node: its own addresses and the knobs of its tables.
@@ -225,7 +226,7 @@ fn prefetch_frame(f: &(&mut [u8], usize, usize)) {
 pub struct Mux {
     node: MuxNode,
     lb: LoadBalancer,
-    vips: Vec<Vip>,
+    vips: Vips,
     pools: Vec<PoolState>,
     /// Append-only: flows name their tunnel by index, so indices survive reconfiguration.
     tunnels: Vec<VxlanEncap>,
@@ -255,7 +256,7 @@ impl Mux {
         let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
         let mut mux = Mux {
             lb: LoadBalancer::default(),
-            vips: Vec::new(),
+            vips: Vips::default(),
             pools: Vec::new(),
             tunnels: Vec::new(),
             tunnel_keys: Vec::new(),
@@ -412,8 +413,14 @@ impl Mux {
     /// does, so that the misses of a burst overlap instead of being paid one after another).
     pub fn process_burst(&mut self, frames: &mut [(&mut [u8], usize, usize)], now: u32, out: &mut [Verdict]) {
         let n = frames.len().min(out.len());
+        let seed = self.node.hash_seed;
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
-            let mut keys = [None; BURST];
+            // Each key is parsed straight into its slot here and read from there by the second
+            // pass: no copy of a freshly written key, whose field-by-field stores a wide copy could
+            // not forward from.
+            let mut keys = [FlowKey::default(); BURST];
+            let mut hashes = [0u32; BURST];
+            let mut parsed = [false; BURST];
             for f in group.iter().take(PREFETCH_AHEAD) {
                 prefetch_frame(f);
             }
@@ -422,13 +429,23 @@ impl Mux {
                     prefetch_frame(f);
                 }
                 let (buf, start, len) = &group[i];
-                keys[i] = self.classify(buf, *start, *len);
-                if let Some((_, h)) = keys[i] {
-                    self.flows.prefetch(h);
+                if let Some(frame) = start.checked_add(*len).and_then(|end| buf.get(*start..end)) {
+                    if parse_flow_key_into(frame, &mut keys[i]).is_ok() {
+                        parsed[i] = true;
+                        hashes[i] = keys[i].hash(seed);
+                        self.flows.prefetch(hashes[i]);
+                    }
                 }
             }
-            for ((f, v), k) in group.iter_mut().zip(verdicts.iter_mut()).zip(keys.iter()) {
-                *v = self.finish(f.0, f.1, f.2, k.as_ref(), now);
+            for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+                *v = if parsed[i] {
+                    self.steer(f.0, f.1, f.2, &keys[i], hashes[i], now)
+                } else {
+                    Verdict::Drop(DropReason::Malformed)
+                };
+                if let Verdict::Drop(r) = *v {
+                    self.counters.drops[r as usize] += 1;
+                }
             }
         }
     }
@@ -459,15 +476,53 @@ impl Mux {
         v
     }
 
-    /// Everything after parsing: `key` is the frame's flow key, `key_hash` its 5-tuple hash.
+    /// Everything after parsing: `key` is the frame's flow key, `key_hash` its 5-tuple hash. The
+    /// common case (a whole TCP/UDP/ICMP-echo packet to a VIP port with a rule) stays in this one
+    /// short function; fragments and ICMP errors take [`Mux::steer_special`].
     #[inline]
     fn steer(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, key_hash: u32, now: u32) -> Verdict {
-        let Some(vip) = find_vip(&self.vips, key.ip_version, &key.dst_addr) else {
+        let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
             return self.relay(buf, start, len, key);
         };
+        if key.fragment != Fragment::None || key.is_icmp_error() {
+            return self.steer_special(buf, start, len, vip, key, key_hash, now);
+        }
+        let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
+            return self.snat_reply(buf, start, len, vip, key, key_hash);
+        };
+        let tuple = FlowTuple::from(key);
+        let (tunnel, new_flow) = match self.flows.lookup(&tuple, key_hash, now) {
+            Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
+            None => match self.choose(&l, key, key_hash) {
+                Ok((tunnel, idle)) => {
+                    let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+                    self.flows.insert(&tuple, key_hash, key.tcp_flags, new, idle, now);
+                    (tunnel, true)
+                }
+                Err(reason) => return Verdict::Drop(reason),
+            },
+        };
+        self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash)
+    }
+
+    /// Fragments and ICMP errors: an ICMP error is steered by the connection it quotes (a packet
+    /// the VIP sent, reversed) and creates no flow; a first fragment also leaves a record that
+    /// its later fragments, which carry no ports, are steered by.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn steer_special(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        vip: usize,
+        key: &FlowKey,
+        key_hash: u32,
+        now: u32,
+    ) -> Verdict {
         let seed = self.node.hash_seed;
-        // An ICMP error is steered by the connection it quotes (a packet the VIP sent), reversed.
-        let (flow, hash) = if key.is_icmp_error() {
+        let icmp_error = key.is_icmp_error();
+        let (flow, hash) = if icmp_error {
             let quoted = buf.get(start..start + len).map(|frame| quoted_flow_key(frame, key));
             match quoted {
                 Some(Ok(q)) if q.src_addr == key.dst_addr => {
@@ -479,7 +534,6 @@ impl Mux {
         } else {
             (*key, key_hash)
         };
-        // A later fragment has no ports: only its first fragment's record knows its flow.
         if flow.fragment == Fragment::Later {
             let (tuple, frag_hash) = fragment_record(&flow, seed);
             let Some(at) = self.flows.lookup(&tuple, frag_hash, now) else {
@@ -494,41 +548,16 @@ impl Mux {
         let tuple = FlowTuple::from(&flow);
         let (tunnel, new_flow) = match self.flows.lookup(&tuple, hash, now) {
             Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
-            None => {
-                let (pool, member, idle) = match l.target {
-                    Target::Rule(r) => {
-                        let rule = &self.lb.rules[r];
-                        let h = match rule.load_distribution {
-                            LoadDistribution::Default => hash,
-                            LoadDistribution::SourceIpProtocol => flow.hash_fields(HashFields::ThreeTuple, seed),
-                            LoadDistribution::SourceIp => flow.hash_fields(HashFields::TwoTuple, seed),
-                        };
-                        let state = &self.pools[rule.pool];
-                        let Some(m) = state.table.lookup(h) else {
-                            return Verdict::Drop(DropReason::NoBackend);
-                        };
-                        (rule.pool, state.in_table[m], rule.idle_timeout_minutes)
+            None => match self.choose(&l, &flow, hash) {
+                Ok((tunnel, idle)) => {
+                    if !icmp_error {
+                        let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+                        self.flows.insert(&tuple, hash, key.tcp_flags, new, idle, now);
                     }
-                    Target::NatRule(r) => {
-                        let n = &self.lb.nat_rules[r];
-                        (n.target.0, n.target.1, n.idle_timeout_minutes)
-                    }
-                    Target::NatPool(p) => {
-                        let n = &self.lb.nat_pools[p];
-                        let member = usize::from(flow.dst_port - n.port_start);
-                        if member >= self.lb.pools[n.pool].backends.len() {
-                            return Verdict::Drop(DropReason::NoBackend);
-                        }
-                        (n.pool, member, 4)
-                    }
-                };
-                let tunnel = self.pools[pool].tunnel[member];
-                if !key.is_icmp_error() {
-                    let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
-                    self.flows.insert(&tuple, hash, key.tcp_flags, new, idle, now);
+                    (tunnel, !icmp_error)
                 }
-                (tunnel, !key.is_icmp_error())
-            }
+                Err(reason) => return Verdict::Drop(reason),
+            },
         };
         if flow.fragment == Fragment::First {
             let (ft, fh) = fragment_record(&flow, seed);
@@ -538,6 +567,38 @@ impl Mux {
             }
         }
         self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, hash)
+    }
+
+    /// The backend (tunnel) of a new connection of `flow` that `l` accepts, and the flow's idle
+    /// timeout: Maglev by the rule's distribution mode, or the NAT rule's or pool's member.
+    fn choose(&self, l: &Listener, flow: &FlowKey, hash: u32) -> Result<(u16, u8), DropReason> {
+        let seed = self.node.hash_seed;
+        let (pool, member, idle) = match l.target {
+            Target::Rule(r) => {
+                let rule = &self.lb.rules[r];
+                let h = match rule.load_distribution {
+                    LoadDistribution::Default => hash,
+                    LoadDistribution::SourceIpProtocol => flow.hash_fields(HashFields::ThreeTuple, seed),
+                    LoadDistribution::SourceIp => flow.hash_fields(HashFields::TwoTuple, seed),
+                };
+                let state = &self.pools[rule.pool];
+                let m = state.table.lookup(h).ok_or(DropReason::NoBackend)?;
+                (rule.pool, state.in_table[m], rule.idle_timeout_minutes)
+            }
+            Target::NatRule(r) => {
+                let n = &self.lb.nat_rules[r];
+                (n.target.0, n.target.1, n.idle_timeout_minutes)
+            }
+            Target::NatPool(p) => {
+                let n = &self.lb.nat_pools[p];
+                let member = usize::from(flow.dst_port - n.port_start);
+                if member >= self.lb.pools[n.pool].backends.len() {
+                    return Err(DropReason::NoBackend);
+                }
+                (n.pool, member, 4)
+            }
+        };
+        Ok((self.pools[pool].tunnel[member], idle))
     }
 
     /// A reply to a connection a backend opened through SNAT: the port names the backend (every
@@ -595,7 +656,7 @@ impl Mux {
         let Ok(k) = parse_flow_key(inner) else {
             return Verdict::Drop(DropReason::Malformed);
         };
-        if find_vip(&self.vips, k.ip_version, &k.src_addr).is_none() {
+        if self.vips.find(k.ip_version, &k.src_addr).is_none() {
             return Verdict::Drop(DropReason::NotFromVip);
         }
         inner[..6].copy_from_slice(&self.node.gateway_mac.0);

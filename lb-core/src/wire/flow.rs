@@ -207,6 +207,20 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
     }
 }
 
+/// [`parse_flow_key`] writing the key straight into `key` (a slot of a burst's key array, read
+/// there by the next pass). A key returned by value and then moved into its slot is assembled on
+/// the stack first, and that copy's wide loads stall on the narrow stores that just built it. On
+/// error `key` is left as it was.
+#[inline(always)]
+pub fn parse_flow_key_into(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
+    // One store per arm: a value merged from both arms would go through a stack temporary.
+    match fast_path(frame) {
+        Some(k) => *key = k,
+        None => *key = parse_general(frame)?,
+    }
+    Ok(())
+}
+
 /// The first 4 bytes of a TCP or UDP header, and the 4 bytes the checks need after them.
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]

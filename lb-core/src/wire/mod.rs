@@ -18,7 +18,7 @@ pub mod vxlan;
 
 pub use error::{Layer, WireError};
 pub use ethernet::{EtherType, EthernetFrame, EthernetHeader, EthernetRepr, MacAddr, VlanTag};
-pub use flow::{parse_flow_key, FlowKey, Fragment, HashFields, IpVersion};
+pub use flow::{parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, IpVersion};
 pub use icmp::{IcmpMessage, IcmpVersion};
 pub use ipv4::{Ipv4Header, Ipv4Packet, Ipv4Repr};
 pub use ipv6::{Ipv6Header, Ipv6Packet, Ipv6Repr};
