@@ -203,8 +203,16 @@ pub(crate) fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
 pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
     match fast_path(frame) {
         Some(key) => Ok(key),
-        None => parse_general(frame),
+        None => parse_general_value(frame),
     }
+}
+
+/// [`parse_general`] returning the key (out of line, so that [`parse_flow_key`]'s fast path stays
+/// as small as it was).
+#[inline(never)]
+fn parse_general_value(frame: &[u8]) -> Result<FlowKey, WireError> {
+    let mut key = FlowKey::default();
+    parse_general(frame, &mut key).map(|()| key)
 }
 
 /// [`parse_flow_key`] writing the key straight into `key` (a slot of a burst's key array, read
@@ -213,12 +221,15 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
 /// error `key` is left as it was.
 #[inline(always)]
 pub fn parse_flow_key_into(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
-    // One store per arm: a value merged from both arms would go through a stack temporary.
+    // The general path writes its fields in place too: a key it returned by value would be
+    // copied twice more on the way here.
     match fast_path(frame) {
-        Some(k) => *key = k,
-        None => *key = parse_general(frame)?,
+        Some(k) => {
+            *key = k;
+            Ok(())
+        }
+        None => parse_general(frame, key),
     }
-    Ok(())
 }
 
 /// The first 4 bytes of a TCP or UDP header, and the 4 bytes the checks need after them.
@@ -343,11 +354,10 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
 /// Every frame the fast path declines: tags, options, extension headers, fragments, ICMP, other
 /// protocols, and every malformed frame (with its typed error).
 #[inline(never)]
-fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
+fn parse_general(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
     let l2 = parse_l2(frame)?;
     let l3 = frame.get(l2.l3_offset..).ok_or(WireError::Truncated(Layer::Ethernet))?;
-    let mut key =
-        FlowKey { vlans: l2.vlans, vlan_count: l2.vlan_count, l3_offset: l2.l3_offset as u16, ..FlowKey::default() };
+    *key = FlowKey { vlans: l2.vlans, vlan_count: l2.vlan_count, l3_offset: l2.l3_offset as u16, ..FlowKey::default() };
     let (l4, l4_in_l3) = match l2.ethertype {
         EtherType::IPV4 => {
             let (h, hlen, total): (&Ipv4Header, usize, usize) = ipv4::check_header(l3)?;
@@ -386,7 +396,7 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
     key.l4_offset = (l2.l3_offset + l4_in_l3) as u16;
     key.l4_len = l4.len() as u16;
     if key.fragment == Fragment::Later {
-        return Ok(key);
+        return Ok(());
     }
     match key.protocol {
         ip_proto::TCP => {
@@ -423,7 +433,7 @@ fn parse_general(frame: &[u8]) -> Result<FlowKey, WireError> {
         }
         _ => {}
     }
-    Ok(key)
+    Ok(())
 }
 
 /// For an ICMP error (`key.is_icmp_error()`): the flow key of the packet it quotes, as that packet
