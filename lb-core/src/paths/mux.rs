@@ -490,13 +490,12 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
-        let tuple = FlowTuple::from(key);
-        let (tunnel, new_flow) = match self.flows.lookup(&tuple, key_hash, now) {
+        let (tunnel, new_flow) = match self.flows.lookup_key(key, key_hash, now) {
             Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
             None => match self.choose(&l, key, key_hash) {
                 Ok((tunnel, idle)) => {
                     let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
-                    self.flows.insert(&tuple, key_hash, key.tcp_flags, new, idle, now);
+                    self.flows.insert(&FlowTuple::from(key), key_hash, key.tcp_flags, new, idle, now);
                     (tunnel, true)
                 }
                 Err(reason) => return Verdict::Drop(reason),

@@ -71,6 +71,20 @@ impl From<&FlowKey> for FlowTuple {
     }
 }
 
+impl FlowTuple {
+    /// Whether this is the tuple of `key`, compared field by field where the key lies (no tuple
+    /// is built on the stack for the compare, which would be read back before its stores land).
+    #[inline(always)]
+    pub fn is_of(&self, key: &FlowKey) -> bool {
+        self.src_port == key.src_port
+            && self.dst_port == key.dst_port
+            && self.protocol == key.protocol
+            && self.version == key.ip_version as u8
+            && self.src == key.src_addr
+            && self.dst == key.dst_addr
+    }
+}
+
 /// What a data path stores with each flow. The MUX stores a [`MuxFlow`] (4 bytes, so that an entry
 /// stays at 48); the host agent stores its NAT binding.
 pub trait FlowValue: Copy + Default {
@@ -274,12 +288,31 @@ impl<V: FlowValue> FlowTable<V> {
         self.find(b1, b2, sig, tuple, now)
     }
 
+    /// [`FlowTable::lookup`] for the flow of `key` (the key's 5-tuple, compared in place).
+    #[inline]
+    pub fn lookup_key(&mut self, key: &FlowKey, hash: u32, now: u32) -> Option<FlowSlot> {
+        let (b1, b2, sig) = split(hash, self.n);
+        self.find_by(b1, b2, sig, |t| t.is_of(key), now)
+    }
+
     #[inline(always)]
     fn find(&mut self, b1: usize, b2: usize, sig: u16, tuple: &FlowTuple, now: u32) -> Option<FlowSlot> {
+        self.find_by(b1, b2, sig, |t| t == tuple, now)
+    }
+
+    #[inline(always)]
+    fn find_by(
+        &mut self,
+        b1: usize,
+        b2: usize,
+        sig: u16,
+        is_flow: impl Fn(&FlowTuple) -> bool,
+        now: u32,
+    ) -> Option<FlowSlot> {
         for b in [b1, b2] {
             let bucket = &mut self.buckets[b];
             for i in 0..BUCKET_SLOTS {
-                if bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple {
+                if bucket.sigs[i] == sig && is_flow(&bucket.entries[i].tuple) {
                     if past(bucket.deadlines[i], now) {
                         bucket.sigs[i] = 0;
                         let e = bucket.entries[i];
