@@ -212,7 +212,7 @@ impl VxlanEncap {
     /// outer headers into the `outer_len()` bytes before it and returns where the outer frame starts.
     /// The outer UDP source port comes from `flow_hash` (RFC 7348 5: entropy for ECMP, in the
     /// dynamic range 49152..=65535).
-    #[inline]
+    #[inline(always)]
     pub fn encapsulate(
         &self,
         buf: &mut [u8],
