@@ -235,6 +235,8 @@ pub struct Mux {
     /// Flow-table `backend` field → (pool, member) for counters; may be stale after an update.
     tunnel_owner: Vec<(usize, usize)>,
     flows: FlowTable,
+    /// The flow keys of the burst in flight (kept here so that a burst does not initialise them).
+    burst_keys: Vec<FlowKey>,
     counters: MuxCounters,
     snat: SnatPlan,
     underlay: (crate::wire::IpVersion, [u8; 16]),
@@ -262,6 +264,7 @@ impl Mux {
             tunnel_keys: Vec::new(),
             tunnel_owner: Vec::new(),
             flows,
+            burst_keys: alloc::vec![FlowKey::default(); BURST],
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
             underlay: addr16(node.underlay),
@@ -414,11 +417,13 @@ impl Mux {
     pub fn process_burst(&mut self, frames: &mut [(&mut [u8], usize, usize)], now: u32, out: &mut [Verdict]) {
         let n = frames.len().min(out.len());
         let seed = self.node.hash_seed;
+        // Each key is parsed straight into its slot and read from there by the second pass (no
+        // copy of a freshly written key, which would stall on its narrow stores). The slots live
+        // in the MUX, taken out for the burst so that steering can borrow the MUX; they are always
+        // BURST long, so the resize does nothing (it would allocate only after a panic had lost them).
+        let mut keys = core::mem::take(&mut self.burst_keys);
+        keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
-            // Each key is parsed straight into its slot here and read from there by the second
-            // pass: no copy of a freshly written key, whose field-by-field stores a wide copy could
-            // not forward from.
-            let mut keys = [FlowKey::default(); BURST];
             let mut hashes = [0u32; BURST];
             let mut parsed = [false; BURST];
             for f in group.iter().take(PREFETCH_AHEAD) {
@@ -448,6 +453,7 @@ impl Mux {
                 }
             }
         }
+        self.burst_keys = keys;
     }
 
     /// Processes one frame at `buf[start..start + len]`, with headroom before it for the outer
