@@ -352,12 +352,14 @@ impl<V: FlowValue> FlowTable<V> {
         None
     }
 
-    /// Starts loading the first bucket of flow hash `hash` into the cache (see [`crate::prefetch`]),
-    /// so that a lookup a few packets later finds it there.
+    /// Starts loading the signature lines of both buckets of flow hash `hash` into the cache (see
+    /// [`crate::prefetch`]), so that a lookup a few packets later finds them there: the second
+    /// holds about a third of the flows, and a new flow's insert reads both.
     #[inline(always)]
     pub fn prefetch(&self, hash: u32) {
-        let (b1, _, _) = split(hash, self.n);
+        let (b1, b2, _) = split(hash, self.n);
         crate::prefetch::prefetch(&self.buckets[b1].sigs);
+        crate::prefetch::prefetch(&self.buckets[b2].sigs);
     }
 
     /// Looks up a burst: `out[i]` gets the slot of `tuples[i]` (hash `hashes[i]`). The first bucket
@@ -488,6 +490,31 @@ impl<V: FlowValue> FlowTable<V> {
         *e
     }
 
+    /// Where a new flow of buckets `b1`, `b2` goes: `(bucket, slot, both full)`. A free slot of the
+    /// emptier bucket; when both are full, the entry nearest its deadline (an expired one if there
+    /// is any), read from the two buckets' deadline lines alone.
+    #[inline(always)]
+    fn place(&self, b1: usize, b2: usize, now: u32) -> (usize, usize, bool) {
+        let (e1, e2) = (sig_mask(&self.buckets[b1].sigs, 0), sig_mask(&self.buckets[b2].sigs, 0));
+        if e1 | e2 != 0 {
+            let (b, empty) = if e1.count_ones() >= e2.count_ones() { (b1, e1) } else { (b2, e2) };
+            return (b, empty.trailing_zeros() as usize, false);
+        }
+        let mut victim = (b1, 0usize);
+        let mut least = i32::MAX;
+        for b in [b1, b2] {
+            for (i, &d) in self.buckets[b].deadlines.iter().enumerate() {
+                // Seconds left before the deadline; negative once expired.
+                let left = d.wrapping_sub(now) as i32;
+                if left < least {
+                    least = left;
+                    victim = (b, i);
+                }
+            }
+        }
+        (victim.0, victim.1, true)
+    }
+
     /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle_minutes`
     /// (1..=255; Azure allows 4..=100). Never fails: when both buckets are full, the entry nearest its
     /// idle deadline goes (an expired one first; else the one that would expire soonest, counted as
@@ -503,36 +530,16 @@ impl<V: FlowValue> FlowTable<V> {
         now: u32,
     ) -> FlowSlot {
         let (b1, b2, sig) = split(hash, self.n);
-        let free = |b: &Bucket<V>| b.sigs.iter().filter(|&&s| s == 0).count();
-        let (f1, f2) = (free(&self.buckets[b1]), free(&self.buckets[b2]));
-        let (b, slot) = if f1 > 0 || f2 > 0 {
-            let b = if f1 >= f2 { b1 } else { b2 };
-            (b, self.buckets[b].sigs.iter().position(|&s| s == 0).unwrap_or(0))
-        } else {
-            // Both full: the entry nearest its deadline (an expired one if there is any), read from
-            // the two buckets' deadline lines alone.
-            let mut victim = (b1, 0usize);
-            let mut least = i32::MAX;
-            for b in [b1, b2] {
-                for (i, &d) in self.buckets[b].deadlines.iter().enumerate() {
-                    // Seconds left before the deadline; negative once expired.
-                    let left = d.wrapping_sub(now) as i32;
-                    if left < least {
-                        least = left;
-                        victim = (b, i);
-                    }
-                }
-            }
-            let found_expired = past(self.buckets[victim.0].deadlines[victim.1], now);
-            if found_expired {
+        let (b, slot, full) = self.place(b1, b2, now);
+        if full {
+            if past(self.buckets[b].deadlines[slot], now) {
                 self.counters.expired += 1;
             } else {
                 self.counters.evicted += 1;
             }
-            let e = self.buckets[victim.0].entries[victim.1];
-            self.keep_removed(FlowSlot { bucket: victim.0 as u32, slot: victim.1 as u8 }, &e);
-            victim
-        };
+            let e = self.buckets[b].entries[slot];
+            self.keep_removed(FlowSlot { bucket: b as u32, slot: slot as u8 }, &e);
+        }
         let bucket = &mut self.buckets[b];
         let state = if tuple.protocol != crate::wire::ip_proto::TCP {
             TcpState::Stateless
