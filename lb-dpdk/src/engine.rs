@@ -9,6 +9,8 @@ use lb_core::paths::{DropReason, HostAgent, HostDrop, HostVerdict, Mux, Verdict}
 use lb_core::tables::Health;
 
 use crate::node::{NodeConfig, Role};
+use crate::port::BurstFrame;
+use crate::run::BURST;
 
 /// What to do with a frame after processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,24 +109,44 @@ impl Engine {
         }
     }
 
-    /// Processes the frame at `buf[start..start + len]` at time `now` (seconds).
+    /// Processes a burst of received frames where they lie, at time `now` (seconds): `out[i]` says
+    /// what to do with `frames[i]` (`out` is as long as `frames`, at most [`BURST`]). The MUX takes
+    /// the whole burst at once (parsing and prefetching every frame's flow before steering any).
     #[inline]
-    pub fn process(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> Action {
+    pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], now: u32, out: &mut [Action]) {
         match self {
-            Engine::Mux(m, _) => match m.process(buf, start, len, now) {
-                Verdict::Forward { start, len } => Action::Transmit { start, len },
-                Verdict::Drop(_) => Action::Drop,
-            },
+            Engine::Mux(m, _) => {
+                let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
+                let n = frames.len().min(out.len()).min(BURST);
+                m.process_burst(&mut frames[..n], now, &mut verdicts[..n]);
+                for (a, v) in out.iter_mut().zip(&verdicts[..n]) {
+                    *a = match *v {
+                        Verdict::Forward { start, len } => Action::Transmit { start, len },
+                        Verdict::Drop(_) => Action::Drop,
+                    };
+                }
+            }
             Engine::Host(h) => {
-                // One port carries both sides of the host here.
-                let v = h.from_either(buf, start, len, now);
-                match v {
-                    HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
-                    HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
-                    HostVerdict::Drop(_) => Action::Drop,
+                for (f, a) in frames.iter_mut().zip(out.iter_mut()) {
+                    let (buf, start, len) = f.parts();
+                    // One port carries both sides of the host here.
+                    *a = match h.from_either(buf, start, len, now) {
+                        HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
+                        HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
+                        HostVerdict::Drop(_) => Action::Drop,
+                    };
                 }
             }
         }
+    }
+
+    /// Buckets of the flow table (what a full sweep visits).
+    pub fn buckets(&mut self) -> usize {
+        let slots = match self {
+            Engine::Mux(m, _) => m.flows().slots(),
+            Engine::Host(h) => h.flows().slots(),
+        };
+        slots / lb_core::tables::flow::BUCKET_SLOTS
     }
 
     /// Timers: flows idle past their timeout go (host: their SNAT ports are released and TCP resets

@@ -8,15 +8,17 @@ use std::path::Path;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::{DataLink, PcapError};
 
+pub use lb_core::paths::BurstFrame;
+
 /// Bytes kept free in front of every received frame, for the VxLAN outer headers (70 over IPv6).
 pub const HEADROOM: usize = 128;
 /// Largest frame a buffer holds (a 9000-byte jumbo frame plus its tags and a tunnel).
 pub const MAX_FRAME: usize = 9216 + 128;
 
-/// A packet buffer: the frame lies at `buf[start..start + len]`, with headroom before it.
-pub trait FrameBuf {
-    /// The whole buffer and where the frame lies in it.
-    fn parts(&mut self) -> (&mut [u8], usize, usize);
+/// A packet buffer: the frame lies at `buf[start..start + len]`, with headroom before it
+/// ([`BurstFrame::parts`] gives the whole buffer and where the frame lies, so that a burst of
+/// buffers goes to the data path as it is).
+pub trait FrameBuf: BurstFrame {
     /// The frame now lies at `buf[start..start + len]` (after encapsulation or decapsulation).
     fn set_frame(&mut self, start: usize, len: usize);
 }
@@ -47,10 +49,14 @@ pub struct HeapBuf {
     len: usize,
 }
 
-impl FrameBuf for HeapBuf {
+impl BurstFrame for HeapBuf {
+    #[inline]
     fn parts(&mut self) -> (&mut [u8], usize, usize) {
         (&mut self.data, self.start, self.len)
     }
+}
+
+impl FrameBuf for HeapBuf {
     fn set_frame(&mut self, start: usize, len: usize) {
         self.start = start;
         self.len = len;

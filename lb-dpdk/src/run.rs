@@ -22,8 +22,13 @@ use crate::port::{AtEnd, FrameBuf, PcapPort, Port};
 
 /// Frames per burst.
 pub const BURST: usize = 32;
-/// Flow-table buckets each loop iteration sweeps for idle flows.
+/// Flow-table buckets one loop iteration sweeps for idle flows at most.
 const SWEEP_BUDGET: usize = 8;
+/// Under load the sweep covers the whole flow table about once in this many seconds (lookups and
+/// inserts expire what they meet anyway; the sweep frees the rest and sends a host's resets on
+/// time): a fixed budget per burst would read a large table over and over for nothing, at a cost
+/// per packet. An idle loop sweeps its full budget.
+const SWEEP_PERIOD_SECS: u32 = 5;
 
 /// `lb-dpdk run` options.
 #[derive(Debug, Args)]
@@ -122,6 +127,8 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
     let mut stats = Stats::default();
     let mut last_publish = Instant::now();
     let mut resets: Vec<Vec<u8>> = Vec::new();
+    let sweep_per_sec = engine.buckets().div_ceil(SWEEP_PERIOD_SECS as usize);
+    let (mut sweep_owed, mut sweep_clock) = (0usize, port.now());
     loop {
         if link.stop.load(Ordering::Relaxed) {
             break;
@@ -139,9 +146,13 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
         let n = port.rx_burst(&mut rx, BURST);
         let now = port.now();
         stats.rx += n as u64;
-        for mut b in rx.drain(..) {
-            let (buf, start, len) = b.parts();
-            match engine.process(buf, start, len, now) {
+        // rx_burst returns at most BURST frames; were there more, the rest would be recycled below
+        // like any dropped frame, never leaked.
+        let mut actions = [Action::Drop; BURST];
+        let m = rx.len().min(BURST);
+        engine.process_burst(&mut rx[..m], now, &mut actions[..m]);
+        for (mut b, a) in rx.drain(..).zip(actions.into_iter().chain(core::iter::repeat(Action::Drop))) {
+            match a {
                 Action::Transmit { start, len } | Action::Deliver { start, len, .. } => {
                     b.set_frame(start, len);
                     tx.push(b);
@@ -155,7 +166,14 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
             stats.tx += sent;
             stats.tx_failed += attempted - sent;
         }
-        engine.tick(now, SWEEP_BUDGET, |f| resets.push(f.to_vec()));
+        let elapsed = now.wrapping_sub(sweep_clock).min(SWEEP_PERIOD_SECS);
+        sweep_owed = sweep_owed.saturating_add(sweep_per_sec * elapsed as usize);
+        sweep_clock = now;
+        let budget = if n == 0 { SWEEP_BUDGET } else { sweep_owed.min(SWEEP_BUDGET) };
+        sweep_owed = sweep_owed.saturating_sub(budget);
+        if budget > 0 {
+            engine.tick(now, budget, |f| resets.push(f.to_vec()));
+        }
         for f in resets.drain(..) {
             if port.tx_copy(&f) {
                 stats.tx += 1;

@@ -8,4 +8,4 @@ pub mod mux;
 
 pub use host::{HostAgent, HostCounters, HostDrop, HostError, HostNode, HostVerdict, ReturnPath};
 pub use listen::backend_tag;
-pub use mux::{DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict};
+pub use mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict};

@@ -211,13 +211,30 @@ pub const BURST: usize = 32;
 /// How many frames ahead a burst prefetches frame bytes.
 const PREFETCH_AHEAD: usize = 4;
 
+/// A frame a burst edits in place: its whole buffer (headroom included) and where the frame lies in
+/// it. Implemented for `(buffer, start, len)` tuples; a program implements it for its own buffers
+/// (DPDK mbufs) so that a burst of them is processed where it lies, with no array of views built
+/// for each burst.
+pub trait BurstFrame {
+    /// `(buffer, frame start, frame length)`.
+    fn parts(&mut self) -> (&mut [u8], usize, usize);
+}
+
+impl BurstFrame for (&mut [u8], usize, usize) {
+    #[inline(always)]
+    fn parts(&mut self) -> (&mut [u8], usize, usize) {
+        (&mut *self.0, self.1, self.2)
+    }
+}
+
 /// Prefetches the first bytes of a frame and the headroom line its outer headers will go to.
 #[inline(always)]
-fn prefetch_frame(f: &(&mut [u8], usize, usize)) {
-    if let Some(b) = f.0.get(f.1) {
+fn prefetch_frame(f: &mut impl BurstFrame) {
+    let (buf, start, _) = f.parts();
+    if let Some(b) = buf.get(start) {
         crate::prefetch::prefetch(b);
     }
-    if let Some(b) = f.0.get(f.1.saturating_sub(64)) {
+    if let Some(b) = buf.get(start.saturating_sub(64)) {
         crate::prefetch::prefetch(b);
     }
 }
@@ -414,7 +431,7 @@ impl Mux {
     /// first parses and hashes every frame, prefetching the frames a few ahead and each flow's
     /// bucket; the second steers them, by then mostly from the cache (what DPDK's bulk hash lookup
     /// does, so that the misses of a burst overlap instead of being paid one after another).
-    pub fn process_burst(&mut self, frames: &mut [(&mut [u8], usize, usize)], now: u32, out: &mut [Verdict]) {
+    pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], now: u32, out: &mut [Verdict]) {
         let n = frames.len().min(out.len());
         let seed = self.node.hash_seed;
         // Each key is parsed straight into its slot and read from there by the second pass (no
@@ -426,15 +443,15 @@ impl Mux {
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
             let mut hashes = [0u32; BURST];
             let mut parsed = [false; BURST];
-            for f in group.iter().take(PREFETCH_AHEAD) {
+            for f in group.iter_mut().take(PREFETCH_AHEAD) {
                 prefetch_frame(f);
             }
             for i in 0..group.len() {
-                if let Some(f) = group.get(i + PREFETCH_AHEAD) {
+                if let Some(f) = group.get_mut(i + PREFETCH_AHEAD) {
                     prefetch_frame(f);
                 }
-                let (buf, start, len) = &group[i];
-                if let Some(frame) = start.checked_add(*len).and_then(|end| buf.get(*start..end)) {
+                let (buf, start, len) = group[i].parts();
+                if let Some(frame) = start.checked_add(len).and_then(|end| buf.get(start..end)) {
                     if parse_flow_key_into(frame, &mut keys[i]).is_ok() {
                         parsed[i] = true;
                         hashes[i] = keys[i].hash(seed);
@@ -444,7 +461,8 @@ impl Mux {
             }
             for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
                 *v = if parsed[i] {
-                    self.steer(f.0, f.1, f.2, &keys[i], hashes[i], now)
+                    let (buf, start, len) = f.parts();
+                    self.steer(buf, start, len, &keys[i], hashes[i], now)
                 } else {
                     Verdict::Drop(DropReason::Malformed)
                 };

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use crate::engine::Engine;
 use crate::node::{NodeConfig, Role};
-use crate::port::{FrameBuf, Port, HEADROOM};
+use crate::port::{BurstFrame, FrameBuf, Port, HEADROOM};
 use crate::run::{poll_loop, worker_pair, RunArgs, WorkerLink, Workers, BURST};
 
 /// The bindings bindgen made from `shim.h` (see build.rs).
@@ -97,7 +97,7 @@ impl Drop for MbufBuf {
     }
 }
 
-impl FrameBuf for MbufBuf {
+impl BurstFrame for MbufBuf {
     #[inline]
     fn parts(&mut self) -> (&mut [u8], usize, usize) {
         // SAFETY: the mbuf is valid and owned by self; only its header is read here.
@@ -109,7 +109,9 @@ impl FrameBuf for MbufBuf {
         let buf = unsafe { std::slice::from_raw_parts_mut(addr, usize::from(buf_len)) };
         (buf, usize::from(off), usize::from(len))
     }
+}
 
+impl FrameBuf for MbufBuf {
     #[inline]
     fn set_frame(&mut self, start: usize, len: usize) {
         // SAFETY: the mbuf is valid and owned by self (no other reference to its header exists).
