@@ -626,7 +626,7 @@ mod tests {
             let (tp, h) = tuple(round % 300);
             let now = (round / 10) as u32;
             match mix64(round) % 7 {
-                0 | 1 | 2 => {
+                0..=2 => {
                     if t.lookup(&tp, h, now).is_none() {
                         t.insert(&tp, h, TcpFlags::SYN, v, 1, now);
                     }
