@@ -350,6 +350,10 @@ pub unsafe extern "C" fn lb_process_burst(
             // SAFETY: non-NULL, `n` elements each, per the contract.
             let frames = std::slice::from_raw_parts_mut(frames, n);
             let verdicts = std::slice::from_raw_parts_mut(verdicts, n);
+            let h = match &mut i.engine {
+                Engine::Mux(m) => return mux_burst(m, frames, verdicts, now),
+                Engine::Host(h) => h,
+            };
             let mut result = lb_result::LB_RESULT_OK;
             for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
                 if f.buf.is_null() {
@@ -359,43 +363,73 @@ pub unsafe extern "C" fn lb_process_burst(
                 }
                 // SAFETY: `buf` is non-NULL with `buf_len` bytes, exclusively ours for the call.
                 let buf = std::slice::from_raw_parts_mut(f.buf, f.buf_len);
-                *v = process_one(&mut i.engine, buf, f, now, direction);
+                *v = host_one(h, buf, f, now, direction);
             }
             result
         })
     }
 }
 
+/// A MUX takes the frames a burst at a time (every frame parsed and its flow prefetched before any
+/// is steered), skipping frames with a NULL buffer (dropped as malformed, `LB_RESULT_NULL_ARGUMENT`).
+///
+/// # Safety
+/// Each non-NULL `buf` points to `buf_len` bytes, exclusively the library's for the call and not
+/// aliased by another frame.
+unsafe fn mux_burst(m: &mut Mux, frames: &mut [lb_frame], verdicts: &mut [lb_verdict], now: u32) -> lb_result {
+    const BURST: usize = lb_core::paths::mux::BURST;
+    let mut result = lb_result::LB_RESULT_OK;
+    for (fs, vs) in frames.chunks_mut(BURST).zip(verdicts.chunks_mut(BURST)) {
+        let mut views: [(&mut [u8], usize, usize); BURST] = std::array::from_fn(|_| (&mut [][..], 0, 0));
+        let mut index = [0usize; BURST];
+        let mut k = 0;
+        for (j, f) in fs.iter().enumerate() {
+            if f.buf.is_null() {
+                result = lb_result::LB_RESULT_NULL_ARGUMENT;
+                vs[j] = drop_verdict(0);
+                continue;
+            }
+            // SAFETY: non-NULL with `buf_len` bytes, exclusively ours for the call, per the contract.
+            views[k] = (unsafe { std::slice::from_raw_parts_mut(f.buf, f.buf_len) }, f.start, f.len);
+            index[k] = j;
+            k += 1;
+        }
+        let mut out = [Verdict::Drop(DropReason::Malformed); BURST];
+        m.process_burst(&mut views[..k], now, &mut out[..k]);
+        for (&j, v) in index[..k].iter().zip(&out[..k]) {
+            vs[j] = match *v {
+                Verdict::Forward { start, len } => {
+                    (fs[j].start, fs[j].len) = (start, len);
+                    lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 }
+                }
+                Verdict::Drop(r) => drop_verdict(r as u32),
+            };
+        }
+    }
+    result
+}
+
 fn drop_verdict(reason: u32) -> lb_verdict {
     lb_verdict { action: lb_action::LB_ACTION_DROP, reason, backend: 0 }
 }
 
-fn process_one(engine: &mut Engine, buf: &mut [u8], f: &mut lb_frame, now: u32, direction: lb_direction) -> lb_verdict {
+/// One frame through a host agent, from the side `direction` names.
+fn host_one(h: &mut HostAgent, buf: &mut [u8], f: &mut lb_frame, now: u32, direction: lb_direction) -> lb_verdict {
     let (start, len) = (f.start, f.len);
-    let (sent, verdict) = match engine {
-        Engine::Mux(m) => match m.process(buf, start, len, now) {
-            Verdict::Forward { start, len } => {
-                (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
-            }
-            Verdict::Drop(r) => (None, drop_verdict(r as u32)),
-        },
-        Engine::Host(h) => {
-            let v = match direction {
-                lb_direction::LB_DIRECTION_FROM_FABRIC => h.from_fabric(buf, start, len, now),
-                lb_direction::LB_DIRECTION_FROM_BACKEND => h.from_backend(buf, start, len, now),
-                lb_direction::LB_DIRECTION_AUTO => h.from_either(buf, start, len, now),
-            };
-            match v {
-                HostVerdict::Transmit { start, len } => {
-                    (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
-                }
-                HostVerdict::Deliver { backend, start, len } => (
-                    Some((start, len)),
-                    lb_verdict { action: lb_action::LB_ACTION_DELIVER, reason: 0, backend: backend as u32 },
-                ),
-                HostVerdict::Drop(r) => (None, drop_verdict(r as u32)),
-            }
+    let v = match direction {
+        lb_direction::LB_DIRECTION_FROM_FABRIC => h.from_fabric(buf, start, len, now),
+        lb_direction::LB_DIRECTION_FROM_BACKEND => h.from_backend(buf, start, len, now),
+        lb_direction::LB_DIRECTION_AUTO => h.from_either(buf, start, len, now),
+    };
+    let (sent, verdict) = match v {
+        HostVerdict::Transmit { start, len } => {
+            (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
         }
+        HostVerdict::Deliver { backend, start, len } => (
+            Some((start, len)),
+            lb_verdict { action: lb_action::LB_ACTION_DELIVER, reason: 0, backend: backend as u32 },
+        ),
+        HostVerdict::Drop(r) => (None, drop_verdict(r as u32)),
     };
     if let Some((s, l)) = sent {
         f.start = s;
