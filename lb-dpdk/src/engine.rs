@@ -116,6 +116,7 @@ impl Engine {
     pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], now: u32, out: &mut [Action]) {
         match self {
             Engine::Mux(m, _) => {
+                debug_assert!(frames.len() <= BURST, "a burst of {} frames", frames.len());
                 let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
                 let n = frames.len().min(out.len()).min(BURST);
                 m.process_burst(&mut frames[..n], now, &mut verdicts[..n]);
@@ -150,7 +151,8 @@ impl Engine {
     }
 
     /// Timers: flows idle past their timeout go (host: their SNAT ports are released and TCP resets
-    /// sent, handed to `emit`). Call it every poll loop with a small `budget` of buckets.
+    /// sent, handed to `emit`). The poll loop calls it with a small `budget` of buckets, paced so
+    /// that the whole table is covered every few seconds.
     pub fn tick(&mut self, now: u32, budget: usize, mut emit: impl FnMut(&[u8])) {
         match self {
             Engine::Mux(m, cursor) => *cursor = m.flows().sweep(*cursor, budget, now),

@@ -24,10 +24,11 @@ use crate::port::{AtEnd, FrameBuf, PcapPort, Port};
 pub const BURST: usize = 32;
 /// Flow-table buckets one loop iteration sweeps for idle flows at most.
 const SWEEP_BUDGET: usize = 8;
-/// Under load the sweep covers the whole flow table about once in this many seconds (lookups and
-/// inserts expire what they meet anyway; the sweep frees the rest and sends a host's resets on
-/// time): a fixed budget per burst would read a large table over and over for nothing, at a cost
-/// per packet. An idle loop sweeps its full budget.
+/// Under load the sweep aims to cover the whole flow table once in this many seconds, within
+/// [`SWEEP_BUDGET`] buckets a loop (so a table of tens of millions of flows takes longer): lookups
+/// and inserts expire what they meet anyway, the sweep frees the rest and sends a host's resets.
+/// A fixed budget per burst would read a large table over and over for nothing, at a cost per
+/// packet. An idle loop sweeps its full budget.
 const SWEEP_PERIOD_SECS: u32 = 5;
 
 /// `lb-dpdk run` options.

@@ -480,8 +480,10 @@ impl<V: FlowValue> FlowTable<V> {
         e.last_seen = now;
         if e.tuple.protocol == crate::wire::ip_proto::TCP {
             if tcp_flags & TcpFlags::RST != 0 {
-                bucket.sigs[i] = 0;
-                self.live -= 1;
+                if bucket.sigs[i] != 0 {
+                    bucket.sigs[i] = 0;
+                    self.live -= 1;
+                }
                 self.counters.reset += 1;
                 let e = *e;
                 self.keep_removed(at, &e);

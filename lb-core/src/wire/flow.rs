@@ -218,7 +218,7 @@ fn parse_general_value(frame: &[u8]) -> Result<FlowKey, WireError> {
 /// [`parse_flow_key`] writing the key straight into `key` (a slot of a burst's key array, read
 /// there by the next pass). A key returned by value and then moved into its slot is assembled on
 /// the stack first, and that copy's wide loads stall on the narrow stores that just built it. On
-/// error `key` is left as it was.
+/// error `key` holds no meaningful value (it may be partly written).
 #[inline(always)]
 pub fn parse_flow_key_into(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
     // The general path writes its fields in place too: a key it returned by value would be
