@@ -618,6 +618,38 @@ mod tests {
     use alloc::vec;
 
     #[test]
+    fn lookup_by_key_finds_what_lookup_by_tuple_finds() {
+        use crate::wire::{FlowKey, IpVersion};
+        let mut t: FlowTable = FlowTable::with_capacity(1000).unwrap();
+        for i in 0..500u64 {
+            let (tp, h) = tuple(i);
+            if i % 2 == 0 {
+                t.insert(&tp, h, TcpFlags::SYN, MuxFlow { backend: i as u16, rule: 0 }, 4, 0);
+            }
+        }
+        for i in 0..500u64 {
+            let (tp, h) = tuple(i);
+            let key = FlowKey {
+                src_addr: tp.src,
+                dst_addr: tp.dst,
+                src_port: tp.src_port,
+                dst_port: tp.dst_port,
+                protocol: tp.protocol,
+                ip_version: IpVersion::V4,
+                ..FlowKey::default()
+            };
+            assert!(tp.is_of(&key));
+            let by_key = t.lookup_key(&key, h, 1);
+            assert_eq!(by_key, t.lookup(&tp, h, 1), "flow {i}");
+            assert_eq!(by_key.is_some(), i % 2 == 0, "flow {i}");
+            // Any other field differing is another flow.
+            assert!(!tp.is_of(&FlowKey { ip_version: IpVersion::V6, ..key }));
+            assert!(!tp.is_of(&FlowKey { dst_port: key.dst_port ^ 1, ..key }));
+            assert!(!tp.is_of(&FlowKey { protocol: 17, ..key }));
+        }
+    }
+
+    #[test]
     fn live_count_follows_every_way_in_and_out() {
         let scan = |t: &FlowTable| t.buckets.iter().map(|b| b.sigs.iter().filter(|&&s| s != 0).count()).sum::<usize>();
         // Small enough that inserts evict; every way an entry leaves: expiry on lookup, RST,
