@@ -34,13 +34,81 @@ pub(crate) struct Vip {
     pub version: IpVersion,
     pub addr: [u8; 16],
     pub listeners: Vec<Listener>,
+    /// The single-port TCP and UDP listeners by `(protocol, port)` (open addressing, at most half
+    /// full, `NO_PORT` where empty): a VIP with a dozen rules finds a packet's rule with one hash
+    /// and usually one compare instead of a scan.
+    ports: Vec<(u32, u32)>,
+    /// The other listeners (port ranges, HA ports, protocol All), scanned in order.
+    ranges: Vec<u32>,
 }
 
+const NO_PORT: u32 = u32::MAX;
+
 impl Vip {
-    /// The listener for a packet of `protocol` to `port`.
+    pub fn new(version: IpVersion, addr: [u8; 16]) -> Self {
+        Vip { version, addr, listeners: Vec::new(), ports: Vec::new(), ranges: Vec::new() }
+    }
+
+    #[inline(always)]
+    fn port_key(protocol: u8, port: u16) -> u32 {
+        u32::from(protocol) << 16 | u32::from(port)
+    }
+
+    #[inline(always)]
+    fn port_home(key: u32, mask: usize) -> usize {
+        (key.wrapping_mul(0x9e37_79b1) >> 12) as usize & mask
+    }
+
+    /// Builds the port index once the listeners are all in.
+    fn index_ports(&mut self) {
+        let exact = |l: &Listener| l.lo == l.hi && matches!(l.protocol, Protocol::Tcp | Protocol::Udp);
+        let n = self.listeners.iter().filter(|l| exact(l)).count();
+        self.ports = if n == 0 { Vec::new() } else { alloc::vec![(NO_PORT, 0); (2 * n).next_power_of_two()] };
+        self.ranges.clear();
+        let mask = self.ports.len().wrapping_sub(1);
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !exact(l) {
+                self.ranges.push(i as u32);
+                continue;
+            }
+            let p = if l.protocol == Protocol::Tcp { crate::wire::ip_proto::TCP } else { crate::wire::ip_proto::UDP };
+            let key = Self::port_key(p, l.lo);
+            let mut at = Self::port_home(key, mask);
+            while self.ports[at].0 != NO_PORT && self.ports[at].0 != key {
+                at = (at + 1) & mask;
+            }
+            // A validated configuration has no two listeners on one protocol and port; were there
+            // two, the first would answer, as a scan in order would.
+            if self.ports[at].0 == NO_PORT {
+                self.ports[at] = (key, i as u32);
+            }
+        }
+    }
+
+    /// The listener for a packet of `protocol` to `port`. A validated configuration has no two
+    /// listeners of one VIP that both match, so the port index and the ranges never disagree.
     #[inline(always)]
     pub fn listener(&self, protocol: u8, port: u16) -> Option<Listener> {
-        self.listeners.iter().find(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port)).copied()
+        if !self.ports.is_empty() && (protocol == crate::wire::ip_proto::TCP || protocol == crate::wire::ip_proto::UDP)
+        {
+            let key = Self::port_key(protocol, port);
+            let mask = self.ports.len() - 1;
+            let mut at = Self::port_home(key, mask);
+            while let Some(&(k, i)) = self.ports.get(at) {
+                if k == key {
+                    return self.listeners.get(i as usize).copied();
+                }
+                if k == NO_PORT {
+                    break;
+                }
+                at = (at + 1) & mask;
+            }
+        }
+        self.ranges
+            .iter()
+            .filter_map(|&i| self.listeners.get(i as usize))
+            .find(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port))
+            .copied()
     }
 
     /// Whether some listener claims `port` for some protocol.
@@ -65,7 +133,10 @@ pub(crate) struct Vips {
 const NO_VIP: u32 = u32::MAX;
 
 impl Vips {
-    fn new(list: Vec<Vip>) -> Self {
+    fn new(mut list: Vec<Vip>) -> Self {
+        for v in &mut list {
+            v.index_ports();
+        }
         let size = (list.len() * 2).next_power_of_two().max(8);
         let mut slots = alloc::vec![([0u8; 16], IpVersion::V4, NO_VIP); size];
         let mask = size - 1;
@@ -134,7 +205,7 @@ pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vips, usize) {
         .iter()
         .map(|f| {
             let (version, addr) = addr16(f.address);
-            Vip { version, addr, listeners: Vec::new() }
+            Vip::new(version, addr)
         })
         .collect();
     let rules = lb.rules.iter().enumerate().map(|(i, r)| {
@@ -251,7 +322,47 @@ mod tests {
     use alloc::vec;
 
     fn vip(version: IpVersion, addr: [u8; 16]) -> Vip {
-        Vip { version, addr, listeners: Vec::new() }
+        Vip::new(version, addr)
+    }
+
+    #[test]
+    fn port_index_answers_as_a_scan_in_order_would() {
+        let l = |protocol, lo, hi, counter| Listener { protocol, lo, hi, target: Target::Rule(counter), counter };
+        // Single ports of TCP and UDP (indexed), the same port on both protocols, a range, a
+        // single port of protocol All and a UDP range (scanned).
+        let mut v = vip(IpVersion::V4, [20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut n = 0;
+        for port in [80u16, 443, 8080, 8443, 22, 3389, 0, 65535] {
+            v.listeners.push(l(Protocol::Tcp, port, port, n));
+            n += 1;
+        }
+        for port in [53u16, 443, 123, 4500, 5060] {
+            v.listeners.push(l(Protocol::Udp, port, port, n));
+            n += 1;
+        }
+        v.listeners.push(l(Protocol::Tcp, 50000, 50099, n));
+        v.listeners.push(l(Protocol::All, 7000, 7000, n + 1));
+        v.listeners.push(l(Protocol::Udp, 60000, 60010, n + 2));
+        let vips = Vips::new(vec![v]);
+        let v = &vips[0];
+        let scan = |protocol: u8, port: u16| {
+            v.listeners
+                .iter()
+                .find(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port))
+                .map(|l| l.counter)
+        };
+        let mut hits = 0;
+        for protocol in [6u8, 17, 1, 50, 58] {
+            for port in (0..=u16::MAX).step_by(7).chain([80, 443, 53, 0, 65535, 7000, 50000, 50099, 60010, 60011]) {
+                let got = v.listener(protocol, port).map(|l| l.counter);
+                assert_eq!(got, scan(protocol, port), "protocol {protocol} port {port}");
+                hits += usize::from(got.is_some());
+            }
+        }
+        assert!(hits > 20, "{hits}");
+        assert_eq!(v.listener(6, 443).map(|l| l.counter), Some(1));
+        assert_eq!(v.listener(17, 443).map(|l| l.counter), Some(9));
+        assert_eq!(v.listener(1, 7000).map(|l| l.counter), Some(14));
     }
 
     #[test]
