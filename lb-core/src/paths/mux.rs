@@ -514,18 +514,34 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
-        let (tunnel, new_flow) = match self.flows.lookup_key(key, key_hash, now) {
-            Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
-            None => match self.choose(&l, key, key_hash) {
-                Ok((tunnel, idle)) => {
-                    let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
-                    self.flows.insert(&FlowTuple::from(key), key_hash, key.tcp_flags, new, idle, now);
-                    (tunnel, true)
-                }
-                Err(reason) => return Verdict::Drop(reason),
-            },
-        };
-        self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash)
+        match self.connection(&l, key, key_hash, key.tcp_flags, true, now) {
+            Ok((tunnel, new_flow)) => self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash),
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// The backend (tunnel) of connection `flow` (hash `hash`) that `l` accepts, and whether it is
+    /// new: its flow's if it has one (the packet's `tcp_flags` recorded), else a new choice,
+    /// remembered as a flow when `record`.
+    #[inline(always)]
+    fn connection(
+        &mut self,
+        l: &Listener,
+        flow: &FlowKey,
+        hash: u32,
+        tcp_flags: u8,
+        record: bool,
+        now: u32,
+    ) -> Result<(u16, bool), DropReason> {
+        if let Some(at) = self.flows.lookup_key(flow, hash, now) {
+            return Ok((self.flows.touch(at, tcp_flags, now).value.backend, false));
+        }
+        let (tunnel, idle) = self.choose(l, flow, hash)?;
+        if record {
+            let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+            self.flows.insert(&FlowTuple::from(flow), hash, tcp_flags, new, idle, now);
+        }
+        Ok((tunnel, record))
     }
 
     /// Fragments and ICMP errors: an ICMP error is steered by the connection it quotes (a packet
@@ -568,19 +584,10 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(flow.protocol, flow.dst_port) else {
             return self.snat_reply(buf, start, len, vip, &flow, hash);
         };
-        let tuple = FlowTuple::from(&flow);
-        let (tunnel, new_flow) = match self.flows.lookup(&tuple, hash, now) {
-            Some(at) => (self.flows.touch(at, key.tcp_flags, now).value.backend, false),
-            None => match self.choose(&l, &flow, hash) {
-                Ok((tunnel, idle)) => {
-                    if !icmp_error {
-                        let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
-                        self.flows.insert(&tuple, hash, key.tcp_flags, new, idle, now);
-                    }
-                    (tunnel, !icmp_error)
-                }
-                Err(reason) => return Verdict::Drop(reason),
-            },
+        // An ICMP error creates no flow: it only follows one.
+        let (tunnel, new_flow) = match self.connection(&l, &flow, hash, key.tcp_flags, !icmp_error, now) {
+            Ok(found) => found,
+            Err(reason) => return Verdict::Drop(reason),
         };
         if flow.fragment == Fragment::First {
             let (ft, fh) = fragment_record(&flow, seed);
