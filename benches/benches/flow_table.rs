@@ -40,7 +40,7 @@ fn sizes() -> Vec<usize> {
 
 fn hits(c: &mut Criterion) {
     for n in sizes() {
-        let mut table = FlowTable::with_capacity_prepared(n, lb_benches::huge_pages).unwrap();
+        let mut table = FlowTable::with_capacity_prepared(n, lb_core::mem::huge_pages).unwrap();
         for i in 0..n as u64 {
             let (t, h) = tuple(i);
             table.insert(&t, h, 0x02, MuxFlow { backend: (i % 1000) as u16, rule: 0 }, 4, 0);

@@ -118,7 +118,7 @@ fn mux(flows: usize) -> Mux {
         flow_capacity: flows + PROBES,
         maglev_size: 65_537,
     };
-    Mux::with_flow_memory(node, config(), lb_benches::huge_pages).unwrap()
+    Mux::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
 }
 
 fn host(connections: usize, return_path: ReturnPath) -> HostAgent {
@@ -136,7 +136,7 @@ fn host(connections: usize, return_path: ReturnPath) -> HostAgent {
         snat_quarantine_secs: 0,
         reset_on_snat_exhaustion: false,
     };
-    HostAgent::with_flow_memory(node, config(), lb_benches::huge_pages).unwrap()
+    HostAgent::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
 }
 
 /// Client `i`: a distinct address and port; every 4th one IPv6.

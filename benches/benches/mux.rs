@@ -69,7 +69,7 @@ fn mux(flows: usize) -> Mux {
         flow_capacity: flows + PROBES,
         maglev_size: 65_537,
     };
-    Mux::with_flow_memory(node, config(), lb_benches::huge_pages).unwrap()
+    Mux::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
 }
 
 /// Inbound frames of the realistic mix (the MUX only ever sees traffic towards its VIPs), each in

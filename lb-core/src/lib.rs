@@ -20,6 +20,8 @@ extern crate std;
 
 #[cfg(feature = "alloc")]
 pub mod config;
+#[cfg(feature = "std")]
+pub mod mem;
 #[cfg(feature = "alloc")]
 pub mod paths;
 pub mod prefetch;

@@ -100,10 +100,10 @@ impl Engine {
     /// Builds the engine a node file asks for.
     pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
         match cfg.role {
-            Role::Mux => Mux::with_flow_memory(cfg.mux.clone(), cfg.lb.clone(), crate::mem::huge_pages)
+            Role::Mux => Mux::with_flow_memory(cfg.mux.clone(), cfg.lb.clone(), lb_core::mem::huge_pages)
                 .map(|m| Engine::Mux(Box::new(m), 0))
                 .map_err(|e| e.to_string()),
-            Role::Host => HostAgent::with_flow_memory(cfg.host.clone(), cfg.lb.clone(), crate::mem::huge_pages)
+            Role::Host => HostAgent::with_flow_memory(cfg.host.clone(), cfg.lb.clone(), lb_core::mem::huge_pages)
                 .map(|h| Engine::Host(Box::new(h)))
                 .map_err(|e| e.to_string()),
         }

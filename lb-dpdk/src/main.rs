@@ -14,7 +14,6 @@ use clap::{Parser, Subcommand};
 mod dpdk;
 mod engine;
 mod inspect;
-mod mem;
 mod metrics;
 mod node;
 mod port;
