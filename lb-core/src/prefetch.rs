@@ -1,7 +1,7 @@
 //! Cache prefetch hints: one of the two places lb-core uses `unsafe` (the other is `mem`), because
-//! `core::arch`'s prefetch intrinsics are `unsafe fn`s. A prefetch is a hint: it never faults, never reads memory
-//! architecturally and has no effect on program semantics, and every caller passes a valid reference
-//! anyway. Bursts use it to start the cache misses of the next packets (frame bytes, flow-table
+//! `core::arch`'s prefetch intrinsics are `unsafe fn`s. A prefetch is a hint: it never faults, never
+//! reads memory architecturally and has no effect on program semantics, and every caller passes a
+//! valid reference anyway. Bursts use it to start the cache misses of the next packets (frame bytes, flow-table
 //! buckets) while the current one is processed, as DPDK programs do with `rte_prefetch0`.
 #![allow(unsafe_code)]
 
