@@ -1,8 +1,9 @@
 //! Cache prefetch hints: one of the two places lb-core uses `unsafe` (the other is `mem`), because
 //! `core::arch`'s prefetch intrinsics are `unsafe fn`s. A prefetch is a hint: it never faults, never
 //! reads memory architecturally and has no effect on program semantics, and every caller passes a
-//! valid reference anyway. Bursts use it to start the cache misses of the next packets (frame bytes, flow-table
-//! buckets) while the current one is processed, as DPDK programs do with `rte_prefetch0`.
+//! valid reference anyway. Bursts use it to start the cache misses of the next packets (frame
+//! bytes, flow-table buckets) while the current one is processed, as DPDK programs do with
+//! `rte_prefetch0`.
 #![allow(unsafe_code)]
 
 /// Hints that the cache line holding `r` will be read soon.
