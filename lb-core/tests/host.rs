@@ -115,8 +115,9 @@ fn mux() -> Mux {
     Mux::new(node, config(1024)).unwrap()
 }
 
-fn host(addr: [u8; 4], return_path: ReturnPath, lb: LoadBalancer) -> HostAgent {
-    let node = HostNode {
+/// The host agent of the host at `addr` (behind the MUX at `MUX_IP`).
+fn host_node(addr: [u8; 4], return_path: ReturnPath) -> HostNode {
+    HostNode {
         mac: MacAddr([2, 0, 0, 0, 10, addr[3]]),
         gateway_mac: GATEWAY,
         underlay: IpAddr::from(addr),
@@ -128,8 +129,11 @@ fn host(addr: [u8; 4], return_path: ReturnPath, lb: LoadBalancer) -> HostAgent {
         flow_capacity: 100_000,
         snat_quarantine_secs: 60,
         reset_on_snat_exhaustion: false,
-    };
-    HostAgent::new(node, lb).unwrap()
+    }
+}
+
+fn host(addr: [u8; 4], return_path: ReturnPath, lb: LoadBalancer) -> HostAgent {
+    HostAgent::new(host_node(addr, return_path), lb).unwrap()
 }
 
 /// What an independent parser sees in a frame, after checking every checksum.
@@ -574,19 +578,8 @@ fn reconfiguration_keeps_established_flows() {
 #[test]
 fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated() {
     let lb = config(8);
-    let node = HostNode {
-        mac: MacAddr([2, 0, 0, 0, 10, 20]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(HOST_A),
-        muxes: vec![IpAddr::from(MUX_IP)],
-        return_path: ReturnPath::Direct,
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 7,
-        flow_capacity: 1000,
-        snat_quarantine_secs: 60,
-        reset_on_snat_exhaustion: true,
-    };
+    let node =
+        HostNode { flow_capacity: 1000, reset_on_snat_exhaustion: true, ..host_node(HOST_A, ReturnPath::Direct) };
     let mut h = HostAgent::new(node, lb).unwrap();
     let dst = IpAddr::from([1, 1, 1, 1]);
     let mut ports = Vec::new();
@@ -784,19 +777,7 @@ fn retunnel(outer: &[u8], inner: &[u8]) -> Vec<u8> {
 fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
     // 8 flows of capacity: new connections keep evicting old ones (and sometimes their own first
     // entry). Whatever is evicted releases its port exactly once.
-    let node = HostNode {
-        mac: MacAddr([2, 0, 0, 0, 10, 20]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(HOST_A),
-        muxes: vec![IpAddr::from(MUX_IP)],
-        return_path: ReturnPath::Direct,
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 7,
-        flow_capacity: 8,
-        snat_quarantine_secs: 0,
-        reset_on_snat_exhaustion: false,
-    };
+    let node = HostNode { flow_capacity: 8, snat_quarantine_secs: 0, ..host_node(HOST_A, ReturnPath::Direct) };
     let mut h = HostAgent::new(node, config(64)).unwrap();
     for i in 0..400u32 {
         let tcp = i % 3 == 0;

@@ -599,12 +599,17 @@ fn run_demo_mux(dir: &TempDir, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, Report, Str
     for f in ["demo-mux.node.json", "demo-lb.json"] {
         std::fs::copy(examples().join(f), dir.join(f)).unwrap();
     }
-    let (input, output) = (dir.join("clients.pcap"), dir.join("mux-out.pcap"));
-    write_pcap(&input, frames);
+    run_pcap(&dir.join("demo-mux.node.json"), &dir.join("clients.pcap"), &dir.join("mux-out.pcap"), frames)
+}
+
+/// Runs node file `config` (probes off) on `frames` written to `input`; returns what it sent to
+/// `output`, its report and its stdout. The program must succeed.
+fn run_pcap(config: &Path, input: &Path, output: &Path, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, Report, String) {
+    write_pcap(input, frames);
     let mut p = Program::start(&os(&[
         &"run",
         &"--config",
-        &dir.join("demo-mux.node.json"),
+        &config,
         &"--pcap-in",
         &input,
         &"--pcap-out",
@@ -613,7 +618,7 @@ fn run_demo_mux(dir: &TempDir, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, Report, Str
     ]));
     let (status, stdout, stderr) = p.wait();
     assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    (read_pcap(&output), report(&stdout), stdout)
+    (read_pcap(output), report(&stdout), stdout)
 }
 
 #[test]
@@ -699,23 +704,10 @@ fn host_node() -> String {
 
 fn run_host(dir: &TempDir, name: &str, frames: &[Vec<u8>]) -> (Vec<Vec<u8>>, Report, String) {
     let (input, output) = (dir.join(&format!("{name}-in.pcap")), dir.join(&format!("{name}-out.pcap")));
-    write_pcap(&input, frames);
-    let mut p = Program::start(&os(&[
-        &"run",
-        &"--config",
-        &dir.join("host.node.json"),
-        &"--pcap-in",
-        &input,
-        &"--pcap-out",
-        &output,
-        &"--no-probes",
-    ]));
-    let (status, stdout, stderr) = p.wait();
-    assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    let r = report(&stdout);
+    let (out, r, stdout) = run_pcap(&dir.join("host.node.json"), &input, &output, frames);
     assert_eq!(r.rx, frames.len() as u64, "{stdout}");
     assert_eq!(r.tx + r.dropped, r.rx, "out + dropped = in\n{stdout}");
-    (read_pcap(&output), r, stdout)
+    (out, r, stdout)
 }
 
 /// A backend's answer to a delivered frame `d`: from its address and port back to the client.
