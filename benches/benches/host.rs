@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use lb_core::config::*;
-use lb_core::paths::{HostAgent, HostNode, HostVerdict, Mux, MuxNode, ReturnPath, Verdict};
+use lb_core::paths::{HostAgent, HostNode, HostVerdict, Mux, ReturnPath, Verdict};
 use lb_core::tables::maglev::mix64;
 use lb_core::wire::{parse_flow_key, MacAddr};
 
@@ -108,17 +108,7 @@ fn config() -> LoadBalancer {
 }
 
 fn mux(flows: usize) -> Mux {
-    let node = MuxNode {
-        mac: MacAddr([2, 0, 0, 0, 5, 10]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::V4(MUX_IP),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 42,
-        flow_capacity: flows + PROBES,
-        maglev_size: 65_537,
-    };
-    Mux::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
+    Mux::with_flow_memory(lb_benches::mux_node(flows + PROBES), config(), lb_core::mem::huge_pages).unwrap()
 }
 
 fn host(connections: usize, return_path: ReturnPath) -> HostAgent {

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lb_core::config::*;
-use lb_core::paths::{Mux, MuxNode, Verdict};
-use lb_core::wire::{parse_flow_key, MacAddr};
+use lb_core::paths::{Mux, Verdict};
+use lb_core::wire::parse_flow_key;
 use lb_testkit::{MixConfig, TrafficGenerator, VIPS_V4, VIPS_V6};
 
 const HEADROOM: usize = 128;
@@ -59,17 +59,7 @@ fn config() -> LoadBalancer {
 }
 
 fn mux(flows: usize) -> Mux {
-    let node = MuxNode {
-        mac: MacAddr([2, 0, 0, 0, 5, 10]),
-        gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        underlay: IpAddr::V4(Ipv4Addr::new(172, 16, 5, 10)),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 42,
-        flow_capacity: flows + PROBES,
-        maglev_size: 65_537,
-    };
-    Mux::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
+    Mux::with_flow_memory(lb_benches::mux_node(flows + PROBES), config(), lb_core::mem::huge_pages).unwrap()
 }
 
 /// Inbound frames of the realistic mix (the MUX only ever sees traffic towards its VIPs), each in
