@@ -194,6 +194,23 @@ fn free_port() -> u16 {
 
 /// Starts the program with `--metrics` on a free loopback port and returns it once it serves there
 /// (on another port if that one was taken in the meantime).
+/// Starts `run` on node file `config` over `frames` (written to `dir`/in.pcap, sent to
+/// `dir`/out.pcap) with the options `extra` and the metrics page on; returns the program, the
+/// metrics address and the input and output paths.
+fn start_pcap_with_metrics(
+    dir: &TempDir,
+    config: &Path,
+    frames: &[Vec<u8>],
+    extra: &[&str],
+) -> (Program, SocketAddr, PathBuf, PathBuf) {
+    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
+    write_pcap(&input, frames);
+    let mut args = os(&[&"run", &"--config", &config, &"--pcap-in", &input, &"--pcap-out", &output]);
+    args.extend(extra.iter().map(OsString::from));
+    let (p, maddr) = start_with_metrics(&args);
+    (p, maddr, input, output)
+}
+
 fn start_with_metrics(args: &[OsString]) -> (Program, SocketAddr) {
     for _ in 0..5 {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -927,18 +944,7 @@ fn health_moves_new_flows(protocol: &str) {
         small_lb(&[("b1", "127.0.0.2", "172.16.10.20"), ("b2", "127.0.0.3", "172.16.10.21")], Some((protocol, port)));
     let config = dir.join("node.json");
     std::fs::write(&config, mux_node(lb)).unwrap();
-    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
-    write_pcap(&input, &[]);
-    let (mut p, maddr) = start_with_metrics(&os(&[
-        &"run",
-        &"--config",
-        &config,
-        &"--pcap-in",
-        &input,
-        &"--pcap-out",
-        &output,
-        &"--pcap-follow",
-    ]));
+    let (mut p, maddr, input, output) = start_pcap_with_metrics(&dir, &config, &[], &["--pcap-follow"]);
     let up = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_up", b);
     let packets = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_packets_total", b).unwrap();
     let rx = |m: &BTreeMap<String, f64>| m.get("lb_rx_frames_total").copied();
@@ -1016,19 +1022,7 @@ fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     let three = [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")];
     let config = dir.join("node.json");
     std::fs::write(&config, mux_node(small_lb(&two, None))).unwrap();
-    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
-    write_pcap(&input, &new_flows(1, 10));
-    let (mut p, maddr) = start_with_metrics(&os(&[
-        &"run",
-        &"--config",
-        &config,
-        &"--pcap-in",
-        &input,
-        &"--pcap-out",
-        &output,
-        &"--no-probes",
-        &"--linger",
-    ]));
+    let (mut p, maddr, _, _) = start_pcap_with_metrics(&dir, &config, &new_flows(1, 10), &["--no-probes", "--linger"]);
     let has = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_packets_total", b).is_some();
     let m = wait_metrics(&mut p, maddr, "10 frames in", |m| m.get("lb_rx_frames_total") == Some(&10.0));
     assert!(has(&m, "b1") && has(&m, "b2") && !has(&m, "b3"), "{m:#?}");
@@ -1073,19 +1067,7 @@ fn sighup_moves_only_new_flows() {
     let three = [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")];
     let config = dir.join("node.json");
     std::fs::write(&config, mux_node(small_lb(&two, None))).unwrap();
-    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
-    write_pcap(&input, &[]);
-    let (mut p, maddr) = start_with_metrics(&os(&[
-        &"run",
-        &"--config",
-        &config,
-        &"--pcap-in",
-        &input,
-        &"--pcap-out",
-        &output,
-        &"--pcap-follow",
-        &"--no-probes",
-    ]));
+    let (mut p, maddr, input, output) = start_pcap_with_metrics(&dir, &config, &[], &["--pcap-follow", "--no-probes"]);
     let rx = |m: &BTreeMap<String, f64>| m.get("lb_rx_frames_total").copied();
     append_pcap(&input, &new_flows(1, 200), 1_700_000_000);
     wait_metrics(&mut p, maddr, "200 frames in", |m| rx(m) == Some(200.0));
@@ -1119,19 +1101,8 @@ fn metrics_are_prometheus_text_on_the_loopback_address_given() {
     }
     let traffic = client_traffic(500);
     let inputs: Vec<Vec<u8>> = traffic.iter().map(|f| f.bytes.clone()).collect();
-    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
-    write_pcap(&input, &inputs);
-    let (mut p, maddr) = start_with_metrics(&os(&[
-        &"run",
-        &"--config",
-        &dir.join("demo-mux.node.json"),
-        &"--pcap-in",
-        &input,
-        &"--pcap-out",
-        &output,
-        &"--no-probes",
-        &"--linger",
-    ]));
+    let (mut p, maddr, _, _) =
+        start_pcap_with_metrics(&dir, &dir.join("demo-mux.node.json"), &inputs, &["--no-probes", "--linger"]);
     let n = inputs.len() as f64;
     let m = wait_metrics(&mut p, maddr, "every frame in", |m| m.get("lb_rx_frames_total") == Some(&n));
 
