@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lb_core::config::*;
-use lb_core::paths::{Mux, Verdict};
+use lb_core::paths::{BurstFrame, Mux, Verdict};
 use lb_core::wire::parse_flow_key;
 use lb_testkit::{MixConfig, TrafficGenerator, VIPS_V4, VIPS_V6};
 
@@ -62,9 +62,23 @@ fn mux(flows: usize) -> Mux {
     Mux::with_flow_memory(lb_benches::mux_node(flows + PROBES), config(), lb_core::mem::huge_pages).unwrap()
 }
 
+/// A frame in a buffer with headroom before it, handed to the MUX where it lies (as the DPDK
+/// program hands it its mbufs): no array of views is built for each burst.
+struct InFrame {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl BurstFrame for InFrame {
+    #[inline(always)]
+    fn parts(&mut self) -> (&mut [u8], usize, usize) {
+        (&mut self.buf, HEADROOM, self.len)
+    }
+}
+
 /// Inbound frames of the realistic mix (the MUX only ever sees traffic towards its VIPs), each in
 /// a buffer with headroom.
-fn probes() -> Vec<(Vec<u8>, usize)> {
+fn probes() -> Vec<InFrame> {
     let vips: Vec<IpAddr> = VIPS_V4.iter().map(|&a| a.into()).chain(VIPS_V6.iter().map(|&a| a.into())).collect();
     let mut gen = TrafficGenerator::new(9, MixConfig::realistic());
     let mut out = Vec::new();
@@ -73,7 +87,7 @@ fn probes() -> Vec<(Vec<u8>, usize)> {
         if parse_flow_key(&f.bytes).is_ok_and(|k| vips.contains(&k.dst_ip())) {
             let mut buf = vec![0u8; HEADROOM + f.bytes.len()];
             buf[HEADROOM..].copy_from_slice(&f.bytes);
-            out.push((buf, f.bytes.len()));
+            out.push(InFrame { buf, len: f.bytes.len() });
         }
     }
     out
@@ -99,13 +113,11 @@ fn fill(mux: &mut Mux, n: usize) {
     }
 }
 
-fn run_bursts(mux: &mut Mux, probes: &mut [(Vec<u8>, usize)], now: u32) -> usize {
+fn run_bursts(mux: &mut Mux, probes: &mut [InFrame], now: u32) -> usize {
     let mut forwarded = 0;
     for burst in probes.chunks_mut(BURST) {
-        let mut frames: Vec<(&mut [u8], usize, usize)> =
-            burst.iter_mut().map(|(b, l)| (&mut b[..], HEADROOM, *l)).collect();
         let mut out = [Verdict::Drop(lb_core::paths::DropReason::Malformed); BURST];
-        mux.process_burst(&mut frames, now, &mut out);
+        mux.process_burst(burst, now, &mut out);
         forwarded += out.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count();
     }
     forwarded
@@ -134,7 +146,7 @@ fn new_flows(c: &mut Criterion) {
     // Where each probe's client port and address live, found once, outside the measurement.
     let edits: Vec<(Option<usize>, usize)> = p
         .iter()
-        .map(|(buf, _)| {
+        .map(|InFrame { buf, .. }| {
             let k = parse_flow_key(&buf[HEADROOM..]).unwrap();
             let port = (matches!(k.protocol, 6 | 17) && k.fragment == lb_core::wire::Fragment::None)
                 .then_some(HEADROOM + usize::from(k.l4_offset));
@@ -148,7 +160,7 @@ fn new_flows(c: &mut Criterion) {
             // A new client port (and address byte) on every frame of every round: every packet
             // misses the flow table, is hashed into Maglev and inserted.
             round = round.wrapping_add(1);
-            for ((buf, _), &(port, addr)) in p.iter_mut().zip(&edits) {
+            for (InFrame { buf, .. }, &(port, addr)) in p.iter_mut().zip(&edits) {
                 if let Some(at) = port {
                     buf[at..at + 2].copy_from_slice(&(round as u16).to_be_bytes());
                 }

@@ -25,6 +25,7 @@ pub mod mem;
 #[cfg(feature = "alloc")]
 pub mod paths;
 pub mod prefetch;
+pub mod simd;
 #[cfg(feature = "alloc")]
 pub mod tables;
 pub mod wire;

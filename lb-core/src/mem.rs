@@ -1,4 +1,4 @@
-//! Memory advice for the large tables a hosted program builds (feature `std`): the second place
+//! Memory advice for the large tables a hosted program builds (feature `std`): one of the places
 //! lb-core uses `unsafe`, for one system call that changes how the kernel backs memory and never
 //! reads or writes it.
 #![allow(unsafe_code)]

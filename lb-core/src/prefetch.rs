@@ -1,4 +1,4 @@
-//! Cache prefetch hints: one of the two places lb-core uses `unsafe` (the other is `mem`), because
+//! Cache prefetch hints: one of the places lb-core uses `unsafe` (the others are `simd` and `mem`), because
 //! `core::arch`'s prefetch intrinsics are `unsafe fn`s. A prefetch is a hint: it never faults, never
 //! reads memory architecturally and has no effect on program semantics, and every caller passes a
 //! valid reference anyway. Bursts use it to start the cache misses of the next packets (frame

@@ -217,21 +217,10 @@ fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
     (b1, b2, (hash as u16) | 1)
 }
 
-/// Bit `i` set where `sigs[i] == sig`: four signatures at a time in a 64-bit word, with no branch
-/// and no early exit.
+/// Bit `i` set where `sigs[i] == sig` (one SSE2 compare on x86_64; see [`crate::simd`]).
 #[inline(always)]
 fn sig_mask(sigs: &[u16; BUCKET_SLOTS], sig: u16) -> u32 {
-    const LOW15: u64 = 0x7fff_7fff_7fff_7fff;
-    let wanted = u64::from(sig) * 0x0001_0001_0001_0001;
-    let lanes = |w: [u16; 4]| {
-        let x = (u64::from(w[0]) | u64::from(w[1]) << 16 | u64::from(w[2]) << 32 | u64::from(w[3]) << 48) ^ wanted;
-        // Bit 15 of a lane is set iff the lane is zero (exact: no borrow crosses lanes).
-        let zero = !(((x & LOW15) + LOW15) | x) & !LOW15;
-        // Lane k's bit (at 16k + 15) moves to bit 60 + k by one multiply; the cross terms land on
-        // distinct bits below 60, so nothing carries into the top four.
-        ((zero >> 15).wrapping_mul((1 << 60) | (1 << 45) | (1 << 30) | (1 << 15)) >> 60) as u32
-    };
-    lanes([sigs[0], sigs[1], sigs[2], sigs[3]]) | lanes([sigs[4], sigs[5], sigs[6], sigs[7]]) << 4
+    crate::simd::eq_mask_u16x8(sigs, sig)
 }
 
 /// The deadline of an entry last seen at `now` (see [`Bucket::deadlines`]).
@@ -683,25 +672,6 @@ mod tests {
             assert_eq!(t.len(), scan(&t), "round {round}");
         }
         assert!(t.counters().evicted + t.counters().expired > 0);
-    }
-
-    #[test]
-    fn sig_mask_matches_a_plain_compare() {
-        // Slot patterns of equal, zero and near-miss signatures: a borrow or carry between lanes
-        // would show as a wrong bit beside a matching or zero lane.
-        let others = [0u16, 1, 0x8000, 0xffff, 0x7fff];
-        for sig in [1u16, 0x8001, 0xffff, 0x7fff, 0x1235] {
-            for pattern in 0..(1u32 << 16) {
-                let sigs: [u16; BUCKET_SLOTS] = core::array::from_fn(|i| match (pattern >> (2 * i)) & 3 {
-                    0 => sig,
-                    1 => others[i % others.len()],
-                    2 => sig ^ 1,
-                    _ => sig.wrapping_add(0x100),
-                });
-                let want = (0..BUCKET_SLOTS).fold(0, |m, i| m | u32::from(sigs[i] == sig) << i);
-                assert_eq!(sig_mask(&sigs, sig), want, "{sigs:04x?} {sig:04x}");
-            }
-        }
     }
 
     fn tuple(i: u64) -> (FlowTuple, u32) {
