@@ -170,7 +170,12 @@ impl FlowKey {
         let a =
             fold_mul(w(&self.src_addr, 0) ^ seed ^ 0xa076_1d64_78bd_642f, w(&self.src_addr, 8) ^ 0xe703_7ed1_a0b4_28db);
         let b = fold_mul(w(&self.dst_addr, 0) ^ 0x8ebc_6af0_9c88_c6e3, w(&self.dst_addr, 8) ^ 0x5899_65cc_7537_4cc3);
-        let h = fold_mul(a ^ ports ^ 0x1d8e_4e27_c47d_124f, b ^ seed);
+        // The ports get a multiply of their own (in parallel with the two addresses'): xored
+        // straight into the last one, as before, a port's step moved the output by a near-constant
+        // step, and flows of one client on consecutive ports lined up on the same flow-table
+        // signatures (see the test `hash_spreads_sequential_ports`).
+        let p = fold_mul(ports ^ seed ^ 0x1d8e_4e27_c47d_124f, 0x9e37_79b9_7f4a_7c15);
+        let h = fold_mul(a ^ p, b ^ seed);
         (h ^ (h >> 32)) as u32
     }
 }
@@ -510,6 +515,50 @@ mod tests {
         f[38..58]
             .copy_from_slice(&[0xc3, 0x50, 0, 80, 0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
         f
+    }
+
+    /// Flows that differ only in a sequential client port (a client opening connection after
+    /// connection, a NAT handing out ports in order) must still spread: the flow table takes its
+    /// bucket from the hash's high bits and a slot's 16-bit signature from its low bits, and Maglev
+    /// its backend from the whole. A hash whose output moves by a near-constant step per port
+    /// lines such flows up on the same signatures, and every lookup then reads entries that are not
+    /// its own.
+    #[test]
+    fn hash_spreads_sequential_ports() {
+        let base = parse_flow_key(&tcp_syn()).unwrap();
+        for seed in [0u64, 42, 0x5eed] {
+            for proto in [ip_proto::TCP, ip_proto::UDP] {
+                const N: usize = 4096;
+                let hashes: std::vec::Vec<u32> = (0..N as u16)
+                    .map(|p| {
+                        let mut k = base;
+                        k.src_port = 1024 + p;
+                        k.protocol = proto;
+                        k.hash(seed)
+                    })
+                    .collect();
+                // Low 16 bits (signatures) and high 12 bits (buckets of a 4096-bucket table): with
+                // uniform hashes about N * (1 - e^(-N/M)) distinct values appear, by the birthday bound.
+                for (name, bits, shift) in [("low 16", 16u32, 0u32), ("high 12", 12, 20)] {
+                    let m = 1usize << bits;
+                    let mut seen = std::vec![false; m];
+                    for h in &hashes {
+                        seen[((h >> shift) as usize) & (m - 1)] = true;
+                    }
+                    let distinct = seen.iter().filter(|&&s| s).count();
+                    let expected = m as f64 * (1.0 - (-(N as f64) / m as f64).exp());
+                    assert!(
+                        distinct as f64 > 0.95 * expected,
+                        "{name} bits, seed {seed}, protocol {proto}: {distinct} distinct of {N}, expected about {expected:.0}"
+                    );
+                }
+                // Every output bit flips for about half of the single-port steps.
+                for bit in 0..32 {
+                    let flips = hashes.windows(2).filter(|w| (w[0] ^ w[1]) >> bit & 1 == 1).count();
+                    assert!((1700..2400).contains(&flips), "bit {bit} flips {flips} times in {} steps", N - 1);
+                }
+            }
+        }
     }
 
     #[test]
