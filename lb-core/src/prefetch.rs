@@ -18,3 +18,16 @@ pub fn prefetch<T: ?Sized>(r: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
 }
+
+/// Hints that the cache line holding `r` will be written soon (PREFETCHW on x86_64: the line comes
+/// in a state a store can take at once, so the store does not wait for it behind every later one).
+#[inline(always)]
+pub fn prefetch_write<T: ?Sized>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`: a hint with no architectural effect that cannot fault.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(r as *const T as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}

@@ -21,7 +21,9 @@ use core::net::IpAddr;
 
 use super::listen::{addr16, backend_id, backend_tag, build_vips, fragment_record, Listener, Target, Vips};
 use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
-use crate::tables::{FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition};
+use crate::tables::{
+    FlowProbe, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
+};
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{
@@ -442,6 +444,7 @@ impl Mux {
         keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
             let mut hashes = [0u32; BURST];
+            let mut probes = [FlowProbe::default(); BURST];
             let mut parsed = [false; BURST];
             for f in group.iter_mut().take(PREFETCH_AHEAD) {
                 prefetch_frame(f);
@@ -455,14 +458,20 @@ impl Mux {
                     if parse_flow_key_into(frame, &mut keys[i]).is_ok() {
                         parsed[i] = true;
                         hashes[i] = keys[i].hash(seed);
-                        self.flows.prefetch(hashes[i]);
+                        probes[i] = self.flows.probe(hashes[i]);
+                        self.flows.prefetch_probe(&probes[i]);
                     }
+                }
+            }
+            for i in 0..group.len() {
+                if parsed[i] {
+                    self.flows.prefetch_entry(&probes[i], now);
                 }
             }
             for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
                 *v = if parsed[i] {
                     let (buf, start, len) = f.parts();
-                    self.steer(buf, start, len, &keys[i], hashes[i], now)
+                    self.steer(buf, start, len, &keys[i], hashes[i], &probes[i], now)
                 } else {
                     Verdict::Drop(DropReason::Malformed)
                 };
@@ -491,7 +500,10 @@ impl Mux {
     #[inline(always)]
     fn finish(&mut self, buf: &mut [u8], start: usize, len: usize, key: Option<&(FlowKey, u32)>, now: u32) -> Verdict {
         let v = match key {
-            Some((k, h)) => self.steer(buf, start, len, k, *h, now),
+            Some((k, h)) => {
+                let probe = self.flows.probe(*h);
+                self.steer(buf, start, len, k, *h, &probe, now)
+            }
             None => Verdict::Drop(DropReason::Malformed),
         };
         if let Verdict::Drop(r) = v {
@@ -504,7 +516,17 @@ impl Mux {
     /// common case (a whole TCP/UDP/ICMP-echo packet to a VIP port with a rule) stays in this one
     /// short function; fragments and ICMP errors take [`Mux::steer_special`].
     #[inline]
-    fn steer(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, key_hash: u32, now: u32) -> Verdict {
+    #[allow(clippy::too_many_arguments)]
+    fn steer(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        key: &FlowKey,
+        key_hash: u32,
+        probe: &FlowProbe,
+        now: u32,
+    ) -> Verdict {
         let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
             return self.relay(buf, start, len, key);
         };
@@ -514,32 +536,34 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
-        match self.connection(&l, key, key_hash, key.tcp_flags, true, now) {
+        match self.connection(&l, key, key_hash, probe, key.tcp_flags, true, now) {
             Ok((tunnel, new_flow)) => self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash),
             Err(reason) => Verdict::Drop(reason),
         }
     }
 
-    /// The backend (tunnel) of connection `flow` (hash `hash`) that `l` accepts, and whether it is
+    /// The backend (tunnel) of connection `flow` (hash `hash`, at `probe` in the flow table) that `l` accepts, and whether it is
     /// new: its flow's if it has one (the packet's `tcp_flags` recorded), else a new choice,
     /// remembered as a flow when `record`.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn connection(
         &mut self,
         l: &Listener,
         flow: &FlowKey,
         hash: u32,
+        probe: &FlowProbe,
         tcp_flags: u8,
         record: bool,
         now: u32,
     ) -> Result<(u16, bool), DropReason> {
-        if let Some(at) = self.flows.lookup_key(flow, hash, now) {
+        if let Some(at) = self.flows.lookup_probed(probe, flow, now) {
             return Ok((self.flows.touch(at, tcp_flags, now).value.backend, false));
         }
         let (tunnel, idle) = self.choose(l, flow, hash)?;
         if record {
             let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
-            self.flows.insert(&FlowTuple::from(flow), hash, tcp_flags, new, idle, now);
+            self.flows.insert_probed(probe, &FlowTuple::from(flow), tcp_flags, new, idle, now);
         }
         Ok((tunnel, record))
     }
@@ -585,7 +609,8 @@ impl Mux {
             return self.snat_reply(buf, start, len, vip, &flow, hash);
         };
         // An ICMP error creates no flow: it only follows one.
-        let (tunnel, new_flow) = match self.connection(&l, &flow, hash, key.tcp_flags, !icmp_error, now) {
+        let probe = self.flows.probe(hash);
+        let (tunnel, new_flow) = match self.connection(&l, &flow, hash, &probe, key.tcp_flags, !icmp_error, now) {
             Ok(found) => found,
             Err(reason) => return Verdict::Drop(reason),
         };

@@ -224,6 +224,16 @@ fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
     (b1, b2, (hash as u16) | 1)
 }
 
+/// Where a flow hash lives in a table: its two candidate buckets and its signature, computed once
+/// per packet ([`FlowTable::probe`]) and used by the prefetches, the lookup and the insert of a
+/// burst alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowProbe {
+    b1: u32,
+    b2: u32,
+    sig: u16,
+}
+
 /// Bit `i` set where `sigs[i] == sig` (one SSE2 compare on x86_64; see [`crate::simd`]).
 #[inline(always)]
 fn sig_mask(sigs: &[u16; BUCKET_SLOTS], sig: u16) -> u32 {
@@ -307,8 +317,21 @@ impl<V: FlowValue> FlowTable<V> {
     /// [`FlowTable::lookup`] for the flow of `key` (the key's 5-tuple, compared in place).
     #[inline]
     pub fn lookup_key(&mut self, key: &FlowKey, hash: u32, now: u32) -> Option<FlowSlot> {
+        let p = self.probe(hash);
+        self.lookup_probed(&p, key, now)
+    }
+
+    /// [`FlowTable::lookup_key`] at a probe already computed for the key's hash.
+    #[inline]
+    pub fn lookup_probed(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
+        self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
+    }
+
+    /// The buckets and signature of flow hash `hash` in this table.
+    #[inline(always)]
+    pub fn probe(&self, hash: u32) -> FlowProbe {
         let (b1, b2, sig) = split(hash, self.n);
-        self.find_by(b1, b2, sig, |t| t.is_of(key), now)
+        FlowProbe { b1: b1 as u32, b2: b2 as u32, sig }
     }
 
     #[inline(always)]
@@ -357,9 +380,41 @@ impl<V: FlowValue> FlowTable<V> {
     /// holds about a third of the flows, and a new flow's insert reads both.
     #[inline(always)]
     pub fn prefetch(&self, hash: u32) {
-        let (b1, b2, _) = split(hash, self.n);
-        crate::prefetch::prefetch(&self.buckets[b1].sigs);
-        crate::prefetch::prefetch(&self.buckets[b2].sigs);
+        self.prefetch_probe(&self.probe(hash));
+    }
+
+    /// [`FlowTable::prefetch`] at a probe already computed.
+    #[inline(always)]
+    pub fn prefetch_probe(&self, p: &FlowProbe) {
+        crate::prefetch::prefetch(&self.buckets[p.b1 as usize].sigs);
+        crate::prefetch::prefetch(&self.buckets[p.b2 as usize].sigs);
+    }
+
+    /// Once the lines [`FlowTable::prefetch_probe`] asked for have arrived: starts loading the entry that
+    /// a lookup of flow hash `hash` will compare (its first signature match) or, when no signature
+    /// matches, the slot an insert would take, for writing. A burst calls it for every packet
+    /// between prefetching the buckets and steering: stores leave the core in order, so an insert
+    /// whose entry line is not in the cache holds up every store after it, the next packets'
+    /// included.
+    #[inline(always)]
+    pub fn prefetch_entry(&self, p: &FlowProbe, now: u32) {
+        let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
+        let m1 = sig_mask(&self.buckets[b1].sigs, sig);
+        let m2 = sig_mask(&self.buckets[b2].sigs, sig);
+        let e = if m1 != 0 {
+            &self.buckets[b1].entries[m1.trailing_zeros() as usize]
+        } else if m2 != 0 {
+            &self.buckets[b2].entries[m2.trailing_zeros() as usize]
+        } else {
+            let (b, i, _) = self.place(b1, b2, now);
+            let e = &self.buckets[b].entries[i];
+            // An entry may straddle two lines.
+            crate::prefetch::prefetch_write(&e.tuple.src);
+            crate::prefetch::prefetch_write(&e.last_seen);
+            return;
+        };
+        crate::prefetch::prefetch(&e.tuple.src);
+        crate::prefetch::prefetch(&e.last_seen);
     }
 
     /// Looks up a burst: `out[i]` gets the slot of `tuples[i]` (hash `hashes[i]`). The first bucket
@@ -534,7 +589,22 @@ impl<V: FlowValue> FlowTable<V> {
         idle_minutes: u8,
         now: u32,
     ) -> FlowSlot {
-        let (b1, b2, sig) = split(hash, self.n);
+        let p = self.probe(hash);
+        self.insert_probed(&p, tuple, tcp_flags, value, idle_minutes, now)
+    }
+
+    /// [`FlowTable::insert`] at a probe already computed for the flow's hash.
+    #[inline]
+    pub fn insert_probed(
+        &mut self,
+        p: &FlowProbe,
+        tuple: &FlowTuple,
+        tcp_flags: u8,
+        value: V,
+        idle_minutes: u8,
+        now: u32,
+    ) -> FlowSlot {
+        let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
         let (b, slot, full) = self.place(b1, b2, now);
         if full {
             if past(self.buckets[b].deadlines[slot], now) {

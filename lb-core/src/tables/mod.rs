@@ -7,7 +7,8 @@ pub mod maglev;
 pub mod snat;
 
 pub use flow::{
-    FlowEntry, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, FlowValue, MuxFlow, TcpState,
+    FlowEntry, FlowProbe, FlowSlot, FlowTable, FlowTableCounters, FlowTableError, FlowTuple, FlowValue, MuxFlow,
+    TcpState,
 };
 pub use health::{Health, ProbeState, Transition};
 pub use maglev::{MaglevBackend, MaglevError, MaglevTable, DEFAULT_TABLE_SIZE};
