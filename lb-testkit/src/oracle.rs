@@ -1,6 +1,8 @@
 //! Independent 5-tuple extractors written against the peer crates `etherparse` and `smoltcp`, used
 //! as oracles by lb-core's property tests and as the comparison points of the benchmarks, so both
-//! ask every library for exactly the same work.
+//! ask every library for exactly the same work. They are always inlined, as lb-core's
+//! `parse_flow_key` is: a benchmark that calls one library's wrapper out of line measures the
+//! round trip of its result through memory, not the library.
 
 /// A 5-tuple as every extractor reports it (IPv4 in the first 4 bytes of the address fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,7 +21,7 @@ pub struct Tuple5 {
 
 /// The 5-tuple with etherparse's zero-copy `SlicedPacket` (it walks VLANs and IPv6 extensions;
 /// it does not decode the transport header of any fragment, first fragments included).
-#[inline]
+#[inline(always)]
 pub fn etherparse_tuple(frame: &[u8]) -> Option<Tuple5> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let p = SlicedPacket::from_ethernet(frame).ok()?;
@@ -47,7 +49,7 @@ pub fn etherparse_tuple(frame: &[u8]) -> Option<Tuple5> {
 
 /// The 5-tuple with smoltcp's checked views. smoltcp has no 802.1Q view, so tags are skipped by
 /// hand; IPv6 extension headers are walked with its generic extension-header view.
-#[inline]
+#[inline(always)]
 pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
     use smoltcp::wire::{
         EthernetFrame, IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, TcpPacket, UdpPacket,
