@@ -464,8 +464,8 @@ impl Mux {
                 }
             }
             for i in 0..group.len() {
-                if parsed[i] {
-                    self.flows.prefetch_entry(&probes[i], now);
+                if parsed[i] && self.flows.prefetch_entry(&mut probes[i], now) {
+                    self.prefetch_choice(&keys[i], hashes[i]);
                 }
             }
             for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
@@ -624,18 +624,43 @@ impl Mux {
         self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, hash)
     }
 
+    /// For a packet whose flow the table does not hold (a new flow, most likely): starts loading
+    /// the Maglev slot that choosing its backend will read, a few packets before it is read. Out of
+    /// line: established flows never come here, and inlined it crowded their loop.
+    #[inline(never)]
+    fn prefetch_choice(&self, key: &FlowKey, hash: u32) {
+        if key.fragment != Fragment::None || key.is_icmp_error() {
+            return;
+        }
+        let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else { return };
+        let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else { return };
+        if let Target::Rule(r) = l.target {
+            if let Some(rule) = self.lb.rules.get(r) {
+                if let Some(state) = self.pools.get(rule.pool) {
+                    state.table.prefetch(self.rule_hash(rule, key, hash));
+                }
+            }
+        }
+    }
+
+    /// The hash a rule balances `flow` (5-tuple hash `hash`) by: its distribution mode's fields.
+    #[inline(always)]
+    fn rule_hash(&self, rule: &crate::config::Rule, flow: &FlowKey, hash: u32) -> u32 {
+        let seed = self.node.hash_seed;
+        match rule.load_distribution {
+            LoadDistribution::Default => hash,
+            LoadDistribution::SourceIpProtocol => flow.hash_fields(HashFields::ThreeTuple, seed),
+            LoadDistribution::SourceIp => flow.hash_fields(HashFields::TwoTuple, seed),
+        }
+    }
+
     /// The backend (tunnel) of a new connection of `flow` that `l` accepts, and the flow's idle
     /// timeout: Maglev by the rule's distribution mode, or the NAT rule's or pool's member.
     fn choose(&self, l: &Listener, flow: &FlowKey, hash: u32) -> Result<(u16, u8), DropReason> {
-        let seed = self.node.hash_seed;
         let (pool, member, idle) = match l.target {
             Target::Rule(r) => {
                 let rule = &self.lb.rules[r];
-                let h = match rule.load_distribution {
-                    LoadDistribution::Default => hash,
-                    LoadDistribution::SourceIpProtocol => flow.hash_fields(HashFields::ThreeTuple, seed),
-                    LoadDistribution::SourceIp => flow.hash_fields(HashFields::TwoTuple, seed),
-                };
+                let h = self.rule_hash(rule, flow, hash);
                 let state = &self.pools[rule.pool];
                 let m = state.table.lookup(h).ok_or(DropReason::NoBackend)?;
                 (rule.pool, state.in_table[m], rule.idle_timeout_minutes)

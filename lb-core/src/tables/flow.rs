@@ -232,6 +232,19 @@ pub struct FlowProbe {
     b1: u32,
     b2: u32,
     sig: u16,
+    /// Where [`FlowTable::prefetch_entry`] found an insert would go, if it looked.
+    place: Option<PlaceHint>,
+}
+
+/// A slot chosen for an insert ahead of time, with what it held then (signature and deadline), so
+/// that the insert takes it without choosing again if nothing has changed there since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlaceHint {
+    bucket: u32,
+    slot: u8,
+    full: bool,
+    sig: u16,
+    deadline: u32,
 }
 
 /// Bit `i` set where `sigs[i] == sig` (one SSE2 compare on x86_64; see [`crate::simd`]).
@@ -331,7 +344,7 @@ impl<V: FlowValue> FlowTable<V> {
     #[inline(always)]
     pub fn probe(&self, hash: u32) -> FlowProbe {
         let (b1, b2, sig) = split(hash, self.n);
-        FlowProbe { b1: b1 as u32, b2: b2 as u32, sig }
+        FlowProbe { b1: b1 as u32, b2: b2 as u32, sig, place: None }
     }
 
     #[inline(always)]
@@ -396,8 +409,10 @@ impl<V: FlowValue> FlowTable<V> {
     /// between prefetching the buckets and steering: stores leave the core in order, so an insert
     /// whose entry line is not in the cache holds up every store after it, the next packets'
     /// included.
+    ///
+    /// Returns whether no signature matched: then the flow is not in the table (a new flow).
     #[inline(always)]
-    pub fn prefetch_entry(&self, p: &FlowProbe, now: u32) {
+    pub fn prefetch_entry(&self, p: &mut FlowProbe, now: u32) -> bool {
         let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
         let m1 = sig_mask(&self.buckets[b1].sigs, sig);
         let m2 = sig_mask(&self.buckets[b2].sigs, sig);
@@ -406,15 +421,24 @@ impl<V: FlowValue> FlowTable<V> {
         } else if m2 != 0 {
             &self.buckets[b2].entries[m2.trailing_zeros() as usize]
         } else {
-            let (b, i, _) = self.place(b1, b2, now);
-            let e = &self.buckets[b].entries[i];
+            let (b, i, full) = self.place(b1, b2, now);
+            let bucket = &self.buckets[b];
+            p.place = Some(PlaceHint {
+                bucket: b as u32,
+                slot: i as u8,
+                full,
+                sig: bucket.sigs[i],
+                deadline: bucket.deadlines[i],
+            });
+            let e = &bucket.entries[i];
             // An entry may straddle two lines.
             crate::prefetch::prefetch_write(&e.tuple.src);
             crate::prefetch::prefetch_write(&e.last_seen);
-            return;
+            return true;
         };
         crate::prefetch::prefetch(&e.tuple.src);
         crate::prefetch::prefetch(&e.last_seen);
+        false
     }
 
     /// Looks up a burst: `out[i]` gets the slot of `tuples[i]` (hash `hashes[i]`). The first bucket
@@ -560,19 +584,24 @@ impl<V: FlowValue> FlowTable<V> {
             let (b, empty) = if e1.count_ones() >= e2.count_ones() { (b1, e1) } else { (b2, e2) };
             return (b, empty.trailing_zeros() as usize, false);
         }
-        let mut victim = (b1, 0usize);
-        let mut least = i32::MAX;
-        for b in [b1, b2] {
+        // The smallest (seconds left before the deadline, negative once expired; then slot, b1's
+        // first) as one number, so that the choice is a minimum (conditional moves) and not a
+        // branch per slot whose outcome is a coin toss.
+        let mut least = u64::MAX;
+        for (j, b) in [b1, b2].into_iter().enumerate() {
             for (i, &d) in self.buckets[b].deadlines.iter().enumerate() {
-                // Seconds left before the deadline; negative once expired.
                 let left = d.wrapping_sub(now) as i32;
-                if left < least {
-                    least = left;
-                    victim = (b, i);
-                }
+                // Flipping the sign bit orders i32 as u32.
+                let key = u64::from((left as u32) ^ 0x8000_0000) << 8 | (j * BUCKET_SLOTS + i) as u64;
+                least = least.min(key);
             }
         }
-        (victim.0, victim.1, true)
+        let at = (least & 0xff) as usize;
+        if at < BUCKET_SLOTS {
+            (b1, at, true)
+        } else {
+            (b2, at - BUCKET_SLOTS, true)
+        }
     }
 
     /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle_minutes`
@@ -605,7 +634,17 @@ impl<V: FlowValue> FlowTable<V> {
         now: u32,
     ) -> FlowSlot {
         let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
-        let (b, slot, full) = self.place(b1, b2, now);
+        // The slot chosen ahead (by `prefetch_entry`) while it holds what it held then; otherwise
+        // an insert of this burst went there first, or a packet refreshed or removed its entry.
+        let hinted = p.place.filter(|h| {
+            let bucket = &self.buckets[h.bucket as usize];
+            let i = usize::from(h.slot);
+            bucket.sigs[i] == h.sig && bucket.deadlines[i] == h.deadline
+        });
+        let (b, slot, full) = match hinted {
+            Some(h) => (h.bucket as usize, usize::from(h.slot), h.full),
+            None => self.place(b1, b2, now),
+        };
         if full {
             if past(self.buckets[b].deadlines[slot], now) {
                 self.counters.expired += 1;
@@ -767,6 +806,51 @@ mod tests {
             }
             // 4096 hashes over 100,003 buckets: about 4,013 distinct if the remix spreads them.
             assert!(seen.len() > 3900, "signature {sig:04x}: only {} distinct second buckets", seen.len());
+        }
+    }
+
+    /// A slot chosen ahead of an insert (`prefetch_entry`, as a burst does before steering) is
+    /// taken only while it holds what it held then: two new flows of one burst that were both
+    /// given the same slot (here: the same hash) end up in two slots, and a victim chosen for one
+    /// is not chosen again for the other once the first took its place.
+    #[test]
+    fn insert_takes_a_slot_chosen_ahead_only_while_it_is_unchanged() {
+        let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
+        // Hashes of one pair of distinct buckets (16 slots between them), each of its own signature.
+        let pair = |h: u32| (t.probe(h).b1, t.probe(h).b2);
+        let first = (0x1234_5678u32..).find(|&h| pair(h).0 != pair(h).1).unwrap();
+        let mut sigs = std::collections::BTreeSet::new();
+        let hashes: std::vec::Vec<u32> = (first..)
+            .step_by(7919)
+            .filter(|&h| pair(h) == pair(first) && sigs.insert(t.probe(h).sig))
+            .take(20)
+            .collect();
+        let flows: std::vec::Vec<FlowTuple> = (0..20u64).map(|i| tuple(i).0).collect();
+        let new = MuxFlow::default();
+        // Empty buckets: two new flows are given the same free slot before either is inserted.
+        let (mut pa, mut pb) = (t.probe(hashes[0]), t.probe(hashes[1]));
+        assert!(t.prefetch_entry(&mut pa, 0) && t.prefetch_entry(&mut pb, 0));
+        assert_eq!(pa.place.map(|p| (p.bucket, p.slot)), pb.place.map(|p| (p.bucket, p.slot)));
+        let a = t.insert_probed(&pa, &flows[0], TcpFlags::SYN, new, 4, 0);
+        let b = t.insert_probed(&pb, &flows[1], TcpFlags::SYN, new, 4, 0);
+        assert_ne!(a, b, "the second insert overwrote the first");
+        assert_eq!(t.len(), 2);
+        // Fill both buckets, then two more new flows are given the same victim (flow 0, seen first).
+        for i in 2..16 {
+            t.insert(&flows[i], hashes[i], TcpFlags::SYN, new, 4, i as u32);
+        }
+        assert_eq!(t.len(), 16);
+        let (mut pc, mut pd) = (t.probe(hashes[16]), t.probe(hashes[17]));
+        assert!(t.prefetch_entry(&mut pc, 100) && t.prefetch_entry(&mut pd, 100));
+        assert!(pc.place.is_some_and(|p| p.full));
+        assert_eq!(pc.place.map(|p| (p.bucket, p.slot)), pd.place.map(|p| (p.bucket, p.slot)));
+        let c = t.insert_probed(&pc, &flows[16], TcpFlags::SYN, new, 4, 100);
+        let d = t.insert_probed(&pd, &flows[17], TcpFlags::SYN, new, 4, 100);
+        assert_ne!(c, d, "the second insert evicted the first");
+        assert_eq!((t.len(), t.counters().evicted), (16, 2));
+        // The two evicted are the two seen first; every other flow is still there.
+        for (i, f) in flows.iter().enumerate().take(18) {
+            assert_eq!(t.lookup(f, hashes[i], 100).is_some(), i >= 2, "flow {i}");
         }
     }
 

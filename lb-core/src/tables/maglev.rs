@@ -142,6 +142,17 @@ impl MaglevTable {
         self.slots.get(i).map(|&b| usize::from(b))
     }
 
+    /// Starts loading the slot [`MaglevTable::lookup`] will read for `hash` (see
+    /// [`crate::prefetch`]): a burst of new flows reads one random slot each, and beside a large
+    /// flow table the slots are seldom still in the cache.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: u32) {
+        let i = ((u64::from(hash) * self.slots.len() as u64) >> 32) as usize;
+        if let Some(slot) = self.slots.get(i) {
+            crate::prefetch::prefetch(slot);
+        }
+    }
+
     /// Number of slots (0 when empty).
     pub fn size(&self) -> usize {
         self.slots.len()
