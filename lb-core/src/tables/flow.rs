@@ -234,7 +234,12 @@ pub struct FlowProbe {
     sig: u16,
     /// Where [`FlowTable::prefetch_entry`] found an insert would go, if it looked.
     place: Option<PlaceHint>,
+    /// The first slot whose signature matched when [`FlowTable::prefetch_entry`] looked (bucket
+    /// `b1`'s slots 0-7, then `b2`'s 8-15), which a lookup compares first; `NO_CANDIDATE` if none.
+    candidate: u8,
 }
+
+const NO_CANDIDATE: u8 = u8::MAX;
 
 /// A slot chosen for an insert ahead of time, with what it held then (signature and deadline), so
 /// that the insert takes it without choosing again if nothing has changed there since.
@@ -337,6 +342,19 @@ impl<V: FlowValue> FlowTable<V> {
     /// [`FlowTable::lookup_key`] at a probe already computed for the key's hash.
     #[inline]
     pub fn lookup_probed(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
+        // The slot the middle pass of a burst saw match first: if it still holds this flow, that
+        // is what the full search would find first too (a flow is in the table once).
+        if p.candidate != NO_CANDIDATE {
+            let (b, i) = if usize::from(p.candidate) < BUCKET_SLOTS {
+                (p.b1 as usize, usize::from(p.candidate))
+            } else {
+                (p.b2 as usize, usize::from(p.candidate) - BUCKET_SLOTS)
+            };
+            let bucket = &self.buckets[b];
+            if bucket.sigs[i] == p.sig && bucket.entries[i].tuple.is_of(key) {
+                return self.found(b, i, now);
+            }
+        }
         self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
     }
 
@@ -344,7 +362,7 @@ impl<V: FlowValue> FlowTable<V> {
     #[inline(always)]
     pub fn probe(&self, hash: u32) -> FlowProbe {
         let (b1, b2, sig) = split(hash, self.n);
-        FlowProbe { b1: b1 as u32, b2: b2 as u32, sig, place: None }
+        FlowProbe { b1: b1 as u32, b2: b2 as u32, sig, place: None, candidate: NO_CANDIDATE }
     }
 
     #[inline(always)]
@@ -370,22 +388,30 @@ impl<V: FlowValue> FlowTable<V> {
                 let i = candidates.trailing_zeros() as usize;
                 candidates &= candidates - 1;
                 if is_flow(&bucket.entries[i].tuple) {
-                    if past(bucket.deadlines[i], now) {
-                        bucket.sigs[i] = 0;
-                        self.live -= 1;
-                        let e = bucket.entries[i];
-                        self.counters.expired += 1;
-                        self.counters.misses += 1;
-                        self.keep_removed(FlowSlot { bucket: b as u32, slot: i as u8 }, &e);
-                        return None;
-                    }
-                    self.counters.hits += 1;
-                    return Some(FlowSlot { bucket: b as u32, slot: i as u8 });
+                    return self.found(b, i, now);
                 }
             }
         }
         self.counters.misses += 1;
         None
+    }
+
+    /// A lookup found its flow at slot `i` of bucket `b`: a hit, or, idle past its timeout, removed
+    /// and counted as expired.
+    #[inline(always)]
+    fn found(&mut self, b: usize, i: usize, now: u32) -> Option<FlowSlot> {
+        let bucket = &mut self.buckets[b];
+        if past(bucket.deadlines[i], now) {
+            bucket.sigs[i] = 0;
+            self.live -= 1;
+            let e = bucket.entries[i];
+            self.counters.expired += 1;
+            self.counters.misses += 1;
+            self.keep_removed(FlowSlot { bucket: b as u32, slot: i as u8 }, &e);
+            return None;
+        }
+        self.counters.hits += 1;
+        Some(FlowSlot { bucket: b as u32, slot: i as u8 })
     }
 
     /// Starts loading the signature lines of both buckets of flow hash `hash` into the cache (see
@@ -417,8 +443,10 @@ impl<V: FlowValue> FlowTable<V> {
         let m1 = sig_mask(&self.buckets[b1].sigs, sig);
         let m2 = sig_mask(&self.buckets[b2].sigs, sig);
         let e = if m1 != 0 {
+            p.candidate = m1.trailing_zeros() as u8;
             &self.buckets[b1].entries[m1.trailing_zeros() as usize]
         } else if m2 != 0 {
+            p.candidate = (BUCKET_SLOTS as u32 + m2.trailing_zeros()) as u8;
             &self.buckets[b2].entries[m2.trailing_zeros() as usize]
         } else {
             let (b, i, full) = self.place(b1, b2, now);
@@ -852,6 +880,42 @@ mod tests {
         for (i, f) in flows.iter().enumerate().take(18) {
             assert_eq!(t.lookup(f, hashes[i], 100).is_some(), i >= 2, "flow {i}");
         }
+    }
+
+    /// A lookup compares first the slot that matched when the burst's middle pass looked, and
+    /// trusts it only if it still holds the flow: removed since, replaced by another flow of the
+    /// same signature, or idle past its timeout, the lookup answers as the full search does.
+    #[test]
+    fn lookup_trusts_a_candidate_slot_only_while_it_holds_the_flow() {
+        let key = |t: &FlowTuple| FlowKey {
+            src_addr: t.src,
+            dst_addr: t.dst,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            protocol: t.protocol,
+            ..FlowKey::default()
+        };
+        let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
+        let h = 0x0bad_cafe;
+        let (a, b) = (tuple(1).0, tuple(2).0);
+        let new = MuxFlow::default();
+        let at_a = t.insert(&a, h, TcpFlags::SYN, new, 4, 0);
+        // The middle pass sees a's slot match the signature.
+        let mut p = t.probe(h);
+        assert!(!t.prefetch_entry(&mut p, 0));
+        assert_eq!(t.lookup_probed(&p, &key(&a), 0), Some(at_a));
+        // b (same hash, so same signature) is not a: the lookup goes on and misses.
+        assert_eq!(t.lookup_probed(&p, &key(&b), 0), None);
+        // a removed: its bytes are still in the slot, but the slot is free.
+        t.remove(at_a);
+        assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
+        // b inserted (it may take a's slot): the candidate now holds b.
+        let at_b = t.insert(&b, h, TcpFlags::SYN, new, 4, 0);
+        assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
+        assert_eq!(t.lookup_probed(&p, &key(&b), 0), Some(at_b));
+        // Idle past its timeout (4 minutes): expired, not a hit.
+        assert_eq!(t.lookup_probed(&p, &key(&b), 4 * 60 + 1), None);
+        assert_eq!((t.len(), t.counters().expired), (0, 1));
     }
 
     fn tuple(i: u64) -> (FlowTuple, u32) {
