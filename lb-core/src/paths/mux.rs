@@ -444,7 +444,7 @@ impl Mux {
         keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
             let mut hashes = [0u32; BURST];
-            let mut probes = [FlowProbe::default(); BURST];
+            let mut probes = [FlowProbe::UNSET; BURST];
             let mut parsed = [false; BURST];
             for f in group.iter_mut().take(PREFETCH_AHEAD) {
                 prefetch_frame(f);

@@ -163,12 +163,25 @@ struct Bucket<V> {
     /// Beside the signatures, in the same cache line: expiry checks, sweeps and the choice of a
     /// victim in a full bucket never read the entries themselves.
     deadlines: [u32; BUCKET_SLOTS],
+    /// Moves on every change of `sigs` or `deadlines` (wrapping), so that a slot chosen for an
+    /// insert ahead of time is known to be still the one `place` would choose.
+    version: u16,
     entries: [FlowEntry<V>; BUCKET_SLOTS],
 }
 
 impl<V: FlowValue> Bucket<V> {
     fn empty() -> Self {
-        Bucket { sigs: [0; BUCKET_SLOTS], deadlines: [0; BUCKET_SLOTS], entries: [FlowEntry::default(); BUCKET_SLOTS] }
+        Bucket {
+            sigs: [0; BUCKET_SLOTS],
+            deadlines: [0; BUCKET_SLOTS],
+            version: 0,
+            entries: [FlowEntry::default(); BUCKET_SLOTS],
+        }
+    }
+
+    #[inline(always)]
+    fn changed(&mut self) {
+        self.version = self.version.wrapping_add(1);
     }
 }
 
@@ -227,7 +240,9 @@ fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
 /// Where a flow hash lives in a table: its two candidate buckets and its signature, computed once
 /// per packet ([`FlowTable::probe`]) and used by the prefetches, the lookup and the insert of a
 /// burst alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// A probe belongs to the table that made it (the bucket count is part of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowProbe {
     b1: u32,
     b2: u32,
@@ -241,15 +256,20 @@ pub struct FlowProbe {
 
 const NO_CANDIDATE: u8 = u8::MAX;
 
-/// A slot chosen for an insert ahead of time, with what it held then (signature and deadline), so
-/// that the insert takes it without choosing again if nothing has changed there since.
+impl FlowProbe {
+    /// A placeholder for arrays of probes, to be overwritten by [`FlowTable::probe`] before use.
+    pub(crate) const UNSET: FlowProbe = FlowProbe { b1: 0, b2: 0, sig: 1, place: None, candidate: NO_CANDIDATE };
+}
+
+/// A slot chosen for an insert ahead of time, with the versions of the two buckets then, so that
+/// the insert takes it without choosing again if neither bucket has changed since (then `place`
+/// would choose the same slot: it reads nothing else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PlaceHint {
     bucket: u32,
     slot: u8,
     full: bool,
-    sig: u16,
-    deadline: u32,
+    versions: (u16, u16),
 }
 
 /// Bit `i` set where `sigs[i] == sig` (one SSE2 compare on x86_64; see [`crate::simd`]).
@@ -403,6 +423,7 @@ impl<V: FlowValue> FlowTable<V> {
         let bucket = &mut self.buckets[b];
         if past(bucket.deadlines[i], now) {
             bucket.sigs[i] = 0;
+            bucket.changed();
             self.live -= 1;
             let e = bucket.entries[i];
             self.counters.expired += 1;
@@ -450,15 +471,9 @@ impl<V: FlowValue> FlowTable<V> {
             &self.buckets[b2].entries[m2.trailing_zeros() as usize]
         } else {
             let (b, i, full) = self.place(b1, b2, now);
-            let bucket = &self.buckets[b];
-            p.place = Some(PlaceHint {
-                bucket: b as u32,
-                slot: i as u8,
-                full,
-                sig: bucket.sigs[i],
-                deadline: bucket.deadlines[i],
-            });
-            let e = &bucket.entries[i];
+            let versions = (self.buckets[b1].version, self.buckets[b2].version);
+            p.place = Some(PlaceHint { bucket: b as u32, slot: i as u8, full, versions });
+            let e = &self.buckets[b].entries[i];
             // An entry may straddle two lines.
             crate::prefetch::prefetch_write(&e.tuple.src);
             crate::prefetch::prefetch_write(&e.last_seen);
@@ -500,6 +515,7 @@ impl<V: FlowValue> FlowTable<V> {
             for i in 0..BUCKET_SLOTS {
                 if b.sigs[i] != 0 && !keep(&mut b.entries[i]) {
                     b.sigs[i] = 0;
+                    b.changed();
                     self.live -= 1;
                 }
             }
@@ -534,6 +550,7 @@ impl<V: FlowValue> FlowTable<V> {
             if let Some(e) = b.entries.get_mut(i) {
                 e.last_seen = now;
                 b.deadlines[i] = deadline(e.state, e.idle_minutes, now);
+                b.changed();
             }
         }
     }
@@ -547,6 +564,7 @@ impl<V: FlowValue> FlowTable<V> {
             return None;
         }
         b.sigs[i] = 0;
+        b.changed();
         self.live -= 1;
         Some(b.entries[i])
     }
@@ -585,6 +603,7 @@ impl<V: FlowValue> FlowTable<V> {
             if tcp_flags & TcpFlags::RST != 0 {
                 if bucket.sigs[i] != 0 {
                     bucket.sigs[i] = 0;
+                    bucket.version = bucket.version.wrapping_add(1);
                     self.live -= 1;
                 }
                 self.counters.reset += 1;
@@ -599,6 +618,7 @@ impl<V: FlowValue> FlowTable<V> {
             }
         }
         bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
+        bucket.version = bucket.version.wrapping_add(1);
         *e
     }
 
@@ -662,13 +682,10 @@ impl<V: FlowValue> FlowTable<V> {
         now: u32,
     ) -> FlowSlot {
         let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
-        // The slot chosen ahead (by `prefetch_entry`) while it holds what it held then; otherwise
-        // an insert of this burst went there first, or a packet refreshed or removed its entry.
-        let hinted = p.place.filter(|h| {
-            let bucket = &self.buckets[h.bucket as usize];
-            let i = usize::from(h.slot);
-            bucket.sigs[i] == h.sig && bucket.deadlines[i] == h.deadline
-        });
+        // The slot chosen ahead (by `prefetch_entry`) if neither bucket has changed since: an
+        // earlier packet of the burst may have taken that slot, freed another (RST), or moved a
+        // deadline (refresh, FIN), and the victim must be the entry nearest its deadline.
+        let hinted = p.place.filter(|h| h.versions == (self.buckets[b1].version, self.buckets[b2].version));
         let (b, slot, full) = match hinted {
             Some(h) => (h.bucket as usize, usize::from(h.slot), h.full),
             None => self.place(b1, b2, now),
@@ -695,6 +712,7 @@ impl<V: FlowValue> FlowTable<V> {
         };
         bucket.sigs[slot] = sig;
         bucket.deadlines[slot] = deadline(state, idle_minutes, now);
+        bucket.changed();
         bucket.entries[slot] = FlowEntry { tuple: *tuple, value, state, idle_minutes, last_seen: now };
         self.counters.inserts += 1;
         FlowSlot { bucket: b as u32, slot: slot as u8 }
@@ -722,6 +740,7 @@ impl<V: FlowValue> FlowTable<V> {
                 let bucket = &mut self.buckets[c];
                 if bucket.sigs[i] != 0 && past(bucket.deadlines[i], now) {
                     bucket.sigs[i] = 0;
+                    bucket.changed();
                     self.live -= 1;
                     self.counters.expired += 1;
                     let e = bucket.entries[i];
@@ -880,6 +899,16 @@ mod tests {
         for (i, f) in flows.iter().enumerate().take(18) {
             assert_eq!(t.lookup(f, hashes[i], 100).is_some(), i >= 2, "flow {i}");
         }
+        // A victim chosen ahead (flow 2, seen first of those left), then a RST frees another
+        // slot before the insert: the insert takes the free slot and evicts nobody.
+        let mut pe = t.probe(hashes[18]);
+        assert!(t.prefetch_entry(&mut pe, 100) && pe.place.is_some_and(|p| p.full));
+        let x = t.lookup(&flows[9], hashes[9], 100).unwrap();
+        t.touch(x, TcpFlags::RST, 100);
+        let e = t.insert_probed(&pe, &flows[18], TcpFlags::SYN, new, 4, 100);
+        assert_eq!(e, x, "the new flow takes the slot the RST freed");
+        assert_eq!((t.len(), t.counters().evicted), (16, 2));
+        assert!(t.lookup(&flows[2], hashes[2], 100).is_some(), "the victim chosen ahead is still there");
     }
 
     /// A lookup compares first the slot that matched when the burst's middle pass looked, and
