@@ -542,9 +542,9 @@ impl Mux {
         }
     }
 
-    /// The backend (tunnel) of connection `flow` (hash `hash`, at `probe` in the flow table) that `l` accepts, and whether it is
-    /// new: its flow's if it has one (the packet's `tcp_flags` recorded), else a new choice,
-    /// remembered as a flow when `record`.
+    /// The backend (tunnel) of connection `flow` (hash `hash`, at `probe` in the flow table) that
+    /// `l` accepts, and whether it is new: its flow's if it has one (the packet's `tcp_flags`
+    /// recorded), else a new choice, remembered as a flow when `record`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn connection(

@@ -181,8 +181,14 @@ impl<V: FlowValue> Bucket<V> {
 
     #[inline(always)]
     fn changed(&mut self) {
-        self.version = self.version.wrapping_add(1);
+        changed(&mut self.version);
     }
+}
+
+/// Moves a bucket's version (a free function too, for where an entry of the bucket is borrowed).
+#[inline(always)]
+fn changed(version: &mut u16) {
+    *version = version.wrapping_add(1);
 }
 
 /// The result of a lookup: where the flow lives, so that an update needs no second search. An entry
@@ -450,9 +456,10 @@ impl<V: FlowValue> FlowTable<V> {
         crate::prefetch::prefetch(&self.buckets[p.b2 as usize].sigs);
     }
 
-    /// Once the lines [`FlowTable::prefetch_probe`] asked for have arrived: starts loading the entry that
-    /// a lookup of flow hash `hash` will compare (its first signature match) or, when no signature
-    /// matches, the slot an insert would take, for writing. A burst calls it for every packet
+    /// Once the lines [`FlowTable::prefetch_probe`] asked for have arrived: starts loading the entry
+    /// that a lookup at probe `p` will compare first (its first signature match, remembered in `p`)
+    /// or, when no signature matches, the slot an insert would take, for writing (remembered in `p`
+    /// for the insert). A burst calls it for every packet
     /// between prefetching the buckets and steering: stores leave the core in order, so an insert
     /// whose entry line is not in the cache holds up every store after it, the next packets'
     /// included.
@@ -603,7 +610,7 @@ impl<V: FlowValue> FlowTable<V> {
             if tcp_flags & TcpFlags::RST != 0 {
                 if bucket.sigs[i] != 0 {
                     bucket.sigs[i] = 0;
-                    bucket.version = bucket.version.wrapping_add(1);
+                    changed(&mut bucket.version);
                     self.live -= 1;
                 }
                 self.counters.reset += 1;
@@ -618,7 +625,7 @@ impl<V: FlowValue> FlowTable<V> {
             }
         }
         bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
-        bucket.version = bucket.version.wrapping_add(1);
+        changed(&mut bucket.version);
         *e
     }
 
@@ -857,9 +864,9 @@ mod tests {
     }
 
     /// A slot chosen ahead of an insert (`prefetch_entry`, as a burst does before steering) is
-    /// taken only while it holds what it held then: two new flows of one burst that were both
-    /// given the same slot (here: the same hash) end up in two slots, and a victim chosen for one
-    /// is not chosen again for the other once the first took its place.
+    /// taken only if neither of its buckets has changed since: two new flows of one burst that were
+    /// both given the same slot end up in two slots, a victim chosen for one is not chosen again for
+    /// the other once the first took its place, and a slot freed in between is used.
     #[test]
     fn insert_takes_a_slot_chosen_ahead_only_while_it_is_unchanged() {
         let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();

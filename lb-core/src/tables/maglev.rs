@@ -137,9 +137,14 @@ impl MaglevTable {
     /// no backend takes flows. Never allocates.
     #[inline(always)]
     pub fn lookup(&self, hash: u32) -> Option<usize> {
-        // Multiply-shift maps a uniform 32-bit hash onto [0, len) without a division.
-        let i = ((u64::from(hash) * self.slots.len() as u64) >> 32) as usize;
-        self.slots.get(i).map(|&b| usize::from(b))
+        self.slots.get(self.slot_of(hash)).map(|&b| usize::from(b))
+    }
+
+    /// The slot of `hash`: multiply-shift maps a uniform 32-bit hash onto [0, len) without a
+    /// division.
+    #[inline(always)]
+    fn slot_of(&self, hash: u32) -> usize {
+        ((u64::from(hash) * self.slots.len() as u64) >> 32) as usize
     }
 
     /// Starts loading the slot [`MaglevTable::lookup`] will read for `hash` (see
@@ -147,8 +152,7 @@ impl MaglevTable {
     /// flow table the slots are seldom still in the cache.
     #[inline(always)]
     pub fn prefetch(&self, hash: u32) {
-        let i = ((u64::from(hash) * self.slots.len() as u64) >> 32) as usize;
-        if let Some(slot) = self.slots.get(i) {
+        if let Some(slot) = self.slots.get(self.slot_of(hash)) {
             crate::prefetch::prefetch(slot);
         }
     }
