@@ -19,7 +19,7 @@ pub(crate) enum Target {
 }
 
 /// One (protocol, port range) of a VIP.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Listener {
     pub protocol: Protocol,
     pub lo: u16,
@@ -128,12 +128,15 @@ pub(crate) struct Vips {
     slots: Vec<([u8; 16], IpVersion, u32)>,
     /// `slots.len() - 1` (a power of two minus one).
     mask: usize,
+    /// The VIP of each listener counter (a rule has one frontend): what an established flow, which
+    /// remembers only its rule's counter, is counted under.
+    counter_vip: Vec<u32>,
 }
 
 const NO_VIP: u32 = u32::MAX;
 
 impl Vips {
-    fn new(mut list: Vec<Vip>) -> Self {
+    fn new(mut list: Vec<Vip>, counters: usize) -> Self {
         for v in &mut list {
             v.index_ports();
         }
@@ -150,7 +153,43 @@ impl Vips {
                 slots[at] = (v.addr, v.version, i as u32);
             }
         }
-        Vips { list, slots, mask }
+        let mut counter_vip = alloc::vec![NO_VIP; counters];
+        for (i, v) in list.iter().enumerate() {
+            for l in &v.listeners {
+                if let Some(c) = counter_vip.get_mut(l.counter) {
+                    *c = i as u32;
+                }
+            }
+        }
+        Vips { list, slots, mask, counter_vip }
+    }
+
+    /// The VIP whose listener has counter `counter`.
+    #[inline(always)]
+    pub fn of_counter(&self, counter: usize) -> Option<usize> {
+        self.counter_vip.get(counter).filter(|&&v| v != NO_VIP).map(|&v| v as usize)
+    }
+
+    /// Whether every packet finds the same VIP, listener and counter here as in `other`.
+    pub fn same_listeners(&self, other: &Vips) -> bool {
+        self.list.len() == other.list.len()
+            && self
+                .list
+                .iter()
+                .zip(&other.list)
+                .all(|(a, b)| (a.version, a.addr, &a.listeners) == (b.version, b.addr, &b.listeners))
+    }
+
+    /// The counter of the listener that a packet of the connection `t` (a flow of the table, not
+    /// a fragment record) finds: what its next packet would be counted under, if anything takes it.
+    pub fn counter_of(&self, t: &FlowTuple) -> Option<usize> {
+        let version = match t.version {
+            4 => IpVersion::V4,
+            6 => IpVersion::V6,
+            _ => return None,
+        };
+        let vip = self.find(version, &t.dst)?;
+        self.list[vip].listener(t.protocol, t.dst_port).map(|l| l.counter)
     }
 
     #[inline(always)]
@@ -227,7 +266,7 @@ pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vips, usize) {
         vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
         counter += 1;
     }
-    (Vips::new(vips), counter)
+    (Vips::new(vips, counter), counter)
 }
 
 /// What a listener does with a connection, whichever kind of rule it is.
@@ -304,6 +343,11 @@ pub fn backend_tag(a: IpAddr) -> u32 {
 /// Marks the flow-table entries that remember a fragmented datagram rather than a connection.
 const FRAGMENT_MARK: u8 = 0x80;
 
+/// Whether a flow-table tuple is a [`fragment_record`] rather than a connection.
+pub(crate) fn is_fragment_record(t: &FlowTuple) -> bool {
+    t.version & FRAGMENT_MARK != 0
+}
+
 /// The flow-table record that ties the fragments of one datagram together: addresses, protocol and
 /// identification (later fragments carry no ports), marked so it never equals a connection's key.
 #[inline]
@@ -343,7 +387,7 @@ mod tests {
         v.listeners.push(l(Protocol::Tcp, 50000, 50099, n));
         v.listeners.push(l(Protocol::All, 7000, 7000, n + 1));
         v.listeners.push(l(Protocol::Udp, 60000, 60010, n + 2));
-        let vips = Vips::new(vec![v]);
+        let vips = Vips::new(vec![v], 0);
         let v = &vips[0];
         let scan = |protocol: u8, port: u16| {
             v.listeners
@@ -379,7 +423,7 @@ mod tests {
         let same_bytes = list[7].addr;
         list.push(vip(IpVersion::V6, same_bytes));
         list.push(vip(IpVersion::V4, list[3].addr));
-        let vips = Vips::new(list.clone());
+        let vips = Vips::new(list.clone(), 0);
         assert_eq!(vips.len(), 302);
         for (i, v) in list.iter().enumerate().take(301) {
             assert_eq!(vips.find(v.version, &v.addr), Some(i), "VIP {i}");
@@ -390,6 +434,6 @@ mod tests {
         assert_eq!(vips.find(IpVersion::V4, &other), None);
         assert_eq!(vips.find(IpVersion::V6, &list[0].addr), None);
         assert_eq!(Vips::default().find(IpVersion::V4, &other), None);
-        assert_eq!(Vips::new(vec![]).find(IpVersion::V4, &other), None);
+        assert_eq!(Vips::new(vec![], 0).find(IpVersion::V4, &other), None);
     }
 }

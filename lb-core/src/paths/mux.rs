@@ -19,7 +19,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use super::listen::{addr16, backend_id, backend_tag, build_vips, fragment_record, Listener, Target, Vips};
+use super::listen::{
+    addr16, backend_id, backend_tag, build_vips, fragment_record, is_fragment_record, Listener, Target, Vips,
+};
 use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
 use crate::tables::{
     FlowProbe, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
@@ -351,6 +353,29 @@ impl Mux {
         }
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
+        // Established flows are steered by the listener counter they remember (see `steer`): when
+        // listeners change, each flow is resolved again as its next packet would be, by its VIP,
+        // protocol and port (a fragment record, which has no port, by its rule's name), and one
+        // that nothing takes any more is removed, so its packets find what a new one would. A walk
+        // over the whole table, so only when listeners change (not for pool or backend changes).
+        if !vips.same_listeners(&self.vips) {
+            let (old_names, new_names) = (rule_names(&self.lb), rule_names(&lb));
+            self.flows.retain(|e| {
+                let counter = if is_fragment_record(&e.tuple) {
+                    let name = old_names.get(usize::from(e.value.rule));
+                    name.and_then(|n| new_names.iter().position(|x| x == n))
+                } else {
+                    vips.counter_of(&e.tuple)
+                };
+                match counter.and_then(|c| u16::try_from(c).ok()) {
+                    Some(c) => {
+                        e.value.rule = c;
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
         // Counters follow their resource (by name; backends by pool name and address), wherever
         // it moves in the new configuration; a new resource starts at zero, a removed one's go.
         let old = &self.lb;
@@ -527,17 +552,31 @@ impl Mux {
         probe: &FlowProbe,
         now: u32,
     ) -> Verdict {
+        let special = key.fragment != Fragment::None || key.is_icmp_error();
+        // An established connection first: its flow names the listener that took it (its counter,
+        // which `update` keeps true to the configuration in force) and its backend, so neither the
+        // VIP nor the listener is looked up again; what the full path below would find is the same.
+        if !special {
+            if let Some(at) = self.flows.lookup_probed(probe, key, now) {
+                let e = self.flows.touch(at, key.tcp_flags, now);
+                let rule = usize::from(e.value.rule);
+                if let Some(vip) = self.vips.of_counter(rule) {
+                    return self.forward(buf, start, len, vip, rule, e.value.backend, false, key_hash);
+                }
+            }
+        }
         let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
             return self.relay(buf, start, len, key);
         };
-        if key.fragment != Fragment::None || key.is_icmp_error() {
+        if special {
             return self.steer_special(buf, start, len, vip, key, key_hash, now);
         }
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
-        match self.connection(&l, key, key_hash, probe, key.tcp_flags, true, now) {
-            Ok((tunnel, new_flow)) => self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash),
+        // The table holds no flow for it (looked up above): a new connection.
+        match self.open(&l, key, key_hash, probe, key.tcp_flags, true, now) {
+            Ok(tunnel) => self.forward(buf, start, len, vip, l.counter, tunnel, true, key_hash),
             Err(reason) => Verdict::Drop(reason),
         }
     }
@@ -560,12 +599,29 @@ impl Mux {
         if let Some(at) = self.flows.lookup_probed(probe, flow, now) {
             return Ok((self.flows.touch(at, tcp_flags, now).value.backend, false));
         }
+        Ok((self.open(l, flow, hash, probe, tcp_flags, record, now)?, record))
+    }
+
+    /// The backend (tunnel) of a new connection `flow` (hash `hash`, with no flow at `probe`) that
+    /// `l` accepts, remembered as a flow when `record`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        l: &Listener,
+        flow: &FlowKey,
+        hash: u32,
+        probe: &FlowProbe,
+        tcp_flags: u8,
+        record: bool,
+        now: u32,
+    ) -> Result<u16, DropReason> {
         let (tunnel, idle) = self.choose(l, flow, hash)?;
         if record {
             let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
             self.flows.insert_probed(probe, &FlowTuple::from(flow), tcp_flags, new, idle, now);
         }
-        Ok((tunnel, record))
+        Ok(tunnel)
     }
 
     /// Fragments and ICMP errors: an ICMP error is steered by the connection it quotes (a packet
