@@ -211,8 +211,9 @@ pub(crate) fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
 /// which cost more than the parse itself.
 #[inline(always)]
 pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
-    let key = match fast_path(frame) {
-        Some(key) => key,
+    let mut key = FlowKey::default();
+    let key = match fast_path(frame, &mut key) {
+        Some(()) => key,
         None => parse_general_value(frame)?,
     };
     Ok(key)
@@ -234,11 +235,8 @@ fn parse_general_value(frame: &[u8]) -> Result<FlowKey, WireError> {
 pub fn parse_flow_key_into(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
     // The general path writes its fields in place too: a key it returned by value would be
     // copied twice more on the way here.
-    match fast_path(frame) {
-        Some(k) => {
-            *key = k;
-            Ok(())
-        }
+    match fast_path(frame, key) {
+        Some(()) => Ok(()),
         None => parse_general(frame, key),
     }
 }
@@ -261,73 +259,71 @@ const TCP_DATA_OFFSET_AT: usize = 12;
 /// The common case in one straight line: an untagged or single-tagged IPv4 (IHL 5) or IPv6 (no
 /// extension headers) packet carrying TCP, UDP or ICMP, fragmented or not. Anything else, including
 /// anything malformed, returns `None` and goes to [`parse_general`], which reports the exact error;
-/// so this function only has to be right about well-formed packets. The key is assembled in one
-/// literal at the end so that it is written straight into the caller's slot.
+/// so this function only has to be right about well-formed packets (on `None`, `key` is partly
+/// written and the general path writes all of it again).
+///
+/// Each field is written to `key` as soon as it is known: held in registers to the end, the
+/// fields outnumbered them and were spilled to the stack and loaded back before being stored.
 #[inline(always)]
-fn fast_path(frame: &[u8]) -> Option<FlowKey> {
+fn fast_path(frame: &[u8], key: &mut FlowKey) -> Option<()> {
     let (eth, rest) = EthernetHeader::ref_from_prefix(frame).ok()?;
-    let mut vlan = 0u16;
     let (ethertype, l3, l3_offset) = if eth.ethertype.get() == EtherType::VLAN {
         let (tag, rest) = VlanTag::ref_from_prefix(rest).ok()?;
-        vlan = tag.vid();
+        key.vlans = [tag.vid(), 0];
+        key.vlan_count = 1;
         (tag.ethertype.get(), rest, ETHERNET_HEADER_LEN + VLAN_TAG_LEN)
     } else {
+        key.vlans = [0, 0];
+        key.vlan_count = 0;
         (eth.ethertype.get(), rest, ETHERNET_HEADER_LEN)
     };
-    let (src_addr, dst_addr);
-    let (ip_version, protocol, fragment, frag_ident, l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
+    key.l3_offset = l3_offset as u16;
+    let (fragment, l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
         let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
         let total = usize::from(ip.total_len.get());
         if ip.version_ihl != 0x45 || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
             return None;
         }
-        src_addr = v4_in_16(ip.src);
-        dst_addr = v4_in_16(ip.dst);
-        let (fragment, ident) = if ip.is_fragment() {
-            let f = Fragment::at(ip.frag_offset());
-            (f, u32::from(ip.ident.get()))
+        key.src_addr = v4_in_16(ip.src);
+        key.dst_addr = v4_in_16(ip.dst);
+        key.ip_version = IpVersion::V4;
+        key.protocol = ip.protocol;
+        let fragment = if ip.is_fragment() {
+            key.frag_ident = u32::from(ip.ident.get());
+            Fragment::at(ip.frag_offset())
         } else {
-            (Fragment::None, 0)
+            key.frag_ident = 0;
+            Fragment::None
         };
-        let l4 = after.get(..total - ipv4::IPV4_HEADER_LEN)?;
-        (IpVersion::V4, ip.protocol, fragment, ident, l4, ipv4::IPV4_HEADER_LEN)
+        (fragment, after.get(..total - ipv4::IPV4_HEADER_LEN)?, ipv4::IPV4_HEADER_LEN)
     } else if ethertype == EtherType::IPV6 {
         let (ip, after) = ipv6::Ipv6Header::ref_from_prefix(l3).ok()?;
         if ip.version() != 6 {
             return None;
         }
-        src_addr = ip.src;
-        dst_addr = ip.dst;
-        let l4 = after.get(..usize::from(ip.payload_len.get()))?;
-        (IpVersion::V6, ip.next_header, Fragment::None, 0, l4, ipv6::IPV6_HEADER_LEN)
+        key.src_addr = ip.src;
+        key.dst_addr = ip.dst;
+        key.ip_version = IpVersion::V6;
+        key.protocol = ip.next_header;
+        key.frag_ident = 0;
+        (Fragment::None, after.get(..usize::from(ip.payload_len.get()))?, ipv6::IPV6_HEADER_LEN)
     } else {
         return None;
     };
-    let l4_offset = (l3_offset + l4_in_l3) as u16;
-    let mut key = FlowKey {
-        src_addr,
-        dst_addr,
-        src_port: 0,
-        dst_port: 0,
-        protocol,
-        ip_version,
-        tcp_flags: 0,
-        fragment,
-        vlans: [vlan, 0],
-        vlan_count: u8::from(l3_offset != ETHERNET_HEADER_LEN),
-        icmp_type: 0,
-        icmp_code: 0,
-        l3_offset: l3_offset as u16,
-        l4_offset,
-        l4_len: l4.len() as u16,
-        frag_ident,
-    };
+    key.fragment = fragment;
+    key.l4_offset = (l3_offset + l4_in_l3) as u16;
+    key.l4_len = l4.len() as u16;
+    key.tcp_flags = 0;
+    key.icmp_type = 0;
+    key.icmp_code = 0;
     if fragment == Fragment::Later {
-        return Some(key);
+        key.src_port = 0;
+        key.dst_port = 0;
+        return Some(());
     }
     // Eight bytes cover the ports and UDP length, and the whole ICMP header.
     let (p, _) = PortsPrefix::ref_from_prefix(l4).ok()?;
-    match (protocol, ip_version) {
+    match (key.protocol, key.ip_version) {
         (ip_proto::TCP, _) => {
             let doff = *l4.get(TCP_DATA_OFFSET_AT)?;
             let hlen = usize::from(doff >> 4) * 4;
@@ -347,19 +343,17 @@ fn fast_path(frame: &[u8]) -> Option<FlowKey> {
             let [ty, code] = p.src_port.get().to_be_bytes();
             key.icmp_type = ty;
             key.icmp_code = code;
-            let version = if ip_version == IpVersion::V4 { IcmpVersion::V4 } else { IcmpVersion::V6 };
-            if icmp::is_echo(version, ty) {
-                let id = p.udp_length.get();
-                key.src_port = id;
-                key.dst_port = id;
-            }
-            return Some(key);
+            let version = if key.ip_version == IpVersion::V4 { IcmpVersion::V4 } else { IcmpVersion::V6 };
+            let id = if icmp::is_echo(version, ty) { p.udp_length.get() } else { 0 };
+            key.src_port = id;
+            key.dst_port = id;
+            return Some(());
         }
         _ => return None,
     }
     key.src_port = p.src_port.get();
     key.dst_port = p.dst_port.get();
-    Some(key)
+    Some(())
 }
 
 /// Every frame the fast path declines: tags, options, extension headers, fragments, ICMP, other
