@@ -4,7 +4,7 @@
 use zerocopy::byteorder::network_endian::U16;
 use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
-use super::ethernet::{parse_l2, EtherType, EthernetHeader, VlanTag, ETHERNET_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN};
+use super::ethernet::{parse_l2, EtherType, EthernetHeader, VlanTag, ETHERNET_HEADER_LEN, MAX_VLAN_TAGS};
 use super::icmp::{self, IcmpHeader, IcmpVersion};
 use super::ipv4::{self, Ipv4Header};
 use super::ipv6::{self, FragmentInfo};
@@ -253,106 +253,152 @@ struct PortsPrefix {
     _rest: [u8; 2],
 }
 
-/// Byte of the TCP header holding the data offset, and the flags byte after it.
-const TCP_DATA_OFFSET_AT: usize = 12;
-
-/// The common case in one straight line: an untagged or single-tagged IPv4 (IHL 5) or IPv6 (no
-/// extension headers) packet carrying TCP, UDP or ICMP, fragmented or not. Anything else, including
-/// anything malformed, returns `None` and goes to [`parse_general`], which reports the exact error;
-/// so this function only has to be right about well-formed packets (on `None`, `key` is partly
-/// written and the general path writes all of it again).
+/// The common case in one straight line: a whole (unfragmented) IPv4 packet (options or not) or an
+/// IPv6 packet without extension headers, under up to two VLAN tags, carrying TCP, UDP or ICMP.
+/// Anything else, including anything malformed, returns `None` and goes to [`parse_general`], which
+/// reports the exact error; so this function only has to be right about well-formed packets (on
+/// `None`, `key` is partly written and the general path writes all of it again).
 ///
-/// Each field is written to `key` as soon as it is known: held in registers to the end, the
-/// fields outnumbered them and were spilled to the stack and loaded back before being stored.
+/// Written for the instruction count, which is what bounds it (the branches are predictable):
+/// - each field goes to `key` as soon as it is known (held to the end, the fields outnumbered the
+///   registers and were spilled to the stack and loaded back before being stored);
+/// - untagged IPv4 and IPv6 are tested first, on the raw EtherType (no byte swap), and their
+///   headers are read at offsets known at compile time (the IP paths are inlined once for an
+///   untagged frame and once behind tags);
+/// - fragments, rare, take the general path, so the fast path never carries their state.
 #[inline(always)]
 fn fast_path(frame: &[u8], key: &mut FlowKey) -> Option<()> {
-    let (eth, rest) = EthernetHeader::ref_from_prefix(frame).ok()?;
-    let (ethertype, l3, l3_offset) = if eth.ethertype.get() == EtherType::VLAN {
-        let (tag, rest) = VlanTag::ref_from_prefix(rest).ok()?;
-        key.vlans = [tag.vid(), 0];
-        key.vlan_count = 1;
-        (tag.ethertype.get(), rest, ETHERNET_HEADER_LEN + VLAN_TAG_LEN)
-    } else {
+    let (eth, l3) = EthernetHeader::ref_from_prefix(frame).ok()?;
+    if eth.ethertype == U16::new(EtherType::IPV4) {
         key.vlans = [0, 0];
         key.vlan_count = 0;
-        (eth.ethertype.get(), rest, ETHERNET_HEADER_LEN)
-    };
-    key.l3_offset = l3_offset as u16;
-    let (fragment, l4, l4_in_l3) = if ethertype == EtherType::IPV4 {
-        let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
-        let total = usize::from(ip.total_len.get());
-        if ip.version_ihl != 0x45 || total > l3.len() || total < ipv4::IPV4_HEADER_LEN {
-            return None;
-        }
-        key.src_addr = v4_in_16(ip.src);
-        key.dst_addr = v4_in_16(ip.dst);
-        key.ip_version = IpVersion::V4;
-        key.protocol = ip.protocol;
-        let fragment = if ip.is_fragment() {
-            key.frag_ident = u32::from(ip.ident.get());
-            Fragment::at(ip.frag_offset())
-        } else {
-            key.frag_ident = 0;
-            Fragment::None
-        };
-        (fragment, after.get(..total - ipv4::IPV4_HEADER_LEN)?, ipv4::IPV4_HEADER_LEN)
-    } else if ethertype == EtherType::IPV6 {
-        let (ip, after) = ipv6::Ipv6Header::ref_from_prefix(l3).ok()?;
-        if ip.version() != 6 {
-            return None;
-        }
-        key.src_addr = ip.src;
-        key.dst_addr = ip.dst;
-        key.ip_version = IpVersion::V6;
-        key.protocol = ip.next_header;
-        key.frag_ident = 0;
-        (Fragment::None, after.get(..usize::from(ip.payload_len.get()))?, ipv6::IPV6_HEADER_LEN)
-    } else {
+        return fast_ipv4(l3, ETHERNET_HEADER_LEN, key);
+    }
+    if eth.ethertype == U16::new(EtherType::IPV6) {
+        key.vlans = [0, 0];
+        key.vlan_count = 0;
+        return fast_ipv6(l3, ETHERNET_HEADER_LEN, key);
+    }
+    if !EtherType::is_vlan(eth.ethertype.get()) {
         return None;
-    };
-    key.fragment = fragment;
-    key.l4_offset = (l3_offset + l4_in_l3) as u16;
+    }
+    let (ethertype, l3) = fast_tags(l3, key)?;
+    let l3_offset = frame.len() - l3.len();
+    match ethertype {
+        EtherType::IPV4 => fast_ipv4(l3, l3_offset, key),
+        EtherType::IPV6 => fast_ipv6(l3, l3_offset, key),
+        _ => None,
+    }
+}
+
+/// The VLAN tags of [`fast_path`] (one or two; a third goes to the general path, which names the
+/// error): the EtherType after them and what follows.
+#[inline(always)]
+fn fast_tags<'a>(after_eth: &'a [u8], key: &mut FlowKey) -> Option<(u16, &'a [u8])> {
+    let (outer, rest) = VlanTag::ref_from_prefix(after_eth).ok()?;
+    key.vlans = [outer.vid(), 0];
+    key.vlan_count = 1;
+    let ethertype = outer.ethertype.get();
+    if !EtherType::is_vlan(ethertype) {
+        return Some((ethertype, rest));
+    }
+    let (inner, rest) = VlanTag::ref_from_prefix(rest).ok()?;
+    key.vlans[1] = inner.vid();
+    key.vlan_count = 2;
+    let ethertype = inner.ethertype.get();
+    (!EtherType::is_vlan(ethertype)).then_some((ethertype, rest))
+}
+
+/// [`fast_path`] from an IPv4 header at `l3` (frame offset `l3_offset`).
+#[inline(always)]
+fn fast_ipv4(l3: &[u8], l3_offset: usize, key: &mut FlowKey) -> Option<()> {
+    let (ip, after) = Ipv4Header::ref_from_prefix(l3).ok()?;
+    let total = usize::from(ip.total_len.get());
+    if ip.is_fragment() {
+        return None;
+    }
+    key.src_addr = v4_in_16(ip.src);
+    key.dst_addr = v4_in_16(ip.dst);
+    key.ip_version = IpVersion::V4;
+    key.protocol = ip.protocol;
+    key.l3_offset = l3_offset as u16;
+    // Version 4 with a 20-byte header, and a total length that covers the header and fits the
+    // frame (one below 20 wraps around and fails the same compare).
+    if ip.version_ihl == 0x45 && total.wrapping_sub(ipv4::IPV4_HEADER_LEN) <= after.len() {
+        return fast_transport(&after[..total - ipv4::IPV4_HEADER_LEN], l3_offset + ipv4::IPV4_HEADER_LEN, key);
+    }
+    // Options (IHL 6 to 15): the same behind a header of variable length, kept apart so that the
+    // common case above reads its L4 header at offsets known at compile time.
+    let hlen = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || hlen <= ipv4::IPV4_HEADER_LEN || total < hlen || total > l3.len() {
+        return None;
+    }
+    fast_transport(&l3[hlen..total], l3_offset + hlen, key)
+}
+
+/// [`fast_path`] from an IPv6 header at `l3` (frame offset `l3_offset`).
+#[inline(always)]
+fn fast_ipv6(l3: &[u8], l3_offset: usize, key: &mut FlowKey) -> Option<()> {
+    let (ip, after) = ipv6::Ipv6Header::ref_from_prefix(l3).ok()?;
+    let payload = usize::from(ip.payload_len.get());
+    if ip.version() != 6 || payload > after.len() {
+        return None;
+    }
+    key.src_addr = ip.src;
+    key.dst_addr = ip.dst;
+    key.ip_version = IpVersion::V6;
+    key.protocol = ip.next_header;
+    key.l3_offset = l3_offset as u16;
+    fast_transport(&after[..payload], l3_offset + ipv6::IPV6_HEADER_LEN, key)
+}
+
+/// [`fast_path`] from the L4 header of a whole datagram: `l4` up to the IP length, at frame offset
+/// `l4_offset`.
+#[inline(always)]
+fn fast_transport(l4: &[u8], l4_offset: usize, key: &mut FlowKey) -> Option<()> {
+    key.fragment = Fragment::None;
+    key.frag_ident = 0;
+    key.l4_offset = l4_offset as u16;
     key.l4_len = l4.len() as u16;
-    key.tcp_flags = 0;
-    key.icmp_type = 0;
-    key.icmp_code = 0;
-    if fragment == Fragment::Later {
-        key.src_port = 0;
-        key.dst_port = 0;
+    if key.protocol == ip_proto::TCP {
+        let (t, _) = TcpHeader::ref_from_prefix(l4).ok()?;
+        // At least the fixed header, and no longer than the segment.
+        let hlen = usize::from(t.data_offset >> 4) * 4;
+        if hlen < TCP_HEADER_LEN || hlen > l4.len() {
+            return None;
+        }
+        key.tcp_flags = t.flags;
+        key.icmp_type = 0;
+        key.icmp_code = 0;
+        key.src_port = t.src_port.get();
+        key.dst_port = t.dst_port.get();
         return Some(());
     }
-    // Eight bytes cover the ports and UDP length, and the whole ICMP header.
+    key.tcp_flags = 0;
+    // Eight bytes cover a UDP header, and an ICMP header with the echo identifier.
     let (p, _) = PortsPrefix::ref_from_prefix(l4).ok()?;
-    match (key.protocol, key.ip_version) {
-        (ip_proto::TCP, _) => {
-            let doff = *l4.get(TCP_DATA_OFFSET_AT)?;
-            let hlen = usize::from(doff >> 4) * 4;
-            if hlen < TCP_HEADER_LEN || hlen > l4.len() {
-                return None;
-            }
-            key.tcp_flags = *l4.get(TCP_DATA_OFFSET_AT + 1)?;
+    if key.protocol == ip_proto::UDP {
+        let len = usize::from(p.udp_length.get());
+        if len < UDP_HEADER_LEN || len > l4.len() {
+            return None;
         }
-        (ip_proto::UDP, _) => {
-            let len = usize::from(p.udp_length.get());
-            // A first fragment holds only part of the datagram the length field describes.
-            if len < UDP_HEADER_LEN || (len > l4.len() && fragment == Fragment::None) {
-                return None;
-            }
-        }
-        (ip_proto::ICMP, IpVersion::V4) | (ip_proto::ICMPV6, IpVersion::V6) => {
-            let [ty, code] = p.src_port.get().to_be_bytes();
-            key.icmp_type = ty;
-            key.icmp_code = code;
-            let version = if key.ip_version == IpVersion::V4 { IcmpVersion::V4 } else { IcmpVersion::V6 };
-            let id = if icmp::is_echo(version, ty) { p.udp_length.get() } else { 0 };
-            key.src_port = id;
-            key.dst_port = id;
-            return Some(());
-        }
-        _ => return None,
+        key.icmp_type = 0;
+        key.icmp_code = 0;
+        key.src_port = p.src_port.get();
+        key.dst_port = p.dst_port.get();
+        return Some(());
     }
-    key.src_port = p.src_port.get();
-    key.dst_port = p.dst_port.get();
+    let version = match (key.protocol, key.ip_version) {
+        (ip_proto::ICMP, IpVersion::V4) => IcmpVersion::V4,
+        (ip_proto::ICMPV6, IpVersion::V6) => IcmpVersion::V6,
+        _ => return None,
+    };
+    let [ty, code] = p.src_port.get().to_be_bytes();
+    key.icmp_type = ty;
+    key.icmp_code = code;
+    let id = if icmp::is_echo(version, ty) { p.udp_length.get() } else { 0 };
+    key.src_port = id;
+    key.dst_port = id;
     Some(())
 }
 
