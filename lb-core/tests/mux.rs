@@ -501,24 +501,22 @@ fn counters_follow_their_resource_across_a_reconfiguration() {
 
 #[test]
 fn established_flows_follow_their_rule_through_a_reconfiguration() {
-    // Established flows are steered by the rule they remember, without looking their VIP and port
-    // up again: an update that renumbers or removes rules must leave that memory true.
+    // Established flows are steered by the listener they remember, without looking their VIP and
+    // port up again: an update that renumbers, renames or removes rules must not make that memory
+    // lie, and must not walk the table.
     let mut mux = Mux::new(node(1), config()).unwrap();
     let http: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap()).collect();
-    for i in 0..50u32 {
-        run(&mut mux, &tcp4(client(i), 40000, VIP, 443, true)).unwrap();
-    }
+    let https: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 443, true)).unwrap()).collect();
     // A fragmented datagram to DNS-Sticky: its first fragment leaves a record for the later ones.
     let mut first = vec![0x30, 0x39, 0x00, 0x35, 0x00, 32, 0, 0];
     first.extend_from_slice(&[0xaa; 8]);
     let dns = run(&mut mux, &udp_fragment(77, 0, true, &first)).unwrap();
-    let flows = mux.flows().len();
-    // A new rule first (every rule's counter moves up by one) and HTTPS-Rule gone.
+    // A new rule first (every rule's counter moves up by one), HTTPS-Rule gone, DNS-Sticky renamed.
     let mut cfg = config();
     cfg.rules.retain(|r| r.name != "HTTPS-Rule");
     cfg.rules.insert(0, rule("NewRule", 1, 0, Protocol::Tcp, 8080));
+    cfg.rules.iter_mut().find(|r| r.name == "DNS-Sticky").unwrap().name = "DNS-Renamed".into();
     mux.update(cfg).unwrap();
-    assert_eq!(mux.flows().len(), flows - 50, "the flows of the removed rule are gone");
     let before = mux.counters().clone();
     for i in 0..50u32 {
         let again = run(&mut mux, &tcp4(client(i), 40000, VIP, 80, false));
@@ -531,10 +529,17 @@ fn established_flows_follow_their_rule_through_a_reconfiguration() {
     let names: Vec<_> = mux.config().rules.iter().map(|r| r.name.clone()).collect();
     let at = |name: &str| names.iter().position(|n| n == name).unwrap();
     assert_eq!(after.rules[at("HTTP-Rule")].packets, before.rules[at("HTTP-Rule")].packets + 50);
-    assert_eq!(after.rules[at("DNS-Sticky")].packets, before.rules[at("DNS-Sticky")].packets + 1);
+    assert_eq!(after.rules[at("DNS-Renamed")].packets, before.rules[at("DNS-Renamed")].packets + 1);
     assert_eq!(after.rules[at("NewRule")].packets, 0, "counted under the rule that took them");
     assert_eq!(after.vips[0].packets, before.vips[0].packets + 51, "and under their VIP");
     assert_eq!(after.vips[1].packets, 0);
+    // HTTPS back: its connections, still in the table, go on to their backends.
+    mux.update(config()).unwrap();
+    for i in 0..50u32 {
+        let again = run(&mut mux, &tcp4(client(i), 40000, VIP, 443, false));
+        assert_eq!(again, Ok(https[i as usize]), "flow {i} of the restored rule");
+    }
+    assert_eq!(mux.counters().rules[1].packets, 50, "under HTTPS-Rule's counter");
 }
 
 #[test]

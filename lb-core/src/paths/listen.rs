@@ -29,6 +29,12 @@ pub(crate) struct Listener {
     pub counter: usize,
 }
 
+/// What names a listener across reconfigurations: its VIP, protocol and port range. A validated
+/// configuration has no two listeners of one VIP that share a protocol and port, so a packet that
+/// an identity's listener took is taken by the listener of that identity in any later
+/// configuration that has it.
+pub(crate) type ListenerIdentity = (IpVersion, [u8; 16], Protocol, u16, u16);
+
 #[derive(Debug, Clone)]
 pub(crate) struct Vip {
     pub version: IpVersion,
@@ -170,26 +176,12 @@ impl Vips {
         self.counter_vip.get(counter).filter(|&&v| v != NO_VIP).map(|&v| v as usize)
     }
 
-    /// Whether every packet finds the same VIP, listener and counter here as in `other`.
-    pub fn same_listeners(&self, other: &Vips) -> bool {
-        self.list.len() == other.list.len()
-            && self
-                .list
-                .iter()
-                .zip(&other.list)
-                .all(|(a, b)| (a.version, a.addr, &a.listeners) == (b.version, b.addr, &b.listeners))
-    }
-
-    /// The counter of the listener that a packet of the connection `t` (a flow of the table, not
-    /// a fragment record) finds: what its next packet would be counted under, if anything takes it.
-    pub fn counter_of(&self, t: &FlowTuple) -> Option<usize> {
-        let version = match t.version {
-            4 => IpVersion::V4,
-            6 => IpVersion::V6,
-            _ => return None,
-        };
-        let vip = self.find(version, &t.dst)?;
-        self.list[vip].listener(t.protocol, t.dst_port).map(|l| l.counter)
+    /// Every listener with its identity, `(counter, identity)`: what stays the same for a listener
+    /// across reconfigurations that keep its VIP, protocol and ports, whatever its counter becomes.
+    pub fn identities(&self) -> impl Iterator<Item = (usize, ListenerIdentity)> + '_ {
+        self.list
+            .iter()
+            .flat_map(|v| v.listeners.iter().map(move |l| (l.counter, (v.version, v.addr, l.protocol, l.lo, l.hi))))
     }
 
     #[inline(always)]
@@ -342,11 +334,6 @@ pub fn backend_tag(a: IpAddr) -> u32 {
 
 /// Marks the flow-table entries that remember a fragmented datagram rather than a connection.
 const FRAGMENT_MARK: u8 = 0x80;
-
-/// Whether a flow-table tuple is a [`fragment_record`] rather than a connection.
-pub(crate) fn is_fragment_record(t: &FlowTuple) -> bool {
-    t.version & FRAGMENT_MARK != 0
-}
 
 /// The flow-table record that ties the fragments of one datagram together: addresses, protocol and
 /// identification (later fragments carry no ports), marked so it never equals a connection's key.

@@ -20,7 +20,7 @@ use core::fmt;
 use core::net::IpAddr;
 
 use super::listen::{
-    addr16, backend_id, backend_tag, build_vips, fragment_record, is_fragment_record, Listener, Target, Vips,
+    addr16, backend_id, backend_tag, build_vips, fragment_record, Listener, ListenerIdentity, Target, Vips,
 };
 use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
 use crate::tables::{
@@ -67,6 +67,9 @@ pub enum MuxError {
     FlowTable(crate::tables::FlowTableError),
     /// More distinct (host, VNI) tunnels than a flow entry can name.
     TooManyTunnels,
+    /// More distinct listeners (VIP, protocol, port range), over this MUX's life, than a flow
+    /// entry can name.
+    TooManyListeners,
     /// A probe report names no pool member.
     UnknownBackend {
         /// Pool index.
@@ -84,6 +87,7 @@ impl fmt::Display for MuxError {
             MuxError::Tunnel(e) => write!(f, "tunnel: {e}"),
             MuxError::FlowTable(e) => write!(f, "flow table: {e:?}"),
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
+            MuxError::TooManyListeners => f.write_str("more than 65536 distinct listeners (VIP, protocol, ports)"),
             MuxError::UnknownBackend { pool, member } => write!(f, "no member {member} in pool {pool}"),
         }
     }
@@ -256,12 +260,23 @@ pub struct Mux {
     /// Flow-table `backend` field → (pool, member) for counters; may be stale after an update.
     tunnel_owner: Vec<(usize, usize)>,
     flows: FlowTable,
+    /// Append-only, like `tunnels`: every listener identity this MUX has had, so that a flow
+    /// names its listener by an index that survives reconfiguration.
+    listener_ids: Vec<ListenerIdentity>,
+    /// Listener index → its VIP and counter in the configuration in force (`NO_ROUTE` if it is
+    /// not there).
+    listener_route: Vec<(u32, u32)>,
+    /// Counter → listener index, for new flows.
+    counter_listener: Vec<u16>,
     /// The flow keys of the burst in flight (kept here so that a burst does not initialise them).
     burst_keys: Vec<FlowKey>,
     counters: MuxCounters,
     snat: SnatPlan,
     underlay: (crate::wire::IpVersion, [u8; 16]),
 }
+
+/// The route of a listener index whose listener is not in the configuration in force.
+const NO_ROUTE: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Mux {
     /// Builds a MUX for a validated configuration.
@@ -285,6 +300,9 @@ impl Mux {
             tunnel_keys: Vec::new(),
             tunnel_owner: Vec::new(),
             flows,
+            listener_ids: Vec::new(),
+            listener_route: Vec::new(),
+            counter_listener: Vec::new(),
             burst_keys: alloc::vec![FlowKey::default(); BURST],
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
@@ -353,29 +371,28 @@ impl Mux {
         }
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
-        // Established flows are steered by the listener counter they remember (see `steer`): when
-        // listeners change, each flow is resolved again as its next packet would be, by its VIP,
-        // protocol and port (a fragment record, which has no port, by its rule's name), and one
-        // that nothing takes any more is removed, so its packets find what a new one would. A walk
-        // over the whole table, so only when listeners change (not for pool or backend changes).
-        if !vips.same_listeners(&self.vips) {
-            let (old_names, new_names) = (rule_names(&self.lb), rule_names(&lb));
-            self.flows.retain(|e| {
-                let counter = if is_fragment_record(&e.tuple) {
-                    let name = old_names.get(usize::from(e.value.rule));
-                    name.and_then(|n| new_names.iter().position(|x| x == n))
-                } else {
-                    vips.counter_of(&e.tuple)
-                };
-                match counter.and_then(|c| u16::try_from(c).ok()) {
-                    Some(c) => {
-                        e.value.rule = c;
-                        true
-                    }
-                    None => false,
-                }
+        // Established flows name their listener by an index kept for its identity (VIP, protocol,
+        // ports) across reconfigurations; the new configuration gives each index its counter, or
+        // none, and a flow whose listener is gone takes the full path (see `steer`). Nothing walks
+        // the flow table.
+        let sortable = |(v, a, p, lo, hi): &ListenerIdentity| (*v as u8, *a, *p as u8, *lo, *hi);
+        let mut listener_ids = self.listener_ids.clone();
+        let mut known: alloc::collections::BTreeMap<_, usize> =
+            listener_ids.iter().enumerate().map(|(id, x)| (sortable(x), id)).collect();
+        let mut counter_listener = alloc::vec![0u16; counter];
+        let mut listener_route = Vec::new();
+        for (c, identity) in vips.identities() {
+            let id = *known.entry(sortable(&identity)).or_insert_with(|| {
+                listener_ids.push(identity);
+                listener_ids.len() - 1
             });
+            counter_listener[c] = u16::try_from(id).map_err(|_| MuxError::TooManyListeners)?;
+            if listener_route.len() <= id {
+                listener_route.resize(id + 1, NO_ROUTE);
+            }
+            listener_route[id] = (vips.of_counter(c).map_or(u32::MAX, |v| v as u32), c as u32);
         }
+        listener_route.resize(listener_ids.len(), NO_ROUTE);
         // Counters follow their resource (by name; backends by pool name and address), wherever
         // it moves in the new configuration; a new resource starts at zero, a removed one's go.
         let old = &self.lb;
@@ -418,6 +435,9 @@ impl Mux {
         self.tunnels = tunnels;
         self.tunnel_keys = keys;
         self.tunnel_owner = owners;
+        self.listener_ids = listener_ids;
+        self.listener_route = listener_route;
+        self.counter_listener = counter_listener;
         Ok(())
     }
 
@@ -553,16 +573,22 @@ impl Mux {
         now: u32,
     ) -> Verdict {
         let special = key.fragment != Fragment::None || key.is_icmp_error();
-        // An established connection first: its flow names the listener that took it (its counter,
-        // which `update` keeps true to the configuration in force) and its backend, so neither the
-        // VIP nor the listener is looked up again; what the full path below would find is the same.
+        // An established connection first: its flow names its listener, whose counter in the
+        // configuration in force gives the VIP and the counters, so neither the VIP nor the
+        // listener is looked up again. A listener that is gone sends the packet down the full path
+        // below, which finds what took its VIP, protocol and port now (the flow keeps its backend).
+        let mut known_miss = false;
         if !special {
-            if let Some(at) = self.flows.lookup_probed(probe, key, now) {
-                let e = self.flows.touch(at, key.tcp_flags, now);
-                let rule = usize::from(e.value.rule);
-                if let Some(vip) = self.vips.of_counter(rule) {
-                    return self.forward(buf, start, len, vip, rule, e.value.backend, false, key_hash);
+            match self.flows.lookup_probed(probe, key, now) {
+                Some(at) => {
+                    let e = self.flows.touch(at, key.tcp_flags, now);
+                    let route = self.listener_route.get(usize::from(e.value.listener)).copied();
+                    if let Some((vip, rule)) = route.filter(|&r| r != NO_ROUTE) {
+                        let (vip, rule) = (vip as usize, rule as usize);
+                        return self.forward(buf, start, len, vip, rule, e.value.backend, false, key_hash);
+                    }
                 }
+                None => known_miss = true,
             }
         }
         let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
@@ -574,9 +600,14 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
-        // The table holds no flow for it (looked up above): a new connection.
-        match self.open(&l, key, key_hash, probe, key.tcp_flags, true, now) {
-            Ok(tunnel) => self.forward(buf, start, len, vip, l.counter, tunnel, true, key_hash),
+        let found = if known_miss {
+            // The table holds no flow for it (looked up above): a new connection.
+            self.open(&l, key, key_hash, probe, key.tcp_flags, true, now).map(|t| (t, true))
+        } else {
+            self.connection(&l, key, key_hash, probe, key.tcp_flags, true, now)
+        };
+        match found {
+            Ok((tunnel, new_flow)) => self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash),
             Err(reason) => Verdict::Drop(reason),
         }
     }
@@ -597,7 +628,10 @@ impl Mux {
         now: u32,
     ) -> Result<(u16, bool), DropReason> {
         if let Some(at) = self.flows.lookup_probed(probe, flow, now) {
-            return Ok((self.flows.touch(at, tcp_flags, now).value.backend, false));
+            let backend = self.flows.touch(at, tcp_flags, now).value.backend;
+            // The listener that takes it now (the one it named may be gone).
+            self.flows.value_mut(at).listener = self.listener_of(l);
+            return Ok((backend, false));
         }
         Ok((self.open(l, flow, hash, probe, tcp_flags, record, now)?, record))
     }
@@ -618,7 +652,7 @@ impl Mux {
     ) -> Result<u16, DropReason> {
         let (tunnel, idle) = self.choose(l, flow, hash)?;
         if record {
-            let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+            let new = MuxFlow { backend: tunnel, listener: self.listener_of(l) };
             self.flows.insert_probed(probe, &FlowTuple::from(flow), tcp_flags, new, idle, now);
         }
         Ok(tunnel)
@@ -659,7 +693,9 @@ impl Mux {
                 return Verdict::Drop(DropReason::FragmentUnknown);
             };
             let e = self.flows.touch(at, 0, now);
-            return self.forward(buf, start, len, vip, usize::from(e.value.rule), e.value.backend, false, frag_hash);
+            // Counted under its first fragment's listener, if the configuration still has it.
+            let rule = self.listener_route.get(usize::from(e.value.listener)).map_or(usize::MAX, |&(_, c)| c as usize);
+            return self.forward(buf, start, len, vip, rule, e.value.backend, false, frag_hash);
         }
         let Some(l) = self.vips[vip].listener(flow.protocol, flow.dst_port) else {
             return self.snat_reply(buf, start, len, vip, &flow, hash);
@@ -673,7 +709,7 @@ impl Mux {
         if flow.fragment == Fragment::First {
             let (ft, fh) = fragment_record(&flow, seed);
             if self.flows.lookup(&ft, fh, now).is_none() {
-                let new = MuxFlow { backend: tunnel, rule: l.counter as u16 };
+                let new = MuxFlow { backend: tunnel, listener: self.listener_of(&l) };
                 self.flows.insert(&ft, fh, 0, new, 4, now);
             }
         }
@@ -697,6 +733,12 @@ impl Mux {
                 }
             }
         }
+    }
+
+    /// The index a flow names listener `l` by.
+    #[inline(always)]
+    fn listener_of(&self, l: &Listener) -> u16 {
+        self.counter_listener.get(l.counter).copied().unwrap_or_default()
     }
 
     /// The hash a rule balances `flow` (5-tuple hash `hash`) by: its distribution mode's fields.

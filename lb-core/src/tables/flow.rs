@@ -101,8 +101,9 @@ pub struct MuxFlow {
     /// Index of the backend (tunnel) chosen when the flow started, kept for the flow's life
     /// whatever the backend's health or later table rebuilds.
     pub backend: u16,
-    /// Index of the rule that matched.
-    pub rule: u16,
+    /// The listener (rule, NAT rule or NAT pool on a VIP, protocol and port range) that took the
+    /// connection, by a number the MUX gives each listener and keeps across reconfigurations.
+    pub listener: u16,
 }
 
 impl FlowValue for MuxFlow {}
@@ -783,7 +784,7 @@ mod tests {
         for i in 0..500u64 {
             let (tp, h) = tuple(i);
             if i % 2 == 0 {
-                t.insert(&tp, h, TcpFlags::SYN, MuxFlow { backend: i as u16, rule: 0 }, 4, 0);
+                t.insert(&tp, h, TcpFlags::SYN, MuxFlow { backend: i as u16, listener: 0 }, 4, 0);
             }
         }
         for i in 0..500u64 {
@@ -969,7 +970,7 @@ mod tests {
         (t, (x >> 20) as u32)
     }
 
-    const NEW: MuxFlow = MuxFlow { backend: 7, rule: 1 };
+    const NEW: MuxFlow = MuxFlow { backend: 7, listener: 1 };
 
     #[test]
     fn prepare_sees_the_whole_table_before_it_is_written() {
