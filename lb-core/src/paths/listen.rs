@@ -95,6 +95,12 @@ impl Vip {
     /// listeners of one VIP that both match, so the port index and the ranges never disagree.
     #[inline(always)]
     pub fn listener(&self, protocol: u8, port: u16) -> Option<Listener> {
+        self.listener_index(protocol, port).map(|i| self.listeners[i])
+    }
+
+    /// [`Vip::listener`]'s index in `listeners`.
+    #[inline(always)]
+    pub fn listener_index(&self, protocol: u8, port: u16) -> Option<usize> {
         if !self.ports.is_empty() && (protocol == crate::wire::ip_proto::TCP || protocol == crate::wire::ip_proto::UDP)
         {
             let key = Self::port_key(protocol, port);
@@ -102,7 +108,7 @@ impl Vip {
             let mut at = Self::port_home(key, mask);
             while let Some(&(k, i)) = self.ports.get(at) {
                 if k == key {
-                    return self.listeners.get(i as usize).copied();
+                    return Some(i as usize).filter(|&i| i < self.listeners.len());
                 }
                 if k == NO_PORT {
                     break;
@@ -110,11 +116,9 @@ impl Vip {
                 at = (at + 1) & mask;
             }
         }
-        self.ranges
-            .iter()
-            .filter_map(|&i| self.listeners.get(i as usize))
-            .find(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port))
-            .copied()
+        self.ranges.iter().map(|&i| i as usize).find(|&i| {
+            self.listeners.get(i).is_some_and(|l| l.protocol.matches(protocol) && (l.lo..=l.hi).contains(&port))
+        })
     }
 
     /// Whether some listener claims `port` for some protocol.

@@ -275,7 +275,8 @@ pub struct Mux {
     underlay: (crate::wire::IpVersion, [u8; 16]),
 }
 
-/// The route of a listener index whose listener is not in the configuration in force.
+/// No (VIP, listener or counter) pair: a listener index whose listener is not in the configuration
+/// in force, or a packet of a burst whose VIP and listener were not looked up ahead.
 const NO_ROUTE: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Mux {
@@ -508,15 +509,17 @@ impl Mux {
                     }
                 }
             }
+            // Where a new flow will go: the VIP and listener, found here once.
+            let mut routes = [NO_ROUTE; BURST];
             for i in 0..group.len() {
                 if parsed[i] && self.flows.prefetch_entry(&mut probes[i], now) {
-                    self.prefetch_choice(&keys[i], hashes[i]);
+                    routes[i] = self.prefetch_choice(&keys[i], hashes[i]);
                 }
             }
             for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
                 *v = if parsed[i] {
                     let (buf, start, len) = f.parts();
-                    self.steer(buf, start, len, &keys[i], hashes[i], &probes[i], now)
+                    self.steer(buf, start, len, &keys[i], hashes[i], &probes[i], routes[i], now)
                 } else {
                     Verdict::Drop(DropReason::Malformed)
                 };
@@ -547,7 +550,7 @@ impl Mux {
         let v = match key {
             Some((k, h)) => {
                 let probe = self.flows.probe(*h);
-                self.steer(buf, start, len, k, *h, &probe, now)
+                self.steer(buf, start, len, k, *h, &probe, NO_ROUTE, now)
             }
             None => Verdict::Drop(DropReason::Malformed),
         };
@@ -570,6 +573,7 @@ impl Mux {
         key: &FlowKey,
         key_hash: u32,
         probe: &FlowProbe,
+        route: (u32, u32),
         now: u32,
     ) -> Verdict {
         let special = key.fragment != Fragment::None || key.is_icmp_error();
@@ -582,13 +586,23 @@ impl Mux {
             match self.flows.lookup_probed(probe, key, now) {
                 Some(at) => {
                     let e = self.flows.touch(at, key.tcp_flags, now);
-                    let route = self.listener_route.get(usize::from(e.value.listener)).copied();
-                    if let Some((vip, rule)) = route.filter(|&r| r != NO_ROUTE) {
+                    let named = self.listener_route.get(usize::from(e.value.listener)).copied();
+                    if let Some((vip, rule)) = named.filter(|&r| r != NO_ROUTE) {
                         let (vip, rule) = (vip as usize, rule as usize);
                         return self.forward(buf, start, len, vip, rule, e.value.backend, false, key_hash);
                     }
                 }
                 None => known_miss = true,
+            }
+        }
+        // A new flow whose VIP and listener the burst's middle pass found (a miss then and now).
+        if known_miss && route != NO_ROUTE {
+            let vip = route.0 as usize;
+            if let Some(&l) = self.vips.get(vip).and_then(|v| v.listeners.get(route.1 as usize)) {
+                return match self.open(&l, key, key_hash, probe, key.tcp_flags, true, now) {
+                    Ok(tunnel) => self.forward(buf, start, len, vip, l.counter, tunnel, true, key_hash),
+                    Err(reason) => Verdict::Drop(reason),
+                };
             }
         }
         let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else {
@@ -719,20 +733,23 @@ impl Mux {
     /// For a packet whose flow the table does not hold (a new flow, most likely): starts loading
     /// the Maglev slot that choosing its backend will read, a few packets before it is read. Out of
     /// line: established flows never come here, and inlined it crowded their loop.
+    /// Returns the VIP and listener it found (indices; `NO_ROUTE` if none), which steering the
+    /// packet then need not look up again.
     #[inline(never)]
-    fn prefetch_choice(&self, key: &FlowKey, hash: u32) {
+    fn prefetch_choice(&self, key: &FlowKey, hash: u32) -> (u32, u32) {
         if key.fragment != Fragment::None || key.is_icmp_error() {
-            return;
+            return NO_ROUTE;
         }
-        let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else { return };
-        let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else { return };
-        if let Target::Rule(r) = l.target {
+        let Some(vip) = self.vips.find(key.ip_version, &key.dst_addr) else { return NO_ROUTE };
+        let Some(li) = self.vips[vip].listener_index(key.protocol, key.dst_port) else { return NO_ROUTE };
+        if let Target::Rule(r) = self.vips[vip].listeners[li].target {
             if let Some(rule) = self.lb.rules.get(r) {
                 if let Some(state) = self.pools.get(rule.pool) {
                     state.table.prefetch(self.rule_hash(rule, key, hash));
                 }
             }
         }
+        (vip as u32, li as u32)
     }
 
     /// The index a flow names listener `l` by.

@@ -381,6 +381,14 @@ impl<V: FlowValue> FlowTable<V> {
             if bucket.sigs[i] == p.sig && bucket.entries[i].tuple.is_of(key) {
                 return self.found(b, i, now);
             }
+        } else if let Some(h) = p.place {
+            // The middle pass saw no signature match, and chose where an insert goes: if neither
+            // bucket has changed since (their signatures move only with their versions), the
+            // search would find nothing either. A new flow's lookup costs two compares.
+            if h.versions == (self.buckets[p.b1 as usize].version, self.buckets[p.b2 as usize].version) {
+                self.counters.misses += 1;
+                return None;
+            }
         }
         self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
     }
@@ -953,6 +961,39 @@ mod tests {
         // Idle past its timeout (4 minutes): expired, not a hit.
         assert_eq!(t.lookup_probed(&p, &key(&b), 4 * 60 + 1), None);
         assert_eq!((t.len(), t.counters().expired), (0, 1));
+    }
+
+    /// A lookup after a middle pass that saw no signature match answers "miss" without searching,
+    /// but only while neither bucket has changed: a flow of the same signature inserted since (an
+    /// earlier packet of the burst opening the same connection) is found.
+    #[test]
+    fn lookup_trusts_a_miss_seen_ahead_only_while_the_buckets_are_unchanged() {
+        let key = |t: &FlowTuple| FlowKey {
+            src_addr: t.src,
+            dst_addr: t.dst,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            protocol: t.protocol,
+            ..FlowKey::default()
+        };
+        let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
+        let h = 0x0bad_cafe;
+        let a = tuple(1).0;
+        let mut p = t.probe(h);
+        assert!(t.prefetch_entry(&mut p, 0), "nothing matches: a new flow");
+        let misses = t.counters().misses;
+        assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
+        assert_eq!(t.counters().misses, misses + 1, "a miss, counted");
+        // The same connection inserted by an earlier packet of the burst: found, not missed.
+        let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), 4, 0);
+        assert_eq!(t.lookup_probed(&p, &key(&a), 0), Some(at));
+        // Any other change of either bucket (a deadline moved) also sends it to the full search.
+        let mut p = t.probe(h);
+        t.remove(at);
+        assert!(t.prefetch_entry(&mut p, 0));
+        let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), 4, 0);
+        t.refresh(at, 10);
+        assert_eq!(t.lookup_probed(&p, &key(&a), 10), Some(at));
     }
 
     fn tuple(i: u64) -> (FlowTuple, u32) {
