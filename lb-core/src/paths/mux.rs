@@ -67,8 +67,7 @@ pub enum MuxError {
     FlowTable(crate::tables::FlowTableError),
     /// More distinct (host, VNI) tunnels than a flow entry can name.
     TooManyTunnels,
-    /// More distinct listeners (VIP, protocol, port range), over this MUX's life, than a flow
-    /// entry can name.
+    /// More listeners (VIP, protocol, port range) in one configuration than a flow entry can name.
     TooManyListeners,
     /// A probe report names no pool member.
     UnknownBackend {
@@ -87,7 +86,7 @@ impl fmt::Display for MuxError {
             MuxError::Tunnel(e) => write!(f, "tunnel: {e}"),
             MuxError::FlowTable(e) => write!(f, "flow table: {e:?}"),
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
-            MuxError::TooManyListeners => f.write_str("more than 65536 distinct listeners (VIP, protocol, ports)"),
+            MuxError::TooManyListeners => f.write_str("more than 65535 listeners (VIP, protocol, ports)"),
             MuxError::UnknownBackend { pool, member } => write!(f, "no member {member} in pool {pool}"),
         }
     }
@@ -247,6 +246,56 @@ fn prefetch_frame(f: &mut impl BurstFrame) {
     }
 }
 
+/// How a configuration's listeners map to the indices flows name them by.
+struct ListenerPlan {
+    /// Every identity with an index, the index being the position.
+    ids: Vec<ListenerIdentity>,
+    /// Index → (VIP, counter) in the configuration, `NO_ROUTE` if it has no such listener.
+    route: Vec<(u32, u32)>,
+    /// Counter → index.
+    counter_listener: Vec<u16>,
+}
+
+impl ListenerPlan {
+    /// Identity → index.
+    fn index(&self) -> alloc::collections::BTreeMap<SortableIdentity, usize> {
+        self.ids.iter().enumerate().map(|(id, x)| (sortable_identity(x), id)).collect()
+    }
+}
+
+/// A listener identity as an ordered key.
+type SortableIdentity = (u8, [u8; 16], u8, u16, u16);
+
+fn sortable_identity((v, a, p, lo, hi): &ListenerIdentity) -> SortableIdentity {
+    (*v as u8, *a, *p as u8, *lo, *hi)
+}
+
+/// The indices of `vips`' listeners (`counters` of them), keeping those of `ids` and giving new
+/// identities the next ones.
+fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> ListenerPlan {
+    let mut plan = ListenerPlan { ids, route: Vec::new(), counter_listener: alloc::vec![GONE_LISTENER; counters] };
+    let mut known = plan.index();
+    for (c, identity) in vips.identities() {
+        let id = *known.entry(sortable_identity(&identity)).or_insert_with(|| {
+            plan.ids.push(identity);
+            plan.ids.len() - 1
+        });
+        if let Some(slot) = plan.counter_listener.get_mut(c) {
+            *slot = u16::try_from(id).unwrap_or(GONE_LISTENER);
+        }
+        if plan.route.len() <= id {
+            plan.route.resize(id + 1, NO_ROUTE);
+        }
+        plan.route[id] = (vips.of_counter(c).map_or(u32::MAX, |v| v as u32), c as u32);
+    }
+    plan.route.resize(plan.ids.len(), NO_ROUTE);
+    plan
+}
+
+/// The listener index of a flow whose listener no configuration has any more (never given out:
+/// at most `GONE_LISTENER` indices, 0 to 65,534, are).
+const GONE_LISTENER: u16 = u16::MAX;
+
 /// One core's MUX.
 pub struct Mux {
     node: MuxNode,
@@ -268,6 +317,8 @@ pub struct Mux {
     listener_route: Vec<(u32, u32)>,
     /// Counter → listener index, for new flows.
     counter_listener: Vec<u16>,
+    /// How many listener indices a flow entry can name (`GONE_LISTENER`; lowered by tests).
+    listener_limit: usize,
     /// The flow keys of the burst in flight (kept here so that a burst does not initialise them).
     burst_keys: Vec<FlowKey>,
     counters: MuxCounters,
@@ -304,6 +355,7 @@ impl Mux {
             listener_ids: Vec::new(),
             listener_route: Vec::new(),
             counter_listener: Vec::new(),
+            listener_limit: usize::from(GONE_LISTENER),
             burst_keys: alloc::vec![FlowKey::default(); BURST],
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
@@ -317,6 +369,10 @@ impl Mux {
     /// Applies a new configuration at run time. Established flows keep their backend (they name
     /// their tunnel, which stays); new flows follow the new rules and pools. Health of members that
     /// keep their address in a pool of the same name carries over. On error nothing changes.
+    ///
+    /// It does not visit the flows, with one exception: after 65,535 distinct listeners (VIP,
+    /// protocol, ports) over the MUX's life, the indices flows name them by start again from
+    /// this configuration, and that update renumbers the flows in one walk of the table.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), MuxError> {
         lb.validate().map_err(MuxError::Config)?;
         let mut tunnels = self.tunnels.clone();
@@ -374,26 +430,28 @@ impl Mux {
         let (vips, counter) = build_vips(&lb);
         // Established flows name their listener by an index kept for its identity (VIP, protocol,
         // ports) across reconfigurations; the new configuration gives each index its counter, or
-        // none, and a flow whose listener is gone takes the full path (see `steer`). Nothing walks
-        // the flow table.
-        let sortable = |(v, a, p, lo, hi): &ListenerIdentity| (*v as u8, *a, *p as u8, *lo, *hi);
-        let mut listener_ids = self.listener_ids.clone();
-        let mut known: alloc::collections::BTreeMap<_, usize> =
-            listener_ids.iter().enumerate().map(|(id, x)| (sortable(x), id)).collect();
-        let mut counter_listener = alloc::vec![0u16; counter];
-        let mut listener_route = Vec::new();
-        for (c, identity) in vips.identities() {
-            let id = *known.entry(sortable(&identity)).or_insert_with(|| {
-                listener_ids.push(identity);
-                listener_ids.len() - 1
-            });
-            counter_listener[c] = u16::try_from(id).map_err(|_| MuxError::TooManyListeners)?;
-            if listener_route.len() <= id {
-                listener_route.resize(id + 1, NO_ROUTE);
+        // none, and a flow whose listener is gone takes the full path (see `steer`).
+        let mut plan = plan_listeners(self.listener_ids.clone(), &vips, counter);
+        if plan.ids.len() > self.listener_limit {
+            // Indices only ever grow (one per identity ever configured). When they would no longer
+            // fit a flow entry, start again from the configuration in force alone and renumber the
+            // flows once, in a walk of the table; one whose listener is gone gets `GONE_LISTENER`.
+            plan = plan_listeners(Vec::new(), &vips, counter);
+            if plan.ids.len() > self.listener_limit {
+                return Err(MuxError::TooManyListeners);
             }
-            listener_route[id] = (vips.of_counter(c).map_or(u32::MAX, |v| v as u32), c as u32);
+            let sortable = plan.index();
+            let renumber: Vec<u16> = self
+                .listener_ids
+                .iter()
+                .map(|x| sortable.get(&sortable_identity(x)).map_or(GONE_LISTENER, |&id| id as u16))
+                .collect();
+            self.flows.retain(|e| {
+                e.value.listener = renumber.get(usize::from(e.value.listener)).copied().unwrap_or(GONE_LISTENER);
+                true
+            });
         }
-        listener_route.resize(listener_ids.len(), NO_ROUTE);
+        let ListenerPlan { ids: listener_ids, route: listener_route, counter_listener } = plan;
         // Counters follow their resource (by name; backends by pool name and address), wherever
         // it moves in the new configuration; a new resource starts at zero, a removed one's go.
         let old = &self.lb;
@@ -912,4 +970,119 @@ fn rebuild_pool(state: &mut PoolState, pool: &crate::config::Pool, size: u32) ->
         }
     }
     state.table.rebuild(&backends, size).map_err(MuxError::Maglev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Frontend, Pool, Protocol, Rule};
+    use crate::wire::MacAddr;
+    use core::net::Ipv4Addr;
+
+    const HEADROOM: usize = 128;
+
+    fn config(ports: &[u16]) -> LoadBalancer {
+        let rule = |port: u16| Rule {
+            name: alloc::format!("tcp-{port}"),
+            frontend: 0,
+            pool: 0,
+            probe: None,
+            protocol: Protocol::Tcp,
+            frontend_port: port,
+            backend_port: port,
+            load_distribution: crate::config::LoadDistribution::Default,
+            floating_ip: false,
+            idle_timeout_minutes: 4,
+            tcp_reset: false,
+            disable_outbound_snat: false,
+        };
+        LoadBalancer {
+            name: "lb".into(),
+            frontends: alloc::vec![Frontend { name: "vip".into(), address: Ipv4Addr::new(20, 0, 0, 1).into() }],
+            pools: alloc::vec![Pool {
+                name: "pool".into(),
+                vni: 7,
+                backends: (0..4u8)
+                    .map(|b| Backend {
+                        name: alloc::format!("b{b}"),
+                        address: Ipv4Addr::new(10, 0, 0, 4 + b).into(),
+                        host: Ipv4Addr::new(172, 16, 0, 4 + b).into(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+            rules: ports.iter().map(|&p| rule(p)).collect(),
+            ..LoadBalancer::default()
+        }
+    }
+
+    fn mux(ports: &[u16]) -> Mux {
+        let node = MuxNode {
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            gateway_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            underlay: Ipv4Addr::new(172, 16, 5, 10).into(),
+            ttl: 64,
+            mtu: 9000,
+            hash_seed: 1,
+            flow_capacity: 1000,
+            maglev_size: 251,
+        };
+        Mux::new(node, config(ports)).unwrap()
+    }
+
+    /// A TCP segment from client `c` to the VIP's `port`, in a buffer with headroom; `syn` or ACK.
+    fn segment(c: u8, port: u16, syn: bool) -> alloc::vec::Vec<u8> {
+        let mut f = alloc::vec![0u8; HEADROOM];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, c, 20, 0, 0, 1]);
+        f.extend_from_slice(&40000u16.to_be_bytes());
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, if syn { 0x02 } else { 0x10 }, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    /// The underlay host a segment was tunnelled to, or the drop reason.
+    fn run(m: &mut Mux, c: u8, port: u16, syn: bool) -> Result<[u8; 4], DropReason> {
+        let mut f = segment(c, port, syn);
+        let len = f.len() - HEADROOM;
+        match m.process(&mut f, HEADROOM, len, 10) {
+            Verdict::Forward { start, .. } => Ok(f[start + 30..start + 34].try_into().unwrap()),
+            Verdict::Drop(r) => Err(r),
+        }
+    }
+
+    /// Listener indices only grow, one per identity ever configured; when they would not fit a flow
+    /// entry any more, they start again from the configuration in force and the flows are
+    /// renumbered once: established flows keep their backend and their counters, the flows of a
+    /// listener that is gone take the full path, and a configuration with more listeners than
+    /// an entry can name is refused with the running one kept.
+    #[test]
+    fn listener_indices_start_again_when_they_run_out() {
+        let mut m = mux(&[80, 443]);
+        m.listener_limit = 3;
+        let web: alloc::vec::Vec<_> = (0..40).map(|c| run(&mut m, c, 80, true).unwrap()).collect();
+        let tls: alloc::vec::Vec<_> = (0..40).map(|c| run(&mut m, c, 443, true).unwrap()).collect();
+        m.update(config(&[80, 8080])).unwrap();
+        assert_eq!(m.listener_ids.len(), 3, "80, 443 and 8080 have indices");
+        m.update(config(&[9090, 80])).unwrap();
+        assert_eq!(m.listener_ids.len(), 2, "started again from 9090 and 80");
+        let before = m.counters().rules[1].packets;
+        for c in 0..40 {
+            assert_eq!(run(&mut m, c, 80, false), Ok(web[usize::from(c)]), "flow {c} keeps its backend");
+            assert_eq!(run(&mut m, c, 443, false), Err(DropReason::NoRule), "443 is gone");
+        }
+        assert_eq!(m.counters().rules[1].packets, before + 40, "counted under tcp-80, now rule 1");
+        assert_eq!(m.counters().rules[0].packets, 0);
+        // 443 back: its connections, still in the table (renumbered as gone), go on to their
+        // backends through the full path, which gives them their new index.
+        m.update(config(&[9090, 80, 443])).unwrap();
+        for c in 0..40 {
+            assert_eq!(run(&mut m, c, 443, false), Ok(tls[usize::from(c)]), "flow {c} of 443");
+            assert_eq!(run(&mut m, c, 443, false), Ok(tls[usize::from(c)]), "and by its new index");
+        }
+        assert_eq!(m.counters().vips[0].new_flows, 80, "no flow was opened again");
+        // One listener more than an entry can name: refused, the running configuration kept.
+        assert_eq!(m.update(config(&[1, 2, 3, 4])), Err(MuxError::TooManyListeners));
+        assert_eq!(m.config().rules.len(), 3);
+    }
 }

@@ -366,8 +366,10 @@ impl<V: FlowValue> FlowTable<V> {
         self.lookup_probed(&p, key, now)
     }
 
-    /// [`FlowTable::lookup_key`] at a probe already computed for the key's hash.
-    #[inline]
+    /// [`FlowTable::lookup_key`] at a probe already computed for the key's hash. Always inlined:
+    /// the checks of what the middle pass saw are a few instructions, and out of line the call
+    /// and its arguments cost more than they do; the full search stays out of line.
+    #[inline(always)]
     pub fn lookup_probed(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
         // The slot the middle pass of a burst saw match first: if it still holds this flow, that
         // is what the full search would find first too (a flow is in the table once).
@@ -390,6 +392,13 @@ impl<V: FlowValue> FlowTable<V> {
                 return None;
             }
         }
+        self.search_key(p, key, now)
+    }
+
+    /// The full search of [`FlowTable::lookup_probed`], when what the middle pass saw no longer
+    /// holds (or it did not look).
+    #[inline(never)]
+    fn search_key(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
         self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
     }
 
