@@ -309,8 +309,9 @@ pub struct Mux {
     /// Flow-table `backend` field → (pool, member) for counters; may be stale after an update.
     tunnel_owner: Vec<(usize, usize)>,
     flows: FlowTable,
-    /// Append-only, like `tunnels`: every listener identity this MUX has had, so that a flow
-    /// names its listener by an index that survives reconfiguration.
+    /// Every listener identity this MUX has had (position = index), so that a flow names its
+    /// listener by an index that survives reconfiguration; it only grows, except that `update`
+    /// starts it again from the configuration in force when it would outgrow `listener_limit`.
     listener_ids: Vec<ListenerIdentity>,
     /// Listener index → its VIP and counter in the configuration in force (`NO_ROUTE` if it is
     /// not there).
