@@ -543,6 +543,32 @@ fn established_flows_follow_their_rule_through_a_reconfiguration() {
 }
 
 #[test]
+fn a_reset_after_its_rule_is_replaced_closes_the_flow_once() {
+    // VIP:80's rule replaced by HA ports on the same VIP: an established connection's packets take
+    // the full path (their listener is gone), which finds the flow and keeps its backend. A RST
+    // closes it there, once: it must not be removed on the way and then opened again as new.
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    let hosts: Vec<_> = (0..60u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap()).collect();
+    let mut cfg = config();
+    cfg.rules.retain(|r| r.frontend != 0);
+    cfg.rules.push(Rule { backend_port: 0, frontend_port: 0, ..rule("Web-HA", 0, 0, Protocol::All, 0) });
+    mux.update(cfg).unwrap();
+    let (flows, new_flows) = (mux.flows().len(), mux.counters().vips[0].new_flows);
+    for (i, h) in hosts.iter().enumerate() {
+        let mut rst = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
+            .ipv4(client(i as u32), VIP, 64)
+            .tcp(40000, 80, 1000, 0)
+            .rst()
+            .write(&mut rst, &[])
+            .unwrap();
+        assert_eq!(run(&mut mux, &rst).as_ref(), Ok(h), "flow {i}: the RST goes to its backend");
+    }
+    assert_eq!(mux.flows().len(), flows - 60, "every flow closed");
+    assert_eq!(mux.counters().vips[0].new_flows, new_flows, "none opened again");
+}
+
+#[test]
 fn drop_reasons_are_listed_in_counter_order_with_their_names() {
     for (i, r) in DropReason::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i);

@@ -644,11 +644,12 @@ impl Mux {
         if !special {
             match self.flows.lookup_probed(probe, key, now) {
                 Some(at) => {
-                    let e = self.flows.touch(at, key.tcp_flags, now);
-                    let named = self.listener_route.get(usize::from(e.value.listener)).copied();
+                    // Touched (its TCP state moved, a RST removing it) only if it is steered here:
+                    // otherwise the full path below finds it again and touches it once.
+                    let named = self.listener_route.get(usize::from(self.flows.entry(at).value.listener)).copied();
                     if let Some((vip, rule)) = named.filter(|&r| r != NO_ROUTE) {
-                        let (vip, rule) = (vip as usize, rule as usize);
-                        return self.forward(buf, start, len, vip, rule, e.value.backend, false, key_hash);
+                        let backend = self.flows.touch(at, key.tcp_flags, now).value.backend;
+                        return self.forward(buf, start, len, vip as usize, rule as usize, backend, false, key_hash);
                     }
                 }
                 None => known_miss = true,
