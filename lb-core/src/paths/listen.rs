@@ -138,15 +138,12 @@ pub(crate) struct Vips {
     slots: Vec<([u8; 16], IpVersion, u32)>,
     /// `slots.len() - 1` (a power of two minus one).
     mask: usize,
-    /// The VIP of each listener counter (a rule has one frontend): what an established flow, which
-    /// remembers only its rule's counter, is counted under.
-    counter_vip: Vec<u32>,
 }
 
 const NO_VIP: u32 = u32::MAX;
 
 impl Vips {
-    fn new(mut list: Vec<Vip>, counters: usize) -> Self {
+    fn new(mut list: Vec<Vip>) -> Self {
         for v in &mut list {
             v.index_ports();
         }
@@ -163,29 +160,16 @@ impl Vips {
                 slots[at] = (v.addr, v.version, i as u32);
             }
         }
-        let mut counter_vip = alloc::vec![NO_VIP; counters];
-        for (i, v) in list.iter().enumerate() {
-            for l in &v.listeners {
-                if let Some(c) = counter_vip.get_mut(l.counter) {
-                    *c = i as u32;
-                }
-            }
-        }
-        Vips { list, slots, mask, counter_vip }
+        Vips { list, slots, mask }
     }
 
-    /// The VIP whose listener has counter `counter`.
-    #[inline(always)]
-    pub fn of_counter(&self, counter: usize) -> Option<usize> {
-        self.counter_vip.get(counter).filter(|&&v| v != NO_VIP).map(|&v| v as usize)
-    }
-
-    /// Every listener with its identity, `(counter, identity)`: what stays the same for a listener
-    /// across reconfigurations that keep its VIP, protocol and ports, whatever its counter becomes.
-    pub fn identities(&self) -> impl Iterator<Item = (usize, ListenerIdentity)> + '_ {
-        self.list
-            .iter()
-            .flat_map(|v| v.listeners.iter().map(move |l| (l.counter, (v.version, v.addr, l.protocol, l.lo, l.hi))))
+    /// Every listener with its VIP and identity, `(vip, counter, identity)`: the identity is what
+    /// stays the same for a listener across reconfigurations that keep its VIP, protocol and ports,
+    /// whatever its counter becomes.
+    pub fn identities(&self) -> impl Iterator<Item = (usize, usize, ListenerIdentity)> + '_ {
+        self.list.iter().enumerate().flat_map(|(i, v)| {
+            v.listeners.iter().map(move |l| (i, l.counter, (v.version, v.addr, l.protocol, l.lo, l.hi)))
+        })
     }
 
     #[inline(always)]
@@ -262,7 +246,7 @@ pub(crate) fn build_vips(lb: &LoadBalancer) -> (Vips, usize) {
         vips[frontend].listeners.push(Listener { protocol, lo, hi, target, counter });
         counter += 1;
     }
-    (Vips::new(vips, counter), counter)
+    (Vips::new(vips), counter)
 }
 
 /// What a listener does with a connection, whichever kind of rule it is.
@@ -378,7 +362,7 @@ mod tests {
         v.listeners.push(l(Protocol::Tcp, 50000, 50099, n));
         v.listeners.push(l(Protocol::All, 7000, 7000, n + 1));
         v.listeners.push(l(Protocol::Udp, 60000, 60010, n + 2));
-        let vips = Vips::new(vec![v], 0);
+        let vips = Vips::new(vec![v]);
         let v = &vips[0];
         let scan = |protocol: u8, port: u16| {
             v.listeners
@@ -414,7 +398,7 @@ mod tests {
         let same_bytes = list[7].addr;
         list.push(vip(IpVersion::V6, same_bytes));
         list.push(vip(IpVersion::V4, list[3].addr));
-        let vips = Vips::new(list.clone(), 0);
+        let vips = Vips::new(list.clone());
         assert_eq!(vips.len(), 302);
         for (i, v) in list.iter().enumerate().take(301) {
             assert_eq!(vips.find(v.version, &v.addr), Some(i), "VIP {i}");
@@ -425,6 +409,6 @@ mod tests {
         assert_eq!(vips.find(IpVersion::V4, &other), None);
         assert_eq!(vips.find(IpVersion::V6, &list[0].addr), None);
         assert_eq!(Vips::default().find(IpVersion::V4, &other), None);
-        assert_eq!(Vips::new(vec![], 0).find(IpVersion::V4, &other), None);
+        assert_eq!(Vips::new(vec![]).find(IpVersion::V4, &other), None);
     }
 }

@@ -275,7 +275,7 @@ fn sortable_identity((v, a, p, lo, hi): &ListenerIdentity) -> SortableIdentity {
 fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> ListenerPlan {
     let mut plan = ListenerPlan { ids, route: Vec::new(), counter_listener: alloc::vec![GONE_LISTENER; counters] };
     let mut known = plan.index();
-    for (c, identity) in vips.identities() {
+    for (vip, c, identity) in vips.identities() {
         let id = *known.entry(sortable_identity(&identity)).or_insert_with(|| {
             plan.ids.push(identity);
             plan.ids.len() - 1
@@ -286,7 +286,7 @@ fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> L
         if plan.route.len() <= id {
             plan.route.resize(id + 1, NO_ROUTE);
         }
-        plan.route[id] = (vips.of_counter(c).map_or(u32::MAX, |v| v as u32), c as u32);
+        plan.route[id] = (vip as u32, c as u32);
     }
     plan.route.resize(plan.ids.len(), NO_ROUTE);
     plan
@@ -791,10 +791,10 @@ impl Mux {
     }
 
     /// For a packet whose flow the table does not hold (a new flow, most likely): starts loading
-    /// the Maglev slot that choosing its backend will read, a few packets before it is read. Out of
-    /// line: established flows never come here, and inlined it crowded their loop.
-    /// Returns the VIP and listener it found (indices; `NO_ROUTE` if none), which steering the
-    /// packet then need not look up again.
+    /// the Maglev slot that choosing its backend will read, a few packets before it is read, and
+    /// returns the VIP and listener it found (indices; `NO_ROUTE` if none), which steering the
+    /// packet then need not look up again. Out of line: established flows never come here, and
+    /// inlined it crowded their loop.
     #[inline(never)]
     fn prefetch_choice(&self, key: &FlowKey, hash: u32) -> (u32, u32) {
         if key.fragment != Fragment::None || key.is_icmp_error() {
@@ -815,7 +815,7 @@ impl Mux {
     /// The index a flow names listener `l` by.
     #[inline(always)]
     fn listener_of(&self, l: &Listener) -> u16 {
-        self.counter_listener.get(l.counter).copied().unwrap_or_default()
+        self.counter_listener.get(l.counter).copied().unwrap_or(GONE_LISTENER)
     }
 
     /// The hash a rule balances `flow` (5-tuple hash `hash`) by: its distribution mode's fields.

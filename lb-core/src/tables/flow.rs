@@ -383,14 +383,12 @@ impl<V: FlowValue> FlowTable<V> {
             if bucket.sigs[i] == p.sig && bucket.entries[i].tuple.is_of(key) {
                 return self.found(b, i, now);
             }
-        } else if let Some(h) = p.place {
+        } else if self.place_holds(p).is_some() {
             // The middle pass saw no signature match, and chose where an insert goes: if neither
             // bucket has changed since (their signatures move only with their versions), the
             // search would find nothing either. A new flow's lookup costs two compares.
-            if h.versions == (self.buckets[p.b1 as usize].version, self.buckets[p.b2 as usize].version) {
-                self.counters.misses += 1;
-                return None;
-            }
+            self.counters.misses += 1;
+            return None;
         }
         self.search_key(p, key, now)
     }
@@ -400,6 +398,13 @@ impl<V: FlowValue> FlowTable<V> {
     #[inline(never)]
     fn search_key(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
         self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
+    }
+
+    /// The slot `prefetch_entry` chose for an insert at `p`, if neither bucket has changed since.
+    #[inline(always)]
+    fn place_holds(&self, p: &FlowProbe) -> Option<PlaceHint> {
+        let versions = (self.buckets[p.b1 as usize].version, self.buckets[p.b2 as usize].version);
+        p.place.filter(|h| h.versions == versions)
     }
 
     /// The buckets and signature of flow hash `hash` in this table.
@@ -710,8 +715,7 @@ impl<V: FlowValue> FlowTable<V> {
         // The slot chosen ahead (by `prefetch_entry`) if neither bucket has changed since: an
         // earlier packet of the burst may have taken that slot, freed another (RST), or moved a
         // deadline (refresh, FIN), and the victim must be the entry nearest its deadline.
-        let hinted = p.place.filter(|h| h.versions == (self.buckets[b1].version, self.buckets[b2].version));
-        let (b, slot, full) = match hinted {
+        let (b, slot, full) = match self.place_holds(p) {
             Some(h) => (h.bucket as usize, usize::from(h.slot), h.full),
             None => self.place(b1, b2, now),
         };
@@ -941,14 +945,6 @@ mod tests {
     /// same signature, or idle past its timeout, the lookup answers as the full search does.
     #[test]
     fn lookup_trusts_a_candidate_slot_only_while_it_holds_the_flow() {
-        let key = |t: &FlowTuple| FlowKey {
-            src_addr: t.src,
-            dst_addr: t.dst,
-            src_port: t.src_port,
-            dst_port: t.dst_port,
-            protocol: t.protocol,
-            ..FlowKey::default()
-        };
         let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
         let h = 0x0bad_cafe;
         let (a, b) = (tuple(1).0, tuple(2).0);
@@ -977,14 +973,6 @@ mod tests {
     /// earlier packet of the burst opening the same connection) is found.
     #[test]
     fn lookup_trusts_a_miss_seen_ahead_only_while_the_buckets_are_unchanged() {
-        let key = |t: &FlowTuple| FlowKey {
-            src_addr: t.src,
-            dst_addr: t.dst,
-            src_port: t.src_port,
-            dst_port: t.dst_port,
-            protocol: t.protocol,
-            ..FlowKey::default()
-        };
         let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
         let h = 0x0bad_cafe;
         let a = tuple(1).0;
@@ -996,6 +984,18 @@ mod tests {
         // The same connection inserted by an earlier packet of the burst: found, not missed.
         let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), 4, 0);
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), Some(at));
+    }
+
+    /// The flow key a packet of `t` has (what lookups compare with).
+    fn key(t: &FlowTuple) -> FlowKey {
+        FlowKey {
+            src_addr: t.src,
+            dst_addr: t.dst,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            protocol: t.protocol,
+            ..FlowKey::default()
+        }
     }
 
     fn tuple(i: u64) -> (FlowTuple, u32) {

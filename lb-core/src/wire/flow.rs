@@ -241,20 +241,21 @@ pub fn parse_flow_key_into(frame: &[u8], key: &mut FlowKey) -> Result<(), WireEr
     }
 }
 
-/// The first 4 bytes of a TCP or UDP header, and the 4 bytes the checks need after them.
+/// The 8 bytes of a UDP header, or of an ICMP header up to the echo identifier.
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct PortsPrefix {
     /// ICMP: type and code.
     src_port: U16,
     dst_port: U16,
-    /// UDP: length; ICMP echo: identifier; TCP: half the sequence number (unused).
+    /// UDP: length; ICMP echo: identifier.
     udp_length: U16,
     _rest: [u8; 2],
 }
 
 /// The common case in one straight line: a whole (unfragmented) IPv4 packet (options or not) or an
-/// IPv6 packet without extension headers, under up to two VLAN tags, carrying TCP, UDP or ICMP.
+/// IPv6 packet (Hop-by-Hop, Routing and Destination Options headers or not), under up to two VLAN
+/// tags, carrying TCP, UDP or ICMP.
 /// Anything else, including anything malformed, returns `None` and goes to [`parse_general`], which
 /// reports the exact error; so this function only has to be right about well-formed packets (on
 /// `None`, `key` is partly written and the general path writes all of it again).
@@ -292,7 +293,8 @@ fn fast_path(frame: &[u8], key: &mut FlowKey) -> Option<()> {
 }
 
 /// The VLAN tags of [`fast_path`] (one or two; a third goes to the general path, which names the
-/// error): the EtherType after them and what follows.
+/// error): the EtherType after them and what follows. The same walk as [`parse_l2`], unrolled for
+/// two tags: called here instead, `parse_l2`'s loop made the MUX's burst loop 10% slower.
 #[inline(always)]
 fn fast_tags<'a>(after_eth: &'a [u8], key: &mut FlowKey) -> Option<(u16, &'a [u8])> {
     let (outer, rest) = VlanTag::ref_from_prefix(after_eth).ok()?;
