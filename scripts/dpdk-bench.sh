@@ -10,7 +10,7 @@
 #      machine (its Rx-pps lines, averaged over the run).
 #   2. lb-dpdk run --dpdk (the MUX of examples/demo-mux.node.json) with 1 worker lcore, then with 2
 #      (two rx queues: net_pcap gets the capture twice): the rate from the program's own counters,
-#      between its status lines after a warm-up.
+#      between its status lines after a warm-up, and the engine's own time a frame (its summary).
 #
 # The three runs are repeated ROUNDS times (default 2), interleaved, and each keeps its best round:
 # on a shared VM whose speed drifts from one minute to the next (other tenants), the best of a few
@@ -129,3 +129,9 @@ awk -v t="$TESTPMD_PPS" -v a="$LB1" -v b="$LB2" 'BEGIN {
     printf "lb-dpdk MUX, 1 worker        %8s Mpps  (%.0f%% of testpmd)\n", a, (t > 0 ? 100 * a / t : 0)
     printf "lb-dpdk MUX, 2 workers       %8s Mpps  (%.0f%% of testpmd)\n", b, (t > 0 ? 100 * b / t : 0)
 }'
+# What a frame cost the MUX itself (the program's "engine time", polling and I/O excluded), in the
+# last round: the rest of a frame's time is the vdevs' and the poll loop's.
+for workers in 1 2; do
+    ns=$(sed -n 's/^engine time \([0-9.]*\) ns a frame.*/\1/p' "$OUT_DIR/lb-dpdk-$workers.log" | tail -1)
+    echo "lb-dpdk, $workers worker(s): the MUX engine took ${ns:-?} ns a frame (last round)"
+done

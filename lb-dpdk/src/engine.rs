@@ -41,6 +41,9 @@ pub struct Stats {
     pub tx: u64,
     /// Frames the port could not send (ring full), freed.
     pub tx_failed: u64,
+    /// Nanoseconds the engine spent on received bursts (the data path alone: no polling, no I/O),
+    /// so that `busy_ns / rx` is what a frame costs, as VPP's `show runtime` gives clocks a packet.
+    pub busy_ns: u64,
     /// Drops by reason name.
     pub drops: Vec<(&'static str, u64)>,
     /// Per backend: (pool name, backend name, address, packets, new flows).
@@ -62,6 +65,7 @@ impl Stats {
         self.rx += o.rx;
         self.tx += o.tx;
         self.tx_failed += o.tx_failed;
+        self.busy_ns += o.busy_ns;
         if self.drops.is_empty() {
             self.drops = o.drops.clone();
         } else {
@@ -93,6 +97,12 @@ impl Stats {
     /// Total drops.
     pub fn dropped(&self) -> u64 {
         self.drops.iter().map(|d| d.1).sum()
+    }
+
+    /// The engine's nanoseconds a received frame since `before` (`None` if no frame came).
+    pub fn ns_per_frame(&self, before: &Stats) -> Option<f64> {
+        let frames = self.rx.checked_sub(before.rx).filter(|&f| f > 0)?;
+        Some(self.busy_ns.saturating_sub(before.busy_ns) as f64 / frames as f64)
     }
 }
 

@@ -20,6 +20,12 @@ pub fn render(s: &Stats) -> String {
     counter("tx_frames_total", "Frames transmitted or delivered.", s.tx);
     counter("tx_failed_total", "Frames the port could not send (freed).", s.tx_failed);
     counter("tcp_resets_total", "TCP resets sent (idle timeout, SNAT exhaustion).", s.resets);
+    let _ = writeln!(
+        o,
+        "# HELP lb_engine_seconds_total Time the data path spent on received frames (polling and I/O excluded).\n\
+         # TYPE lb_engine_seconds_total counter\nlb_engine_seconds_total {:.9}",
+        s.busy_ns as f64 / 1e9
+    );
     let _ = writeln!(o, "# HELP lb_drops_total Frames dropped, by reason.\n# TYPE lb_drops_total counter");
     for (reason, v) in &s.drops {
         let _ = writeln!(o, "lb_drops_total{{reason=\"{reason}\"}} {v}");
@@ -92,6 +98,7 @@ mod tests {
         let s = Stats {
             rx: 7,
             tx: 5,
+            busy_ns: 1_500_000_000,
             drops: vec![("no_vip", 2)],
             backends: vec![
                 ("Web".into(), "b1".into(), "10.0.0.1".parse().unwrap(), 3, 1),
@@ -104,6 +111,8 @@ mod tests {
         for line in [
             "lb_rx_frames_total 7",
             "lb_tx_frames_total 5",
+            "# TYPE lb_engine_seconds_total counter",
+            "lb_engine_seconds_total 1.500000000",
             "lb_drops_total{reason=\"no_vip\"} 2",
             "lb_backend_packets_total{pool=\"Web\",backend=\"b1\",address=\"10.0.0.1\"} 3",
             "# TYPE lb_backend_up gauge",

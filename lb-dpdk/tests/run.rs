@@ -308,6 +308,8 @@ struct Report {
     dropped: u64,
     drops: BTreeMap<String, u64>,
     backends: Vec<BackendRow>,
+    /// The engine's nanoseconds a frame, where frames came.
+    engine_ns: Option<f64>,
 }
 
 fn report(stdout: &str) -> Report {
@@ -342,6 +344,12 @@ fn report(stdout: &str) -> Report {
         }
     }
     assert_eq!(r.drops.values().sum::<u64>(), r.dropped, "drops by reason add up:\n{stdout}");
+    r.engine_ns = stdout.lines().find_map(|l| l.strip_prefix("engine time ")?.split(' ').next()?.parse().ok());
+    // Whatever came was processed, which takes time; nothing came, nothing to say.
+    match r.engine_ns {
+        Some(ns) => assert!(r.rx > 0 && ns > 0.0 && ns < 1e9, "engine time {ns} ns a frame for {} frames", r.rx),
+        None => assert_eq!(r.rx, 0, "no engine time for {} frames:\n{stdout}", r.rx),
+    }
     r
 }
 
@@ -1057,6 +1065,7 @@ fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     let has = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_packets_total", b).is_some();
     let m = wait_metrics(&mut p, maddr, "10 frames in", |m| m.get("lb_rx_frames_total") == Some(&10.0));
     assert!(has(&m, "b1") && has(&m, "b2") && !has(&m, "b3"), "{m:#?}");
+    assert!(m.get("lb_engine_seconds_total").is_some_and(|&s| s > 0.0), "the engine's time moved: {m:#?}");
 
     // A pool with one more backend: reloaded, and the metrics show it.
     std::fs::write(&config, mux_node(small_lb(&three, None))).unwrap();
