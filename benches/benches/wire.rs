@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lb_benches::{etherparse_tuple, lb_core_tuple, smoltcp_tuple, Tuple5};
+use lb_benches::{etherparse_tuple, fold_tuple, lb_core_tuple, smoltcp_tuple};
 use lb_core::wire::vxlan::decapsulate;
 use lb_core::wire::{parse_flow_key, MacAddr, VxlanEncap};
 use lb_testkit::{MixConfig, TrafficGenerator};
@@ -23,16 +23,6 @@ const COLD: usize = 1024;
 
 fn mix(n: usize) -> Vec<Vec<u8>> {
     TrafficGenerator::new(0x5eed, MixConfig::realistic()).take(n).into_iter().map(|f| f.bytes).collect()
-}
-
-#[inline(always)]
-fn fold(acc: u64, t: Option<Tuple5>) -> u64 {
-    match t {
-        Some(t) => acc
-            .wrapping_add(u64::from(t.src_port) ^ u64::from(t.dst_port) << 16 ^ u64::from(t.protocol) << 32)
-            .wrapping_add(u64::from(t.src[3]) ^ u64::from(t.dst[15])),
-        None => acc.wrapping_add(1),
-    }
 }
 
 fn flow_key(c: &mut Criterion) {
@@ -67,10 +57,10 @@ fn flow_key(c: &mut Criterion) {
             })
         });
         g.bench_function("smoltcp", |b| {
-            b.iter(|| black_box(frames.as_slice()).iter().fold(0u64, |acc, f| fold(acc, smoltcp_tuple(f))))
+            b.iter(|| black_box(frames.as_slice()).iter().fold(0u64, |acc, f| fold_tuple(acc, smoltcp_tuple(f))))
         });
         g.bench_function("etherparse", |b| {
-            b.iter(|| black_box(frames.as_slice()).iter().fold(0u64, |acc, f| fold(acc, etherparse_tuple(f))))
+            b.iter(|| black_box(frames.as_slice()).iter().fold(0u64, |acc, f| fold_tuple(acc, etherparse_tuple(f))))
         });
         g.finish();
     }
