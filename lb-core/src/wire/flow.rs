@@ -224,7 +224,8 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
 #[inline(never)]
 fn parse_general_value(frame: &[u8]) -> Result<FlowKey, WireError> {
     let mut key = FlowKey::default();
-    parse_general(frame, &mut key).map(|()| key)
+    general(frame, &mut key)?;
+    Ok(key)
 }
 
 /// [`parse_flow_key`] writing the key straight into `key` (a slot of a burst's key array, read
@@ -440,6 +441,14 @@ fn fast_transport(l4: &[u8], l4_offset: usize, key: &mut FlowKey) -> Option<()> 
 /// protocols, and every malformed frame (with its typed error).
 #[inline(never)]
 fn parse_general(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
+    general(frame, key)
+}
+
+/// The body of [`parse_general`], inlined into it and into [`parse_general_value`]: called from
+/// there instead, the key it fills lived in the caller's memory and was copied out field by field
+/// (a fragment took 15 ns; 10 ns this way).
+#[inline(always)]
+fn general(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
     let l2 = parse_l2(frame)?;
     let l3 = frame.get(l2.l3_offset..).ok_or(WireError::Truncated(Layer::Ethernet))?;
     *key = FlowKey { vlans: l2.vlans, vlan_count: l2.vlan_count, l3_offset: l2.l3_offset as u16, ..FlowKey::default() };
