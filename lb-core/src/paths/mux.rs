@@ -548,13 +548,18 @@ impl Mux {
         let mut keys = core::mem::take(&mut self.burst_keys);
         keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
+            // Both cut to one length the compiler knows is at most BURST: then no index below into
+            // the burst's arrays needs a bounds check (they cost 10% of the MUX's instructions).
+            let count = group.len().min(verdicts.len()).min(BURST);
+            let (group, verdicts) = (&mut group[..count], &mut verdicts[..count]);
+            let keys = &mut keys[..BURST];
             let mut hashes = [0u32; BURST];
             let mut probes = [FlowProbe::UNSET; BURST];
             let mut parsed = [false; BURST];
             for f in group.iter_mut().take(PREFETCH_AHEAD) {
                 prefetch_frame(f);
             }
-            for i in 0..group.len() {
+            for i in 0..count {
                 if let Some(f) = group.get_mut(i + PREFETCH_AHEAD) {
                     prefetch_frame(f);
                 }
@@ -570,12 +575,13 @@ impl Mux {
             }
             // Where a new flow will go: the VIP and listener, found here once.
             let mut routes = [NO_ROUTE; BURST];
-            for i in 0..group.len() {
+            for i in 0..count {
                 if parsed[i] && self.flows.prefetch_entry(&mut probes[i], now) {
                     routes[i] = self.prefetch_choice(&keys[i], hashes[i]);
                 }
             }
-            for (i, (f, v)) in group.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+            for i in 0..count {
+                let (f, v) = (&mut group[i], &mut verdicts[i]);
                 *v = if parsed[i] {
                     let (buf, start, len) = f.parts();
                     self.steer(buf, start, len, &keys[i], hashes[i], &probes[i], routes[i], now)
