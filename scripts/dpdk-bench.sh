@@ -22,6 +22,8 @@
 # the 2-worker rate to be noisy, even below the 1-worker one).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/cpu.sh
+. scripts/cpu.sh
 
 SECONDS_PER_RUN="${1:-10}"
 COUNT="${COUNT:-4000}"

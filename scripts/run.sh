@@ -11,6 +11,8 @@
 # sent: VxLAN to the backends' hosts); open them in Wireshark too.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/cpu.sh
+. scripts/cpu.sh
 
 COUNT="${1:-10000}"
 SEED="${SEED:-42}"

@@ -16,6 +16,8 @@
 # (libdpdk-dev, dpdk-dev, libclang-dev for bindgen, pkg-config) with apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/cpu.sh
+. scripts/cpu.sh
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 # Property tests explore new random cases on every developer run; CI replays one fixed seed so that
