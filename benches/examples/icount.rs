@@ -1,36 +1,63 @@
 //! Instruction counts per packet, for `valgrind --tool=callgrind` (repeatable on a busy machine,
-//! unlike wall time): `icount LIB ROUNDS` parses the realistic mix ROUNDS times; the difference
-//! between two ROUNDS values divided by the packets is the per-packet instruction cost.
+//! unlike wall time): `icount LIB ROUNDS [KIND]` parses 256 frames ROUNDS times in the same loop
+//! as `flow_key_min` (each parser inlined, its 5-tuple folded with `fold_tuple`); the difference
+//! between two ROUNDS values, divided by the extra frames, is the instructions a frame, the loop
+//! and the fold (about 10) included.
+//!
+//! - LIB: `lb-core` (default), `smoltcp` or `etherparse`;
+//! - KIND: the wire bench's hot batch (default), or only frames of one lb-testkit `FrameKind`, as
+//!   its `Debug` prints it, untagged (`Ipv4Tcp`) or behind VLAN tags (`Ipv4Tcp+vlan`).
+//!
+//! ```text
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/icount lb-core 10 Ipv4Fragment
+//! ```
 
 use std::hint::black_box;
 
-use lb_benches::{etherparse_tuple, lb_core_tuple, smoltcp_tuple};
+use lb_benches::{etherparse_tuple, fold_tuple, lb_core_tuple, smoltcp_tuple, Tuple5};
 use lb_testkit::{MixConfig, TrafficGenerator};
 
-fn main() {
+const FRAMES: usize = 256;
+
+#[inline(never)]
+fn run(frames: &[Vec<u8>], rounds: usize, parse: impl Fn(&[u8]) -> Option<Tuple5>) -> u64 {
+    let mut acc = 0;
+    for _ in 0..rounds {
+        acc ^= black_box(frames).iter().fold(0u64, |acc, f| fold_tuple(acc, parse(f)));
+    }
+    acc
+}
+
+fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let lib = args.get(1).map(String::as_str).unwrap_or("lb-core");
     let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(10);
-    let mut frames: Vec<Vec<u8>> =
-        TrafficGenerator::new(0x5eed, MixConfig::realistic()).take(1024).into_iter().map(|f| f.bytes).collect();
-    if std::env::var_os("ICOUNT_SAME").is_some() {
-        // One IPv4 TCP frame repeated: the cost of the common case alone.
-        let tcp =
-            frames.iter().find(|f| f.len() > 34 && f[12..14] == [8, 0] && f[23] == 6).cloned().unwrap_or_default();
-        frames = vec![tcp; 1024];
-    }
-    let f = match lib {
-        "smoltcp" => smoltcp_tuple,
-        "etherparse" => etherparse_tuple,
-        _ => lb_core_tuple,
-    };
-    let mut acc = 0u64;
-    for _ in 0..rounds {
-        for fr in &frames {
-            if let Some(t) = f(black_box(fr)) {
-                acc = acc.wrapping_add(u64::from(t.src_port) ^ u64::from(t.protocol));
-            }
+    let frames: Vec<Vec<u8>> = match args.get(3) {
+        None => {
+            TrafficGenerator::new(0x5eed, MixConfig::realistic()).take(FRAMES).into_iter().map(|f| f.bytes).collect()
         }
-    }
-    println!("{lib} {rounds} {acc}");
+        Some(kind) => {
+            let frames: Vec<Vec<u8>> = TrafficGenerator::new(0x5eed, MixConfig::realistic())
+                .take(100 * FRAMES)
+                .into_iter()
+                .filter(|f| {
+                    let tag = if f.expected.vlans.is_empty() { "" } else { "+vlan" };
+                    format!("{:?}{tag}", f.kind) == *kind
+                })
+                .take(FRAMES)
+                .map(|f| f.bytes)
+                .collect();
+            if frames.is_empty() {
+                return Err(format!("no frame of kind {kind} (a FrameKind as Debug prints it, `+vlan` for tagged)"));
+            }
+            frames
+        }
+    };
+    let acc = match lib {
+        "smoltcp" => run(&frames, rounds, smoltcp_tuple),
+        "etherparse" => run(&frames, rounds, etherparse_tuple),
+        _ => run(&frames, rounds, lb_core_tuple),
+    };
+    println!("{lib} {rounds} rounds of {} frames: {acc}", frames.len());
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the criterion benchmarks. The peer-crate extractors live in
 //! `lb_testkit::oracle` (the property tests use the same code as oracles).
 
+pub mod mux_setup;
+
 pub use lb_testkit::oracle::{etherparse_tuple, smoltcp_tuple, Tuple5};
 
 /// Folds a parser's 5-tuple into an accumulator (1 for a frame it refused), so that the benches
