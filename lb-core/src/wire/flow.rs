@@ -397,9 +397,10 @@ fn fast_transport(l4: &[u8], l4_offset: usize, key: &mut FlowKey) -> Option<()> 
     key.l4_len = l4.len() as u16;
     if key.protocol == ip_proto::TCP {
         let (t, _) = TcpHeader::ref_from_prefix(l4).ok()?;
-        // At least the fixed header, and no longer than the segment.
+        // At least the fixed header, and no longer than the segment, in one compare: the segment
+        // holds the fixed header, so below it the difference wraps around past any length.
         let hlen = usize::from(t.data_offset >> 4) * 4;
-        if hlen < TCP_HEADER_LEN || hlen > l4.len() {
+        if hlen.wrapping_sub(TCP_HEADER_LEN) > l4.len() - TCP_HEADER_LEN {
             return None;
         }
         key.tcp_flags = t.flags;
