@@ -270,6 +270,11 @@ struct PortsPrefix {
 /// - fragments, rare, take the general path, so the fast path never carries their state.
 #[inline(always)]
 fn fast_path(frame: &[u8], key: &mut FlowKey) -> Option<()> {
+    // Shorter than Ethernet and an IPv4 header: no frame the fast path takes (the general path
+    // names what is wrong). Checked first, it stands for the Ethernet and IPv4 headers' own checks.
+    if frame.len() < ETHERNET_HEADER_LEN + ipv4::IPV4_HEADER_LEN {
+        return None;
+    }
     let (eth, l3) = EthernetHeader::ref_from_prefix(frame).ok()?;
     if eth.ethertype == U16::new(EtherType::IPV4) {
         key.vlans = [0, 0];
