@@ -480,7 +480,7 @@ fn general(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
                 // Fast path: no extension headers.
                 ip_proto::TCP | ip_proto::UDP | ip_proto::ICMPV6 => (h.next_header, 0),
                 next => {
-                    let walk = ipv6::walk_extensions(next, payload)?;
+                    let walk = ipv6::walk(next, payload)?;
                     if let Some(FragmentInfo { offset, ident, .. }) = walk.fragment {
                         key.frag_ident = ident;
                         key.fragment = Fragment::at(offset);
