@@ -10,6 +10,8 @@ if [ -n "${CARGO_TARGET_DIR:-}" ]; then
     CARGO_TARGET_DIR="$(realpath -m "$CARGO_TARGET_DIR")/nostd-check"
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# shellcheck source=scripts/cpu.sh
+. ../scripts/cpu.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-../target/nostd-check}"
 OUT="$CARGO_TARGET_DIR"
 LIB="$OUT/release/libnostd_check.a"

@@ -16,6 +16,14 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# cargo-fuzz passes its own RUSTFLAGS, so the workspace's target-cpu (.cargo/config.toml) would not
+# reach the fuzz build; it appends a RUSTFLAGS of ours, so name the CPU there: the targets then run
+# the code the other builds ship (the baseline's where scripts/cpu.sh chose it).
+# shellcheck source=scripts/cpu.sh
+. scripts/cpu.sh
+if [ "$(uname -m)" = x86_64 ] && [ -z "${RUSTFLAGS+set}" ]; then
+    export RUSTFLAGS="-C target-cpu=x86-64-v3"
+fi
 
 seconds="${1:-30}"
 [[ "$seconds" =~ ^[0-9]+$ ]] || { echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2; }

@@ -4,9 +4,10 @@
 //! between two ROUNDS values, divided by the extra frames, is the instructions a frame, the loop
 //! and the fold (about 10) included.
 //!
-//! - LIB: `lb-core` (default), `smoltcp` or `etherparse`;
-//! - KIND: the wire bench's hot batch (default), or only frames of one lb-testkit `FrameKind`, as
-//!   its `Debug` prints it, untagged (`Ipv4Tcp`) or behind VLAN tags (`Ipv4Tcp+vlan`).
+//! - LIB: `lb-core`, `smoltcp` or `etherparse`;
+//! - KIND: the wire bench's hot batch (`mix`, the default), or only frames of one lb-testkit
+//!   `FrameKind`, as its `Debug` prints it, untagged (`Ipv4Tcp`), behind one VLAN tag
+//!   (`Ipv4Tcp+vlan`) or two (`Ipv4Tcp+qinq`); up to 256 of them (the count is printed).
 //!
 //! ```text
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null target/release/examples/icount lb-core 10 Ipv4Fragment
@@ -29,11 +30,13 @@ fn run(frames: &[Vec<u8>], rounds: usize, parse: impl Fn(&[u8]) -> Option<Tuple5
 }
 
 fn main() -> Result<(), String> {
+    const USAGE: &str = "usage: icount LIB ROUNDS [KIND]: LIB lb-core, smoltcp or etherparse; KIND mix (the \
+                         default) or a FrameKind as Debug prints it (Ipv4Tcp), +vlan or +qinq for tagged ones";
     let args: Vec<String> = std::env::args().collect();
-    let lib = args.get(1).map(String::as_str).unwrap_or("lb-core");
-    let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(10);
-    let frames: Vec<Vec<u8>> = match args.get(3) {
-        None => {
+    let lib = args.get(1).map(String::as_str).ok_or(USAGE)?;
+    let rounds: usize = args.get(2).and_then(|r| r.parse().ok()).ok_or(USAGE)?;
+    let frames: Vec<Vec<u8>> = match args.get(3).map(String::as_str) {
+        None | Some("mix") => {
             TrafficGenerator::new(0x5eed, MixConfig::realistic()).take(FRAMES).into_iter().map(|f| f.bytes).collect()
         }
         Some(kind) => {
@@ -41,22 +44,23 @@ fn main() -> Result<(), String> {
                 .take(100 * FRAMES)
                 .into_iter()
                 .filter(|f| {
-                    let tag = if f.expected.vlans.is_empty() { "" } else { "+vlan" };
-                    format!("{:?}{tag}", f.kind) == *kind
+                    let tag = ["", "+vlan", "+qinq"].get(f.expected.vlans.len()).copied().unwrap_or("+more");
+                    format!("{:?}{tag}", f.kind) == kind
                 })
                 .take(FRAMES)
                 .map(|f| f.bytes)
                 .collect();
             if frames.is_empty() {
-                return Err(format!("no frame of kind {kind} (a FrameKind as Debug prints it, `+vlan` for tagged)"));
+                return Err(format!("no frame of kind {kind}; {USAGE}"));
             }
             frames
         }
     };
     let acc = match lib {
+        "lb-core" => run(&frames, rounds, lb_core_tuple),
         "smoltcp" => run(&frames, rounds, smoltcp_tuple),
         "etherparse" => run(&frames, rounds, etherparse_tuple),
-        _ => run(&frames, rounds, lb_core_tuple),
+        _ => return Err(format!("{lib}: {USAGE}")),
     };
     println!("{lib} {rounds} rounds of {} frames: {acc}", frames.len());
     Ok(())
