@@ -167,6 +167,18 @@ impl FlowKey {
             HashFields::ThreeTuple => u64::from(self.protocol),
             HashFields::TwoTuple => 0,
         };
+        if self.ip_version == IpVersion::V4 {
+            // Both IPv4 addresses fit one word (the key's other 24 address bytes are zero): one
+            // multiply mixes them with the ports and a second spreads the result, as wyhash does
+            // with 16 bytes, where the general form below takes four (the MUX: 482 -> 476
+            // instructions an established packet). IPv4 and IPv6 keys never compare equal, so the
+            // two forms never need to agree.
+            let v4 = |b: &[u8; 16]| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let addrs = v4(&self.src_addr) | v4(&self.dst_addr) << 32;
+            let a = fold_mul(addrs ^ seed ^ 0xa076_1d64_78bd_642f, ports ^ 0xe703_7ed1_a0b4_28db);
+            let h = fold_mul(a ^ 0x8ebc_6af0_9c88_c6e3, seed ^ 0x5899_65cc_7537_4cc3);
+            return (h ^ (h >> 32)) as u32;
+        }
         let a =
             fold_mul(w(&self.src_addr, 0) ^ seed ^ 0xa076_1d64_78bd_642f, w(&self.src_addr, 8) ^ 0xe703_7ed1_a0b4_28db);
         let b = fold_mul(w(&self.dst_addr, 0) ^ 0x8ebc_6af0_9c88_c6e3, w(&self.dst_addr, 8) ^ 0x5899_65cc_7537_4cc3);
