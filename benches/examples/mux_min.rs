@@ -60,18 +60,24 @@ fn main() -> Result<(), String> {
         frames.truncate(k.max(1));
     }
     let forwarded = pass(&mut m, &mut frames, 1).1;
-    let (mut best, mut sum) = (f64::MAX, 0.0);
-    for _ in 0..samples {
-        let (ns, _) = pass(black_box(&mut m), &mut frames, NOW);
-        best = best.min(ns as f64 / frames.len() as f64);
-        sum += ns as f64 / frames.len() as f64;
-    }
-    // The mean is what a program's own average (lb-dpdk's engine time) compares with.
+    let mut times: Vec<f64> =
+        (0..samples).map(|_| pass(black_box(&mut m), &mut frames, NOW).0 as f64 / frames.len() as f64).collect();
+    times.sort_by(f64::total_cmp);
+    let best = times[0];
+    let quartile = |q: usize| times[(times.len() - 1) * q / 4];
+    // The mean is what a program's own average (lb-dpdk's engine time) compares with. The
+    // quartiles show the VM's state: on the EPYC VM a process runs either fast or about 1.4x
+    // slower, for its whole life or for seconds at a time (other tenants), so a minimum and a
+    // median far apart say the run straddled both.
     println!(
-        "MUX, {what}: {} frames, {forwarded} forwarded; {samples} passes: minimum {best:.2} ns a frame ({:.1} Mpps), mean {:.2} ns",
+        "MUX, {what}: {} frames, {forwarded} forwarded; {samples} passes: minimum {best:.2} ns a frame ({:.1} Mpps), \
+         quartiles {:.2} / {:.2} / {:.2} ns, mean {:.2} ns",
         frames.len(),
         1e3 / best,
-        sum / samples.max(1) as f64
+        quartile(1),
+        quartile(2),
+        quartile(3),
+        times.iter().sum::<f64>() / times.len() as f64
     );
     Ok(())
 }
