@@ -16,7 +16,8 @@
 # on a shared VM whose speed drifts from one minute to the next (other tenants), the best of a few
 # runs is what the software can do, and every contender gets the same treatment.
 #
-# Prints the three rates and the ratio of lb-dpdk to testpmd. Needs the system DPDK (libdpdk-dev,
+# Prints each round's rates, with lb-dpdk's ratio to that round's testpmd and its engine time, then
+# the three best rates and the ratio of lb-dpdk to testpmd. Needs the system DPDK (libdpdk-dev,
 # dpdk-dev for dpdk-testpmd, libclang-dev, pkg-config). The main lcore runs the control plane, so
 # 2 workers use 3 lcores: on a machine with fewer cores than that, lcores share cores (then expect
 # the 2-worker rate to be noisy, even below the 1-worker one).
@@ -109,19 +110,27 @@ run_testpmd() {
         END { if (k) printf "%.3f", sum / k / 1e6; else print "nan" }' "$TESTPMD_LOG"
 }
 
+ratio() { awk -v a="$1" -v t="$2" 'BEGIN { if (t + 0 > 0 && a != "nan") printf "%.0f%%", 100 * a / t; else print "?" }'; }
+# The engine's own time a frame (polling and I/O excluded) in the last run with this many workers.
+engine_ns() {
+    local ns
+    ns=$(sed -n 's/^engine time \([0-9.]*\) ns a frame.*/\1/p' "$OUT_DIR/lb-dpdk-$1.log" | tail -1)
+    echo "${ns:-?}"
+}
 best() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || a == "nan" || (b != "nan" && b + 0 > a + 0)) print b; else print a }'; }
 TESTPMD_PPS="" LB1="" LB2=""
 for ((round = 1; round <= ROUNDS; round++)); do
     echo "==> round $round of $ROUNDS: dpdk-testpmd (1 forwarding lcore, macswap), then lb-dpdk with 1 and 2 workers, ${SECONDS_PER_RUN}s each"
-    r=$(run_testpmd)
-    echo "testpmd: $r Mpps"
-    TESTPMD_PPS=$(best "$TESTPMD_PPS" "$r")
-    r=$(run_lb 1)
-    echo "lb-dpdk, 1 worker: $r Mpps"
-    LB1=$(best "$LB1" "$r")
-    r=$(run_lb 2)
-    echo "lb-dpdk, 2 workers: $r Mpps"
-    LB2=$(best "$LB2" "$r")
+    t=$(run_testpmd)
+    echo "testpmd: $t Mpps"
+    TESTPMD_PPS=$(best "$TESTPMD_PPS" "$t")
+    for workers in 1 2; do
+        r=$(run_lb "$workers")
+        # This round's ratio too: on a shared VM a round's three runs see the most similar machine.
+        echo "lb-dpdk, $workers worker(s): $r Mpps ($(ratio "$r" "$t") of this round's testpmd;" \
+            "engine $(engine_ns "$workers") ns a frame)"
+        if [ "$workers" = 1 ]; then LB1=$(best "$LB1" "$r"); else LB2=$(best "$LB2" "$r"); fi
+    done
 done
 
 echo
@@ -134,6 +143,5 @@ awk -v t="$TESTPMD_PPS" -v a="$LB1" -v b="$LB2" 'BEGIN {
 # What a frame cost the MUX itself (the program's "engine time", polling and I/O excluded), in the
 # last round: the rest of a frame's time is the vdevs' and the poll loop's.
 for workers in 1 2; do
-    ns=$(sed -n 's/^engine time \([0-9.]*\) ns a frame.*/\1/p' "$OUT_DIR/lb-dpdk-$workers.log" | tail -1)
-    echo "lb-dpdk, $workers worker(s): the MUX engine took ${ns:-?} ns a frame (last round)"
+    echo "lb-dpdk, $workers worker(s): the MUX engine took $(engine_ns "$workers") ns a frame (last round)"
 done
