@@ -135,11 +135,9 @@ done
 
 echo
 echo "CPUs available: ${#CPUS[@]} (${CPUS[*]}); best of $ROUNDS rounds; logs (last round) in $OUT_DIR"
-awk -v t="$TESTPMD_PPS" -v a="$LB1" -v b="$LB2" 'BEGIN {
-    printf "testpmd (1 lcore, macswap)   %8s Mpps\n", t
-    printf "lb-dpdk MUX, 1 worker        %8s Mpps  (%.0f%% of testpmd)\n", a, (t > 0 ? 100 * a / t : 0)
-    printf "lb-dpdk MUX, 2 workers       %8s Mpps  (%.0f%% of testpmd)\n", b, (t > 0 ? 100 * b / t : 0)
-}'
+printf "testpmd (1 lcore, macswap)   %8s Mpps\n" "$TESTPMD_PPS"
+printf "lb-dpdk MUX, 1 worker        %8s Mpps  (%s of testpmd)\n" "$LB1" "$(ratio "$LB1" "$TESTPMD_PPS")"
+printf "lb-dpdk MUX, 2 workers       %8s Mpps  (%s of testpmd)\n" "$LB2" "$(ratio "$LB2" "$TESTPMD_PPS")"
 # What a frame cost the MUX itself (the program's "engine time", polling and I/O excluded), in the
 # last round: the rest of a frame's time is the vdevs' and the poll loop's.
 for workers in 1 2; do
