@@ -127,10 +127,11 @@ step_fuzz() {
 }
 
 step_dpdk() {
-    # The DPDK port builds only with the feature: lint it too, then run its tests (tests/dpdk.rs: the
-    # program on DPDK's net_pcap and net_null vdevs, no NIC, no hugepages; step 3 ran the others).
+    # The DPDK port builds only with the feature: lint it too, then run its tests (the port's unit
+    # tests, and tests/dpdk.rs: the program on DPDK's net_pcap and net_null vdevs, no NIC, no
+    # hugepages; step 3 ran the others).
     cargo clippy -p lb-dpdk --all-targets --features dpdk -- -D warnings
-    cargo test -p lb-dpdk --features dpdk --test dpdk
+    cargo test -p lb-dpdk --features dpdk --bins --test dpdk
 }
 
 # --- runner -----------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ else
     skip_step "scripts/fuzz.sh" "not present"
 fi
 if has_dpdk || [ "${CI:-}" = "true" ]; then
-    run_step "DPDK: clippy + cargo test -p lb-dpdk --features dpdk --test dpdk" step_dpdk
+    run_step "DPDK: clippy + cargo test -p lb-dpdk --features dpdk --bins --test dpdk" step_dpdk
 else
     skip_step "DPDK (--features dpdk)" "pkg-config finds no libdpdk, or no libclang"
 fi

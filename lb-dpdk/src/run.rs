@@ -30,6 +30,8 @@ const SWEEP_BUDGET: usize = 8;
 /// A fixed budget per burst would read a large table over and over for nothing, at a cost per
 /// packet. An idle loop sweeps its full budget.
 const SWEEP_PERIOD_SECS: u32 = 5;
+/// How often a worker hands its counters to the main thread (nanoseconds of [`Port::clock_ns`]).
+const PUBLISH_PERIOD_NS: u64 = 200_000_000;
 
 /// `lb-dpdk run` options.
 #[derive(Debug, Args)]
@@ -126,7 +128,7 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
     let mut rx: Vec<P::Buf> = Vec::with_capacity(BURST);
     let mut tx: Vec<P::Buf> = Vec::with_capacity(BURST);
     let mut stats = Stats::default();
-    let mut last_publish = Instant::now();
+    let mut last_publish = port.clock_ns();
     let mut resets: Vec<Vec<u8>> = Vec::new();
     let sweep_per_sec = engine.buckets().div_ceil(SWEEP_PERIOD_SECS as usize);
     let (mut sweep_owed, mut sweep_clock) = (0usize, port.now());
@@ -152,12 +154,12 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
         let mut actions = [Action::Drop; BURST];
         let m = rx.len().min(BURST);
         // One clock read more a burst than the loop needs anyway (the publish check below reuses
-        // the second): under a nanosecond a frame.
-        let burst_start = (m > 0).then(Instant::now);
+        // the second), on the port's clock: under a nanosecond a frame with DPDK's TSC.
+        let burst_start = (m > 0).then(|| port.clock_ns());
         engine.process_burst(&mut rx[..m], now, &mut actions[..m]);
-        let burst_end = Instant::now();
+        let burst_end = port.clock_ns();
         if let Some(t) = burst_start {
-            stats.busy_ns += burst_end.duration_since(t).as_nanos() as u64;
+            stats.busy_ns += burst_end.saturating_sub(t);
         }
         for (mut b, a) in rx.drain(..).zip(actions.into_iter().chain(core::iter::repeat(Action::Drop))) {
             match a {
@@ -190,9 +192,9 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
             }
         }
         let done = n == 0 && port.finished();
-        if done || burst_end.duration_since(last_publish) >= Duration::from_millis(200) {
+        if done || burst_end.saturating_sub(last_publish) >= PUBLISH_PERIOD_NS {
             publish(engine, &stats, link);
-            last_publish = Instant::now();
+            last_publish = port.clock_ns();
         }
         if done {
             link.finished.store(true, Ordering::Relaxed);

@@ -136,6 +136,8 @@ pub struct DpdkPort {
     dropped: [*mut sys::rte_mbuf; BURST],
     n_dropped: usize,
     tsc_hz: u64,
+    /// Nanoseconds a TSC tick, as a 32.32 fixed-point number (a multiply, not a division, a read).
+    ns_per_tick: u64,
     /// The TSC at the last rx poll, and when a frame last came.
     tsc: u64,
     last_rx: u64,
@@ -169,6 +171,7 @@ impl DpdkPort {
             dropped: [ptr::null_mut(); BURST],
             n_dropped: 0,
             tsc_hz,
+            ns_per_tick: ns_per_tick(tsc_hz),
             tsc,
             last_rx: tsc,
             idle_exit: idle_exit.map(|s| (s * tsc_hz as f64) as u64),
@@ -286,9 +289,27 @@ impl Port for DpdkPort {
         (self.tsc / self.tsc_hz) as u32
     }
 
+    #[inline]
+    fn clock_ns(&mut self) -> u64 {
+        // SAFETY: reads the TSC.
+        ticks_to_ns(unsafe { sys::lb_tsc() }, self.ns_per_tick)
+    }
+
     fn finished(&self) -> bool {
         self.idle_exit.is_some_and(|ticks| self.tsc.wrapping_sub(self.last_rx) >= ticks)
     }
+}
+
+/// Nanoseconds a tick of a `hz` clock, as a 32.32 fixed-point number, rounded up (so that a whole
+/// second of ticks makes a whole second, not a nanosecond less).
+fn ns_per_tick(hz: u64) -> u64 {
+    (1_000_000_000u128 << 32).div_ceil(u128::from(hz.max(1))).min(u128::from(u64::MAX)) as u64
+}
+
+/// `ticks` of a clock in nanoseconds, `ns_per_tick` from [`ns_per_tick`].
+#[inline(always)]
+fn ticks_to_ns(ticks: u64, ns_per_tick: u64) -> u64 {
+    ((u128::from(ticks) * u128::from(ns_per_tick)) >> 32) as u64
 }
 
 /// What one worker owns.
@@ -658,4 +679,24 @@ fn setup(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mut Dp
         eprintln!("lb-dpdk: {} worker(s) on lcores {used:?}", used.len());
     }
     Ok(Launched { handles, threads })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ns_per_tick, ticks_to_ns};
+
+    #[test]
+    fn tsc_ticks_become_nanoseconds() {
+        // A 2.5 GHz TSC: one second, one tick, a day; a 1 GHz clock is 1:1, a 10 GHz one 0.1 ns.
+        let k = ns_per_tick(2_500_000_000);
+        assert_eq!(ticks_to_ns(2_500_000_000, k), 1_000_000_000);
+        assert_eq!(ticks_to_ns(5, k), 2);
+        let day = 86_400 * 2_500_000_000u64;
+        // The multiplier is rounded to 2^-32 ns: a day of ticks is a day to within a billionth.
+        assert!(ticks_to_ns(day, k).abs_diff(86_400_000_000_000) < 86_400, "{}", ticks_to_ns(day, k));
+        assert_eq!(ticks_to_ns(123_456_789, ns_per_tick(1_000_000_000)), 123_456_789);
+        assert_eq!(ticks_to_ns(100, ns_per_tick(10_000_000_000)), 10);
+        // A zero frequency (never reported by DPDK) is taken as 1 Hz, not a division by zero.
+        assert_eq!(ticks_to_ns(3, ns_per_tick(0)), 3_000_000_000);
+    }
 }
