@@ -150,8 +150,8 @@ pub struct FlowTableCounters {
 /// Why a table cannot be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowTableError {
-    /// Capacity 0, more buckets than the 32-bit hash can address, or more memory than the
-    /// allocator can give.
+    /// Capacity 0, more than 32-bit slot numbers can name (3.2 billion flows), or more memory
+    /// than the allocator can give.
     BadCapacity(usize),
 }
 
@@ -262,6 +262,11 @@ pub struct FlowProbe {
 }
 
 const NO_CANDIDATE: u8 = u8::MAX;
+/// No slot, as a [`FlowSlot::to_index`]: above every slot's index (see [`MAX_BUCKETS`]).
+const NO_SLOT: u32 = u32::MAX;
+/// The most buckets a table has (536,870,911: 3.2 billion flows, 240 GB), so that every slot's
+/// [`FlowSlot::to_index`] fits a `u32` below [`NO_SLOT`].
+const MAX_BUCKETS: usize = (u32::MAX / BUCKET_SLOTS as u32) as usize;
 
 impl FlowProbe {
     /// A placeholder for arrays of probes, to be overwritten by [`FlowTable::probe`] before use.
@@ -323,7 +328,7 @@ impl<V: FlowValue> FlowTable<V> {
         prepare: impl FnOnce(*const u8, usize),
     ) -> Result<Self, FlowTableError> {
         let n = Self::buckets_for(flows);
-        if flows == 0 || n > u32::MAX as usize {
+        if flows == 0 || n > MAX_BUCKETS {
             return Err(FlowTableError::BadCapacity(flows));
         }
         // A capacity the machine cannot hold is an error, not an abort of the whole process.
@@ -371,6 +376,16 @@ impl<V: FlowValue> FlowTable<V> {
     /// and its arguments cost more than they do; the full search stays out of line.
     #[inline(always)]
     pub fn lookup_probed(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
+        // Its three answers meet as one number, not as an `Option<FlowSlot>`: an aggregate from
+        // three return paths met in a stack slot, stored and loaded back field by field, and its
+        // slot bounds-checked again by the caller (a slot of `i & 7` needs no check).
+        let at = self.lookup_probed_index(p, key, now);
+        (at != NO_SLOT).then(|| FlowSlot::from_index(at))
+    }
+
+    /// [`FlowTable::lookup_probed`] as a [`FlowSlot::to_index`], `NO_SLOT` for none.
+    #[inline(always)]
+    fn lookup_probed_index(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> u32 {
         // The slot the middle pass of a burst saw match first: if it still holds this flow, that
         // is what the full search would find first too (a flow is in the table once).
         if p.candidate != NO_CANDIDATE {
@@ -381,14 +396,14 @@ impl<V: FlowValue> FlowTable<V> {
             };
             let bucket = &self.buckets[b];
             if bucket.sigs[i] == p.sig && bucket.entries[i].tuple.is_of(key) {
-                return self.found(b, i, now);
+                return self.found(b, i, now).map_or(NO_SLOT, FlowSlot::to_index);
             }
         } else if self.place_holds(p).is_some() {
             // The middle pass saw no signature match, and chose where an insert goes: if neither
             // bucket has changed since (their signatures move only with their versions), the
             // search would find nothing either. A new flow's lookup costs two compares.
             self.counters.misses += 1;
-            return None;
+            return NO_SLOT;
         }
         self.search_key(p, key, now)
     }
@@ -396,8 +411,8 @@ impl<V: FlowValue> FlowTable<V> {
     /// The full search of [`FlowTable::lookup_probed`], when what the middle pass saw no longer
     /// holds (or it did not look).
     #[inline(never)]
-    fn search_key(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
-        self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now)
+    fn search_key(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> u32 {
+        self.find_by(p.b1 as usize, p.b2 as usize, p.sig, |t| t.is_of(key), now).map_or(NO_SLOT, FlowSlot::to_index)
     }
 
     /// The slot `prefetch_entry` chose for an insert at `p`, if neither bucket has changed since.
@@ -1127,8 +1142,16 @@ mod tests {
         assert_eq!(t.counters().expired, 500);
         assert!(t.is_empty());
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
-        // 20 billion flows (1.5 TB of buckets, addressable by the hash): refused, not an abort.
+        // 20 billion flows (1.5 TB of buckets): refused, not an abort.
         let huge = 20_000_000_000usize;
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(huge).err(), Some(FlowTableError::BadCapacity(huge)));
+        // One bucket more than 32-bit slot numbers can name: refused before any allocation; at
+        // the limit the last slot's number is still below the one that means "none".
+        let over = (MAX_BUCKETS + 1) * BUCKET_SLOTS * 3 / 4;
+        assert_eq!(FlowTable::<MuxFlow>::buckets_for(over), MAX_BUCKETS + 1);
+        assert_eq!(FlowTable::<MuxFlow>::with_capacity(over).err(), Some(FlowTableError::BadCapacity(over)));
+        let last = FlowSlot { bucket: (MAX_BUCKETS - 1) as u32, slot: (BUCKET_SLOTS - 1) as u8 };
+        assert!(last.to_index() < NO_SLOT);
+        assert_eq!(FlowSlot::from_index(last.to_index()), last);
     }
 }
