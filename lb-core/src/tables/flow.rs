@@ -1130,6 +1130,31 @@ mod tests {
     }
 
     #[test]
+    fn a_table_the_allocator_cannot_give_is_refused() {
+        // 128 KiB values: a bucket of about 1 MiB, and the most buckets a table may have make
+        // 2^49 bytes, more than a 64-bit process can address, so the reservation always fails
+        // (whatever the OS's overcommit policy); the table says so instead of aborting. On a
+        // thread of its own with a large stack: the table's code builds an empty bucket there.
+        #[derive(Clone, Copy)]
+        struct Big([u8; 1 << 17]);
+        impl Default for Big {
+            fn default() -> Self {
+                Big([0; 1 << 17])
+            }
+        }
+        impl FlowValue for Big {}
+        let flows = MAX_BUCKETS * BUCKET_SLOTS * 3 / 4;
+        assert_eq!(FlowTable::<Big>::buckets_for(flows), MAX_BUCKETS);
+        let refused = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || FlowTable::<Big>::with_capacity(flows).err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(refused, Some(FlowTableError::BadCapacity(flows)));
+    }
+
+    #[test]
     fn sweep_expires_idle_flows() {
         let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         for i in 0..500 {
@@ -1142,7 +1167,7 @@ mod tests {
         assert_eq!(t.counters().expired, 500);
         assert!(t.is_empty());
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
-        // 20 billion flows (1.5 TB of buckets): refused, not an abort.
+        // 20 billion flows: more than 32-bit slot numbers can name, refused, not an abort.
         let huge = 20_000_000_000usize;
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(huge).err(), Some(FlowTableError::BadCapacity(huge)));
         // One bucket more than 32-bit slot numbers can name: refused before any allocation; at
