@@ -1136,7 +1136,7 @@ mod tests {
         // (whatever the OS's overcommit policy); the table says so instead of aborting. On a
         // thread of its own with a large stack: the table's code builds an empty bucket there.
         #[derive(Clone, Copy)]
-        struct Big([u8; 1 << 17]);
+        struct Big(#[allow(dead_code)] [u8; 1 << 17]);
         impl Default for Big {
             fn default() -> Self {
                 Big([0; 1 << 17])
