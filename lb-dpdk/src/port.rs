@@ -44,7 +44,7 @@ pub trait Port {
     /// around every burst, the status period): read twice a burst, so a port with a cheaper clock
     /// than the OS's gives its own (DPDK: the TSC, 10 ns a read on the EPYC VM where
     /// `Instant::now` takes 24).
-    fn clock_ns(&mut self) -> u64 {
+    fn clock_ns(&self) -> u64 {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }

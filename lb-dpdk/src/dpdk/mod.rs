@@ -290,7 +290,7 @@ impl Port for DpdkPort {
     }
 
     #[inline]
-    fn clock_ns(&mut self) -> u64 {
+    fn clock_ns(&self) -> u64 {
         // SAFETY: reads the TSC.
         ticks_to_ns(unsafe { sys::lb_tsc() }, self.ns_per_tick)
     }
@@ -301,9 +301,10 @@ impl Port for DpdkPort {
 }
 
 /// Nanoseconds a tick of a `hz` clock, as a 32.32 fixed-point number, rounded up (so that a whole
-/// second of ticks makes a whole second, not a nanosecond less).
+/// second of ticks makes a whole second, not a nanosecond less). At most 10^9 << 32 (a 1 Hz
+/// clock), which fits a `u64`.
 fn ns_per_tick(hz: u64) -> u64 {
-    (1_000_000_000u128 << 32).div_ceil(u128::from(hz.max(1))).min(u128::from(u64::MAX)) as u64
+    (1_000_000_000u128 << 32).div_ceil(u128::from(hz.max(1))) as u64
 }
 
 /// `ticks` of a clock in nanoseconds, `ns_per_tick` from [`ns_per_tick`].
