@@ -340,6 +340,45 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(run(&mut mux, &udp_fragment(78, 2, false, &[0xbb; 16])), Err(DropReason::FragmentUnknown));
 }
 
+/// A fragment of an IPv6 datagram from client `c` to the IPv6 VIP: a Fragment header whose next
+/// header is `next`, then `data` (the fragmentable part from byte `offset_units * 8`).
+fn ipv6_fragment(c: u8, ident: u32, next: u8, offset_units: u16, more: bool, data: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 5, 10, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(8 + data.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[44, 64]);
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, c]);
+    f.extend_from_slice(&VIP6);
+    f.extend_from_slice(&[next, 0]);
+    f.extend_from_slice(&(offset_units << 3 | u16::from(more)).to_be_bytes());
+    f.extend_from_slice(&ident.to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+#[test]
+fn ipv6_fragments_follow_their_first_fragment_behind_destination_options() {
+    // RFC 8200 puts a Destination Options header for the final destination in the fragmentable
+    // part: the first fragment holds it and the TCP header (to V6-HTTP, port 80), and a later
+    // fragment's Fragment header names it (60) as its next header, not TCP.
+    let mut mux = Mux::new(node(4), config()).unwrap();
+    let mut hosts = std::collections::HashSet::new();
+    for c in 1..=24u8 {
+        let mut first = vec![6, 0, 1, 4, 0, 0, 0, 0]; // Destination Options: next TCP, PadN
+        let mut tcp = vec![0x9c, 0x40 + c, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+        first.append(&mut tcp);
+        first.extend_from_slice(&[0xaa; 20]);
+        let ident = 0x1000 + u32::from(c);
+        let h1 = run(&mut mux, &ipv6_fragment(c, ident, 60, 0, true, &first)).unwrap();
+        let h2 = run(&mut mux, &ipv6_fragment(c, ident, 60, 6, false, &[0xbb; 16]));
+        assert_eq!(h2, Ok(h1), "client {c}: the later fragment follows the first");
+        let other = run(&mut mux, &ipv6_fragment(c, ident + 1, 60, 6, false, &[0xbb; 16]));
+        assert_eq!(other, Err(DropReason::FragmentUnknown), "another datagram's fragment");
+        hosts.insert(h1);
+    }
+    assert!(hosts.len() > 1, "datagrams spread over the V6 pool's hosts: {hosts:?}");
+}
+
 #[test]
 fn icmp_errors_reach_the_backend_of_the_quoted_flow() {
     let mut mux = Mux::new(node(3), config()).unwrap();

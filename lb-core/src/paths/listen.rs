@@ -323,15 +323,27 @@ pub fn backend_tag(a: IpAddr) -> u32 {
 /// Marks the flow-table entries that remember a fragmented datagram rather than a connection.
 const FRAGMENT_MARK: u8 = 0x80;
 
-/// The flow-table record that ties the fragments of one datagram together: addresses, protocol and
-/// identification (later fragments carry no ports), marked so it never equals a connection's key.
+/// The flow-table record that ties the fragments of one datagram together, marked so it never
+/// equals a connection's key; later fragments carry no ports. What identifies the datagram is
+/// what its reassembly uses: addresses, protocol and identification for IPv4 (RFC 791), where
+/// every fragment's header names the protocol; addresses and identification alone for IPv6 (RFC
+/// 8200, 4.5), where a later fragment's Fragment header names the first header of the
+/// fragmentable part (a Destination Options or AH header, say) while the first fragment's key
+/// names the upper-layer protocol found after it.
 #[inline]
 pub(crate) fn fragment_record(k: &FlowKey, seed: u64) -> (FlowTuple, u32) {
     let mut t = FlowTuple::from(k);
     t.src_port = (k.frag_ident >> 16) as u16;
     t.dst_port = k.frag_ident as u16;
     t.version |= FRAGMENT_MARK;
-    let h = k.hash_fields(HashFields::ThreeTuple, seed) ^ (mix64(u64::from(k.frag_ident)) as u32);
+    let fields = match k.ip_version {
+        IpVersion::V4 => HashFields::ThreeTuple,
+        IpVersion::V6 => {
+            t.protocol = 0;
+            HashFields::TwoTuple
+        }
+    };
+    let h = k.hash_fields(fields, seed) ^ (mix64(u64::from(k.frag_ident)) as u32);
     (t, h)
 }
 
