@@ -555,11 +555,20 @@ fn reconfiguration_keeps_established_flows() {
     let n = buf.len();
     let HostVerdict::Deliver { backend: local, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
     let dip = h.local_backends()[local].address;
-    // A new configuration: an extra pool member on host B and the rule's backend port changed.
+    let before = h.counters().backends[local];
+    assert_eq!(before.packets, 1);
+    // A new configuration: an extra pool member on host B, one on this host ahead of the others
+    // (the local backends are numbered anew), and the rule's backend port changed.
     let mut lb = config(1024);
     lb.pools[0].backends.push(backend("vm3", v4(3), HOST_B));
+    lb.pools[0].backends.insert(0, backend("vm9", v4(9), HOST_A));
     lb.rules[0].backend_port = 9090;
     h.update(lb).unwrap();
+    let moved = h.local_backends().iter().position(|l| l.address == dip).unwrap();
+    assert_ne!(moved, local, "the backend has another local index now");
+    assert_eq!(h.counters().backends[moved], before, "its counters follow it through the reload");
+    let added = h.local_backends().iter().position(|l| l.address == v4(9)).unwrap();
+    assert_eq!(h.counters().backends[added].packets, 0, "a new backend starts at zero");
     let response = frame(dip, 8080, client, port, Some(false), b"still here");
     let mut rbuf = with_headroom(&response);
     let HostVerdict::Transmit { start, len } = h.from_backend(&mut rbuf, HEADROOM, response.len(), NOW + 1) else {

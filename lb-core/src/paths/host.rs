@@ -455,7 +455,15 @@ impl HostAgent {
             }
         });
         self.counters.flushed += flushed / 2;
-        self.counters.backends = vec![Traffic::default(); locals.len()];
+        // A local backend's counters follow it (by pool name and address, as its flows do), so
+        // that they never go down while it stays; a new one starts at zero.
+        let mut backends = vec![Traffic::default(); locals.len()];
+        for (old, new) in self.counters.backends.iter().zip(&local_map) {
+            if let Some(b) = new.and_then(|n| backends.get_mut(usize::from(n))) {
+                *b = *old;
+            }
+        }
+        self.counters.backends = backends;
         if let Some(a) = snat {
             self.snat = a;
         }
