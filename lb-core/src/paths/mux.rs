@@ -61,8 +61,9 @@ pub enum MuxError {
     Config(crate::config::ConfigError),
     /// A pool's Maglev table could not be built.
     Maglev(crate::tables::MaglevError),
-    /// A VxLAN tunnel could not be built (underlay version mismatch, VNI out of range).
-    Tunnel(WireError),
+    /// The VxLAN tunnel to a backend's host could not be built (the host and the underlay of
+    /// different IP versions, VNI out of range).
+    Tunnel(IpAddr, WireError),
     /// The flow table could not be allocated.
     FlowTable(crate::tables::FlowTableError),
     /// More distinct (host, VNI) tunnels than a flow entry can name.
@@ -83,7 +84,10 @@ impl fmt::Display for MuxError {
         match self {
             MuxError::Config(e) => write!(f, "configuration: {e}"),
             MuxError::Maglev(e) => write!(f, "maglev: {e}"),
-            MuxError::Tunnel(e) => write!(f, "tunnel: {e}"),
+            MuxError::Tunnel(host, WireError::BadVersion(_)) => {
+                write!(f, "tunnel to host {host}: not of the underlay's IP version")
+            }
+            MuxError::Tunnel(host, e) => write!(f, "tunnel to host {host}: {e}"),
             MuxError::FlowTable(e) => write!(f, "flow table: {e:?}"),
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
             MuxError::TooManyListeners => f.write_str("more than 65535 listeners (VIP, protocol, ports)"),
@@ -409,7 +413,7 @@ impl Mux {
                             self.node.mtu,
                         )
                         .and_then(|t| t.with_backend_tag(key.2))
-                        .map_err(MuxError::Tunnel)?;
+                        .map_err(|e| MuxError::Tunnel(b.host, e))?;
                         tunnels.push(t);
                         keys.push(key);
                         owners.push((pi, mi));
