@@ -17,7 +17,7 @@ use clap::Args;
 use lb_core::config::LoadBalancer;
 
 use crate::engine::{Action, Engine, Stats};
-use crate::node::{self, NodeConfig};
+use crate::node::{self, NodeConfig, Role};
 use crate::port::{AtEnd, FrameBuf, PcapPort, Port};
 
 /// Frames per burst.
@@ -337,16 +337,16 @@ fn control_plane(
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            match node::load(&args.config) {
-                Ok(new) if new.role == cfg.role => {
+            match node::load(&args.config).map_err(|e| e.to_string()).and_then(|new| check_reload(&cfg, new)) {
+                Ok(new) => {
                     eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
                     // The old probers' results name members by their place in the old configuration:
                     // stop them, and hand the workers what they sent before the new configuration,
                     // never after it.
                     let probing = probers.take().map(crate::probe::Probers::stop).is_some();
                     forward_probes(&probe_rx, workers);
-                    lb = new.lb.clone();
-                    let shared = Arc::new(new.lb);
+                    lb = new.clone();
+                    let shared = Arc::new(new);
                     for w in workers {
                         let _ = w.tx.send(Control::Reload(shared.clone()));
                     }
@@ -354,7 +354,6 @@ fn control_plane(
                         probers = Some(crate::probe::Probers::start(&lb, probe_tx.clone()));
                     }
                 }
-                Ok(_) => eprintln!("lb-dpdk: SIGHUP: refused: the role cannot change at run time"),
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
             }
         }
@@ -382,6 +381,68 @@ fn control_plane(
 }
 
 /// Hands every probe result received so far to every worker.
+/// The load balancer of a reloaded node file, if the running program can take it, checked in full
+/// before any worker or prober sees it (a refusal after the probers had moved on would leave them
+/// probing members the workers do not run, and reporting them by the wrong positions):
+/// - the role and the node's own settings take a restart (the workers' tables and tunnels are
+///   built from them), so a file that changes them is refused, naming what changed;
+/// - the load balancer is applied to a trial engine with a one-flow table, as each worker applies
+///   it: what `validate` cannot see (a backend host of the other IP version than the underlay,
+///   say) is refused here.
+fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, String> {
+    if new.role != running.role {
+        return Err("the role cannot change at run time".into());
+    }
+    let changed = node_changes(running, &new);
+    if !changed.is_empty() {
+        return Err(format!("node settings changed ({}): they take a restart", changed.join(", ")));
+    }
+    let mut trial = new.clone();
+    trial.mux.flow_capacity = 1;
+    trial.host.flow_capacity = 1;
+    Engine::new(&trial)?;
+    Ok(new.lb)
+}
+
+/// The node settings of the running role that differ between `a` and `b`, by their names in the
+/// node file.
+fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut field = |name: &'static str, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    match a.role {
+        Role::Mux => {
+            let (a, b) = (&a.mux, &b.mux);
+            field("mac", a.mac != b.mac);
+            field("gatewayMac", a.gateway_mac != b.gateway_mac);
+            field("underlay", a.underlay != b.underlay);
+            field("ttl", a.ttl != b.ttl);
+            field("mtu", a.mtu != b.mtu);
+            field("hashSeed", a.hash_seed != b.hash_seed);
+            field("flowCapacity", a.flow_capacity != b.flow_capacity);
+            field("maglevSize", a.maglev_size != b.maglev_size);
+        }
+        Role::Host => {
+            let (a, b) = (&a.host, &b.host);
+            field("mac", a.mac != b.mac);
+            field("gatewayMac", a.gateway_mac != b.gateway_mac);
+            field("underlay", a.underlay != b.underlay);
+            field("muxes", a.muxes != b.muxes);
+            field("returnPath", a.return_path != b.return_path);
+            field("ttl", a.ttl != b.ttl);
+            field("mtu", a.mtu != b.mtu);
+            field("hashSeed", a.hash_seed != b.hash_seed);
+            field("flowCapacity", a.flow_capacity != b.flow_capacity);
+            field("snatQuarantineSeconds", a.snat_quarantine_secs != b.snat_quarantine_secs);
+            field("resetOnSnatExhaustion", a.reset_on_snat_exhaustion != b.reset_on_snat_exhaustion);
+        }
+    }
+    changed
+}
+
 fn forward_probes(rx: &Receiver<crate::probe::ProbeResult>, workers: &[WorkerHandle]) {
     for r in rx.try_iter() {
         for w in workers {

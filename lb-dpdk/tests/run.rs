@@ -1085,6 +1085,24 @@ fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     wait_for("a second refusal", || (p.stderr().matches("refused").count() >= 2).then_some(()))
         .unwrap_or_else(|| panic!("stderr:\n{}", p.stderr()));
     assert!(p.stderr().contains("127.0.0.2 listed twice"), "{}", p.stderr());
+    // A load balancer that validates but that the MUX cannot run (the pool's hosts of the other IP
+    // version than the MUX's underlay: no tunnel to them) is refused before any worker sees it.
+    let v6_hosts =
+        [("b1", "127.0.0.2", "2001:db8::20"), ("b2", "127.0.0.3", "2001:db8::21"), ("b3", "127.0.0.4", "2001:db8::22")];
+    std::fs::write(&config, mux_node(small_lb(&v6_hosts, None))).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_for("a third refusal", || (p.stderr().matches("refused").count() >= 3).then_some(()))
+        .unwrap_or_else(|| panic!("stderr:\n{}", p.stderr()));
+    assert!(p.stderr().contains("tunnel to host 2001:db8::20: not of the underlay's IP version"), "{}", p.stderr());
+    // Node settings take a restart: a changed flow capacity is refused, by name.
+    let mut resized: serde_json::Value = serde_json::from_str(&mux_node(small_lb(&three, None))).unwrap();
+    resized["flowCapacity"] = 2000.into();
+    std::fs::write(&config, resized.to_string()).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_for("a fourth refusal", || (p.stderr().matches("refused").count() >= 4).then_some(()))
+        .unwrap_or_else(|| panic!("stderr:\n{}", p.stderr()));
+    assert!(p.stderr().contains("node settings changed (flowCapacity)"), "{}", p.stderr());
+    assert!(!p.stderr().contains("refused by a worker"), "the workers never saw them: {}", p.stderr());
     let m = metrics(maddr).expect("metrics still served");
     assert!(has(&m, "b1") && has(&m, "b2") && has(&m, "b3"), "{m:#?}");
     assert_eq!(p.stderr().matches("reloaded").count(), 1, "{}", p.stderr());
