@@ -10,6 +10,22 @@ use std::time::Duration;
 
 use crate::engine::Stats;
 
+/// A label value as the text format wants it: backslash, double quote and line feed escaped
+/// (configuration names may hold any of them, and one unescaped would make Prometheus refuse the
+/// whole page).
+fn label(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 /// The page for `s`.
 pub fn render(s: &Stats) -> String {
     let mut o = String::new();
@@ -35,6 +51,7 @@ pub fn render(s: &Stats) -> String {
         "# HELP lb_backend_packets_total Frames sent to each backend.\n# TYPE lb_backend_packets_total counter"
     );
     for (pool, name, addr, packets, _) in &s.backends {
+        let (pool, name) = (label(pool), label(name));
         let _ =
             writeln!(o, "lb_backend_packets_total{{pool=\"{pool}\",backend=\"{name}\",address=\"{addr}\"}} {packets}");
     }
@@ -43,6 +60,7 @@ pub fn render(s: &Stats) -> String {
         "# HELP lb_backend_new_flows_total Flows started on each backend.\n# TYPE lb_backend_new_flows_total counter"
     );
     for (pool, name, addr, _, flows) in &s.backends {
+        let (pool, name) = (label(pool), label(name));
         let _ =
             writeln!(o, "lb_backend_new_flows_total{{pool=\"{pool}\",backend=\"{name}\",address=\"{addr}\"}} {flows}");
     }
@@ -53,6 +71,7 @@ pub fn render(s: &Stats) -> String {
              took it out (0).\n# TYPE lb_backend_up gauge"
         );
         for ((pool, name, addr, _, _), up) in s.backends.iter().zip(&s.backends_up) {
+            let (pool, name) = (label(pool), label(name));
             let _ =
                 writeln!(o, "lb_backend_up{{pool=\"{pool}\",backend=\"{name}\",address=\"{addr}\"}} {}", u8::from(*up));
         }
@@ -123,5 +142,19 @@ mod tests {
         }
         let host = render(&Stats { backends_up: Vec::new(), ..s });
         assert!(!host.contains("lb_backend_up"), "a host agent has no health gauge");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let s = Stats {
+            backends: vec![("a\\b".into(), "say \"hi\"\nbye".into(), "10.0.0.1".parse().unwrap(), 3, 1)],
+            backends_up: vec![true],
+            ..Stats::default()
+        };
+        let page = render(&s);
+        let want = r#"lb_backend_packets_total{pool="a\\b",backend="say \"hi\"\nbye",address="10.0.0.1"} 3"#;
+        assert!(page.lines().any(|l| l == want), "no line {want:?} in\n{page}");
+        assert!(page.lines().all(|l| !l.starts_with("bye")), "a name's line feed split a line:\n{page}");
+        assert_eq!(page.matches("backend=\"say").count(), 3, "every backend series escapes its labels");
     }
 }
