@@ -32,6 +32,9 @@ pub enum Engine {
     Host(Box<HostAgent>),
 }
 
+/// One backend's counters: (pool name, backend name, address, packets, new flows).
+pub type BackendRow = (String, String, IpAddr, u64, u64);
+
 /// Counters of one engine, summed over lcores for display.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -47,7 +50,7 @@ pub struct Stats {
     /// Drops by reason name.
     pub drops: Vec<(&'static str, u64)>,
     /// Per backend: (pool name, backend name, address, packets, new flows).
-    pub backends: Vec<(String, String, IpAddr, u64, u64)>,
+    pub backends: Vec<BackendRow>,
     /// MUX: whether each backend of `backends` takes new flows (its health probes' verdict); empty
     /// for a host agent, which does not steer by health.
     pub backends_up: Vec<bool>,
@@ -60,7 +63,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Adds another lcore's counters (same configuration, so the same rows).
+    /// Adds another lcore's counters.
     pub fn merge(&mut self, o: &Stats) {
         self.rx += o.rx;
         self.tx += o.tx;
@@ -73,20 +76,32 @@ impl Stats {
                 a.1 += b.1;
             }
         }
-        if self.backends.is_empty() {
-            self.backends = o.backends.clone();
-        } else {
-            for (a, b) in self.backends.iter_mut().zip(&o.backends) {
-                a.3 += b.3;
-                a.4 += b.4;
-            }
-        }
-        if self.backends_up.is_empty() {
-            self.backends_up = o.backends_up.clone();
-        } else {
-            // Every lcore gets the same probe results; while one lags, the backend counts as down.
-            for (a, b) in self.backends_up.iter_mut().zip(&o.backends_up) {
-                *a &= *b;
+        // Rows meet by backend (pool, name, address), not by position: for a moment after a
+        // reload, lcores that have applied it and lcores that have not yet hold different rows.
+        // A row only one side has is added as it is.
+        let same = |a: &BackendRow, b: &BackendRow| a.0 == b.0 && a.1 == b.1 && a.2 == b.2;
+        for (i, b) in o.backends.iter().enumerate() {
+            let up = o.backends_up.get(i).copied();
+            let at = match self.backends.get(i) {
+                Some(a) if same(a, b) => Some(i),
+                _ => self.backends.iter().position(|a| same(a, b)),
+            };
+            match at {
+                Some(j) => {
+                    self.backends[j].3 += b.3;
+                    self.backends[j].4 += b.4;
+                    // Every lcore gets the same probe results; while one lags, the backend counts
+                    // as down.
+                    if let (Some(a), Some(up)) = (self.backends_up.get_mut(j), up) {
+                        *a &= up;
+                    }
+                }
+                None => {
+                    self.backends.push(b.clone());
+                    if let Some(up) = up {
+                        self.backends_up.push(up);
+                    }
+                }
             }
         }
         self.flows += o.flows;
@@ -231,5 +246,46 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pool: &str, name: &str, last: u8, packets: u64) -> BackendRow {
+        (pool.into(), name.into(), IpAddr::from([10, 0, 0, last]), packets, packets / 2)
+    }
+
+    #[test]
+    fn lcores_merge_by_backend_even_while_a_reload_reaches_them() {
+        // One lcore still runs the old pool [b1, b2]; the other has applied the new one, where b0
+        // comes first and b2 is gone.
+        let old = Stats {
+            rx: 10,
+            backends: vec![row("Web", "b1", 1, 6), row("Web", "b2", 2, 4)],
+            backends_up: vec![true, true],
+            ..Stats::default()
+        };
+        let new = Stats {
+            rx: 5,
+            backends: vec![row("Web", "b0", 9, 2), row("Web", "b1", 1, 3)],
+            backends_up: vec![true, false],
+            ..Stats::default()
+        };
+        let mut total = Stats::default();
+        total.merge(&old);
+        total.merge(&new);
+        assert_eq!(total.rx, 15);
+        assert_eq!(total.backends, vec![row("Web", "b1", 1, 9), row("Web", "b2", 2, 4), row("Web", "b0", 9, 2)]);
+        // b1 keeps its old new-flow count added up too (3 + 1), and is down while one lcore says so.
+        assert_eq!(total.backends[0].4, 4);
+        assert_eq!(total.backends_up, vec![false, true, true]);
+        // With the same rows everywhere, the merge adds row by row.
+        let mut same = Stats::default();
+        same.merge(&old);
+        same.merge(&old);
+        assert_eq!(same.backends, vec![row("Web", "b1", 1, 12), row("Web", "b2", 2, 8)]);
+        assert_eq!(same.backends_up, vec![true, true]);
     }
 }
