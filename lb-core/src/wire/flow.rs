@@ -493,7 +493,7 @@ fn general(frame: &[u8], key: &mut FlowKey) -> Result<(), WireError> {
                 ip_proto::TCP | ip_proto::UDP | ip_proto::ICMPV6 => (h.next_header, 0),
                 next => {
                     let walk = ipv6::walk(next, payload)?;
-                    if let Some(FragmentInfo { offset, ident, .. }) = walk.fragment {
+                    if let Some(FragmentInfo { offset, ident, .. }) = walk.fragment.filter(FragmentInfo::is_fragment) {
                         key.frag_ident = ident;
                         key.fragment = Fragment::at(offset);
                     }
@@ -591,7 +591,7 @@ pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError
             inner.dst_addr = h.dst;
             let walk = ipv6::walk_extensions(h.next_header, rest)?;
             inner.protocol = walk.protocol;
-            if let Some(f) = walk.fragment {
+            if let Some(f) = walk.fragment.filter(FragmentInfo::is_fragment) {
                 inner.frag_ident = f.ident;
                 inner.fragment = Fragment::at(f.offset);
             }
@@ -739,6 +739,27 @@ mod tests {
         f[24..26].copy_from_slice(&ipv4::FLAG_MF.to_be_bytes());
         let k = parse_flow_key(&f).unwrap();
         assert_eq!((k.fragment, k.src_port), (Fragment::First, 50000));
+    }
+
+    /// RFC 6946: a Fragment header with offset 0 and no more fragments (an "atomic fragment")
+    /// carries a whole datagram, to be processed as one; steered as a first fragment, it would
+    /// leave a record for later fragments that never come.
+    #[test]
+    fn ipv6_atomic_fragment_is_a_whole_datagram() {
+        let mut f = std::vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 28, 44, 64]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&[ip_proto::TCP, 0, 0, 0, 0xca, 0xfe, 0xf0, 0x0d]); // offset 0, M = 0
+        f.extend_from_slice(&[0xc3, 0x50, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        let k = parse_flow_key(&f).unwrap();
+        assert_eq!((k.fragment, k.frag_ident, k.protocol), (Fragment::None, 0, ip_proto::TCP));
+        assert_eq!((k.src_port, k.dst_port, k.tcp_flags), (50000, 80, 0x02));
+        assert_eq!((k.l4_offset, k.l4_len), (62, 20));
+        // With more fragments to come it is a first fragment, as before.
+        f[57] = 1;
+        let k = parse_flow_key(&f).unwrap();
+        assert_eq!((k.fragment, k.frag_ident, k.src_port), (Fragment::First, 0xcafe_f00d, 50000));
     }
 
     #[test]

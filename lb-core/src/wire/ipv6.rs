@@ -86,6 +86,15 @@ pub struct FragmentInfo {
     pub ident: u32,
 }
 
+impl FragmentInfo {
+    /// Whether this is part of a fragmented datagram: not an IPv6 "atomic fragment" (offset 0, no
+    /// more fragments), which holds a whole datagram and is processed as one (RFC 6946).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        self.offset != 0 || self.more
+    }
+}
+
 /// Where the upper-layer header starts after the extension headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtensionWalk {
