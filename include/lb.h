@@ -245,7 +245,8 @@ extern "C" {
  inline (`"loadBalancer": {...}`) or as a file (`"loadBalancerFile"`, relative to the current
  directory). On success `*out` owns a new instance (free it with [`lb_instance_free`]). On failure
  `*out` is left NULL and, if `err` is not NULL, a NUL-terminated message (truncated to `err_len`
- bytes) says what is wrong. NULL `json` or `out` gives `LB_RESULT_NULL_ARGUMENT`.
+ bytes) says what is wrong, whatever the failure. NULL `json` or `out` gives
+ `LB_RESULT_NULL_ARGUMENT`.
 
  # Safety
  `json` must point to `json_len` readable bytes; `out` to a writable pointer; `err`, if not NULL,
@@ -308,8 +309,8 @@ lb_result lb_process_burst(struct lb_instance *inst,
 lb_result lb_report_probe(struct lb_instance *inst, uintptr_t pool, uintptr_t member, bool success);
 
 /*
- Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a host
- agent, or indices out of range).
+ Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a
+ poisoned one, a host agent, or indices out of range).
 
  # Safety
  `inst` must be NULL or a live instance.

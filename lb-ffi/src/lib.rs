@@ -169,6 +169,12 @@ fn write_error(err: *mut c_char, err_len: usize, msg: &str) {
     }
 }
 
+/// What [`lb_result_name`] says of `r`, for an error buffer.
+fn describe(r: lb_result) -> &'static str {
+    // SAFETY: `lb_result_name` returns a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(lb_result_name(r as u32)) }.to_str().unwrap_or("error")
+}
+
 /// Runs `f` with panics caught and turned into `LB_RESULT_PANIC`.
 fn guard(f: impl FnOnce() -> lb_result) -> lb_result {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(lb_result::LB_RESULT_PANIC)
@@ -203,7 +209,8 @@ fn build(cfg: &NodeConfig) -> Result<Engine, String> {
 /// inline (`"loadBalancer": {...}`) or as a file (`"loadBalancerFile"`, relative to the current
 /// directory). On success `*out` owns a new instance (free it with [`lb_instance_free`]). On failure
 /// `*out` is left NULL and, if `err` is not NULL, a NUL-terminated message (truncated to `err_len`
-/// bytes) says what is wrong. NULL `json` or `out` gives `LB_RESULT_NULL_ARGUMENT`.
+/// bytes) says what is wrong, whatever the failure. NULL `json` or `out` gives
+/// `LB_RESULT_NULL_ARGUMENT`.
 ///
 /// # Safety
 /// `json` must point to `json_len` readable bytes; `out` to a writable pointer; `err`, if not NULL,
@@ -216,7 +223,10 @@ pub unsafe extern "C" fn lb_instance_new(
     err: *mut c_char,
     err_len: usize,
 ) -> lb_result {
-    guard(|| {
+    // Every failure leaves a message in `err`, those without one of their own (a NULL `out`, a
+    // caught panic) the result's description.
+    let mut message = None;
+    let r = guard(|| {
         if out.is_null() {
             return lb_result::LB_RESULT_NULL_ARGUMENT;
         }
@@ -226,14 +236,14 @@ pub unsafe extern "C" fn lb_instance_new(
         let t = match unsafe { text(json, json_len) } {
             Ok(t) => t,
             Err(e) => {
-                write_error(err, err_len, "configuration is NULL or not UTF-8");
+                message = Some("configuration is NULL or not UTF-8".to_string());
                 return e;
             }
         };
         let cfg = match node::parse(t, Path::new("."), Path::new("<json>")) {
             Ok(c) => c,
             Err(e) => {
-                write_error(err, err_len, &e.to_string());
+                message = Some(e.to_string());
                 return match e {
                     // The load balancer's JSON of the wrong shape is bad JSON too, as in `lb_update`.
                     node::NodeError::Json(..) => lb_result::LB_RESULT_BAD_JSON,
@@ -250,11 +260,15 @@ pub unsafe extern "C" fn lb_instance_new(
                 lb_result::LB_RESULT_OK
             }
             Err(e) => {
-                write_error(err, err_len, &e);
+                message = Some(e);
                 lb_result::LB_RESULT_BAD_CONFIG
             }
         }
-    })
+    });
+    if r != lb_result::LB_RESULT_OK {
+        write_error(err, err_len, message.as_deref().unwrap_or(describe(r)));
+    }
+    r
 }
 
 /// Frees an instance. NULL is ignored. Freeing the same instance twice, or using it afterwards, is
@@ -279,12 +293,15 @@ pub unsafe extern "C" fn lb_instance_free(inst: *mut lb_instance) {
 /// `inst` must be NULL or a live instance.
 #[no_mangle]
 pub unsafe extern "C" fn lb_instance_role(inst: *const lb_instance) -> u32 {
-    // SAFETY: per the contract.
-    match unsafe { inst.as_ref() } {
-        Some(lb_instance { engine: Engine::Mux(_), .. }) => lb_role::LB_ROLE_MUX as u32,
-        Some(lb_instance { engine: Engine::Host(..), .. }) => lb_role::LB_ROLE_HOST as u32,
-        None => 0,
-    }
+    catch_unwind(|| {
+        // SAFETY: per the contract.
+        match unsafe { inst.as_ref() } {
+            Some(lb_instance { engine: Engine::Mux(_), .. }) => lb_role::LB_ROLE_MUX as u32,
+            Some(lb_instance { engine: Engine::Host(..), .. }) => lb_role::LB_ROLE_HOST as u32,
+            None => 0,
+        }
+    })
+    .unwrap_or(0)
 }
 
 /// Runs `f` on a live, unpoisoned instance, poisoning it if `f` panics.
@@ -334,6 +351,10 @@ pub unsafe extern "C" fn lb_process_burst(
     // SAFETY: per the contract.
     unsafe {
         with_instance(inst, |i| {
+            // NULL arrays first, as documented, then the direction.
+            if n > 0 && (frames.is_null() || verdicts.is_null()) {
+                return lb_result::LB_RESULT_NULL_ARGUMENT;
+            }
             // A C caller may pass any integer: only the listed values become an `lb_direction`.
             let direction = match direction {
                 0 => lb_direction::LB_DIRECTION_AUTO,
@@ -343,9 +364,6 @@ pub unsafe extern "C" fn lb_process_burst(
             };
             if n == 0 {
                 return lb_result::LB_RESULT_OK;
-            }
-            if frames.is_null() || verdicts.is_null() {
-                return lb_result::LB_RESULT_NULL_ARGUMENT;
             }
             // SAFETY: non-NULL, `n` elements each, per the contract.
             let frames = std::slice::from_raw_parts_mut(frames, n);
@@ -464,22 +482,25 @@ pub unsafe extern "C" fn lb_report_probe(
     }
 }
 
-/// Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a host
-/// agent, or indices out of range).
+/// Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a
+/// poisoned one, a host agent, or indices out of range).
 ///
 /// # Safety
 /// `inst` must be NULL or a live instance.
 #[no_mangle]
 pub unsafe extern "C" fn lb_backend_up(inst: *const lb_instance, pool: usize, member: usize) -> i32 {
-    // SAFETY: per the contract.
-    match unsafe { inst.as_ref() } {
-        Some(lb_instance { engine: Engine::Mux(m), .. }) => match m.health(pool, member) {
-            Some(lb_core::tables::Health::Up) => 1,
-            Some(_) => 0,
-            None => -1,
-        },
-        _ => -1,
-    }
+    catch_unwind(|| {
+        // SAFETY: per the contract.
+        match unsafe { inst.as_ref() } {
+            Some(lb_instance { engine: Engine::Mux(m), poisoned: false, .. }) => match m.health(pool, member) {
+                Some(lb_core::tables::Health::Up) => 1,
+                Some(_) => 0,
+                None => -1,
+            },
+            _ => -1,
+        }
+    })
+    .unwrap_or(-1)
 }
 
 /// Replaces the load balancer at run time with the seed's JSON of one load balancer (`json`,
@@ -497,20 +518,23 @@ pub unsafe extern "C" fn lb_update(
     err: *mut c_char,
     err_len: usize,
 ) -> lb_result {
+    // As in `lb_instance_new`, every failure leaves a message (a NULL or poisoned instance, a
+    // caught panic: the result's description).
+    let mut message = None;
     // SAFETY: per the contract.
-    unsafe {
+    let r = unsafe {
         with_instance(inst, |i| {
             let t = match text(json, json_len) {
                 Ok(t) => t,
                 Err(e) => {
-                    write_error(err, err_len, "configuration is NULL or not UTF-8");
+                    message = Some("configuration is NULL or not UTF-8".to_string());
                     return e;
                 }
             };
             let lb = match from_json(t) {
                 Ok(lb) => lb,
                 Err(e) => {
-                    write_error(err, err_len, &e.to_string());
+                    message = Some(e.to_string());
                     return if e.field == "json" {
                         lb_result::LB_RESULT_BAD_JSON
                     } else {
@@ -534,12 +558,16 @@ pub unsafe extern "C" fn lb_update(
             match r {
                 Ok(()) => lb_result::LB_RESULT_OK,
                 Err(e) => {
-                    write_error(err, err_len, &e);
+                    message = Some(e);
                     lb_result::LB_RESULT_BAD_CONFIG
                 }
             }
         })
+    };
+    if r != lb_result::LB_RESULT_OK {
+        write_error(err, err_len, message.as_deref().unwrap_or(describe(r)));
     }
+    r
 }
 
 /// The sum of a MUX's per-frontend traffic.

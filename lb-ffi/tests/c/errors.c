@@ -67,19 +67,25 @@ int main(int argc, char **argv) {
     CHECK_EQ(lb_instance_new(NULL, 10, &out, err, sizeof err), LB_RESULT_NULL_ARGUMENT);
     CHECK(out == NULL);
     CHECK_EQ(lb_instance_new(NULL, 0, &out, NULL, 0), LB_RESULT_NULL_ARGUMENT);
+    /* Every failure leaves a message, those without one of their own the result's description. */
+    fill(err, sizeof err);
     CHECK_EQ(lb_instance_new(MUX_NODE_JSON, strlen(MUX_NODE_JSON), NULL, err, sizeof err), LB_RESULT_NULL_ARGUMENT);
+    CHECK_STR(err, "a required argument is NULL");
     lb_instance_free(NULL);
     CHECK_EQ(lb_instance_role(NULL), 0);
     client_tcp(&fb, VIP, 1000, 80, TCP_SYN);
     CHECK_EQ(lb_process_burst(NULL, &fb.f, 1, 0, LB_DIRECTION_AUTO, &v), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(lb_process_burst(NULL, &fb.f, 1, 0, 77, &v), LB_RESULT_NULL_ARGUMENT); /* NULL is checked first */
     CHECK_EQ(lb_process_burst(mux, NULL, 1, 0, LB_DIRECTION_AUTO, &v), LB_RESULT_NULL_ARGUMENT);
+    CHECK_EQ(lb_process_burst(mux, NULL, 1, 0, 77, &v), LB_RESULT_NULL_ARGUMENT); /* before the direction */
     CHECK_EQ(lb_process_burst(mux, &fb.f, 1, 0, LB_DIRECTION_AUTO, NULL), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(fb.f.start, HEADROOM); /* nothing was processed */
     CHECK_EQ(lb_process_burst(mux, NULL, 0, 0, LB_DIRECTION_AUTO, NULL), LB_RESULT_OK); /* n = 0 */
     CHECK_EQ(lb_report_probe(NULL, 0, 0, true), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(lb_backend_up(NULL, 0, 0), -1);
+    fill(err, sizeof err);
     CHECK_EQ(lb_update(NULL, LB_JSON, strlen(LB_JSON), err, sizeof err), LB_RESULT_NULL_ARGUMENT);
+    CHECK_STR(err, "a required argument is NULL");
     CHECK_EQ(lb_update(mux, NULL, 5, err, sizeof err), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(lb_expire(NULL, 0, 8), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(lb_counters_get(NULL, &c), LB_RESULT_NULL_ARGUMENT);
