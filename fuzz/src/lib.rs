@@ -258,8 +258,9 @@ fn check_ipv6(frame: &[u8], key: &FlowKey, l3: usize, l4: usize, l4_bytes: &[u8]
     assert_eq!(walk, walk_extensions(h.next_header, p.payload()).unwrap());
     assert_eq!(walk.protocol, key.protocol);
     assert_eq!(l3 + IPV6_HEADER_LEN + walk.offset, l4, "l4_offset disagrees with the extension walk");
-    match walk.fragment {
-        None => assert_eq!(key.fragment, Fragment::None),
+    // An atomic fragment (offset 0, no more fragments) is a whole datagram (RFC 6946).
+    match walk.fragment.filter(|f| f.is_fragment()) {
+        None => assert_eq!((key.fragment, key.frag_ident), (Fragment::None, 0)),
         Some(f) => {
             assert_eq!(key.fragment, if f.offset == 0 { Fragment::First } else { Fragment::Later });
             assert_eq!(key.frag_ident, f.ident);
@@ -376,7 +377,8 @@ fn check_quote(key: &FlowKey, quote: &[u8], q: &FlowKey) {
             assert_eq!(q.dst_addr, quote[24..40]);
             let walk = walk_extensions(quote[6], &quote[IPV6_HEADER_LEN..]).expect("quote walk disagrees");
             assert_eq!(q.protocol, walk.protocol);
-            match walk.fragment {
+            // An atomic fragment (offset 0, no more fragments) is a whole datagram (RFC 6946).
+            match walk.fragment.filter(|f| f.is_fragment()) {
                 None => assert_eq!(q.fragment, Fragment::None),
                 Some(f) => assert_eq!(q.fragment, if f.offset == 0 { Fragment::First } else { Fragment::Later }),
             }
