@@ -263,6 +263,18 @@ fn unknown_frontend_reference() {
 }
 
 #[test]
+fn outbound_rule_frontend_listed_twice() {
+    // Each frontend of an outbound rule gives every member a block of its ports; one listed twice
+    // would hand two members the same ports.
+    let e = refuse(OUTBOUND, |v| {
+        let fs = &mut props(v, "outboundRules", 0)["frontendIPConfigurations"];
+        fs[1] = fs[0].clone();
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
+    assert!(e.problem.contains("listed twice"), "{e}");
+}
+
+#[test]
 fn unknown_pool_reference() {
     let e = refuse(BASIC, |v| {
         props(v, "loadBalancingRules", 1)["backendAddressPool"]["id"] = json!(".../backendAddressPools/ApiServers");

@@ -438,8 +438,14 @@ impl LoadBalancer {
                 return Err(err(k, &r.name, "frontendIPConfigurations", "at least one"));
             }
             self.pool_ok(k, &r.name, r.pool)?;
-            for &f in &r.frontends {
+            for (i, &f) in r.frontends.iter().enumerate() {
                 self.frontend_ok(k, &r.name, f)?;
+                // Each frontend gives every member its own block of ports: listed twice, it would
+                // give two members the same ports.
+                if r.frontends[..i].contains(&f) {
+                    let problem = alloc::format!("frontend '{}' listed twice", self.frontends[f].name);
+                    return Err(err(k, &r.name, "frontendIPConfigurations", problem));
+                }
                 self.same_version(k, &r.name, "frontendIPConfigurations", f, r.pool)?;
                 if let Some(ha) = self.rules.iter().find(|x| x.frontend == f && x.is_ha_ports()) {
                     let problem = alloc::format!(
