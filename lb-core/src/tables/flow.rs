@@ -290,6 +290,20 @@ fn sig_mask(sigs: &[u16; BUCKET_SLOTS], sig: u16) -> u32 {
     crate::simd::eq_mask_u16x8(sigs, sig)
 }
 
+/// The TCP state of a flow not yet or no longer established after a segment without FIN: the first
+/// segment after the SYN establishes it, and a SYN on a closing flow is a new connection on the
+/// same 5-tuple (the client reused its port after the close), which gets the rule's idle timeout
+/// again, not the closing one. Out of line: an established flow's packets never come here.
+#[cold]
+#[inline(never)]
+fn opening(state: &mut TcpState, tcp_flags: u8) {
+    match *state {
+        TcpState::SynSeen if tcp_flags & TcpFlags::SYN == 0 => *state = TcpState::Established,
+        TcpState::Closing if tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN => *state = TcpState::SynSeen,
+        _ => {}
+    }
+}
+
 /// The deadline of an entry last seen at `now` (see [`Bucket::deadlines`]).
 #[inline(always)]
 fn deadline(state: TcpState, idle_minutes: u8, now: u32) -> u32 {
@@ -637,7 +651,8 @@ impl<V: FlowValue> FlowTable<V> {
     }
 
     /// Records a packet of a found flow: refreshes `last_seen` and follows TCP flags (a FIN moves to
-    /// Closing, a RST removes the flow). Returns the entry as it was before a RST removed it.
+    /// Closing, a RST removes the flow, a SYN on a closing flow opens it again). Returns the entry as
+    /// it was before a RST removed it.
     #[inline]
     pub fn touch(&mut self, at: FlowSlot, tcp_flags: u8, now: u32) -> FlowEntry<V> {
         let bucket = &mut self.buckets[at.bucket as usize];
@@ -658,11 +673,15 @@ impl<V: FlowValue> FlowTable<V> {
             }
             if tcp_flags & TcpFlags::FIN != 0 {
                 e.state = TcpState::Closing;
-            } else if e.state == TcpState::SynSeen && tcp_flags & TcpFlags::SYN == 0 {
-                e.state = TcpState::Established;
+            } else if e.state != TcpState::Established {
+                // An established flow's packets take one compare here; the rest are rare.
+                opening(&mut e.state, tcp_flags);
             }
+            bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
+        } else {
+            // Not TCP: stateless, only the idle timeout applies.
+            bucket.deadlines[i] = now.wrapping_add(u32::from(e.idle_minutes) * 60);
         }
-        bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
         changed(&mut bucket.version);
         *e
     }
@@ -1069,6 +1088,17 @@ mod tests {
         // Closing flows expire after CLOSING_TIMEOUT_SECS, not after the idle timeout.
         assert!(t.lookup(&k, h, 102 + CLOSING_TIMEOUT_SECS).is_some());
         assert_eq!(t.lookup(&k, h, 103 + CLOSING_TIMEOUT_SECS + 1), None);
+        // A client that reuses the 5-tuple for a new connection while the old one is closing: its
+        // SYN opens the flow again, with the rule's idle timeout (a retransmitted FIN's ACK does not).
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 150);
+        t.touch(at, TcpFlags::FIN | TcpFlags::ACK, 151);
+        assert_eq!(t.touch(at, TcpFlags::ACK, 152).state, TcpState::Closing);
+        assert_eq!(t.touch(at, TcpFlags::SYN, 153).state, TcpState::SynSeen);
+        assert!(t.lookup(&k, h, 153 + 4 * 60).is_some(), "the rule's idle timeout again");
+        assert_eq!(t.touch(at, TcpFlags::ACK, 153 + 4 * 60).state, TcpState::Established);
+        t.touch(at, TcpFlags::RST, 154 + 4 * 60);
+        assert_eq!(t.counters().reset, 1);
+        t.counters.reset = 0;
         assert_eq!(t.counters().expired, 1);
         let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 200);
         t.touch(at, TcpFlags::RST, 201);
