@@ -585,6 +585,26 @@ fn reconfiguration_keeps_established_flows() {
 }
 
 #[test]
+fn snat_connections_a_reload_flushes_give_their_ports_back() {
+    // The outbound frontend gets a new address (same name and place, so the port blocks compare
+    // equal and the allocator stays): the connections on the old address cannot go on and are
+    // flushed, and their ports must come back, or the backend would run out for good.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    for i in 0..10u16 {
+        let f = frame(v4(0), 20000 + i, IpAddr::from([93, 184, 216, 34]), 443, Some(true), b"");
+        let mut buf = with_headroom(&f);
+        assert!(matches!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Transmit { .. }));
+    }
+    assert_eq!(h.snat_ports_in_use(0), 10);
+    let mut lb = config(1024);
+    lb.frontends[2].address = IpAddr::from([20, 50, 60, 99]);
+    h.update(lb).unwrap();
+    assert_eq!(h.counters().flushed, 10);
+    assert_eq!(h.snat_ports_in_use(0), 0, "the flushed connections' ports are free again");
+    assert_eq!(h.snat_counters().released, 10);
+}
+
+#[test]
 fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated() {
     let lb = config(8);
     let node =

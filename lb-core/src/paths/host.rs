@@ -437,7 +437,11 @@ impl HostAgent {
             .map(|o| lb.frontends.iter().position(|n| n.address == o.address).map(|p| p as u16))
             .collect();
         let mut flushed = 0;
+        // SNAT connections removed while the allocator stays give their ports back (once each:
+        // with their outbound entry), stamped with the latest second the table has seen.
+        let (mut ports, mut latest) = (Vec::new(), 0u32);
         self.flows.retain(|e| {
+            latest = latest.max(e.last_seen);
             let v = &mut e.value;
             let snat = matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn);
             let local = local_map.get(usize::from(v.local)).copied().flatten();
@@ -449,11 +453,17 @@ impl HostAgent {
                     true
                 }
                 _ => {
+                    if same_snat && v.kind == HostFlowKind::SnatOut {
+                        ports.push((usize::from(v.block), v.port));
+                    }
                     flushed += 1;
                     false
                 }
             }
         });
+        for (block, port) in ports {
+            let _ = self.snat.release(block, port, latest);
+        }
         self.counters.flushed += flushed / 2;
         // A local backend's counters follow it (by pool name and address, as its flows do), so
         // that they never go down while it stays; a new one starts at zero.
