@@ -659,6 +659,38 @@ fn split_in_two(f: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn fragmented_replies_to_snat_connections_follow_their_first_fragment_at_the_mux() {
+    // A reply to an SNAT port, fragmented on the way: the first fragment carries the port, which
+    // names the backend and so its host; the later one carries no port and must follow it.
+    let mut mux = mux();
+    let plan = config(1024).snat_plan().unwrap();
+    let remote = IpAddr::from([93, 184, 216, 34]);
+    let mut hosts = HashSet::new();
+    for port in (1024..4096u16).step_by(97) {
+        let g = plan.owner(2, port).expect("a planned port");
+        let whole = frame(remote, 53, IpAddr::from(SNAT_IP), port, None, &[0x5a; 40]);
+        let (_, owner) = snat_reply(&mut mux, remote, 53, port, false);
+        let (first, later) = split_in_two(&whole);
+        // Each datagram its own identification, as a sender numbers them.
+        let ident = |mut f: Vec<u8>| {
+            f[18..20].copy_from_slice(&port.to_be_bytes());
+            f[24..26].fill(0);
+            let c = lb_core::wire::checksum::ipv4_header(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        let (first, later) = (ident(first), ident(later));
+        let (_, to_first, _) = through_mux(&mut mux, &first);
+        let (_, to_later, _) = through_mux(&mut mux, &later);
+        assert_eq!((to_first, to_later), (owner, owner), "port {port} of member {}", g.member);
+        hosts.insert(owner);
+    }
+    assert_eq!(hosts.len(), 2, "ports of backends on both hosts");
+    let c = mux.counters();
+    assert_eq!(c.drops[lb_core::paths::DropReason::FragmentUnknown as usize], 0);
+}
+
+#[test]
 fn fragments_of_a_datagram_are_translated_alike_and_reassemble_with_valid_checksums() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 3, 3]);

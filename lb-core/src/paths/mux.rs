@@ -299,6 +299,10 @@ fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> L
 /// The listener index of a flow whose listener no configuration has any more (never given out:
 /// at most `GONE_LISTENER` indices, 0 to 65,534, are).
 const GONE_LISTENER: u16 = u16::MAX;
+/// The listener a fragment record names for a reply to an SNAT connection (whose first fragment
+/// no listener took): its later fragments go where the port sent the first, counted as SNAT
+/// replies. Listener indices stop below it.
+const SNAT_REPLY_LISTENER: u16 = GONE_LISTENER - 1;
 
 /// One core's MUX.
 pub struct Mux {
@@ -360,7 +364,7 @@ impl Mux {
             listener_ids: Vec::new(),
             listener_route: Vec::new(),
             counter_listener: Vec::new(),
-            listener_limit: usize::from(GONE_LISTENER),
+            listener_limit: usize::from(SNAT_REPLY_LISTENER),
             burst_keys: alloc::vec![FlowKey::default(); BURST],
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
@@ -790,11 +794,25 @@ impl Mux {
                 return Verdict::Drop(DropReason::FragmentUnknown);
             };
             let e = self.flows.touch(at, 0, now);
+            if e.value.listener == SNAT_REPLY_LISTENER {
+                return self.snat_forward(buf, start, len, vip, e.value.backend, frag_hash);
+            }
             // Counted under its first fragment's listener, if the configuration still has it.
             let rule = self.listener_route.get(usize::from(e.value.listener)).map_or(usize::MAX, |&(_, c)| c as usize);
             return self.forward(buf, start, len, vip, rule, e.value.backend, false, frag_hash);
         }
         let Some(l) = self.vips[vip].listener(flow.protocol, flow.dst_port) else {
+            if flow.fragment == Fragment::First && !icmp_error {
+                // A reply to an SNAT connection: its later fragments carry no port, so they follow
+                // a record of the host the port names.
+                if let Ok(tunnel) = self.snat_tunnel(vip, &flow) {
+                    let (ft, fh) = fragment_record(&flow, seed);
+                    if self.flows.lookup(&ft, fh, now).is_none() {
+                        let new = MuxFlow { backend: tunnel, listener: SNAT_REPLY_LISTENER };
+                        self.flows.insert(&ft, fh, 0, new, 4, now);
+                    }
+                }
+            }
             return self.snat_reply(buf, start, len, vip, &flow, hash);
         };
         // An ICMP error creates no flow: it only follows one.
@@ -882,6 +900,7 @@ impl Mux {
     /// A reply to a connection a backend opened through SNAT: the port names the backend (every
     /// node derives the same [`SnatPlan`]), so it goes to that backend's host with no flow state.
     #[cold]
+    #[inline(never)]
     fn snat_reply(
         &mut self,
         buf: &mut [u8],
@@ -891,14 +910,32 @@ impl Mux {
         flow: &FlowKey,
         hash: u32,
     ) -> Verdict {
+        match self.snat_tunnel(vip, flow) {
+            Ok(tunnel) => self.snat_forward(buf, start, len, vip, tunnel, hash),
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// The tunnel to the host of the backend whose SNAT port `flow` is addressed to on `vip`.
+    fn snat_tunnel(&self, vip: usize, flow: &FlowKey) -> Result<u16, DropReason> {
         let tcp_or_udp = flow.protocol == ip_proto::TCP || flow.protocol == ip_proto::UDP;
         let Some(g) = self.snat.owner(vip, flow.dst_port).filter(|g| tcp_or_udp && g.protocol.matches(flow.protocol))
         else {
-            return Verdict::Drop(DropReason::NoRule);
+            return Err(DropReason::NoRule);
         };
-        let Some(&tunnel) = self.pools.get(g.pool).and_then(|p| p.tunnel.get(g.member)) else {
-            return Verdict::Drop(DropReason::NoBackend);
-        };
+        self.pools.get(g.pool).and_then(|p| p.tunnel.get(g.member)).copied().ok_or(DropReason::NoBackend)
+    }
+
+    /// Sends an SNAT reply (or a later fragment of one) through `tunnel`, counted as one.
+    fn snat_forward(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        vip: usize,
+        tunnel: u16,
+        hash: u32,
+    ) -> Verdict {
         let Some(t) = self.tunnels.get(usize::from(tunnel)) else {
             return Verdict::Drop(DropReason::NoBackend);
         };
