@@ -659,6 +659,46 @@ fn split_in_two(f: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn a_backend_in_two_pools_opens_connections_with_the_ports_of_either() {
+    // vm0 is in "Web" (load-balancing rules, no outbound SNAT) and in "Out", whose outbound rule
+    // takes TCP only: its TCP connections take Out's ports, and UDP is no rule's (not an exhaustion).
+    let mut lb = config(1024);
+    lb.pools.push(Pool { name: "Out".into(), vni: 0x1009, backends: vec![backend("vm0-out", v4(0), HOST_A)] });
+    lb.outbound_rules[0].pool = 2;
+    lb.outbound_rules[0].protocol = Protocol::Tcp;
+    let mut h = host(HOST_A, ReturnPath::Direct, lb);
+    let web = IpAddr::from([93, 184, 216, 34]);
+    let tcp = frame(v4(0), 30000, web, 443, Some(true), b"");
+    let mut buf = with_headroom(&tcp);
+    let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, tcp.len(), NOW) else {
+        panic!("the TCP connection goes out with an SNAT port")
+    };
+    assert_eq!(seen(&buf[start..start + len]).src, IpAddr::from(SNAT_IP));
+    let udp = frame(v4(0), 30001, web, 53, None, b"q");
+    let mut buf = with_headroom(&udp);
+    assert_eq!(h.from_backend(&mut buf, HEADROOM, udp.len(), NOW), HostVerdict::Drop(HostDrop::NoFlow));
+    assert_eq!(h.counters().drops[HostDrop::SnatExhausted as usize], 0);
+}
+
+#[test]
+fn later_fragments_of_snat_datagrams_count_as_snat_traffic() {
+    // A backend's UDP datagram to the internet, fragmented: both fragments leave with the SNAT
+    // address and count as SNAT traffic out.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let f = frame(v4(0), 30002, IpAddr::from([93, 184, 216, 34]), 53, None, &[0x33; 40]);
+    let (first, later) = split_in_two(&f);
+    for part in [first, later] {
+        let mut buf = with_headroom(&part);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, part.len(), NOW) else {
+            panic!("the fragment goes out")
+        };
+        assert_eq!(&buf[start + 26..start + 30], &SNAT_IP, "from the SNAT address");
+    }
+    let c = h.counters();
+    assert_eq!((c.snat_out.packets, c.responses.packets), (2, 0));
+}
+
+#[test]
 fn fragmented_replies_to_snat_connections_follow_their_first_fragment_at_the_mux() {
     // A reply to an SNAT port, fragmented on the way: the first fragment carries the port, which
     // names the backend and so its host; the later one carries no port and must follow it.

@@ -253,6 +253,8 @@ const SEQ_SEEN: u8 = 4;
 const ACK_SEEN: u8 = 8;
 /// Fragment record: rewrite the source (else the destination).
 const FRAG_SRC: u8 = 16;
+/// Fragment record of an SNAT connection's datagram (counted as SNAT traffic).
+const FRAG_SNAT: u8 = 32;
 const NO_PEER: u32 = u32::MAX;
 
 /// What the host agent stores with each flow entry.
@@ -581,7 +583,7 @@ impl HostAgent {
         let seed = self.node.hash_seed;
         if key.fragment == Fragment::Later {
             return match self.later_fragment(inner, &key, now) {
-                Ok(local) => self.deliver(local, at, ilen, false),
+                Ok((local, snat)) => self.deliver(local, at, ilen, snat),
                 Err(d) => HostVerdict::Drop(d),
             };
         }
@@ -680,7 +682,10 @@ impl HostAgent {
         let hash = key.hash(seed);
         if key.fragment == Fragment::Later {
             return match self.later_fragment(frame, &key, now) {
-                Ok(local) => self.egress(buf, start, len, self.locals[local].pool, hash, Leg::Response),
+                Ok((local, snat)) => {
+                    let leg = if snat { Leg::Snat } else { Leg::Response };
+                    self.egress(buf, start, len, self.locals[local].pool, hash, leg)
+                }
                 Err(d) => HostVerdict::Drop(d),
             };
         }
@@ -717,14 +722,30 @@ impl HostAgent {
             return self.egress(buf, start, len, pool, hash, leg);
         }
         // No flow: a connection the backend opens, if an outbound rule (or default SNAT) covers it.
-        let Some(local) = self.locals.iter().position(|l| l.addr == (key.ip_version, key.src_addr)) else {
-            return HostVerdict::Drop(HostDrop::NoFlow);
-        };
         let tcp = key.protocol == ip_proto::TCP;
-        if !(tcp || key.protocol == ip_proto::UDP) || key.is_icmp_error() || self.locals[local].blocks.is_empty() {
+        if !(tcp || key.protocol == ip_proto::UDP) || key.is_icmp_error() {
             return HostVerdict::Drop(HostDrop::NoFlow);
         }
-        let Some((block, port)) = self.allocate(local, &key, now) else {
+        // A backend in several pools is a local backend of each: any of them with a port block for
+        // this protocol may open the connection. None with one: no rule covers it (not an
+        // exhaustion); all of them out of ports: exhausted.
+        let (mut opened, mut refused) = (None, None);
+        for local in 0..self.locals.len() {
+            let l = &self.locals[local];
+            let serves = |b: &usize| self.grants.get(*b).is_some_and(|g| g.protocol.matches(key.protocol));
+            if l.addr != (key.ip_version, key.src_addr) || !l.blocks.iter().any(serves) {
+                continue;
+            }
+            if let Some(got) = self.allocate(local, &key, now) {
+                opened = Some((local, got));
+                break;
+            }
+            refused.get_or_insert(local);
+        }
+        let Some((local, (block, port))) = opened else {
+            let Some(local) = refused else {
+                return HostVerdict::Drop(HostDrop::NoFlow);
+            };
             if tcp && self.node.reset_on_snat_exhaustion && key.tcp_flags & TcpFlags::SYN != 0 {
                 return self.refuse_with_reset(buf, start, &key, local);
             }
@@ -1075,6 +1096,9 @@ impl HostAgent {
             if side == Side::Src {
                 flags |= FRAG_SRC;
             }
+            if matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
+                flags |= FRAG_SNAT;
+            }
             let rec = HostFlow { kind: HostFlowKind::Fragment, flags, peer: NO_PEER, ..*v };
             self.flows.insert(&t, h, 0, rec, 1, now);
         }
@@ -1082,21 +1106,22 @@ impl HostAgent {
     }
 
     /// A later fragment: the address translation of its first fragment; returns the local backend.
-    fn later_fragment(&mut self, frame: &mut [u8], key: &FlowKey, now: u32) -> Result<usize, HostDrop> {
+    fn later_fragment(&mut self, frame: &mut [u8], key: &FlowKey, now: u32) -> Result<(usize, bool), HostDrop> {
         let (t, h) = fragment_record(key, self.node.hash_seed);
         let at = self.flows.lookup(&t, h, now).ok_or(HostDrop::FragmentUnknown)?;
         let v = self.flows.touch(at, 0, now).value;
         let local = usize::from(v.local);
+        let snat = v.flags & FRAG_SNAT != 0;
         let l = self.locals.get(local).ok_or(HostDrop::UnknownBackend)?;
         let (side, addr) = if v.flags & FRAG_SRC != 0 {
             (Side::Src, self.vips.get(usize::from(v.frontend)).ok_or(HostDrop::NoFlow)?.addr)
         } else if v.flags & FLOATING != 0 {
-            return Ok(local);
+            return Ok((local, snat));
         } else {
             (Side::Dst, l.addr.1)
         };
         rewrite(frame, key, side, &addr, 0).map_err(|_| HostDrop::Malformed)?;
-        Ok(local)
+        Ok((local, snat))
     }
 
     fn deliver(&mut self, local: usize, start: usize, len: usize, snat: bool) -> HostVerdict {

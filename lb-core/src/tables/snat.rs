@@ -156,7 +156,9 @@ pub struct SnatCounters {
     pub shared: u64,
     /// Successful releases (one per connection that ended).
     pub released: u64,
-    /// Allocations refused with [`SnatError::Exhausted`].
+    /// Allocations refused with [`SnatError::Exhausted`], block by block (the host agent tries a
+    /// backend's blocks in turn, so one may refuse where the next serves; its `snat_exhausted` drop
+    /// counts the connections no block could take).
     pub exhausted: u64,
 }
 
