@@ -689,7 +689,7 @@ fn later_fragments_of_snat_datagrams_count_as_snat_traffic() {
     let (first, later) = split_in_two(&f);
     for part in [first, later] {
         let mut buf = with_headroom(&part);
-        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, part.len(), NOW) else {
+        let HostVerdict::Transmit { start, .. } = h.from_backend(&mut buf, HEADROOM, part.len(), NOW) else {
             panic!("the fragment goes out")
         };
         assert_eq!(&buf[start + 26..start + 30], &SNAT_IP, "from the SNAT address");
