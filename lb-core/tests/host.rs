@@ -659,6 +659,41 @@ fn split_in_two(f: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn a_reload_that_adds_a_listener_on_an_snat_port_takes_the_port_out_of_snat() {
+    // An inbound NAT rule added on the outbound address claims one of a backend's SNAT ports: the
+    // MUX now sends what arrives there to the rule's target, so SNAT must never hand it out.
+    let claimed = 1500u16;
+    let owner = config(1024).snat_plan().unwrap().owner(2, claimed).expect("a planned port").member;
+    let dip = v4(owner as u8);
+    let on_a = owner < 2; // vm0 and vm1 are on host A
+    let mut h = host(if on_a { HOST_A } else { HOST_B }, ReturnPath::Direct, config(1024));
+    let mut lb = config(1024);
+    lb.nat_rules.push(NatRule {
+        name: "Claims-1500".into(),
+        frontend: 2,
+        protocol: Protocol::Udp,
+        frontend_port: claimed,
+        backend_port: 22,
+        target: (0, 0),
+        floating_ip: false,
+        idle_timeout_minutes: 4,
+        tcp_reset: false,
+    });
+    h.update(lb).unwrap();
+    let mut ports = HashSet::new();
+    for i in 0..1100u32 {
+        let dst = IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
+        let f = frame(dip, 40000 + i as u16, dst, 53, None, b"q");
+        let mut buf = with_headroom(&f);
+        if let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW) {
+            ports.insert(seen(&buf[start..start + len]).sport);
+        }
+    }
+    assert_eq!(ports.len(), 1023, "every port of the block but the claimed one");
+    assert!(!ports.contains(&claimed));
+}
+
+#[test]
 fn a_backend_in_two_pools_opens_connections_with_the_ports_of_either() {
     // vm0 is in "Web" (load-balancing rules, no outbound SNAT) and in "Out", whose outbound rule
     // takes TCP only: its TCP connections take Out's ports, and UDP is no rule's (not an exhaustion).

@@ -310,6 +310,9 @@ pub struct HostAgent {
     vips: Vips,
     locals: Vec<LocalBackend>,
     grants: Vec<SnatGrant>,
+    /// The (block, port) pairs of `grants` a listener on the same address claims, reserved in
+    /// `snat` (they never go to SNAT).
+    claims: Vec<(usize, u16)>,
     snat: SnatAllocator,
     /// Per pool, per MUX.
     tunnels: Vec<Vec<VxlanEncap>>,
@@ -341,6 +344,7 @@ impl HostAgent {
             vips: Vips::default(),
             locals: Vec::new(),
             grants: Vec::new(),
+            claims: Vec::new(),
             snat: SnatAllocator::new(&[], node.snat_quarantine_secs).map_err(HostError::Snat)?,
             tunnels: Vec::new(),
             flows,
@@ -388,20 +392,24 @@ impl HostAgent {
             }
         }
         let (vips, _) = build_vips(&lb);
-        let same_snat = grants == self.grants;
+        // Ports a listener claims on the same address never go to SNAT: a new listener's claim
+        // rebuilds the allocator as a change of blocks does (the MUX would send the replies of a
+        // connection on such a port to the listener).
+        let claims: Vec<(usize, u16)> = grants
+            .iter()
+            .enumerate()
+            .flat_map(|(bi, g)| (g.first..=g.first + (g.len - 1)).map(move |port| (bi, port)))
+            .filter(|&(bi, port)| vips[grants[bi].frontend].claims(port))
+            .collect();
+        let same_snat = grants == self.grants && claims == self.claims;
         let snat = if same_snat {
             None
         } else {
             let blocks: Vec<PortBlock> =
                 grants.iter().map(|g| PortBlock { address: g.frontend as u16, first: g.first, len: g.len }).collect();
             let mut a = SnatAllocator::new(&blocks, self.node.snat_quarantine_secs).map_err(HostError::Snat)?;
-            // Ports a listener claims on the same address never go to SNAT.
-            for (bi, g) in grants.iter().enumerate() {
-                for port in g.first..=g.first + (g.len - 1) {
-                    if vips[g.frontend].claims(port) {
-                        a.reserve(bi, port).map_err(HostError::Snat)?;
-                    }
-                }
+            for &(bi, port) in &claims {
+                a.reserve(bi, port).map_err(HostError::Snat)?;
             }
             Some(a)
         };
@@ -480,6 +488,7 @@ impl HostAgent {
             self.snat = a;
         }
         self.grants = grants;
+        self.claims = claims;
         self.locals = locals;
         self.vips = vips;
         self.tunnels = tunnels;
