@@ -659,6 +659,50 @@ fn split_in_two(f: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn snat_connections_survive_a_reload_that_leaves_their_ports_to_their_backend() {
+    // A backend added on the same host and the outbound rule's idle timeout changed: the host's
+    // port blocks change, but vm0's block stays, so its connections go on with their ports, and
+    // the rebuilt allocator never hands those ports out again while they last.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let web = IpAddr::from([93, 184, 216, 34]);
+    let mut open = Vec::new();
+    for i in 0..20u16 {
+        let (dst, dport, tcp) = if i % 2 == 0 { (web, 443, Some(true)) } else { (web, 53, None) };
+        let f = frame(v4(0), 50000 + i, dst, dport, tcp, b"");
+        let mut buf = with_headroom(&f);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW) else { panic!() };
+        open.push((f, seen(&buf[start..start + len]).sport));
+    }
+    assert_eq!(h.snat_ports_in_use(0), 20);
+    let mut lb = config(1024);
+    lb.pools[0].backends.push(backend("vm3", v4(3), HOST_A));
+    lb.outbound_rules[0].idle_timeout_minutes = 9;
+    h.update(lb).unwrap();
+    assert_eq!(h.counters().flushed, 0, "no connection flushed");
+    assert_eq!(h.snat_ports_in_use(0), 20, "the new allocator holds their ports");
+    for (f, sport) in &open {
+        let mut buf = with_headroom(f);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW + 1) else {
+            panic!("the connection goes on")
+        };
+        assert_eq!(seen(&buf[start..start + len]).sport, *sport, "with its port");
+    }
+    // New UDP flows get the block's other ports, never one of theirs.
+    let theirs: HashSet<u16> = open.iter().map(|o| o.1).collect();
+    let mut fresh = HashSet::new();
+    for i in 0..1100u32 {
+        let dst = IpAddr::V4(Ipv4Addr::new(198, 51, (i >> 8) as u8, i as u8));
+        let f = frame(v4(0), 20000 + i as u16, dst, 53, None, b"q");
+        let mut buf = with_headroom(&f);
+        if let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW + 2) {
+            fresh.insert(seen(&buf[start..start + len]).sport);
+        }
+    }
+    assert_eq!(fresh.len(), 1024 - 20);
+    assert!(fresh.is_disjoint(&theirs));
+}
+
+#[test]
 fn a_reload_that_adds_a_listener_on_an_snat_port_takes_the_port_out_of_snat() {
     // An inbound NAT rule added on the outbound address claims one of a backend's SNAT ports: the
     // MUX now sends what arrives there to the rule's target, so SNAT must never hand it out.

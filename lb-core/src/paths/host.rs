@@ -359,7 +359,8 @@ impl HostAgent {
 
     /// Applies a new configuration at run time. Established connections keep going if their
     /// backend and frontend are still there (their entries are remapped); SNAT connections keep
-    /// their ports if the backend's blocks did not change. The rest are removed and counted
+    /// their ports if the backend still has a block with the port on the same address, for the
+    /// connection's protocol, that no listener claims. The rest are removed and counted
     /// (`flushed`). On error nothing changes.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), HostError> {
         lb.validate().map_err(HostError::Config)?;
@@ -402,7 +403,7 @@ impl HostAgent {
             .filter(|&(bi, port)| vips[grants[bi].frontend].claims(port))
             .collect();
         let same_snat = grants == self.grants && claims == self.claims;
-        let snat = if same_snat {
+        let mut snat = if same_snat {
             None
         } else {
             let blocks: Vec<PortBlock> =
@@ -450,6 +451,7 @@ impl HostAgent {
         // SNAT connections removed while the allocator stays give their ports back (once each:
         // with their outbound entry), stamped with the latest second the table has seen.
         let (mut ports, mut latest) = (Vec::new(), 0u32);
+        let mut snat_new = snat.as_mut();
         self.flows.retain(|e| {
             latest = latest.max(e.last_seen);
             let v = &mut e.value;
@@ -461,6 +463,33 @@ impl HostAgent {
                     v.local = l;
                     v.frontend = f;
                     true
+                }
+                // The blocks changed (a backend added, a rule's timeout, ...): an SNAT connection
+                // goes on if its backend still has a block with its port on its address for its
+                // protocol, not claimed by a listener; the new allocator takes its port (once, with
+                // the outbound entry; both entries name the new block).
+                (Some(l), Some(f)) if snat => {
+                    let kept = locals[usize::from(l)].blocks.iter().copied().find(|&b| {
+                        let g = &grants[b];
+                        g.frontend == usize::from(f)
+                            && g.contains(v.port)
+                            && g.protocol.matches(e.tuple.protocol)
+                            && claims.binary_search(&(b, v.port)).is_err()
+                    });
+                    let udp = e.tuple.protocol == ip_proto::UDP;
+                    let adopted = match (kept, snat_new.as_deref_mut()) {
+                        (Some(b), Some(a)) if v.kind == HostFlowKind::SnatOut => a.adopt(b, v.port, udp).is_ok(),
+                        (Some(_), _) => true,
+                        (None, _) => false,
+                    };
+                    if let (Some(b), true) = (kept, adopted) {
+                        v.local = l;
+                        v.frontend = f;
+                        v.block = b as u16;
+                        return true;
+                    }
+                    flushed += 1;
+                    false
                 }
                 _ => {
                     if same_snat && v.kind == HostFlowKind::SnatOut {

@@ -368,10 +368,44 @@ impl SnatAllocator {
     /// frontend address claims it). O(block length). [`SnatError::NotFree`] (nothing changes) if the
     /// port is outside the block, has connections, or is already reserved.
     pub fn reserve(&mut self, block: usize, port: u16) -> Result<(), SnatError> {
-        let b = self.blocks.get_mut(block).ok_or(SnatError::UnknownBlock(block))?;
+        let b = self.blocks.get(block).ok_or(SnatError::UnknownBlock(block))?;
         if !b.spec.contains(port) || self.refs[b.base + usize::from(port - b.spec.first)] != 0 {
             return Err(SnatError::NotFree { block, port });
         }
+        self.out_of_ring(block, port)?;
+        let b = &mut self.blocks[block];
+        b.reserved += 1;
+        self.refs[b.base + usize::from(port - b.spec.first)] = RESERVED;
+        Ok(())
+    }
+
+    /// Control plane: puts a connection carried over from an earlier allocator on `port` of `block`
+    /// (a reconfiguration rebuilt the allocator, and the port is still the connection's backend's).
+    /// A free port leaves the free ring (O(block length)); one in use takes one more connection if
+    /// both are shareable (`exclusive` false: TCP). Counts nothing. [`SnatError::NotFree`] (nothing
+    /// changes) if the port is outside the block, reserved, or cannot take the connection.
+    pub fn adopt(&mut self, block: usize, port: u16, exclusive: bool) -> Result<(), SnatError> {
+        let b = self.blocks.get(block).ok_or(SnatError::UnknownBlock(block))?;
+        if !b.spec.contains(port) {
+            return Err(SnatError::NotFree { block, port });
+        }
+        let i = b.base + usize::from(port - b.spec.first);
+        match self.refs[i] {
+            0 => {
+                self.out_of_ring(block, port)?;
+                self.blocks[block].in_use += 1;
+                self.refs[i] = 1;
+                self.exclusive[i] = exclusive;
+            }
+            r if r != RESERVED && r < MAX_PORT_CONNECTIONS && !exclusive && !self.exclusive[i] => self.refs[i] = r + 1,
+            _ => return Err(SnatError::NotFree { block, port }),
+        }
+        Ok(())
+    }
+
+    /// Takes free `port` out of `block`'s ring, keeping the order of the others.
+    fn out_of_ring(&mut self, block: usize, port: u16) -> Result<(), SnatError> {
+        let b = &mut self.blocks[block];
         let len = usize::from(b.spec.len);
         let ring = &mut self.ring[b.base..b.base + len];
         let head = b.head as usize;
@@ -386,8 +420,6 @@ impl SnatAllocator {
             ring[slot(k)] = ring[slot(k + 1)];
         }
         b.free -= 1;
-        b.reserved += 1;
-        self.refs[b.base + usize::from(port - b.spec.first)] = RESERVED;
         Ok(())
     }
 
@@ -759,6 +791,29 @@ mod tests {
         }
         assert!(!asked.contains(&4002), "{asked:?}");
         assert_eq!(a.ports_in_use(0), 4);
+    }
+
+    #[test]
+    fn adopt_carries_connections_over() {
+        let mut a = one(4000, 4, 0);
+        a.reserve(0, 4003).unwrap();
+        // A UDP connection's port is its own; TCP connections may share one.
+        assert_eq!(a.adopt(0, 4001, true), Ok(()));
+        assert_eq!(a.adopt(0, 4001, true), Err(SnatError::NotFree { block: 0, port: 4001 }));
+        assert_eq!(a.adopt(0, 4001, false), Err(SnatError::NotFree { block: 0, port: 4001 }));
+        assert_eq!(a.adopt(0, 4002, false), Ok(()));
+        assert_eq!(a.adopt(0, 4002, false), Ok(()));
+        assert_eq!(a.adopt(0, 4003, false), Err(SnatError::NotFree { block: 0, port: 4003 }), "reserved");
+        assert_eq!(a.adopt(0, 4004, false), Err(SnatError::NotFree { block: 0, port: 4004 }), "outside");
+        assert_eq!((a.ports_in_use(0), a.free(0), a.connections(0, 4002)), (2, 1, 2));
+        assert_eq!(a.counters(), SnatCounters::default(), "carried over, not allocated");
+        // The one free port is what is handed out; the adopted ones come back as they end.
+        assert_eq!(a.alloc(0, 0), Ok(4000));
+        assert_eq!(a.alloc(0, 0), Err(SnatError::Exhausted));
+        a.release(0, 4001, 0).unwrap();
+        a.release(0, 4002, 0).unwrap();
+        assert_eq!(a.connections(0, 4002), 1);
+        assert_eq!(a.alloc(0, 0), Ok(4001));
     }
 
     #[test]
