@@ -400,11 +400,12 @@ fn run(data: &[u8]) {
                 };
                 // SAFETY: `n` frames and verdicts (or NULL), each frame's buffer `buf_len` bytes.
                 let r = unsafe { lb_process_burst(inst, fp, n, now, direction, vp) };
-                let refused = if direction > 2 {
-                    assert_eq!(r, BAD_ARGUMENT);
-                    true
-                } else if n > 0 && (fp.is_null() || vp.is_null()) {
+                // NULL arrays are checked first (as documented), then the direction.
+                let refused = if n > 0 && (fp.is_null() || vp.is_null()) {
                     assert_eq!(r, NULL_ARGUMENT);
+                    true
+                } else if direction > 2 {
+                    assert_eq!(r, BAD_ARGUMENT);
                     true
                 } else {
                     let any_null = slots.iter().any(|s| s.null);
