@@ -541,6 +541,51 @@ fn fix_tcp_checksum(f: &mut [u8]) {
 }
 
 #[test]
+fn a_connection_opened_again_on_its_5_tuple_lives_in_both_directions() {
+    // Both ends close, then the client reuses its port for a new connection within the closing
+    // timeout: both entries of the pair are open again, so 30 s of silence (past the 10 s closing timeout,
+    // within the rule's 4 minutes) leave the connection in place.
+    let mut mux = mux();
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let client = IpAddr::from([198, 18, 2, 2]);
+    let (port, outer) = (41000..42000u16)
+        .find_map(|p| {
+            let (o, to, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (to == HOST_A).then_some((p, o))
+        })
+        .unwrap();
+    let mut deliver = |h: &mut HostAgent, f: &[u8], now: u32| {
+        let (mut o, to, _) = through_mux(&mut mux, f);
+        assert_eq!(to, HOST_A);
+        let n = o.len();
+        match h.from_fabric(&mut o, 0, n, now) {
+            HostVerdict::Deliver { backend, .. } => backend,
+            v => panic!("{v:?}"),
+        }
+    };
+    let mut o = outer.clone();
+    let n = o.len();
+    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut o, 0, n, NOW) else { panic!() };
+    let dip = h.local_backends()[backend].address;
+    let mut fin = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"");
+    fin[47] |= 0x01; // FIN
+    fix_tcp_checksum(&mut fin);
+    deliver(&mut h, &fin, NOW + 1);
+    // The backend closes its side too.
+    let mut bfin = frame(dip, 8080, client, port, Some(false), b"");
+    bfin[47] |= 0x01;
+    fix_tcp_checksum(&mut bfin);
+    let mut rbuf = with_headroom(&bfin);
+    assert!(matches!(h.from_backend(&mut rbuf, HEADROOM, bfin.len(), NOW + 1), HostVerdict::Transmit { .. }));
+    deliver(&mut h, &frame(client, port, IpAddr::from(VIP), 80, Some(true), b""), NOW + 2);
+    h.expire(NOW + 32, usize::MAX, |_, _| {});
+    assert_eq!(h.flows().len(), 2, "both entries of the connection are still there");
+    let response = frame(dip, 8080, client, port, Some(false), b"hello");
+    let mut rbuf = with_headroom(&response);
+    assert!(matches!(h.from_backend(&mut rbuf, HEADROOM, response.len(), NOW + 32), HostVerdict::Transmit { .. }));
+}
+
+#[test]
 fn reconfiguration_keeps_established_flows() {
     let mut mux = mux();
     let mut h = host(HOST_A, ReturnPath::Direct, config(1024));

@@ -899,7 +899,7 @@ impl HostAgent {
     fn follow(&mut self, slot: FlowSlot, e: &FlowEntry<HostFlow>, frame: &[u8], key: &FlowKey, now: u32) {
         let peer = e.value.peer;
         if peer != NO_PEER {
-            self.flows.refresh(FlowSlot::from_index(peer), now);
+            self.flows.refresh(FlowSlot::from_index(peer), e.state, now);
         }
         if key.protocol != ip_proto::TCP || key.fragment == Fragment::Later || self.flows.live(slot).is_none() {
             return;

@@ -600,14 +600,17 @@ impl<V: FlowValue> FlowTable<V> {
         (i < BUCKET_SLOTS && b.sigs[i] != 0).then(|| &b.entries[i])
     }
 
-    /// Marks a live entry seen at `now` without any TCP processing (the paired entry of a flow
-    /// whose other direction just carried a packet).
+    /// Marks a live entry seen at `now` in TCP state `state`, without any TCP processing of its
+    /// own: the paired entry of a connection whose other direction just carried a packet, which
+    /// takes that entry's state (one connection, one state and one idle timer: a FIN either way
+    /// closes both, and a SYN that opens a closing connection again opens both).
     #[inline(always)]
-    pub fn refresh(&mut self, at: FlowSlot, now: u32) {
+    pub fn refresh(&mut self, at: FlowSlot, state: TcpState, now: u32) {
         if let Some(b) = self.buckets.get_mut(at.bucket as usize) {
             let i = usize::from(at.slot);
             if let Some(e) = b.entries.get_mut(i) {
                 e.last_seen = now;
+                e.state = state;
                 b.deadlines[i] = deadline(e.state, e.idle_minutes, now);
                 b.changed();
             }
