@@ -380,15 +380,16 @@ fn control_plane(
     ExitCode::SUCCESS
 }
 
-/// Hands every probe result received so far to every worker.
-/// The load balancer of a reloaded node file, if the running program can take it, checked in full
-/// before any worker or prober sees it (a refusal after the probers had moved on would leave them
+/// The load balancer of a reloaded node file, if the running program can take it, checked before
+/// any worker or prober sees it (a refusal after the probers had moved on would leave them
 /// probing members the workers do not run, and reporting them by the wrong positions):
 /// - the role and the node's own settings take a restart (the workers' tables and tunnels are
 ///   built from them), so a file that changes them is refused, naming what changed;
 /// - the load balancer is applied to a trial engine with a one-flow table, as each worker applies
 ///   it: what `validate` cannot see (a backend host of the other IP version than the underlay,
-///   say) is refused here.
+///   say) is refused here. What only a running engine's history can refuse (a MUX's tunnel
+///   indices, which only grow, running out) is still refused by the workers, which then keep the
+///   running configuration and say so.
 fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, String> {
     if new.role != running.role {
         return Err("the role cannot change at run time".into());
@@ -443,6 +444,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     changed
 }
 
+/// Hands every probe result received so far to every worker.
 fn forward_probes(rx: &Receiver<crate::probe::ProbeResult>, workers: &[WorkerHandle]) {
     for r in rx.try_iter() {
         for w in workers {

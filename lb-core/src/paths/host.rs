@@ -451,7 +451,7 @@ impl HostAgent {
         // SNAT connections removed while the allocator stays give their ports back (once each:
         // with their outbound entry), stamped with the latest second the table has seen.
         let (mut ports, mut latest) = (Vec::new(), 0u32);
-        let mut snat_new = snat.as_mut();
+        let mut adopt = Vec::new();
         self.flows.retain(|e| {
             latest = latest.max(e.last_seen);
             let v = &mut e.value;
@@ -476,20 +476,17 @@ impl HostAgent {
                             && g.protocol.matches(e.tuple.protocol)
                             && claims.binary_search(&(b, v.port)).is_err()
                     });
-                    let udp = e.tuple.protocol == ip_proto::UDP;
-                    let adopted = match (kept, snat_new.as_deref_mut()) {
-                        (Some(b), Some(a)) if v.kind == HostFlowKind::SnatOut => a.adopt(b, v.port, udp).is_ok(),
-                        (Some(_), _) => true,
-                        (None, _) => false,
+                    let Some(b) = kept else {
+                        flushed += 1;
+                        return false;
                     };
-                    if let (Some(b), true) = (kept, adopted) {
-                        v.local = l;
-                        v.frontend = f;
-                        v.block = b as u16;
-                        return true;
+                    if v.kind == HostFlowKind::SnatOut {
+                        adopt.push((b, v.port, e.tuple.protocol == ip_proto::UDP));
                     }
-                    flushed += 1;
-                    false
+                    v.local = l;
+                    v.frontend = f;
+                    v.block = b as u16;
+                    true
                 }
                 _ => {
                     if same_snat && v.kind == HostFlowKind::SnatOut {
@@ -502,6 +499,10 @@ impl HostAgent {
         });
         for (block, port) in ports {
             let _ = self.snat.release(block, port, latest);
+        }
+        // The kept connections' ports, taken by the new allocator in one pass.
+        if let Some(a) = snat.as_mut() {
+            a.adopt(&adopt);
         }
         self.counters.flushed += flushed / 2;
         // A local backend's counters follow it (by pool name and address, as its flows do), so

@@ -90,7 +90,7 @@ impl fmt::Display for MuxError {
             MuxError::Tunnel(host, e) => write!(f, "tunnel to host {host}: {e}"),
             MuxError::FlowTable(e) => write!(f, "flow table: {e:?}"),
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
-            MuxError::TooManyListeners => f.write_str("more than 65535 listeners (VIP, protocol, ports)"),
+            MuxError::TooManyListeners => f.write_str("more than 65534 listeners (VIP, protocol, ports)"),
             MuxError::UnknownBackend { pool, member } => write!(f, "no member {member} in pool {pool}"),
         }
     }
@@ -297,7 +297,7 @@ fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> L
 }
 
 /// The listener index of a flow whose listener no configuration has any more (never given out:
-/// at most `GONE_LISTENER` indices, 0 to 65,534, are).
+/// at most `SNAT_REPLY_LISTENER` indices, 0 to 65,533, are).
 const GONE_LISTENER: u16 = u16::MAX;
 /// The listener a fragment record names for a reply to an SNAT connection (whose first fragment
 /// no listener took): its later fragments go where the port sent the first, counted as SNAT
@@ -379,7 +379,7 @@ impl Mux {
     /// their tunnel, which stays); new flows follow the new rules and pools. Health of members that
     /// keep their address in a pool of the same name carries over. On error nothing changes.
     ///
-    /// It does not visit the flows, with one exception: after 65,535 distinct listeners (VIP,
+    /// It does not visit the flows, with one exception: after 65,534 distinct listeners (VIP,
     /// protocol, ports) over the MUX's life, the indices flows name them by start again from
     /// this configuration, and that update renumbers the flows in one walk of the table.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), MuxError> {
@@ -456,7 +456,10 @@ impl Mux {
                 .map(|x| sortable.get(&sortable_identity(x)).map_or(GONE_LISTENER, |&id| id as u16))
                 .collect();
             self.flows.retain(|e| {
-                e.value.listener = renumber.get(usize::from(e.value.listener)).copied().unwrap_or(GONE_LISTENER);
+                // An SNAT reply's fragment record names no listener: it keeps its marker.
+                if e.value.listener != SNAT_REPLY_LISTENER {
+                    e.value.listener = renumber.get(usize::from(e.value.listener)).copied().unwrap_or(GONE_LISTENER);
+                }
                 true
             });
         }
@@ -1124,10 +1127,14 @@ mod tests {
         m.listener_limit = 3;
         let web: alloc::vec::Vec<_> = (0..40).map(|c| run(&mut m, c, 80, true).unwrap()).collect();
         let tls: alloc::vec::Vec<_> = (0..40).map(|c| run(&mut m, c, 443, true).unwrap()).collect();
+        // A fragment record of an SNAT reply names no listener, and keeps its marker.
+        let record = FlowTuple { version: 0x84, src_port: 7, ..FlowTuple::default() };
+        let at = m.flows.insert(&record, 99, 0, MuxFlow { backend: 0, listener: SNAT_REPLY_LISTENER }, 4, 10);
         m.update(config(&[80, 8080])).unwrap();
         assert_eq!(m.listener_ids.len(), 3, "80, 443 and 8080 have indices");
         m.update(config(&[9090, 80])).unwrap();
         assert_eq!(m.listener_ids.len(), 2, "started again from 9090 and 80");
+        assert_eq!(m.flows.entry(at).value.listener, SNAT_REPLY_LISTENER, "renumbered around the record");
         let before = m.counters().rules[1].packets;
         for c in 0..40 {
             assert_eq!(run(&mut m, c, 80, false), Ok(web[usize::from(c)]), "flow {c} keeps its backend");

@@ -379,28 +379,55 @@ impl SnatAllocator {
         Ok(())
     }
 
-    /// Control plane: puts a connection carried over from an earlier allocator on `port` of `block`
-    /// (a reconfiguration rebuilt the allocator, and the port is still the connection's backend's).
-    /// A free port leaves the free ring (O(block length)); one in use takes one more connection if
-    /// both are shareable (`exclusive` false: TCP). Counts nothing. [`SnatError::NotFree`] (nothing
-    /// changes) if the port is outside the block, reserved, or cannot take the connection.
-    pub fn adopt(&mut self, block: usize, port: u16, exclusive: bool) -> Result<(), SnatError> {
-        let b = self.blocks.get(block).ok_or(SnatError::UnknownBlock(block))?;
-        if !b.spec.contains(port) {
-            return Err(SnatError::NotFree { block, port });
-        }
-        let i = b.base + usize::from(port - b.spec.first);
-        match self.refs[i] {
-            0 => {
-                self.out_of_ring(block, port)?;
-                self.blocks[block].in_use += 1;
-                self.refs[i] = 1;
-                self.exclusive[i] = exclusive;
+    /// Control plane: puts connections carried over from an earlier allocator on their ports (a
+    /// reconfiguration rebuilt the allocator, and each `(block, port, exclusive)` is still its
+    /// connection's backend's): a free port is taken (`exclusive`: a UDP flow's, never shared), one
+    /// in use takes one more connection if both are shareable (TCP). Counted as allocated or
+    /// shared, so that `allocated + shared - released` stays the connections on the allocator's
+    /// ports. The adopted ports leave the free rings in one pass a block: O(connections + ports).
+    /// Returns how many were adopted; one that cannot be (outside its block, reserved, or not
+    /// shareable) is skipped.
+    pub fn adopt(&mut self, conns: &[(usize, u16, bool)]) -> usize {
+        let mut touched = alloc::vec![false; self.blocks.len()];
+        let mut adopted = 0;
+        for &(block, port, exclusive) in conns {
+            let Some(b) = self.blocks.get_mut(block) else { continue };
+            if !b.spec.contains(port) {
+                continue;
             }
-            r if r != RESERVED && r < MAX_PORT_CONNECTIONS && !exclusive && !self.exclusive[i] => self.refs[i] = r + 1,
-            _ => return Err(SnatError::NotFree { block, port }),
+            let i = b.base + usize::from(port - b.spec.first);
+            match self.refs[i] {
+                0 => {
+                    self.refs[i] = 1;
+                    self.exclusive[i] = exclusive;
+                    b.in_use += 1;
+                    touched[block] = true;
+                    self.counters.allocated += 1;
+                }
+                r if r != RESERVED && r < MAX_PORT_CONNECTIONS && !exclusive && !self.exclusive[i] => {
+                    self.refs[i] = r + 1;
+                    self.counters.shared += 1;
+                }
+                _ => continue,
+            }
+            adopted += 1;
         }
-        Ok(())
+        for (block, _) in touched.iter().enumerate().filter(|(_, &t)| t) {
+            let b = &mut self.blocks[block];
+            let (len, head) = (usize::from(b.spec.len), b.head as usize);
+            // Compacted in place, in ring order: the k-th survivor moves to the k-th slot from the
+            // head, never past where it was read.
+            let mut kept = 0;
+            for k in 0..b.free as usize {
+                let f = self.ring[b.base + (head + k) % len];
+                if self.refs[b.base + usize::from(f.port - b.spec.first)] == 0 {
+                    self.ring[b.base + (head + kept) % len] = f;
+                    kept += 1;
+                }
+            }
+            b.free = kept as u32;
+        }
+        adopted
     }
 
     /// Takes free `port` out of `block`'s ring, keeping the order of the others.
@@ -795,25 +822,34 @@ mod tests {
 
     #[test]
     fn adopt_carries_connections_over() {
-        let mut a = one(4000, 4, 0);
+        let mut a = one(4000, 6, 0);
         a.reserve(0, 4003).unwrap();
-        // A UDP connection's port is its own; TCP connections may share one.
-        assert_eq!(a.adopt(0, 4001, true), Ok(()));
-        assert_eq!(a.adopt(0, 4001, true), Err(SnatError::NotFree { block: 0, port: 4001 }));
-        assert_eq!(a.adopt(0, 4001, false), Err(SnatError::NotFree { block: 0, port: 4001 }));
-        assert_eq!(a.adopt(0, 4002, false), Ok(()));
-        assert_eq!(a.adopt(0, 4002, false), Ok(()));
-        assert_eq!(a.adopt(0, 4003, false), Err(SnatError::NotFree { block: 0, port: 4003 }), "reserved");
-        assert_eq!(a.adopt(0, 4004, false), Err(SnatError::NotFree { block: 0, port: 4004 }), "outside");
-        assert_eq!((a.ports_in_use(0), a.free(0), a.connections(0, 4002)), (2, 1, 2));
-        assert_eq!(a.counters(), SnatCounters::default(), "carried over, not allocated");
-        // The one free port is what is handed out; the adopted ones come back as they end.
-        assert_eq!(a.alloc(0, 0), Ok(4000));
+        // A UDP connection's port is its own; TCP connections may share one. What cannot be
+        // adopted (a second connection on a UDP port, a reserved port, one outside) is skipped.
+        let conns = [(0, 4001, true), (0, 4001, true), (0, 4001, false), (0, 4004, false), (0, 4004, false)];
+        assert_eq!(a.adopt(&conns), 3);
+        assert_eq!(a.adopt(&[(0, 4003, false), (0, 4006, false), (1, 4000, false)]), 0);
+        assert_eq!((a.ports_in_use(0), a.free(0), a.connections(0, 4004)), (2, 3, 2));
+        let c = a.counters();
+        assert_eq!((c.allocated, c.shared, c.released), (2, 1, 0), "in use = allocated + shared - released");
+        // The free ports keep their order; the adopted ones come back as their connections end.
+        let got: Vec<u16> = (0..3).map(|_| a.alloc(0, 0).unwrap()).collect();
+        assert_eq!(got, [4000, 4002, 4005]);
         assert_eq!(a.alloc(0, 0), Err(SnatError::Exhausted));
         a.release(0, 4001, 0).unwrap();
-        a.release(0, 4002, 0).unwrap();
-        assert_eq!(a.connections(0, 4002), 1);
+        a.release(0, 4004, 0).unwrap();
+        assert_eq!(a.connections(0, 4004), 1);
         assert_eq!(a.alloc(0, 0), Ok(4001));
+    }
+
+    /// Adopting every port of a big block takes one pass, not one ring scan a port.
+    #[test]
+    fn adopt_is_linear() {
+        let mut a = one(1024, 64000, 0);
+        let conns: Vec<(usize, u16, bool)> = (0..64000u16).rev().map(|k| (0, 1024 + k, true)).collect();
+        assert_eq!(a.adopt(&conns), 64000);
+        assert_eq!((a.ports_in_use(0), a.free(0)), (64000, 0));
+        assert_eq!(a.alloc(0, 0), Err(SnatError::Exhausted));
     }
 
     #[test]
