@@ -208,6 +208,52 @@ fn outbound_snat() {
     assert!(1024 * lb.pools[out.pool].backends.len() <= 64_000 * out.frontends.len());
 }
 
+/// The seed's default outbound SNAT through load-balancing rules: the VMs that go out through a
+/// frontend share its 64,000 ports evenly ("64,000 / 10 = 6,400 ports" a VM), in multiples of 8;
+/// two pools on one frontend share it between all their VMs.
+#[test]
+fn default_outbound_snat_splits_the_frontend_between_its_vms() {
+    let mut lb = load(BASIC);
+    let pool = lb.rules[0].pool;
+    let frontend = lb.rules[0].frontend;
+    assert!(lb.rules.iter().any(|r| !r.disable_outbound_snat), "the example keeps default outbound SNAT");
+    let vm = |i: usize| Backend {
+        name: format!("vm{i}"),
+        address: IpAddr::from([10, 0, 1, 100 + i as u8]),
+        host: IpAddr::from([172, 16, 10, 20]),
+        weight: 1,
+    };
+    lb.pools[pool].backends = (0..10).map(vm).collect();
+    let plan = lb.snat_plan().unwrap();
+    let lens: Vec<(usize, u16, u16)> = plan.grants.iter().map(|g| (g.member, g.first, g.len)).collect();
+    assert_eq!(lens.len(), 10, "{lens:?}");
+    for (m, first, len) in lens {
+        assert_eq!(len, 6400, "64,000 / 10");
+        assert_eq!(first, 1024 + 6400 * m as u16);
+    }
+    assert_eq!(plan.owner(frontend, 1024 + 64_000 - 1).map(|g| g.member), Some(9));
+
+    // A second pool of 5 VMs behind another rule on the same frontend: 15 VMs share it.
+    let mut second = lb.pools[pool].clone();
+    second.name = "Second".into();
+    second.backends = (10..15).map(vm).collect();
+    lb.pools.push(second);
+    let mut r = lb.rules[0].clone();
+    r.name = "Second-HTTP".into();
+    r.pool = lb.pools.len() - 1;
+    r.frontend_port = 8081;
+    r.probe = None;
+    lb.rules.push(r);
+    let plan = lb.snat_plan().unwrap();
+    assert_eq!(plan.grants.len(), 15);
+    let per = 64_000 / 15 / 8 * 8;
+    assert!(plan.grants.iter().all(|g| usize::from(g.len) == per), "{per} each");
+    let mut blocks: Vec<(u16, u16)> = plan.grants.iter().map(|g| (g.first, g.len)).collect();
+    blocks.sort();
+    assert!(blocks.windows(2).all(|w| u32::from(w[0].0) + u32::from(w[0].1) <= u32::from(w[1].0)), "disjoint");
+    assert!(u32::from(blocks[14].0) + u32::from(blocks[14].1) <= 1024 + 64_000);
+}
+
 #[test]
 fn inbound_nat_pool() {
     let lb = load(NAT_POOL);

@@ -8,9 +8,11 @@
 //!   split by pool size); the pool's ports are spread evenly over the rule's frontend addresses, so
 //!   a member's ports may lie on more than one address;
 //! - load-balancing rules that do not disable outbound SNAT, for pools no outbound rule covers
-//!   (Azure's "default outbound through the load-balancing rule"): the default split by pool size
-//!   on the rule's frontend, once per (frontend, pool), while the address has ports left (a pool that
-//!   finds none gets no default ports: its members' connections are refused and counted).
+//!   ("default outbound through the load-balancing rule"), once per (frontend, pool): the seed's
+//!   default, the ports outbound rules left on the rule's frontend split evenly between every VM
+//!   that goes out through it (64,000 / 10 = 6,400 ports a VM for one pool of 10), in multiples of
+//!   8 (a frontend shared by so many VMs that fewer than 8 ports are left each gives none: their
+//!   connections are refused and counted).
 //!
 //! Ports on an address are handed out from [`SNAT_FIRST_PORT`] upwards, at most
 //! [`SNAT_PORTS_PER_ADDRESS`] of them; ports a listener claims inside a block stay out of use (the
@@ -150,22 +152,36 @@ impl LoadBalancer {
             }
         }
         let covered: Vec<usize> = self.outbound_rules.iter().map(|r| r.pool).collect();
-        let mut done: Vec<(usize, usize)> = Vec::new();
+        // The load-balancing rules that give default outbound SNAT, once per (frontend, pool).
+        let mut defaults: Vec<(usize, usize, usize)> = Vec::new();
         for (ri, r) in self.rules.iter().enumerate() {
             if r.disable_outbound_snat
                 || r.is_ha_ports()
                 || covered.contains(&r.pool)
-                || done.contains(&(r.frontend, r.pool))
+                || defaults.iter().any(|&(_, f, p)| (f, p) == (r.frontend, r.pool))
             {
                 continue;
             }
-            done.push((r.frontend, r.pool));
-            let n = self.pools[r.pool].backends.len();
-            let Some(per_backend) = default_ports_per_backend(n) else { continue };
-            let need = u64::from(per_backend) * n as u64;
-            if used[r.frontend] + need > SNAT_PORTS_PER_ADDRESS {
+            defaults.push((ri, r.frontend, r.pool));
+        }
+        // The seed's default: the VMs that go out through one frontend share its ports evenly
+        // ("64,000 / 10 = 6,400 ports" a VM for a pool of 10), what outbound rules left of them,
+        // in multiples of 8 as `allocatedOutboundPorts` is.
+        let left = used.clone();
+        for &(ri, f, pool) in &defaults {
+            let r = &self.rules[ri];
+            let n = self.pools[pool].backends.len();
+            let sharing: u64 =
+                defaults.iter().filter(|d| d.1 == f).map(|d| self.pools[d.2].backends.len() as u64).sum();
+            if n == 0 {
                 continue;
             }
+            let per_backend = (SNAT_PORTS_PER_ADDRESS - left[f]) / sharing / 8 * 8;
+            let need = per_backend * n as u64;
+            if per_backend == 0 || used[r.frontend] + need > SNAT_PORTS_PER_ADDRESS {
+                continue;
+            }
+            let per_backend = per_backend as u16;
             for member in 0..n {
                 plan.grants.push(SnatGrant {
                     source: SnatSource::LoadBalancingRule(ri),
