@@ -167,35 +167,32 @@ impl LoadBalancer {
         // The seed's default: the VMs that go out through one frontend share its ports evenly
         // ("64,000 / 10 = 6,400 ports" a VM for a pool of 10), what outbound rules left of them,
         // in multiples of 8 as `allocatedOutboundPorts` is.
+        // The shares never add up to more than what was left, so every pool's fits.
         let left = used.clone();
         for &(ri, f, pool) in &defaults {
             let r = &self.rules[ri];
             let n = self.pools[pool].backends.len();
             let sharing: u64 =
                 defaults.iter().filter(|d| d.1 == f).map(|d| self.pools[d.2].backends.len() as u64).sum();
-            if n == 0 {
+            // Below 8 ports a VM (or for an empty pool), none.
+            let per_backend = (SNAT_PORTS_PER_ADDRESS - left[f]).checked_div(sharing).unwrap_or(0) / 8 * 8;
+            if per_backend == 0 {
                 continue;
             }
-            let per_backend = (SNAT_PORTS_PER_ADDRESS - left[f]) / sharing / 8 * 8;
-            let need = per_backend * n as u64;
-            if per_backend == 0 || used[r.frontend] + need > SNAT_PORTS_PER_ADDRESS {
-                continue;
-            }
-            let per_backend = per_backend as u16;
             for member in 0..n {
                 plan.grants.push(SnatGrant {
                     source: SnatSource::LoadBalancingRule(ri),
-                    pool: r.pool,
+                    pool,
                     member,
-                    frontend: r.frontend,
-                    first: SNAT_FIRST_PORT + (used[r.frontend] + member as u64 * u64::from(per_backend)) as u16,
-                    len: per_backend,
+                    frontend: f,
+                    first: SNAT_FIRST_PORT + (used[f] + member as u64 * per_backend) as u16,
+                    len: per_backend as u16,
                     protocol: r.protocol,
                     idle_timeout_minutes: r.idle_timeout_minutes,
                     tcp_reset: r.tcp_reset,
                 });
             }
-            used[r.frontend] += need;
+            used[f] += per_backend * n as u64;
         }
         for (i, g) in plan.grants.iter().enumerate() {
             plan.by_frontend[g.frontend].push(i);

@@ -809,11 +809,7 @@ impl Mux {
                 // A reply to an SNAT connection: its later fragments carry no port, so they follow
                 // a record of the host the port names.
                 if let Ok(tunnel) = self.snat_tunnel(vip, &flow) {
-                    let (ft, fh) = fragment_record(&flow, seed);
-                    if self.flows.lookup(&ft, fh, now).is_none() {
-                        let new = MuxFlow { backend: tunnel, listener: SNAT_REPLY_LISTENER };
-                        self.flows.insert(&ft, fh, 0, new, 4, now);
-                    }
+                    self.record_first_fragment(&flow, MuxFlow { backend: tunnel, listener: SNAT_REPLY_LISTENER }, now);
                 }
             }
             return self.snat_reply(buf, start, len, vip, &flow, hash);
@@ -825,13 +821,18 @@ impl Mux {
             Err(reason) => return Verdict::Drop(reason),
         };
         if flow.fragment == Fragment::First {
-            let (ft, fh) = fragment_record(&flow, seed);
-            if self.flows.lookup(&ft, fh, now).is_none() {
-                let new = MuxFlow { backend: tunnel, listener: self.listener_of(&l) };
-                self.flows.insert(&ft, fh, 0, new, 4, now);
-            }
+            self.record_first_fragment(&flow, MuxFlow { backend: tunnel, listener: self.listener_of(&l) }, now);
         }
         self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, hash)
+    }
+
+    /// A first fragment leaves the record its later fragments, which carry no ports, are steered
+    /// by (once a datagram: a retransmitted first fragment finds it there).
+    fn record_first_fragment(&mut self, flow: &FlowKey, value: MuxFlow, now: u32) {
+        let (t, h) = fragment_record(flow, self.node.hash_seed);
+        if self.flows.lookup(&t, h, now).is_none() {
+            self.flows.insert(&t, h, 0, value, 4, now);
+        }
     }
 
     /// For a packet whose flow the table does not hold (a new flow, most likely): starts loading

@@ -682,8 +682,9 @@ impl<V: FlowValue> FlowTable<V> {
             }
             bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
         } else {
-            // Not TCP: stateless, only the idle timeout applies.
-            bucket.deadlines[i] = now.wrapping_add(u32::from(e.idle_minutes) * 60);
+            // Not TCP: stateless (said here rather than read from the entry, which keeps the
+            // closing check out of the common path).
+            bucket.deadlines[i] = deadline(TcpState::Stateless, e.idle_minutes, now);
         }
         changed(&mut bucket.version);
         *e

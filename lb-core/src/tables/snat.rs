@@ -368,12 +368,24 @@ impl SnatAllocator {
     /// frontend address claims it). O(block length). [`SnatError::NotFree`] (nothing changes) if the
     /// port is outside the block, has connections, or is already reserved.
     pub fn reserve(&mut self, block: usize, port: u16) -> Result<(), SnatError> {
-        let b = self.blocks.get(block).ok_or(SnatError::UnknownBlock(block))?;
+        let b = self.blocks.get_mut(block).ok_or(SnatError::UnknownBlock(block))?;
         if !b.spec.contains(port) || self.refs[b.base + usize::from(port - b.spec.first)] != 0 {
             return Err(SnatError::NotFree { block, port });
         }
-        self.out_of_ring(block, port)?;
-        let b = &mut self.blocks[block];
+        let len = usize::from(b.spec.len);
+        let ring = &mut self.ring[b.base..b.base + len];
+        let head = b.head as usize;
+        let slot = |k: usize| (head + k) % len;
+        let free = b.free as usize;
+        // A port with no connection that is not reserved is in the ring, so this always finds it.
+        let Some(k) = (0..free).find(|&k| ring[slot(k)].port == port) else {
+            return Err(SnatError::NotFree { block, port });
+        };
+        // Close the gap, keeping the order of the others.
+        for k in k..free - 1 {
+            ring[slot(k)] = ring[slot(k + 1)];
+        }
+        b.free -= 1;
         b.reserved += 1;
         self.refs[b.base + usize::from(port - b.spec.first)] = RESERVED;
         Ok(())
@@ -428,26 +440,6 @@ impl SnatAllocator {
             b.free = kept as u32;
         }
         adopted
-    }
-
-    /// Takes free `port` out of `block`'s ring, keeping the order of the others.
-    fn out_of_ring(&mut self, block: usize, port: u16) -> Result<(), SnatError> {
-        let b = &mut self.blocks[block];
-        let len = usize::from(b.spec.len);
-        let ring = &mut self.ring[b.base..b.base + len];
-        let head = b.head as usize;
-        let slot = |k: usize| (head + k) % len;
-        let free = b.free as usize;
-        // A port with no connection that is not reserved is in the ring, so this always finds it.
-        let Some(k) = (0..free).find(|&k| ring[slot(k)].port == port) else {
-            return Err(SnatError::NotFree { block, port });
-        };
-        // Close the gap, keeping the order of the others.
-        for k in k..free - 1 {
-            ring[slot(k)] = ring[slot(k + 1)];
-        }
-        b.free -= 1;
-        Ok(())
     }
 
     /// Block `i` as given to [`new`](Self::new).
