@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/cpu.sh
 . scripts/cpu.sh
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 COUNT="${1:-10000}"
 SEED="${SEED:-42}"
@@ -27,6 +29,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "run.sh: cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
     exit 1
 fi
+ensure_c_tools
 
 echo "==> cargo build --release (lb-testkit, lb-dpdk)"
 cargo build --release -p lb-testkit -p lb-dpdk

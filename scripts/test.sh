@@ -12,12 +12,14 @@
 #                                    devices; skipped where `pkg-config` finds no libdpdk, but not in CI)
 #
 # Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
-# and exits non-zero if any step failed. Installs missing C tools (gcc, binutils) and DPDK
+# and exits non-zero if any step failed. Installs missing C tools (gcc, g++, binutils) and DPDK
 # (libdpdk-dev, dpdk-dev, libclang-dev for bindgen, pkg-config) with apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/cpu.sh
 . scripts/cpu.sh
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 # Property tests explore new random cases on every developer run; CI replays one fixed seed so that
@@ -30,30 +32,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # --- tools ------------------------------------------------------------------------------------------
 
-APT_UPDATED=0
-apt_install() {
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "test.sh: need root or sudo to apt-get install $*" >&2; return 1; }
-        sudo=(sudo)
-    fi
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        "${sudo[@]}" apt-get update -qq
-        APT_UPDATED=1
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@"
-}
-
 ensure_tools() {
     command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo not found: install Rust (rustup) first" >&2; exit 1; }
-    local missing=()
-    command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
-    { command -v nm >/dev/null 2>&1 && command -v ar >/dev/null 2>&1; } || missing+=(binutils)
-    command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        echo "test.sh: installing ${missing[*]}"
-        apt_install "${missing[@]}"
-    fi
+    ensure_c_tools --c++
     ensure_dpdk
     for component in rustfmt clippy; do
         if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
