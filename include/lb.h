@@ -298,19 +298,26 @@ lb_result lb_process_burst(struct lb_instance *inst,
                            struct lb_verdict *verdicts);
 
 /*
- Reports one health-probe result for member `member` of pool `pool` (indices in the load
- balancer's order). A MUX feeds its health state machine (`numberOfProbes` consecutive results
- flip a backend); a host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`.
- Unknown indices give `LB_RESULT_BAD_ARGUMENT`.
+ Reports one result of health probe `probe` for member `member` of pool `pool` (indices in the
+ load balancer's order: `backendAddressPools`, `probes`, the pool's backends). A MUX feeds its
+ health state machine (`numberOfProbes` consecutive results flip a backend) for the
+ load-balancing rules that send to the pool with that probe: each rule is steered by its own
+ probe. A host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`. Unknown
+ indices, and a probe that no rule of the pool uses, give `LB_RESULT_BAD_ARGUMENT`.
 
  # Safety
  `inst` must be NULL or a live instance.
  */
-lb_result lb_report_probe(struct lb_instance *inst, uintptr_t pool, uintptr_t member, bool success);
+lb_result lb_report_probe(struct lb_instance *inst,
+                          uintptr_t pool,
+                          uintptr_t probe,
+                          uintptr_t member,
+                          bool success);
 
 /*
- Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a
- poisoned one, a host agent, or indices out of range).
+ Whether member `member` of pool `pool` is up (1), down (0: a probe of one of the pool's rules
+ took it out, so that rule sends it no new flows), or unknown (-1: NULL instance, a poisoned
+ one, a host agent, or indices out of range).
 
  # Safety
  `inst` must be NULL or a live instance.

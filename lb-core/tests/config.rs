@@ -669,6 +669,14 @@ fn http_probe_without_request_path() {
     let e = refuse(BASIC, |v| props(v, "probes", 1)["requestPath"] = json!("health"));
     assert_names(&e, "probes", "HTTPSHealthProbe", "requestPath");
 
+    // A path no request can carry (the prober's HTTP client refuses it, so every probe fails).
+    for bad in ["/my health", "/a\"b", "/{x}", "/a|b", "/\u{e9}t\u{e9}"] {
+        let e = refuse(BASIC, |v| props(v, "probes", 0)["requestPath"] = json!(bad));
+        assert_names(&e, "probes", "HTTPHealthProbe", "requestPath");
+    }
+    let lb = accept(BASIC, |v| props(v, "probes", 0)["requestPath"] = json!("/health/v1?deep=1&x=%20"));
+    assert_eq!(lb.probes[0].request_path.as_deref(), Some("/health/v1?deep=1&x=%20"));
+
     // A TCP probe needs none.
     let lb = accept(BASIC, |v| {
         let p = props(v, "probes", 0);

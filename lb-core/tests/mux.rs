@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
 use lb_core::config::*;
-use lb_core::paths::{DropReason, Mux, MuxNode, Verdict};
+use lb_core::paths::{DropReason, Mux, MuxError, MuxNode, Verdict};
 use lb_core::tables::{Health, Transition};
 use lb_core::wire::MacAddr;
 
@@ -189,8 +189,8 @@ fn unhealthy_backend_keeps_its_flows_but_gets_no_new_ones() {
     let mut mux = Mux::new(node(1), config()).unwrap();
     let flows: Vec<_> = (0..600u32).map(|i| (tcp4(client(i), 50000, VIP, 80, true), i)).collect();
     let before: Vec<_> = flows.iter().map(|(f, _)| run(&mut mux, f).unwrap()).collect();
-    assert_eq!(mux.report_probe(0, 1, false).unwrap(), Transition::None, "one failure is not enough");
-    assert_eq!(mux.report_probe(0, 1, false).unwrap(), Transition::WentDown);
+    assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::None, "one failure is not enough");
+    assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::WentDown);
     assert_eq!(mux.health(0, 1), Some(Health::Down));
     for (i, (_, n)) in flows.iter().enumerate() {
         let again = run(&mut mux, &tcp4(client(*n), 50000, VIP, 80, false)).unwrap();
@@ -200,12 +200,81 @@ fn unhealthy_backend_keeps_its_flows_but_gets_no_new_ones() {
         let h = run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap();
         assert_ne!(h, HOSTS[1], "new connections avoid the unhealthy backend");
     }
-    assert_eq!(mux.report_probe(0, 1, true).unwrap(), Transition::None);
-    assert_eq!(mux.report_probe(0, 1, true).unwrap(), Transition::CameUp);
+    assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::CameUp);
     let back =
         (2000..2600u32).filter(|&i| run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1]).count();
     assert!(back > 100, "the recovered backend takes new flows again ({back})");
-    assert!(mux.report_probe(0, 9, true).is_err());
+    assert!(mux.report_probe(0, 0, 9, true).is_err());
+}
+
+/// New flows to `port` (from 600 clients, from client number `from` on) that go to host `host`.
+fn new_flows_to(mux: &mut Mux, port: u16, from: u32, host: [u8; 4]) -> usize {
+    (from..from + 600).filter(|&i| run(mux, &tcp4(client(i), 40000, VIP, port, true)).unwrap() == host).count()
+}
+
+#[test]
+fn each_rule_steers_by_its_own_probe() {
+    // As in the seed's web app: the HTTP and HTTPS rules of one pool each have a probe of their own.
+    let mut cfg = config();
+    cfg.probes.push(Probe {
+        name: "HTTPS-Probe".into(),
+        protocol: ProbeProtocol::Https,
+        port: 443,
+        request_path: Some("/health".into()),
+        interval_secs: 15,
+        number_of_probes: 2,
+    });
+    cfg.rules[1].probe = Some(1);
+    let mut mux = Mux::new(node(1), cfg).unwrap();
+    // The second web server's HTTPS service fails its probe; its HTTP service answers.
+    assert_eq!(mux.report_probe(0, 1, 1, false).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 1, 1, false).unwrap(), Transition::WentDown);
+    assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::None);
+    assert_eq!(mux.probe_health(0, 1, 1), Some(Health::Down));
+    assert_eq!(mux.probe_health(0, 0, 1), Some(Health::Up));
+    assert_eq!(mux.health(0, 1), Some(Health::Down), "some rule sends it no new flows");
+    assert_eq!(new_flows_to(&mut mux, 443, 0, HOSTS[1]), 0, "HTTPS flows avoid it");
+    assert!(new_flows_to(&mut mux, 80, 0, HOSTS[1]) > 100, "HTTP flows still go to it");
+    // A probe that no rule of the pool uses names nothing.
+    assert_eq!(mux.report_probe(1, 1, 0, false), Err(MuxError::NotProbed { pool: 1, probe: 1 }));
+    assert_eq!(mux.probe_health(1, 1, 0), None);
+}
+
+#[test]
+fn a_pool_no_probe_watches_any_more_has_every_member_up() {
+    let mut cfg = config();
+    let mut mux = Mux::new(node(1), cfg.clone()).unwrap();
+    mux.report_probe(0, 0, 1, false).unwrap();
+    assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::WentDown);
+    assert_eq!(new_flows_to(&mut mux, 80, 0, HOSTS[1]), 0);
+    // The rules drop their probe: nothing will ever probe the member again, so it is up.
+    for r in &mut cfg.rules {
+        r.probe = None;
+    }
+    mux.update(cfg.clone()).unwrap();
+    assert_eq!(mux.health(0, 1), Some(Health::Up));
+    assert!(new_flows_to(&mut mux, 80, 1000, HOSTS[1]) > 100, "the member takes new flows again");
+    assert!(matches!(mux.report_probe(0, 0, 1, false), Err(MuxError::NotProbed { .. })));
+    // Probed again, it starts up.
+    cfg.rules[0].probe = Some(0);
+    mux.update(cfg).unwrap();
+    assert_eq!(mux.probe_health(0, 0, 1), Some(Health::Up));
+}
+
+#[test]
+fn a_batch_of_probe_results_takes_effect_when_applied() {
+    let mut mux = Mux::new(node(1), config()).unwrap();
+    for _ in 0..2 {
+        mux.record_probe(0, 0, 1, false).unwrap();
+        mux.record_probe(0, 0, 2, false).unwrap();
+    }
+    assert_eq!(mux.health(0, 1), Some(Health::Down));
+    assert_eq!(mux.health(0, 2), Some(Health::Down));
+    // Recorded, not yet applied: the table is the one built before.
+    assert!(new_flows_to(&mut mux, 80, 0, HOSTS[2]) > 100);
+    mux.apply_probes().unwrap();
+    assert_eq!(new_flows_to(&mut mux, 443, 0, HOSTS[0]), 600, "one rebuild took both out");
 }
 
 #[test]
@@ -490,21 +559,21 @@ fn bursts_give_the_verdicts_and_bytes_of_one_frame_at_a_time() {
 }
 
 #[test]
-fn number_of_probes_comes_from_the_pools_probe_and_follows_a_reload() {
+fn number_of_probes_comes_from_the_rules_probe_and_follows_a_reload() {
     let mut cfg = config();
     // The pool's first rule has no probe; the second names one with numberOfProbes 3.
     cfg.rules[0].probe = None;
     cfg.probes[0].number_of_probes = 3;
     let mut mux = Mux::new(node(1), cfg.clone()).unwrap();
-    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::None);
-    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::None);
-    assert_eq!(mux.report_probe(0, 2, false).unwrap(), Transition::WentDown);
-    assert_eq!(mux.report_probe(0, 2, true).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::None);
+    assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::WentDown);
+    assert_eq!(mux.report_probe(0, 0, 2, true).unwrap(), Transition::None);
     // A reload to numberOfProbes 1 keeps the member down and applies the new count at once.
     cfg.probes[0].number_of_probes = 1;
     mux.update(cfg).unwrap();
     assert_eq!(mux.health(0, 2), Some(Health::Down));
-    assert_eq!(mux.report_probe(0, 2, true).unwrap(), Transition::CameUp);
+    assert_eq!(mux.report_probe(0, 0, 2, true).unwrap(), Transition::CameUp);
 }
 
 #[test]

@@ -193,10 +193,20 @@ impl Engine {
         }
     }
 
-    /// Feeds one probe result (MUX: the health state machine; host agents do not steer by health).
-    pub fn report_probe(&mut self, pool: usize, member: usize, up: bool) {
+    /// Records one probe result (MUX: the health state machine; host agents do not steer by
+    /// health); [`Engine::apply_probes`] then rebuilds what changed.
+    pub fn record_probe(&mut self, pool: usize, probe: usize, member: usize, up: bool) {
         if let Engine::Mux(m, _) = self {
-            let _ = m.report_probe(pool, member, up);
+            let _ = m.record_probe(pool, probe, member, up);
+        }
+    }
+
+    /// Rebuilds the Maglev tables whose members' health the recorded results changed.
+    pub fn apply_probes(&mut self) {
+        if let Engine::Mux(m, _) = self {
+            if let Err(e) = m.apply_probes() {
+                eprintln!("lb-dpdk: a health change could not be applied: {e}");
+            }
         }
     }
 

@@ -1,6 +1,7 @@
-//! Health probes, off the packet path: one thread per probed backend, each running the rule's probe
-//! at `intervalInSeconds` and sending every result to the control plane, which hands it to the
-//! workers' health state machines (`numberOfProbes` consecutive results flip a backend).
+//! Health probes, off the packet path: one thread per probed backend and probe, each running the
+//! probe at `intervalInSeconds` and sending every result to the control plane, which hands it to
+//! the workers' health state machines (`numberOfProbes` consecutive results flip a backend for the
+//! rules that use that probe: each load-balancing rule is steered by its own probe).
 //!
 //! What a probe checks, as Azure's do:
 //! - `Tcp`: the TCP handshake with the backend's address and the probe's port completes.
@@ -29,11 +30,16 @@ use lb_core::config::{LoadBalancer, Probe, ProbeProtocol};
 /// The longest a probe waits for its answer.
 pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One probe's outcome for pool member (`pool`, `member`).
+/// One outcome of probe `probe` for pool member (`pool`, `member`), of the configuration that
+/// the control plane numbered `generation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeResult {
+    /// The configuration's number (see [`Probers::start`]).
+    pub generation: u64,
     /// Pool index.
     pub pool: usize,
+    /// Probe index.
+    pub probe: usize,
     /// Member index.
     pub member: usize,
     /// Whether the probe succeeded.
@@ -46,13 +52,14 @@ pub struct Probers {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The (pool, probe) pairs a configuration asks for: each pool is probed by the first rule's probe.
-pub fn probe_plan(lb: &LoadBalancer) -> Vec<(usize, Probe)> {
-    let mut plan: Vec<(usize, Probe)> = Vec::new();
+/// The (pool, probe index) pairs a configuration asks for: every pool with every probe its
+/// load-balancing rules name, once.
+pub fn probe_plan(lb: &LoadBalancer) -> Vec<(usize, usize)> {
+    let mut plan: Vec<(usize, usize)> = Vec::new();
     for r in &lb.rules {
         if let Some(p) = r.probe {
-            if !plan.iter().any(|(pool, _)| *pool == r.pool) {
-                plan.push((r.pool, lb.probes[p].clone()));
+            if !plan.contains(&(r.pool, p)) {
+                plan.push((r.pool, p));
             }
         }
     }
@@ -70,40 +77,51 @@ pub fn probe_timeout(probe: &Probe) -> Duration {
 }
 
 impl Probers {
-    /// Starts probing every member of every probed pool.
-    pub fn start(lb: &LoadBalancer, tx: Sender<ProbeResult>) -> Self {
+    /// Starts probing every member of every probed pool with each of its probes; every result is
+    /// tagged with `generation`, the control plane's number for `lb`, so that a worker still on
+    /// another configuration (one that refused a reload) can tell results that are not about its
+    /// members.
+    pub fn start(lb: &LoadBalancer, generation: u64, tx: Sender<ProbeResult>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (pool, probe) in probe_plan(lb) {
+        for (pool, pi) in probe_plan(lb) {
+            let probe = &lb.probes[pi];
             for (member, b) in lb.pools[pool].backends.iter().enumerate() {
                 let target = SocketAddr::new(b.address, probe.port);
                 let (tx, stop, probe) = (tx.clone(), stop.clone(), probe.clone());
-                let label = format!("{} {} ({target}, {:?} probe)", lb.pools[pool].name, b.name, probe.protocol);
-                let t = std::thread::Builder::new().name(format!("lb-probe-{pool}-{member}")).spawn(move || {
-                    let (interval, timeout) = (probe_interval(&probe), probe_timeout(&probe));
-                    // The last outcome, to log changes only.
-                    let mut last: Option<Result<(), String>> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        let outcome = check(&probe, target, timeout);
-                        let success = outcome.is_ok();
-                        if last.as_ref() != Some(&outcome) {
-                            match &outcome {
-                                Ok(()) => eprintln!("lb-dpdk: probe of {label}: answered"),
-                                Err(e) => eprintln!("lb-dpdk: probe of {label}: failed: {e}"),
+                let label =
+                    format!("{} {} ({target}, {:?} probe {})", lb.pools[pool].name, b.name, probe.protocol, probe.name);
+                let thread_label = label.clone();
+                let spawned =
+                    std::thread::Builder::new().name(format!("lb-probe-{pool}-{pi}-{member}")).spawn(move || {
+                        let label = thread_label;
+                        let (interval, timeout) = (probe_interval(&probe), probe_timeout(&probe));
+                        // The last outcome, to log changes only.
+                        let mut last: Option<Result<(), String>> = None;
+                        while !stop.load(Ordering::Relaxed) {
+                            let started = Instant::now();
+                            let outcome = check(&probe, target, timeout);
+                            let success = outcome.is_ok();
+                            if last.as_ref() != Some(&outcome) {
+                                match &outcome {
+                                    Ok(()) => eprintln!("lb-dpdk: probe of {label}: answered"),
+                                    Err(e) => eprintln!("lb-dpdk: probe of {label}: failed: {e}"),
+                                }
+                                last = Some(outcome);
                             }
-                            last = Some(outcome);
+                            let result = ProbeResult { generation, pool, probe: pi, member, success };
+                            if stop.load(Ordering::Relaxed) || tx.send(result).is_err() {
+                                return;
+                            }
+                            while started.elapsed() < interval && !stop.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
                         }
-                        if stop.load(Ordering::Relaxed) || tx.send(ProbeResult { pool, member, success }).is_err() {
-                            return;
-                        }
-                        while started.elapsed() < interval && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
-                });
-                if let Ok(t) = t {
-                    threads.push(t);
+                    });
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    // The member then keeps the health it has: say so, it is not being watched.
+                    Err(e) => eprintln!("lb-dpdk: probe of {label}: cannot start its thread: {e}"),
                 }
             }
         }
@@ -362,18 +380,18 @@ mod tests {
             b.address = "127.0.0.1".parse().unwrap();
         }
         let mut expected = std::collections::BTreeSet::new();
-        for (pool, _) in probe_plan(&lb) {
-            expected.extend((0..lb.pools[pool].backends.len()).map(|m| (pool, m)));
+        for (pool, probe) in probe_plan(&lb) {
+            expected.extend((0..lb.pools[pool].backends.len()).map(|m| (pool, probe, m)));
         }
         assert!(expected.len() >= 2, "the demo probes pools: {expected:?}");
         let (tx, rx) = mpsc::channel();
-        let probers = Probers::start(&lb, tx);
+        let probers = Probers::start(&lb, 7, tx);
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while seen != expected && Instant::now() < deadline {
             if let Ok(r) = rx.recv_timeout(Duration::from_secs(1)) {
-                assert!(r.success, "{r:?}");
-                seen.insert((r.pool, r.member));
+                assert!(r.success && r.generation == 7, "{r:?}");
+                seen.insert((r.pool, r.probe, r.member));
             }
         }
         let stopping = Instant::now();

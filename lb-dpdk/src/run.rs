@@ -86,10 +86,10 @@ pub struct RunArgs {
 /// What the control plane tells a worker.
 #[derive(Debug, Clone)]
 pub enum Control {
-    /// Apply this configuration.
-    Reload(Arc<LoadBalancer>),
-    /// One probe result for (pool, member).
-    Probe { pool: usize, member: usize, up: bool },
+    /// Apply this configuration, the control plane's number `generation`.
+    Reload(Arc<LoadBalancer>, u64),
+    /// One result of probe `probe` for (pool, member), of configuration number `generation`.
+    Probe { generation: u64, pool: usize, probe: usize, member: usize, up: bool },
 }
 
 /// What a worker shares with the control plane: a stop flag, its channel and its counters.
@@ -132,19 +132,31 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
     let mut resets: Vec<Vec<u8>> = Vec::new();
     let sweep_per_sec = engine.buckets().div_ceil(SWEEP_PERIOD_SECS as usize);
     let (mut sweep_owed, mut sweep_clock) = (0usize, port.now());
+    // The number of the configuration the engine runs (the control plane's; 0: the first).
+    let mut generation = 0u64;
     loop {
         if link.stop.load(Ordering::Relaxed) {
             break;
         }
+        let mut probed = false;
         for c in link.rx.try_iter() {
             match c {
-                Control::Reload(lb) => {
-                    if let Err(e) = engine.update((*lb).clone()) {
-                        eprintln!("lb-dpdk: reload refused by a worker, running configuration kept: {e}");
-                    }
+                Control::Reload(lb, number) => match engine.update((*lb).clone()) {
+                    Ok(()) => generation = number,
+                    Err(e) => eprintln!("lb-dpdk: reload refused by a worker, running configuration kept: {e}"),
+                },
+                // Results of another configuration's probers name members by their place there.
+                Control::Probe { generation: of, pool, probe, member, up } if of == generation => {
+                    engine.record_probe(pool, probe, member, up);
+                    probed = true;
                 }
-                Control::Probe { pool, member, up } => engine.report_probe(pool, member, up),
+                Control::Probe { .. } => {}
             }
+        }
+        if probed {
+            // All the results that came together, in one rebuild a table (after a zone failed,
+            // hundreds of backends' probes time out at once).
+            engine.apply_probes();
         }
         let n = port.rx_burst(&mut rx, BURST);
         let now = port.now();
@@ -327,7 +339,10 @@ fn control_plane(
     }
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
-    let mut probers = (!args.no_probes).then(|| crate::probe::Probers::start(&lb, probe_tx.clone()));
+    // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
+    let probing = !args.no_probes && cfg.role == Role::Mux;
+    let mut generation = 0u64;
+    let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
     let started = Instant::now();
     let mut last_status = Instant::now();
     let mut last = Stats::default();
@@ -343,15 +358,18 @@ fn control_plane(
                     // The old probers' results name members by their place in the old configuration:
                     // stop them, and hand the workers what they sent before the new configuration,
                     // never after it.
-                    let probing = probers.take().map(crate::probe::Probers::stop).is_some();
+                    if let Some(p) = probers.take() {
+                        p.stop();
+                    }
                     forward_probes(&probe_rx, workers);
                     lb = new.clone();
+                    generation += 1;
                     let shared = Arc::new(new);
                     for w in workers {
-                        let _ = w.tx.send(Control::Reload(shared.clone()));
+                        let _ = w.tx.send(Control::Reload(shared.clone(), generation));
                     }
                     if probing {
-                        probers = Some(crate::probe::Probers::start(&lb, probe_tx.clone()));
+                        probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
                     }
                 }
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
@@ -448,7 +466,8 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
 fn forward_probes(rx: &Receiver<crate::probe::ProbeResult>, workers: &[WorkerHandle]) {
     for r in rx.try_iter() {
         for w in workers {
-            let _ = w.tx.send(Control::Probe { pool: r.pool, member: r.member, up: r.success });
+            let (generation, pool, probe, member, up) = (r.generation, r.pool, r.probe, r.member, r.success);
+            let _ = w.tx.send(Control::Probe { generation, pool, probe, member, up });
         }
     }
 }

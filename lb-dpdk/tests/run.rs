@@ -986,8 +986,8 @@ fn health_moves_new_flows(protocol: &str) {
     let up = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_up", b);
     let packets = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_packets_total", b).unwrap();
     let rx = |m: &BTreeMap<String, f64>| m.get("lb_rx_frames_total").copied();
-    let b1_probe = format!("probe of Servers b1 (127.0.0.2:{port}, {protocol} probe)");
-    let b2_probe = format!("probe of Servers b2 (127.0.0.3:{port}, {protocol} probe)");
+    let b1_probe = format!("probe of Servers b1 (127.0.0.2:{port}, {protocol} probe ");
+    let b2_probe = format!("probe of Servers b2 (127.0.0.3:{port}, {protocol} probe ");
     p.wait_stderr(&[&b1_probe, "answered"]);
     p.wait_stderr(&[&b2_probe, "answered"]);
     wait_metrics(&mut p, maddr, "both backends up", |m| up(m, "b1") == Some(1.0) && up(m, "b2") == Some(1.0));

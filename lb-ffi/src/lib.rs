@@ -456,10 +456,12 @@ fn host_one(h: &mut HostAgent, buf: &mut [u8], f: &mut lb_frame, now: u32, direc
     verdict
 }
 
-/// Reports one health-probe result for member `member` of pool `pool` (indices in the load
-/// balancer's order). A MUX feeds its health state machine (`numberOfProbes` consecutive results
-/// flip a backend); a host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`.
-/// Unknown indices give `LB_RESULT_BAD_ARGUMENT`.
+/// Reports one result of health probe `probe` for member `member` of pool `pool` (indices in the
+/// load balancer's order: `backendAddressPools`, `probes`, the pool's backends). A MUX feeds its
+/// health state machine (`numberOfProbes` consecutive results flip a backend) for the
+/// load-balancing rules that send to the pool with that probe: each rule is steered by its own
+/// probe. A host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`. Unknown
+/// indices, and a probe that no rule of the pool uses, give `LB_RESULT_BAD_ARGUMENT`.
 ///
 /// # Safety
 /// `inst` must be NULL or a live instance.
@@ -467,13 +469,14 @@ fn host_one(h: &mut HostAgent, buf: &mut [u8], f: &mut lb_frame, now: u32, direc
 pub unsafe extern "C" fn lb_report_probe(
     inst: *mut lb_instance,
     pool: usize,
+    probe: usize,
     member: usize,
     success: bool,
 ) -> lb_result {
     // SAFETY: per the contract.
     unsafe {
         with_instance(inst, |i| match &mut i.engine {
-            Engine::Mux(m) => match m.report_probe(pool, member, success) {
+            Engine::Mux(m) => match m.report_probe(pool, probe, member, success) {
                 Ok(_) => lb_result::LB_RESULT_OK,
                 Err(_) => lb_result::LB_RESULT_BAD_ARGUMENT,
             },
@@ -482,8 +485,9 @@ pub unsafe extern "C" fn lb_report_probe(
     }
 }
 
-/// Whether member `member` of pool `pool` is up (1), down (0), or unknown (-1: NULL instance, a
-/// poisoned one, a host agent, or indices out of range).
+/// Whether member `member` of pool `pool` is up (1), down (0: a probe of one of the pool's rules
+/// took it out, so that rule sends it no new flows), or unknown (-1: NULL instance, a poisoned
+/// one, a host agent, or indices out of range).
 ///
 /// # Safety
 /// `inst` must be NULL or a live instance.

@@ -262,6 +262,13 @@ impl fmt::Display for ConfigError {
 #[cfg(feature = "std")]
 impl std::error::Error for ConfigError {}
 
+/// Whether `c` may appear as it is in an HTTP request's path and query (RFC 3986: unreserved,
+/// sub-delims, ':', '@', '/', '?' and the '%' of a percent-encoding). A probe whose path has any
+/// other character (a space, a quote, a brace) would fail on every backend and take the pool down.
+fn is_uri_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/?%".contains(c)
+}
+
 fn err(kind: &'static str, name: &str, field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError { kind, name: name.into(), field, problem: problem.into() }
 }
@@ -338,8 +345,19 @@ impl LoadBalancer {
             if !(1..=100).contains(&p.number_of_probes) {
                 return Err(err("probes", &p.name, "numberOfProbes", "must be 1..=100"));
             }
-            if p.protocol != ProbeProtocol::Tcp && !p.request_path.as_deref().is_some_and(|r| r.starts_with('/')) {
-                return Err(err("probes", &p.name, "requestPath", "HTTP(S) probes need a path starting with '/'"));
+            if p.protocol != ProbeProtocol::Tcp {
+                let path = p.request_path.as_deref().unwrap_or("");
+                if !path.starts_with('/') {
+                    return Err(err("probes", &p.name, "requestPath", "HTTP(S) probes need a path starting with '/'"));
+                }
+                if let Some(c) = path.chars().find(|&c| !is_uri_path_char(c)) {
+                    return Err(err(
+                        "probes",
+                        &p.name,
+                        "requestPath",
+                        alloc::format!("{c:?} cannot be sent in a request path (percent-encode it)"),
+                    ));
+                }
             }
         }
         let mut claims: Vec<Claim<'_>> = Vec::new();

@@ -77,6 +77,13 @@ pub enum MuxError {
         /// Member index.
         member: usize,
     },
+    /// A probe report names a probe that no load-balancing rule of the pool uses.
+    NotProbed {
+        /// Pool index.
+        pool: usize,
+        /// Probe index.
+        probe: usize,
+    },
 }
 
 impl fmt::Display for MuxError {
@@ -92,6 +99,7 @@ impl fmt::Display for MuxError {
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
             MuxError::TooManyListeners => f.write_str("more than 65534 listeners (VIP, protocol, ports)"),
             MuxError::UnknownBackend { pool, member } => write!(f, "no member {member} in pool {pool}"),
+            MuxError::NotProbed { pool, probe } => write!(f, "no rule probes pool {pool} with probe {probe}"),
         }
     }
 }
@@ -209,12 +217,25 @@ pub struct MuxCounters {
 
 #[derive(Debug, Clone)]
 struct PoolState {
+    /// Pool member → tunnel id.
+    tunnel: Vec<u16>,
+}
+
+/// A pool as one health probe sees it: what the load-balancing rules that send to the pool with
+/// that probe (or with none) balance new flows over. In the seed a probe belongs to a rule, so two
+/// rules on one pool with different probes (HTTP on 80, HTTPS on 443) each take a member out on
+/// their own probe's failures only; a rule without a probe sends to every member.
+#[derive(Debug, Clone)]
+struct Balancer {
+    pool: usize,
+    /// Index into the configuration's probes; `None`: no probe, every member stays up.
+    probe: Option<usize>,
     table: MaglevTable,
     /// Maglev backend index → pool member index (only healthy, weighted members are in the table).
     in_table: Vec<usize>,
     health: Vec<ProbeState>,
-    /// Pool member → tunnel id.
-    tunnel: Vec<u16>,
+    /// A probe result changed a member's health since the table was built.
+    stale: bool,
 }
 
 /// Frames a burst pass handles together (DPDK's usual burst).
@@ -310,6 +331,10 @@ pub struct Mux {
     lb: LoadBalancer,
     vips: Vips,
     pools: Vec<PoolState>,
+    /// One per (pool, probe) pair of the load-balancing rules.
+    balancers: Vec<Balancer>,
+    /// Load-balancing rule → its balancer.
+    rule_balancer: Vec<usize>,
     /// Append-only: flows name their tunnel by index, so indices survive reconfiguration.
     tunnels: Vec<VxlanEncap>,
     /// (host, VNI, backend tag) of each tunnel.
@@ -357,6 +382,8 @@ impl Mux {
             lb: LoadBalancer::default(),
             vips: Vips::default(),
             pools: Vec::new(),
+            balancers: Vec::new(),
+            rule_balancer: Vec::new(),
             tunnels: Vec::new(),
             tunnel_keys: Vec::new(),
             tunnel_owner: Vec::new(),
@@ -377,7 +404,8 @@ impl Mux {
 
     /// Applies a new configuration at run time. Established flows keep their backend (they name
     /// their tunnel, which stays); new flows follow the new rules and pools. Health of members that
-    /// keep their address in a pool of the same name carries over. On error nothing changes.
+    /// keep their address in a pool of the same name, probed by a probe of the same name, carries
+    /// over; a pool no rule probes any more has every member up. On error nothing changes.
     ///
     /// It does not visit the flows, with one exception: after 65,534 distinct listeners (VIP,
     /// protocol, ports) over the MUX's life, the indices flows name them by start again from
@@ -389,16 +417,7 @@ impl Mux {
         let mut owners = self.tunnel_owner.clone();
         let mut pools = Vec::with_capacity(lb.pools.len());
         for (pi, pool) in lb.pools.iter().enumerate() {
-            let old = self.lb.pools.iter().position(|p| p.name == pool.name);
             let mut tunnel = Vec::with_capacity(pool.backends.len());
-            let mut health = Vec::with_capacity(pool.backends.len());
-            // The probe of the pool's first rule that has one (what a prober runs for the pool).
-            let probes = lb
-                .rules
-                .iter()
-                .filter(|r| r.pool == pi)
-                .find_map(|r| r.probe)
-                .map_or(2, |p| lb.probes[p].number_of_probes);
             for (mi, b) in pool.backends.iter().enumerate() {
                 let key = (b.host, pool.vni, backend_tag(b.address));
                 let id = match keys.iter().position(|k| *k == key) {
@@ -425,16 +444,10 @@ impl Mux {
                     }
                 };
                 tunnel.push(u16::try_from(id).map_err(|_| MuxError::TooManyTunnels)?);
-                let kept = old.and_then(|o| {
-                    let op = &self.lb.pools[o];
-                    op.backends.iter().position(|x| x.address == b.address).map(|m| self.pools[o].health[m])
-                });
-                health.push(kept.map_or_else(|| ProbeState::new(probes), |k| k.with_threshold(probes)));
             }
-            let mut state = PoolState { table: MaglevTable::default(), in_table: Vec::new(), health, tunnel };
-            rebuild_pool(&mut state, pool, self.node.maglev_size)?;
-            pools.push(state);
+            pools.push(PoolState { tunnel });
         }
+        let (balancers, rule_balancer) = self.plan_balancers(&lb)?;
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
         // Established flows name their listener by an index kept for its identity (VIP, protocol,
@@ -503,6 +516,8 @@ impl Mux {
         self.snat = snat;
         self.vips = vips;
         self.pools = pools;
+        self.balancers = balancers;
+        self.rule_balancer = rule_balancer;
         self.tunnels = tunnels;
         self.tunnel_keys = keys;
         self.tunnel_owner = owners;
@@ -512,21 +527,114 @@ impl Mux {
         Ok(())
     }
 
-    /// Reports one probe result for member `member` of pool `pool` (from the prober, off the packet
-    /// path). A health change rebuilds the pool's Maglev table; flows already on the member stay.
-    pub fn report_probe(&mut self, pool: usize, member: usize, success: bool) -> Result<Transition, MuxError> {
-        let state = self.pools.get_mut(pool).ok_or(MuxError::UnknownBackend { pool, member })?;
-        let probe = state.health.get_mut(member).ok_or(MuxError::UnknownBackend { pool, member })?;
-        let t = probe.record(success);
-        if t != Transition::None {
-            rebuild_pool(state, &self.lb.pools[pool], self.node.maglev_size)?;
+    /// The balancers of `lb`'s load-balancing rules, one per (pool, probe) pair, and each rule's.
+    fn plan_balancers(&self, lb: &LoadBalancer) -> Result<(Vec<Balancer>, Vec<usize>), MuxError> {
+        let size = self.node.maglev_size;
+        let mut balancers: Vec<Balancer> = Vec::new();
+        let mut of_rule = Vec::with_capacity(lb.rules.len());
+        for rule in &lb.rules {
+            if let Some(at) = balancers.iter().position(|b| b.pool == rule.pool && b.probe == rule.probe) {
+                of_rule.push(at);
+                continue;
+            }
+            let pool = &lb.pools[rule.pool];
+            let probe_name = |lb: &LoadBalancer, p: Option<usize>| p.map(|p| lb.probes[p].name.clone());
+            let threshold = rule.probe.map_or(1, |p| lb.probes[p].number_of_probes);
+            // The same pool probed by the same probe before (by names): its members keep their health.
+            let old = self.balancers.iter().find(|b| {
+                self.lb.pools[b.pool].name == pool.name && probe_name(&self.lb, b.probe) == probe_name(lb, rule.probe)
+            });
+            let health = pool
+                .backends
+                .iter()
+                .map(|m| {
+                    let kept = old.and_then(|o| {
+                        let i = self.lb.pools[o.pool].backends.iter().position(|x| x.address == m.address)?;
+                        Some(o.health[i])
+                    });
+                    kept.map_or_else(|| ProbeState::new(threshold), |k| k.with_threshold(threshold))
+                })
+                .collect();
+            // Every member may come up later: the table must have room for all of them.
+            let all: Vec<MaglevBackend> = pool
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0)
+                .map(|b| MaglevBackend { id: backend_id(b.address), weight: b.weight })
+                .collect();
+            MaglevTable::check(&all, size).map_err(MuxError::Maglev)?;
+            let mut b = Balancer {
+                pool: rule.pool,
+                probe: rule.probe,
+                table: MaglevTable::default(),
+                in_table: Vec::new(),
+                health,
+                stale: false,
+            };
+            b.rebuild(pool, size)?;
+            balancers.push(b);
+            of_rule.push(balancers.len() - 1);
         }
+        Ok((balancers, of_rule))
+    }
+
+    /// Reports one result of probe `probe` for member `member` of pool `pool` (indices in the
+    /// configuration's order; from the prober, off the packet path). A health change rebuilds the
+    /// Maglev table of the rules that send to the pool with that probe; flows already on the member
+    /// stay. [`Mux::record_probe`] and [`Mux::apply_probes`] do the same for many results at once.
+    pub fn report_probe(
+        &mut self,
+        pool: usize,
+        probe: usize,
+        member: usize,
+        success: bool,
+    ) -> Result<Transition, MuxError> {
+        let t = self.record_probe(pool, probe, member, success)?;
+        self.apply_probes()?;
         Ok(t)
     }
 
-    /// Health of a pool member.
+    /// Records one probe result without rebuilding any table yet: a batch of results (every
+    /// prober's, after a zone failed) then costs one rebuild a balancer in [`Mux::apply_probes`],
+    /// not one a result.
+    pub fn record_probe(
+        &mut self,
+        pool: usize,
+        probe: usize,
+        member: usize,
+        success: bool,
+    ) -> Result<Transition, MuxError> {
+        let b = self
+            .balancers
+            .iter_mut()
+            .find(|b| b.pool == pool && b.probe == Some(probe))
+            .ok_or(MuxError::NotProbed { pool, probe })?;
+        let state = b.health.get_mut(member).ok_or(MuxError::UnknownBackend { pool, member })?;
+        let t = state.record(success);
+        b.stale |= t != Transition::None;
+        Ok(t)
+    }
+
+    /// Rebuilds the tables whose members' health [`Mux::record_probe`] changed.
+    pub fn apply_probes(&mut self) -> Result<(), MuxError> {
+        for b in self.balancers.iter_mut().filter(|b| b.stale) {
+            b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size)?;
+        }
+        Ok(())
+    }
+
+    /// Health of a pool member: down if any probe of the pool's rules has taken it out (then some
+    /// rule sends it no new flows), up otherwise.
     pub fn health(&self, pool: usize, member: usize) -> Option<Health> {
-        self.pools.get(pool)?.health.get(member).map(|p| p.health())
+        self.lb.pools.get(pool)?.backends.get(member)?;
+        let down = self.balancers.iter().any(|b| b.pool == pool && b.health[member].health() == Health::Down);
+        Some(if down { Health::Down } else { Health::Up })
+    }
+
+    /// Health of a pool member as probe `probe` sees it (`None` if no rule probes the pool with it).
+    pub fn probe_health(&self, pool: usize, probe: usize, member: usize) -> Option<Health> {
+        let b = self.balancers.iter().find(|b| b.pool == pool && b.probe == Some(probe))?;
+        b.health.get(member).map(ProbeState::health)
     }
 
     /// The counters.
@@ -849,8 +957,8 @@ impl Mux {
         let Some(li) = self.vips[vip].listener_index(key.protocol, key.dst_port) else { return NO_ROUTE };
         if let Target::Rule(r) = self.vips[vip].listeners[li].target {
             if let Some(rule) = self.lb.rules.get(r) {
-                if let Some(state) = self.pools.get(rule.pool) {
-                    state.table.prefetch(self.rule_hash(rule, key, hash));
+                if let Some(b) = self.rule_balancer.get(r).and_then(|&b| self.balancers.get(b)) {
+                    b.table.prefetch(self.rule_hash(rule, key, hash));
                 }
             }
         }
@@ -881,9 +989,9 @@ impl Mux {
             Target::Rule(r) => {
                 let rule = &self.lb.rules[r];
                 let h = self.rule_hash(rule, flow, hash);
-                let state = &self.pools[rule.pool];
-                let m = state.table.lookup(h).ok_or(DropReason::NoBackend)?;
-                (rule.pool, state.in_table[m], rule.idle_timeout_minutes)
+                let b = &self.balancers[self.rule_balancer[r]];
+                let m = b.table.lookup(h).ok_or(DropReason::NoBackend)?;
+                (rule.pool, b.in_table[m], rule.idle_timeout_minutes)
             }
             Target::NatRule(r) => {
                 let n = &self.lb.nat_rules[r];
@@ -1025,17 +1133,23 @@ fn rule_names(lb: &LoadBalancer) -> Vec<(u8, &str)> {
     rules.chain(nat_rules).chain(nat_pools).collect()
 }
 
-/// Rebuilds a pool's Maglev table over its healthy members of non-zero weight.
-fn rebuild_pool(state: &mut PoolState, pool: &crate::config::Pool, size: u32) -> Result<(), MuxError> {
-    let mut backends = Vec::new();
-    state.in_table.clear();
-    for (i, b) in pool.backends.iter().enumerate() {
-        if state.health[i].health() == Health::Up && b.weight > 0 {
-            backends.push(MaglevBackend { id: backend_id(b.address), weight: b.weight });
-            state.in_table.push(i);
+impl Balancer {
+    /// Rebuilds the Maglev table over the pool's healthy members of non-zero weight. On error the
+    /// table and its member map stay as they were, together.
+    fn rebuild(&mut self, pool: &crate::config::Pool, size: u32) -> Result<(), MuxError> {
+        let mut backends = Vec::new();
+        let mut in_table = Vec::new();
+        for (i, b) in pool.backends.iter().enumerate() {
+            if self.health[i].health() == Health::Up && b.weight > 0 {
+                backends.push(MaglevBackend { id: backend_id(b.address), weight: b.weight });
+                in_table.push(i);
+            }
         }
+        self.table.rebuild(&backends, size).map_err(MuxError::Maglev)?;
+        self.in_table = in_table;
+        self.stale = false;
+        Ok(())
     }
-    state.table.rebuild(&backends, size).map_err(MuxError::Maglev)
 }
 
 #[cfg(test)]

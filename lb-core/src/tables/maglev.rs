@@ -74,6 +74,12 @@ pub struct MaglevTable {
 }
 
 impl MaglevTable {
+    /// Whether a table of `size` slots can be built over `backends` (what [`MaglevTable::rebuild`]
+    /// checks before it changes anything).
+    pub fn check(backends: &[MaglevBackend], size: u32) -> Result<(), MaglevError> {
+        validate(backends, size)
+    }
+
     /// Builds a table of `size` slots (a prime) over `backends`. Backends of weight 0 get no slot.
     /// With no backend of non-zero weight the table is empty and every lookup answers `None`.
     pub fn build(backends: &[MaglevBackend], size: u32) -> Result<Self, MaglevError> {

@@ -81,7 +81,7 @@ int main(int argc, char **argv) {
     CHECK_EQ(lb_process_burst(mux, &fb.f, 1, 0, LB_DIRECTION_AUTO, NULL), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(fb.f.start, HEADROOM); /* nothing was processed */
     CHECK_EQ(lb_process_burst(mux, NULL, 0, 0, LB_DIRECTION_AUTO, NULL), LB_RESULT_OK); /* n = 0 */
-    CHECK_EQ(lb_report_probe(NULL, 0, 0, true), LB_RESULT_NULL_ARGUMENT);
+    CHECK_EQ(lb_report_probe(NULL, 0, 0, 0, true), LB_RESULT_NULL_ARGUMENT);
     CHECK_EQ(lb_backend_up(NULL, 0, 0), -1);
     fill(err, sizeof err);
     CHECK_EQ(lb_update(NULL, LB_JSON, strlen(LB_JSON), err, sizeof err), LB_RESULT_NULL_ARGUMENT);
@@ -280,10 +280,12 @@ int main(int argc, char **argv) {
     pass("frames_outside_buffers");
 
     /* --- probes ------------------------------------------------------------------------------- */
-    CHECK_EQ(lb_report_probe(host, 0, 0, true), LB_RESULT_WRONG_ROLE);
-    CHECK_EQ(lb_report_probe(mux, 1, 0, true), LB_RESULT_BAD_ARGUMENT);
-    CHECK_EQ(lb_report_probe(mux, 0, 3, false), LB_RESULT_BAD_ARGUMENT);
-    CHECK_EQ(lb_report_probe(mux, (size_t)-1, (size_t)-1, false), LB_RESULT_BAD_ARGUMENT);
+    CHECK_EQ(lb_report_probe(host, 0, 0, 0, true), LB_RESULT_WRONG_ROLE);
+    CHECK_EQ(lb_report_probe(mux, 1, 0, 0, true), LB_RESULT_BAD_ARGUMENT);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 3, false), LB_RESULT_BAD_ARGUMENT);
+    /* A probe no rule of the pool uses. */
+    CHECK_EQ(lb_report_probe(mux, 0, 1, 0, false), LB_RESULT_BAD_ARGUMENT);
+    CHECK_EQ(lb_report_probe(mux, (size_t)-1, 0, (size_t)-1, false), LB_RESULT_BAD_ARGUMENT);
     CHECK_EQ(lb_backend_up(mux, 0, 3), -1);
     CHECK_EQ(lb_backend_up(mux, 7, 0), -1);
     CHECK_EQ(lb_backend_up(host, 0, 0), -1);

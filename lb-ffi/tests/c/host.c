@@ -152,8 +152,8 @@ int main(void) {
     pass("host_counters");
 
     /* What a host agent does not do. */
-    CHECK_EQ(lb_report_probe(host, 0, 0, false), LB_RESULT_WRONG_ROLE);
-    CHECK_EQ(lb_report_probe(host, 99, 99, true), LB_RESULT_WRONG_ROLE);
+    CHECK_EQ(lb_report_probe(host, 0, 0, 0, false), LB_RESULT_WRONG_ROLE);
+    CHECK_EQ(lb_report_probe(host, 99, 0, 99, true), LB_RESULT_WRONG_ROLE);
     CHECK_EQ(lb_backend_up(host, 0, 0), -1);
     /* An update keeps working on a host too. */
     CHECK_EQ(lb_update(host, LB_JSON, strlen(LB_JSON), NULL, 0), LB_RESULT_OK);

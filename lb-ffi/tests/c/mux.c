@@ -135,9 +135,9 @@ int main(void) {
 
     /* Two failed probes (numberOfProbes 2) take web1 (pool 0, member 1) down: new flows avoid it. */
     CHECK_EQ(lb_backend_up(mux, 0, 1), 1);
-    CHECK_EQ(lb_report_probe(mux, 0, 1, false), LB_RESULT_OK);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 1, false), LB_RESULT_OK);
     CHECK_EQ(lb_backend_up(mux, 0, 1), 1);
-    CHECK_EQ(lb_report_probe(mux, 0, 1, false), LB_RESULT_OK);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 1, false), LB_RESULT_OK);
     CHECK_EQ(lb_backend_up(mux, 0, 1), 0);
     CHECK_EQ(lb_backend_up(mux, 0, 0), 1);
     for (i = 0; i < 64; i++) {
@@ -145,8 +145,8 @@ int main(void) {
         CHECK(h == HOSTS[0] || h == HOSTS[2]);
     }
     /* Two good ones bring it back. */
-    CHECK_EQ(lb_report_probe(mux, 0, 1, true), LB_RESULT_OK);
-    CHECK_EQ(lb_report_probe(mux, 0, 1, true), LB_RESULT_OK);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 1, true), LB_RESULT_OK);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 1, true), LB_RESULT_OK);
     CHECK_EQ(lb_backend_up(mux, 0, 1), 1);
     memset(seen, 0, sizeof seen);
     for (i = 0; i < 64; i++) {
@@ -175,7 +175,7 @@ int main(void) {
     /* Pool 0 is now "Blue": two members, no third. */
     CHECK_EQ(lb_backend_up(mux, 0, 1), 1);
     CHECK_EQ(lb_backend_up(mux, 0, 2), -1);
-    CHECK_EQ(lb_report_probe(mux, 0, 2, false), LB_RESULT_BAD_ARGUMENT);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 2, false), LB_RESULT_BAD_ARGUMENT);
     pass("update");
 
     /* Expiry: past every idle timeout (4 minutes), a full sweep empties the flow table. */
