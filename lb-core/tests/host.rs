@@ -340,14 +340,19 @@ fn a_backend_frame_with_no_flow_and_no_outbound_rule_is_dropped_not_leaked() {
     let f = frame(IpAddr::from([10, 0, 1, 99]), 5555, IpAddr::from([1, 1, 1, 1]), 443, Some(true), b"");
     let mut buf = with_headroom(&f);
     assert_eq!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Drop(HostDrop::NoFlow));
-    // A response of a flow the host never saw.
+    // A response of a flow the host never saw (vm0 has an outbound rule, but only a SYN opens an
+    // SNAT connection): dropped, never sent with a private source.
     let f = frame(v4(0), 8080, IpAddr::from([198, 18, 0, 1]), 40000, Some(false), b"");
     let mut buf = with_headroom(&f);
+    assert_eq!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Drop(HostDrop::NoFlow));
+    assert_eq!(&buf[HEADROOM..], &f[..], "the frame is not touched");
+    // Its SYN opens one.
+    let f = frame(v4(0), 8080, IpAddr::from([198, 18, 0, 1]), 40000, Some(true), b"");
+    let mut buf = with_headroom(&f);
     let v = h.from_backend(&mut buf, HEADROOM, f.len(), NOW);
-    // vm0 has an outbound rule: this becomes an SNAT connection, never a frame with a private source.
     let HostVerdict::Transmit { start, len } = v else { panic!("{v:?}") };
     assert_eq!(seen(&buf[start..start + len]).src, IpAddr::from(SNAT_IP));
-    assert_eq!(h.counters().drops[HostDrop::NoFlow as usize], 2);
+    assert_eq!(h.counters().drops[HostDrop::NoFlow as usize], 3);
     // Garbage and tunnels for someone else.
     let mut junk = vec![0u8; 60];
     assert_eq!(h.from_fabric(&mut junk, 0, 60, NOW), HostVerdict::Drop(HostDrop::Malformed));
@@ -502,6 +507,12 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
         // Four minutes of silence.
         let mut out = Vec::new();
         h.expire(NOW + 10 + 4 * 60 + 1, 1 << 20, |to, f| out.push((to, f.to_vec())));
+        assert_eq!(h.flows().len(), 0);
+        // A late segment of the expired connection from the backend opens nothing (only a SYN
+        // does): through SNAT it would reach the client from another address and port.
+        let late = frame(dip, 8080, client, port, Some(false), b"late");
+        let mut lbuf = with_headroom(&late);
+        assert_eq!(h.from_backend(&mut lbuf, HEADROOM, late.len(), NOW + 400), HostVerdict::Drop(HostDrop::NoFlow));
         assert_eq!(h.flows().len(), 0);
         if !reset {
             assert!(out.is_empty(), "without enableTcpReset the flow goes silently");
@@ -895,6 +906,45 @@ fn fragments_of_a_datagram_are_translated_alike_and_reassemble_with_valid_checks
     let mut tunnel = retunnel(&o1, &stray);
     let n = tunnel.len();
     assert_eq!(h.from_fabric(&mut tunnel, 0, n, NOW), HostVerdict::Drop(HostDrop::FragmentUnknown));
+}
+
+#[test]
+fn a_fragment_identification_used_again_follows_the_newest_first_fragment() {
+    let mut mux = mux();
+    let client = IpAddr::from([198, 18, 3, 4]);
+    let payload: Vec<u8> = (0..40u8).collect();
+    // split_in_two gives every datagram the identification 0x4242, as a sender's counter that
+    // came round again would.
+    let datagram = |port| frame(client, port, IpAddr::from(VIP), 53, None, &payload);
+    let (first_a, _) = split_in_two(&datagram(5353));
+    let (mut oa, host_a, _) = through_mux(&mut mux, &first_a);
+    // At the MUX: a datagram to another host; its later fragment goes there.
+    let (first_b, later_b) = (5354..6000u16)
+        .map(|port| split_in_two(&datagram(port)))
+        .find(|(first, _)| through_mux(&mut mux, first).1 != host_a)
+        .expect("a datagram to another host");
+    let (_, to, _) = through_mux(&mut mux, &first_b);
+    assert_eq!(through_mux(&mut mux, &later_b).1, to, "the later fragment follows the newest first one");
+    // At a host: a datagram to another backend of the same host.
+    let mut h = host(host_a, ReturnPath::Direct, config(1024));
+    let n = oa.len();
+    let HostVerdict::Deliver { backend: ba, .. } = h.from_fabric(&mut oa, 0, n, NOW) else { panic!() };
+    let (bb, later) = (6000..7000u16)
+        .find_map(|port| {
+            let (first, later) = split_in_two(&datagram(port));
+            let (mut o, to, _) = through_mux(&mut mux, &first);
+            let n = o.len();
+            let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut o, 0, n, NOW) else { return None };
+            (to == host_a && backend != ba).then_some((backend, later))
+        })
+        .expect("a datagram to another backend of the host");
+    let (mut o, to, _) = through_mux(&mut mux, &later);
+    assert_eq!(to, host_a);
+    let n = o.len();
+    let HostVerdict::Deliver { backend, start, len } = h.from_fabric(&mut o, 0, n, NOW) else { panic!() };
+    assert_eq!(backend, bb, "the later fragment reaches the newest first fragment's backend");
+    let f = &o[start..start + len];
+    assert_eq!(IpAddr::from([f[30], f[31], f[32], f[33]]), h.local_backends()[bb].address);
 }
 
 /// An ICMPv4 error from `src` to `dst` quoting `quoted` (an IP packet; 28 bytes of it are quoted).

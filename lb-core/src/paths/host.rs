@@ -765,6 +765,13 @@ impl HostAgent {
         if !(tcp || key.protocol == ip_proto::UDP) || key.is_icmp_error() {
             return HostVerdict::Drop(HostDrop::NoFlow);
         }
+        // Only a SYN opens a TCP connection. Anything else is a segment of a connection this host
+        // no longer knows (expired, or from before a restart): sent out through SNAT it would
+        // leave from the wrong address on a port of its own, and the entry it made would answer
+        // for the connection even once the client's next segment recreated its flow.
+        if tcp && key.tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) != TcpFlags::SYN {
+            return HostVerdict::Drop(HostDrop::NoFlow);
+        }
         // A backend in several pools is a local backend of each: any of them with a port block for
         // this protocol may open the connection. None with one: no rule covers it (not an
         // exhaustion); all of them out of ports: exhausted.
@@ -1128,18 +1135,23 @@ impl HostAgent {
         // another entry (two removals of one pair before settling would release its port twice).
         self.settle(now);
         let (t, h) = fragment_record(key, self.node.hash_seed);
-        let found = self.flows.lookup(&t, h, now).is_some();
+        let found = self.flows.lookup(&t, h, now);
         self.settle(now);
-        if !found {
-            let mut flags = v.flags & FLOATING;
-            if side == Side::Src {
-                flags |= FRAG_SRC;
+        let mut flags = v.flags & FLOATING;
+        if side == Side::Src {
+            flags |= FRAG_SRC;
+        }
+        if matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
+            flags |= FRAG_SNAT;
+        }
+        let rec = HostFlow { kind: HostFlowKind::Fragment, flags, peer: NO_PEER, ..*v };
+        match found {
+            // The identification came round again (a sender numbers its datagrams to a destination
+            // from one counter): the new datagram's later fragments follow the new first fragment.
+            Some(at) => *self.flows.value_mut(at) = rec,
+            None => {
+                self.flows.insert(&t, h, 0, rec, 1, now);
             }
-            if matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
-                flags |= FRAG_SNAT;
-            }
-            let rec = HostFlow { kind: HostFlowKind::Fragment, flags, peer: NO_PEER, ..*v };
-            self.flows.insert(&t, h, 0, rec, 1, now);
         }
         self.settle(now);
     }

@@ -938,8 +938,13 @@ impl Mux {
     /// by (once a datagram: a retransmitted first fragment finds it there).
     fn record_first_fragment(&mut self, flow: &FlowKey, value: MuxFlow, now: u32) {
         let (t, h) = fragment_record(flow, self.node.hash_seed);
-        if self.flows.lookup(&t, h, now).is_none() {
-            self.flows.insert(&t, h, 0, value, 4, now);
+        match self.flows.lookup(&t, h, now) {
+            // The identification came round again (a sender numbers its datagrams to a destination
+            // from one counter): the new datagram's later fragments follow the new first fragment.
+            Some(at) => *self.flows.value_mut(at) = value,
+            None => {
+                self.flows.insert(&t, h, 0, value, 4, now);
+            }
         }
     }
 
