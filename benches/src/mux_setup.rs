@@ -50,7 +50,9 @@ pub fn config() -> LoadBalancer {
             frontend_port: 0,
             backend_port: 0,
             load_distribution: LoadDistribution::Default,
-            floating_ip: false,
+            // Two VIPs sending every port to one pool need floating IP (the backends could not
+            // tell their connections apart otherwise); the first of each IP version goes without.
+            floating_ip: f % VIPS_V4.len() != 0,
             idle_timeout_minutes: 30,
             tcp_reset: false,
             disable_outbound_snat: false,

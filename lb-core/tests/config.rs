@@ -255,6 +255,21 @@ fn default_outbound_snat_splits_the_frontend_between_its_vms() {
 }
 
 #[test]
+fn default_outbound_snat_serves_the_protocols_of_its_rules() {
+    let mut lb = load(BASIC);
+    let tcp_only = lb.snat_plan().unwrap();
+    assert!(tcp_only.grants.iter().all(|g| g.protocol.matches(6) && !g.protocol.matches(17)));
+    // A UDP rule on the same frontend and pool (DNS): its VMs go out with UDP too.
+    let mut dns = lb.rules[0].clone();
+    dns.name = "DNS".into();
+    (dns.protocol, dns.frontend_port, dns.backend_port, dns.probe) = (Protocol::Udp, 53, 53, None);
+    lb.rules.push(dns);
+    let plan = lb.snat_plan().unwrap();
+    assert_eq!(plan.grants.len(), tcp_only.grants.len(), "still one block a VM");
+    assert!(plan.grants.iter().all(|g| g.protocol.matches(6) && g.protocol.matches(17)), "{:?}", plan.grants);
+}
+
+#[test]
 fn inbound_nat_pool() {
     let lb = load(NAT_POOL);
     let public = frontend_index(&lb, "PublicFrontend");
@@ -272,8 +287,8 @@ fn inbound_nat_pool() {
     assert_eq!(
         nat,
         [
-            ("SSH-to-VM1", mgmt, 50001, 22, (0, 1)),
-            ("SSH-to-VM2", mgmt, 50002, 22, (0, 2)),
+            ("SSH-to-VM1", mgmt, 50001, 2222, (0, 1)),
+            ("SSH-to-VM2", mgmt, 50002, 2222, (0, 2)),
             ("Metrics-to-VM0", public, 50100, 9100, (0, 0)),
         ]
     );
@@ -439,6 +454,14 @@ fn ha_ports_mixed_with_a_port_rule() {
 fn protocol_all_needs_ports_zero() {
     let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["protocol"] = json!("All"));
     assert_names(&e, "loadBalancingRules", "HTTPRule", "protocol");
+    // One port 0 already: the other is what is off.
+    for (port, field) in [("frontendPort", "backendPort"), ("backendPort", "frontendPort")] {
+        let e = refuse(BASIC, |v| {
+            props(v, "loadBalancingRules", 0)["protocol"] = json!("All");
+            props(v, "loadBalancingRules", 0)[port] = json!(0);
+        });
+        assert_names(&e, "loadBalancingRules", "HTTPRule", field);
+    }
 }
 
 #[test]
@@ -588,7 +611,7 @@ fn bad_addresses() {
     let e = refuse(BASIC, |v| {
         props(v, "frontendIPConfigurations", 0)["publicIPAddress"].as_object_mut().unwrap().remove("ipAddress");
     });
-    assert_names(&e, "frontendIPConfigurations", "WebFrontend", "privateIPAddress");
+    assert_names(&e, "frontendIPConfigurations", "WebFrontend", "publicIPAddress");
 }
 
 #[test]
@@ -619,7 +642,7 @@ fn allocated_outbound_ports_exhausting_the_frontends() {
     // 3 backends × 48000 = 144000 > 2 frontends × 64000.
     let e = refuse(OUTBOUND, |v| props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(48_000));
     assert_names(&e, "outboundRules", "OutboundRule", "allocatedOutboundPorts");
-    assert!(e.problem.contains("144000") && e.problem.contains("128000"), "{e}");
+    assert!(e.problem.contains("144000") && e.problem.contains("72000 of them"), "{e}");
 
     // 3 × 40000 = 120000 fits two frontends ...
     let lb = accept(OUTBOUND, |v| props(v, "outboundRules", 0)["allocatedOutboundPorts"] = json!(40_000));
@@ -772,4 +795,47 @@ fn duplicate_backend_names() {
         props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][3]["name"] = json!("VM1");
     });
     assert_names(&e, "backendAddressPools", "VMSSPool", "name");
+}
+
+#[test]
+fn listeners_without_floating_ip_never_share_a_backend_port() {
+    // A second rule to the web servers' port 80 (from the frontend's port 8080).
+    let second = |floating: bool| {
+        move |v: &mut Value| {
+            let mut r = v["properties"]["loadBalancingRules"][0].clone();
+            r["name"] = json!("HTTPAlt");
+            r["properties"]["frontendPort"] = json!(8080);
+            r["properties"]["enableFloatingIP"] = json!(floating);
+            collection(v, "loadBalancingRules").push(r);
+        }
+    };
+    let e = refuse(BASIC, second(false));
+    assert_names(&e, "loadBalancingRules", "HTTPAlt", "backendPort");
+    assert!(e.problem.contains("HTTPRule") && e.problem.contains("10.0.1.4"), "{e}");
+    // Floating IP on the second rule: the backends see the frontend's address, not theirs.
+    accept(BASIC, second(true));
+    // The same port of another protocol is another socket.
+    accept(BASIC, |v| {
+        second(false)(v);
+        props(v, "loadBalancingRules", 2)["protocol"] = json!("Udp");
+    });
+
+    // HA ports send to every port: no other listener without floating IP may send to the pool.
+    let e = refuse(THREE_TIER, |v| {
+        let mut r = v["properties"]["loadBalancingRules"][0].clone();
+        r["name"] = json!("AppWeb");
+        r["properties"]["protocol"] = json!("Tcp");
+        r["properties"]["frontendPort"] = json!(80);
+        r["properties"]["backendPort"] = json!(80);
+        r["properties"]["frontendIPConfiguration"]["id"] =
+            json!("/subscriptions/.../frontendIPConfigurations/DBFrontend");
+        r["properties"]["backendAddressPool"]["id"] = json!("/subscriptions/.../backendAddressPools/NVAPool");
+        collection(v, "loadBalancingRules").push(r);
+    });
+    assert_eq!((e.kind, e.name.as_str(), e.field), ("loadBalancingRules", "AppWeb", "backendPort"), "{e}");
+
+    // An inbound NAT rule to a port a NAT pool already sends to.
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["backendPort"] = json!(22));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "backendPort");
+    assert!(e.problem.contains("SSH-to-VM1"), "{e}");
 }

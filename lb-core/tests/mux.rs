@@ -94,7 +94,7 @@ fn config() -> LoadBalancer {
             frontend: 1,
             protocol: Protocol::Tcp,
             frontend_port: 60001,
-            backend_port: 22,
+            backend_port: 2222,
             target: (0, 1),
             floating_ip: false,
             idle_timeout_minutes: 4,
@@ -260,6 +260,14 @@ fn a_pool_no_probe_watches_any_more_has_every_member_up() {
     cfg.rules[0].probe = Some(0);
     mux.update(cfg).unwrap();
     assert_eq!(mux.probe_health(0, 0, 1), Some(Health::Up));
+}
+
+#[test]
+fn a_maglev_size_that_is_not_prime_is_refused_whatever_the_rules() {
+    let node = MuxNode { maglev_size: 25, ..node(1) };
+    let no_rules = LoadBalancer { rules: Vec::new(), ..config() };
+    assert!(matches!(Mux::new(node.clone(), no_rules), Err(MuxError::Maglev(_))));
+    assert!(matches!(Mux::new(node, config()), Err(MuxError::Maglev(_))));
 }
 
 #[test]
@@ -597,7 +605,8 @@ fn counters_follow_their_resource_across_a_reconfiguration() {
     for r in &mut cfg.nat_pools {
         r.frontend += 1;
     }
-    cfg.rules.insert(0, rule("NewRule", 0, 0, Protocol::Tcp, 80));
+    // Floating IP: HTTP-Rule already sends to port 80 of the pool's backends.
+    cfg.rules.insert(0, Rule { floating_ip: true, ..rule("NewRule", 0, 0, Protocol::Tcp, 80) });
     mux.update(cfg).unwrap();
     let after = mux.counters();
     assert_eq!(after.vips[0], Default::default(), "the new frontend starts at zero");
@@ -660,6 +669,9 @@ fn a_reset_after_its_rule_is_replaced_closes_the_flow_once() {
     let mut cfg = config();
     cfg.rules.retain(|r| r.frontend != 0);
     cfg.rules.push(Rule { backend_port: 0, frontend_port: 0, ..rule("Web-HA", 0, 0, Protocol::All, 0) });
+    // HA ports send to every port of the pool's backends: no NAT rule may send to one of them.
+    cfg.nat_rules.clear();
+    cfg.nat_pools.clear();
     mux.update(cfg).unwrap();
     let (flows, new_flows) = (mux.flows().len(), mux.counters().vips[0].new_flows);
     for (i, h) in hosts.iter().enumerate() {

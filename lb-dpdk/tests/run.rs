@@ -801,9 +801,14 @@ fn host_agent_delivers_dnated_and_returns_responses_via_the_mux() {
     std::fs::write(dir.join("host.node.json"), host_node()).unwrap();
     let lb = demo_lb();
     let vips: HashMap<IpAddr, usize> = lb.rules.iter().map(|r| (lb.frontends[r.frontend].address, r.pool)).collect();
+    // The demo's frontends have rules of one kind each: floating IP or not.
+    let floating: HashMap<IpAddr, bool> =
+        lb.rules.iter().map(|r| (lb.frontends[r.frontend].address, r.floating_ip)).collect();
+    assert!(floating.values().any(|&f| f) && floating.values().any(|&f| !f));
     let here = IpAddr::from(HOST_UNDERLAY);
 
-    // 1. What the MUX sent, alone: frames for this host are delivered, DNATed, in order.
+    // 1. What the MUX sent, alone: frames for this host are delivered (DNATed, but for floating IP),
+    //    in order.
     let (out, rep, stdout) = run_host(&dir, "fabric", &mux_out);
     let tunnels: Vec<Vxlan<'_>> = mux_out.iter().map(|f| vxlan(f).unwrap()).collect();
     let for_here: Vec<&Vxlan<'_>> = tunnels.iter().filter(|t| t.outer_dst == here).collect();
@@ -835,12 +840,17 @@ fn host_agent_delivers_dnated_and_returns_responses_via_the_mux() {
         let pool = &lb.pools[vips[&orig.dst]];
         assert_eq!(for_here[at].vni, pool.vni);
         let local: Vec<IpAddr> = pool.backends.iter().filter(|b| b.host == here).map(|b| b.address).collect();
-        assert!(
-            local.contains(&got.dst),
-            "frame {i} out: to {}, not to a backend of {} on this host",
-            got.dst,
-            pool.name
-        );
+        if floating[&orig.dst] {
+            // Floating IP (direct server return): the backend gets the frontend's address.
+            assert_eq!(got.dst, orig.dst, "frame {i} out: a floating-IP frontend's frame keeps its address");
+        } else {
+            assert!(
+                local.contains(&got.dst),
+                "frame {i} out: to {}, not to a backend of {} on this host",
+                got.dst,
+                pool.name
+            );
+        }
         delivered.push((orig, got));
     }
     assert_eq!(rep.tx, out.len() as u64);

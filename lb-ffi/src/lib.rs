@@ -718,7 +718,8 @@ mod tests {
         let rules: Vec<String> = (0..vips)
             .map(|i| {
                 format!(
-                    r#"{{"name":"R{i}","properties":{{"frontendIPConfiguration":{{"id":"x/F{i}"}},"backendAddressPool":{{"id":"x/P"}},"protocol":"Tcp","frontendPort":80,"backendPort":80}}}}"#
+                    r#"{{"name":"R{i}","properties":{{"frontendIPConfiguration":{{"id":"x/F{i}"}},"backendAddressPool":{{"id":"x/P"}},"protocol":"Tcp","frontendPort":80,"backendPort":{}}}}}"#,
+                    8080 + i
                 )
             })
             .collect();

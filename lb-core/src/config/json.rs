@@ -228,6 +228,9 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
         let text = match (&f.properties.private_ip_address, &f.properties.public_ip_address) {
             (Some(a), None) => a.as_str(),
             (None, Some(PublicIp { ip_address: Some(a), .. })) => a.as_str(),
+            (None, Some(PublicIp { ip_address: None, .. })) => {
+                return Err(c.err("publicIPAddress", "needs its ipAddress (the address the frontend answers on)"))
+            }
             _ => return Err(c.err("privateIPAddress", "exactly one of privateIPAddress and publicIPAddress.ipAddress")),
         };
         lb.frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)? });
@@ -260,7 +263,7 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             request_path: pr.properties.request_path.clone(),
             interval_secs: pr.properties.interval_in_seconds,
             number_of_probes: u8::try_from(pr.properties.number_of_probes)
-                .map_err(|_| c.err("numberOfProbes", "at most 255"))?,
+                .map_err(|_| c.err("numberOfProbes", "must be 1..=100"))?,
         });
     }
     for r in &p.load_balancing_rules {

@@ -372,14 +372,20 @@ impl LoadBalancer {
             }
             idle_ok(k, &r.name, r.idle_timeout_minutes)?;
             let ha = r.is_ha_ports();
+            if r.protocol == Protocol::All && !ha {
+                // One port 0 and not the other: that other port is what is off; neither 0: the protocol.
+                let (field, problem) = match (r.frontend_port, r.backend_port) {
+                    (0, _) => ("backendPort", "must be 0 with protocol All (HA ports take every port)"),
+                    (_, 0) => ("frontendPort", "must be 0 with protocol All (HA ports take every port)"),
+                    _ => ("protocol", "All requires frontendPort and backendPort 0 (HA ports)"),
+                };
+                return Err(err(k, &r.name, field, problem));
+            }
             if !ha && r.frontend_port == 0 {
                 return Err(err(k, &r.name, "frontendPort", "port 0 only with protocol All (HA ports)"));
             }
             if !ha && r.backend_port == 0 {
                 return Err(err(k, &r.name, "backendPort", "port 0 only with protocol All (HA ports)"));
-            }
-            if r.protocol == Protocol::All && !ha {
-                return Err(err(k, &r.name, "protocol", "All requires frontendPort and backendPort 0 (HA ports)"));
             }
             self.same_version(k, &r.name, "backendAddressPool", r.frontend, r.pool)?;
             claims.push(Claim {
@@ -450,6 +456,7 @@ impl LoadBalancer {
             });
         }
         check_overlaps(&claims)?;
+        self.check_backend_ports()?;
         for r in &self.outbound_rules {
             let k = "outboundRules";
             if r.frontends.is_empty() {
@@ -549,6 +556,72 @@ fn idle_ok(kind: &'static str, name: &str, minutes: u8) -> Result<(), ConfigErro
     } else {
         Err(err(kind, name, "idleTimeoutInMinutes", "must be 4..=100"))
     }
+}
+
+/// A port of a backend that a listener without floating IP sends to (HA ports: every port), for
+/// [`LoadBalancer::check_backend_ports`].
+struct BackendClaim<'a> {
+    kind: &'static str,
+    name: &'a str,
+    protocol: Protocol,
+    ports: (u16, u16),
+}
+
+impl LoadBalancer {
+    /// Two listeners without floating IP must not send to the same port of one backend. The
+    /// backend sees both as connections to its own address and that port, so a client that
+    /// reaches both from one source port (clients behind one NAT often do) makes two connections
+    /// the backend, and the host's reverse translation, cannot tell apart: replies leave with the
+    /// wrong frontend. Azure refuses such rules for that reason; floating IP is the way to reuse a
+    /// backend port (the backend then sees each frontend's address as the destination).
+    fn check_backend_ports(&self) -> Result<(), ConfigError> {
+        let mut by_backend: alloc::collections::BTreeMap<IpAddr, Vec<BackendClaim<'_>>> = Default::default();
+        let mut claim = |addr, c| claim_backend_port(&mut by_backend, addr, c);
+        for r in self.rules.iter().filter(|r| !r.floating_ip) {
+            let ports = if r.is_ha_ports() { (1, u16::MAX) } else { (r.backend_port, r.backend_port) };
+            for b in &self.pools[r.pool].backends {
+                let c = BackendClaim { kind: "loadBalancingRules", name: &r.name, protocol: r.protocol, ports };
+                claim(b.address, c)?;
+            }
+        }
+        for r in self.nat_rules.iter().filter(|r| !r.floating_ip) {
+            let b = &self.pools[r.target.0].backends[r.target.1];
+            let ports = (r.backend_port, r.backend_port);
+            claim(b.address, BackendClaim { kind: "inboundNatRules", name: &r.name, protocol: r.protocol, ports })?;
+        }
+        for r in &self.nat_pools {
+            for b in &self.pools[r.pool].backends {
+                let ports = (r.backend_port, r.backend_port);
+                let c = BackendClaim { kind: "inboundNatPools", name: &r.name, protocol: r.protocol, ports };
+                claim(b.address, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records `c` on backend `addr`, unless a listener there already sends to one of its ports.
+fn claim_backend_port<'a>(
+    by_backend: &mut alloc::collections::BTreeMap<IpAddr, Vec<BackendClaim<'a>>>,
+    addr: IpAddr,
+    c: BackendClaim<'a>,
+) -> Result<(), ConfigError> {
+    let held = by_backend.entry(addr).or_default();
+    for o in held.iter() {
+        let protocols = c.protocol == o.protocol || c.protocol == Protocol::All || o.protocol == Protocol::All;
+        if protocols && c.ports.0 <= o.ports.1 && o.ports.0 <= c.ports.1 {
+            let field = if c.ports == (1, u16::MAX) { "enableFloatingIP" } else { "backendPort" };
+            let problem = alloc::format!(
+                "{} '{}' already sends to that port of backend {addr}: without floating IP, only one \
+                 listener may (enable floating IP on both to reuse a backend port)",
+                o.kind,
+                o.name
+            );
+            return Err(err(c.kind, c.name, field, problem));
+        }
+    }
+    held.push(c);
+    Ok(())
 }
 
 /// Two listeners on one frontend conflict when their protocols intersect and their port ranges

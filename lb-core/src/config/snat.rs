@@ -115,11 +115,11 @@ impl LoadBalancer {
             let per_address = need.div_ceil(r.frontends.len() as u64);
             for &f in &r.frontends {
                 if used[f] + per_address > SNAT_PORTS_PER_ADDRESS {
-                    let have = SNAT_PORTS_PER_ADDRESS * r.frontends.len() as u64;
                     let problem = alloc::format!(
-                        "{need} ports needed, {have} available: frontend '{}' would hand out {} of {SNAT_PORTS_PER_ADDRESS}",
+                        "{need} ports needed ({per_backend} for each of {n} backends), {per_address} of them from \
+                         frontend '{}', which has {} of its {SNAT_PORTS_PER_ADDRESS} left",
                         self.frontends[f].name,
-                        used[f] + per_address
+                        SNAT_PORTS_PER_ADDRESS - used[f]
                     );
                     return Err(err(k, &r.name, "allocatedOutboundPorts", problem));
                 }
@@ -171,6 +171,14 @@ impl LoadBalancer {
         let left = used.clone();
         for &(ri, f, pool) in &defaults {
             let r = &self.rules[ri];
+            // Each rule gives SNAT for its own protocol: a TCP and a UDP rule of one frontend and
+            // pool give both (the idle timeout and reset are the first rule's).
+            let protocol = self
+                .rules
+                .iter()
+                .filter(|x| (x.frontend, x.pool) == (f, pool) && !x.disable_outbound_snat && !x.is_ha_ports())
+                .map(|x| x.protocol)
+                .fold(r.protocol, |a, b| if a == b { a } else { Protocol::All });
             let n = self.pools[pool].backends.len();
             let sharing: u64 =
                 defaults.iter().filter(|d| d.1 == f).map(|d| self.pools[d.2].backends.len() as u64).sum();
@@ -187,7 +195,7 @@ impl LoadBalancer {
                     frontend: f,
                     first: SNAT_FIRST_PORT + (used[f] + member as u64 * per_backend) as u16,
                     len: per_backend as u16,
-                    protocol: r.protocol,
+                    protocol,
                     idle_timeout_minutes: r.idle_timeout_minutes,
                     tcp_reset: r.tcp_reset,
                 });

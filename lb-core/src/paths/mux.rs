@@ -377,6 +377,9 @@ impl Mux {
         lb: LoadBalancer,
         prepare: impl FnOnce(*const u8, usize),
     ) -> Result<Self, MuxError> {
+        // The table size is the node's, whatever the configuration: refused here, not at the first
+        // configuration whose rules build a table.
+        MaglevTable::check(&[], node.maglev_size).map_err(MuxError::Maglev)?;
         let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
         let mut mux = Mux {
             lb: LoadBalancer::default(),
