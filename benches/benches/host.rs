@@ -75,9 +75,9 @@ fn config() -> LoadBalancer {
     LoadBalancer {
         name: "bench".into(),
         frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::V4(VIP) },
-            Frontend { name: "Public6".into(), address: IpAddr::V6(VIP6) },
-            Frontend { name: "Outbound".into(), address: IpAddr::V4(SNAT_IP) },
+            Frontend { name: "Public".into(), address: IpAddr::V4(VIP), internal: false },
+            Frontend { name: "Public6".into(), address: IpAddr::V6(VIP6), internal: false },
+            Frontend { name: "Outbound".into(), address: IpAddr::V4(SNAT_IP), internal: false },
         ],
         pools: vec![
             Pool {

@@ -20,7 +20,7 @@ pub const PROBES: usize = 4096;
 pub fn config() -> LoadBalancer {
     let mut lb = LoadBalancer { name: "bench".into(), ..LoadBalancer::default() };
     for (i, v) in VIPS_V4.iter().map(|&a| IpAddr::V4(a)).chain(VIPS_V6.iter().map(|&a| IpAddr::V6(a))).enumerate() {
-        lb.frontends.push(Frontend { name: format!("vip{i}"), address: v });
+        lb.frontends.push(Frontend { name: format!("vip{i}"), address: v, internal: false });
     }
     let pool = |name: &str, v6: bool, vni: u32| Pool {
         name: name.into(),

@@ -180,11 +180,11 @@ fn config() -> LoadBalancer {
     LoadBalancer {
         name: "lb".into(),
         frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::from(VIP) },
-            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6) },
-            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP) },
-            Frontend { name: "Outbound2".into(), address: IpAddr::from(SNAT_IP2) },
-            Frontend { name: "Outbound6".into(), address: IpAddr::from(SNAT_IP6) },
+            Frontend { name: "Public".into(), address: IpAddr::from(VIP), internal: false },
+            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6), internal: false },
+            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP), internal: false },
+            Frontend { name: "Outbound2".into(), address: IpAddr::from(SNAT_IP2), internal: false },
+            Frontend { name: "Outbound6".into(), address: IpAddr::from(SNAT_IP6), internal: false },
         ],
         pools: vec![
             Pool {

@@ -839,3 +839,25 @@ fn listeners_without_floating_ip_never_share_a_backend_port() {
     assert_names(&e, "inboundNatPools", "SSH-Pool", "backendPort");
     assert!(e.problem.contains("SSH-to-VM1"), "{e}");
 }
+
+#[test]
+fn internal_frontends_give_no_outbound_snat() {
+    // The three-tier example is an internal load balancer: its rules keep outbound SNAT on, but a
+    // private frontend address cannot take its VMs to the Internet.
+    let lb = load(THREE_TIER);
+    assert!(lb.frontends.iter().all(|f| f.internal));
+    assert!(lb.rules.iter().any(|r| !r.disable_outbound_snat && !r.is_ha_ports()));
+    assert!(lb.snat_plan().unwrap().grants.is_empty());
+    assert!(load(BASIC).frontends.iter().all(|f| !f.internal), "publicIPAddress frontends are public");
+
+    // An outbound rule through a private frontend is refused.
+    let e = refuse(OUTBOUND, |v| {
+        for f in collection(v, "frontendIPConfigurations") {
+            let p = f["properties"].as_object_mut().unwrap();
+            let a = p.remove("publicIPAddress").unwrap()["ipAddress"].clone();
+            p.insert("privateIPAddress".into(), a);
+        }
+    });
+    assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
+    assert!(e.problem.contains("private"), "{e}");
+}

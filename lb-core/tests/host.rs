@@ -56,9 +56,9 @@ fn config(ports_per_backend: u32) -> LoadBalancer {
     LoadBalancer {
         name: "lb".into(),
         frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::from(VIP) },
-            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6) },
-            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP) },
+            Frontend { name: "Public".into(), address: IpAddr::from(VIP), internal: false },
+            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6), internal: false },
+            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP), internal: false },
         ],
         pools: vec![
             Pool {

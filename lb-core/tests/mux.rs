@@ -64,10 +64,10 @@ fn config() -> LoadBalancer {
     LoadBalancer {
         name: "MyLoadBalancer".into(),
         frontends: vec![
-            Frontend { name: "PublicFrontend".into(), address: IpAddr::from(VIP) },
-            Frontend { name: "NatFrontend".into(), address: IpAddr::from(VIP_NAT) },
-            Frontend { name: "NvaFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 9, 100)) },
-            Frontend { name: "V6Frontend".into(), address: IpAddr::from(VIP6) },
+            Frontend { name: "PublicFrontend".into(), address: IpAddr::from(VIP), internal: false },
+            Frontend { name: "NatFrontend".into(), address: IpAddr::from(VIP_NAT), internal: false },
+            Frontend { name: "NvaFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 9, 100)), internal: false },
+            Frontend { name: "V6Frontend".into(), address: IpAddr::from(VIP6), internal: false },
         ],
         pools: vec![
             Pool { name: "WebServersPool".into(), vni: 0x1001, backends: (0..3).map(|i| backend(i, false)).collect() },
@@ -594,8 +594,10 @@ fn counters_follow_their_resource_across_a_reconfiguration() {
     assert_eq!(before.vips[0].packets, 50);
     // A new frontend and a new rule first: every index shifts by one.
     let mut cfg = config();
-    cfg.frontends
-        .insert(0, Frontend { name: "NewFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(20, 50, 60, 99)) });
+    cfg.frontends.insert(
+        0,
+        Frontend { name: "NewFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(20, 50, 60, 99)), internal: false },
+    );
     for r in &mut cfg.rules {
         r.frontend += 1;
     }

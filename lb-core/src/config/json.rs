@@ -225,15 +225,15 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
     let mut lb = LoadBalancer { name: root.name.clone(), ..LoadBalancer::default() };
     for f in &p.frontend_ip_configurations {
         let c = Ctx { kind: "frontendIPConfigurations", name: &f.name };
-        let text = match (&f.properties.private_ip_address, &f.properties.public_ip_address) {
-            (Some(a), None) => a.as_str(),
-            (None, Some(PublicIp { ip_address: Some(a), .. })) => a.as_str(),
+        let (text, internal) = match (&f.properties.private_ip_address, &f.properties.public_ip_address) {
+            (Some(a), None) => (a.as_str(), true),
+            (None, Some(PublicIp { ip_address: Some(a), .. })) => (a.as_str(), false),
             (None, Some(PublicIp { ip_address: None, .. })) => {
                 return Err(c.err("publicIPAddress", "needs its ipAddress (the address the frontend answers on)"))
             }
             _ => return Err(c.err("privateIPAddress", "exactly one of privateIPAddress and publicIPAddress.ipAddress")),
         };
-        lb.frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)? });
+        lb.frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)?, internal });
     }
     for (i, pool) in p.backend_address_pools.iter().enumerate() {
         let c = Ctx { kind: "backendAddressPools", name: &pool.name };

@@ -79,6 +79,9 @@ pub struct Frontend {
     pub name: String,
     /// The VIP.
     pub address: IpAddr,
+    /// A private address (`privateIPAddress`: an internal load balancer's frontend), not a public
+    /// one. Backends never go out to the Internet through it: it gives no outbound SNAT.
+    pub internal: bool,
 }
 
 /// One member of a backend pool.
@@ -472,6 +475,13 @@ impl LoadBalancer {
                     return Err(err(k, &r.name, "frontendIPConfigurations", problem));
                 }
                 self.same_version(k, &r.name, "frontendIPConfigurations", f, r.pool)?;
+                if self.frontends[f].internal {
+                    let problem = alloc::format!(
+                        "frontend '{}' has a private address: outbound rules go out through public frontends",
+                        self.frontends[f].name
+                    );
+                    return Err(err(k, &r.name, "frontendIPConfigurations", problem));
+                }
                 if let Some(ha) = self.rules.iter().find(|x| x.frontend == f && x.is_ha_ports()) {
                     let problem = alloc::format!(
                         "frontend '{}' has the HA-ports rule '{}', which claims every port",

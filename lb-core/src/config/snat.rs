@@ -157,6 +157,8 @@ impl LoadBalancer {
         for (ri, r) in self.rules.iter().enumerate() {
             if r.disable_outbound_snat
                 || r.is_ha_ports()
+                // An internal frontend's address is private: nothing on the Internet could answer it.
+                || self.frontends[r.frontend].internal
                 || covered.contains(&r.pool)
                 || defaults.iter().any(|&(_, f, p)| (f, p) == (r.frontend, r.pool))
             {

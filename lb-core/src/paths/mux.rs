@@ -1186,7 +1186,11 @@ mod tests {
         };
         LoadBalancer {
             name: "lb".into(),
-            frontends: alloc::vec![Frontend { name: "vip".into(), address: Ipv4Addr::new(20, 0, 0, 1).into() }],
+            frontends: alloc::vec![Frontend {
+                name: "vip".into(),
+                address: Ipv4Addr::new(20, 0, 0, 1).into(),
+                internal: false
+            }],
             pools: alloc::vec![Pool {
                 name: "pool".into(),
                 vni: 7,
