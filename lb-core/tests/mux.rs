@@ -577,7 +577,8 @@ fn number_of_probes_comes_from_the_rules_probe_and_follows_a_reload() {
     assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::WentDown);
     assert_eq!(mux.report_probe(0, 0, 2, true).unwrap(), Transition::None);
-    // A reload to numberOfProbes 1 keeps the member down and applies the new count at once.
+    // A reload to numberOfProbes 1 keeps the member down, and its streak: a second success (the
+    // seed's two, whatever numberOfProbes is) brings it back.
     cfg.probes[0].number_of_probes = 1;
     mux.update(cfg).unwrap();
     assert_eq!(mux.health(0, 2), Some(Health::Down));

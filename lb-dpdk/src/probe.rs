@@ -1,7 +1,8 @@
 //! Health probes, off the packet path: one thread per probed backend and probe, each running the
 //! probe at `intervalInSeconds` and sending every result to the control plane, which hands it to
-//! the workers' health state machines (`numberOfProbes` consecutive results flip a backend for the
-//! rules that use that probe: each load-balancing rule is steered by its own probe).
+//! the workers' health state machines (`numberOfProbes` consecutive failures take a backend out,
+//! 2 consecutive successes bring it back), for the rules that use that probe: each load-balancing
+//! rule is steered by its own probe.
 //!
 //! What a probe checks, as Azure's do:
 //! - `Tcp`: the TCP handshake with the backend's address and the probe's port completes.

@@ -1023,7 +1023,7 @@ fn health_moves_new_flows(protocol: &str) {
     assert_eq!(packets(&m2, "b1"), b1_first, "no new flow to the backend that is down: {m2:#?}");
     assert_eq!(packets(&m2, "b2"), b2_first + 200.0, "{m2:#?}");
 
-    // b1 answers again: after numberOfProbes successes it is up, and takes new flows again.
+    // b1 answers again: after 2 successes it is up, and takes new flows again.
     if http {
         status1.store(200, Ordering::Relaxed);
     } else {

@@ -458,10 +458,11 @@ fn host_one(h: &mut HostAgent, buf: &mut [u8], f: &mut lb_frame, now: u32, direc
 
 /// Reports one result of health probe `probe` for member `member` of pool `pool` (indices in the
 /// load balancer's order: `backendAddressPools`, `probes`, the pool's backends). A MUX feeds its
-/// health state machine (`numberOfProbes` consecutive results flip a backend) for the
-/// load-balancing rules that send to the pool with that probe: each rule is steered by its own
-/// probe. A host agent does not steer by health and returns `LB_RESULT_WRONG_ROLE`. Unknown
-/// indices, and a probe that no rule of the pool uses, give `LB_RESULT_BAD_ARGUMENT`.
+/// health state machine (`numberOfProbes` consecutive failures take a backend out, 2 consecutive
+/// successes bring it back) for the load-balancing rules that send to the pool with that probe:
+/// each rule is steered by its own probe. A host agent does not steer by health and returns
+/// `LB_RESULT_WRONG_ROLE`. Unknown indices, and a probe that no rule of the pool uses, give
+/// `LB_RESULT_BAD_ARGUMENT`.
 ///
 /// # Safety
 /// `inst` must be NULL or a live instance.

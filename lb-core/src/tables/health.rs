@@ -1,5 +1,7 @@
 //! The probe state machine of the seed ("Health-Based Distribution"): a backend turns unhealthy after
-//! `numberOfProbes` consecutive failed probes and healthy again after as many consecutive successes.
+//! `numberOfProbes` consecutive failed probes ("Controller waits for numberOfProbes failures") and
+//! healthy again after 2 consecutive successes ("Controller waits for 2 consecutive successes"),
+//! whatever `numberOfProbes` is.
 //! The prober (off the packet path) reports results; a transition tells the caller to rebuild the
 //! pool's Maglev table. Established flows are not touched: they keep their backend in the flow table.
 
@@ -23,12 +25,16 @@ pub enum Transition {
     CameUp,
 }
 
+/// Consecutive successes that bring a backend back (the seed's "Recovery").
+pub const RECOVERY_SUCCESSES: u8 = 2;
+
 /// One backend's probe history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeState {
     health: Health,
     /// Consecutive results that disagree with `health`.
     streak: u8,
+    /// Consecutive failures that take a healthy backend out (`numberOfProbes`).
     threshold: u8,
 }
 
@@ -58,7 +64,11 @@ impl ProbeState {
             return Transition::None;
         }
         self.streak = self.streak.saturating_add(1);
-        if self.streak < self.threshold {
+        let needed = match self.health {
+            Health::Up => self.threshold,
+            Health::Down => RECOVERY_SUCCESSES,
+        };
+        if self.streak < needed {
             return Transition::None;
         }
         self.streak = 0;
@@ -104,5 +114,18 @@ mod tests {
         }
         assert_eq!(b.health(), Health::Up);
         assert_eq!(ProbeState::new(0).record(false), Transition::WentDown, "0 probes is treated as 1");
+    }
+
+    #[test]
+    fn recovery_takes_two_successes_whatever_the_number_of_probes() {
+        for n in [1u8, 2, 5, 100] {
+            let mut b = ProbeState::new(n);
+            for i in 1..n {
+                assert_eq!(b.record(false), Transition::None, "failure {i} of {n}");
+            }
+            assert_eq!(b.record(false), Transition::WentDown, "{n} failures");
+            assert_eq!(b.record(true), Transition::None, "one success is not enough ({n})");
+            assert_eq!(b.record(true), Transition::CameUp, "two are ({n})");
+        }
     }
 }
