@@ -270,6 +270,23 @@ fn default_outbound_snat_serves_the_protocols_of_its_rules() {
 }
 
 #[test]
+fn nat_pool_idle_timeout_floating_ip_and_reset() {
+    let lb = load(NAT_POOL);
+    let np = &lb.nat_pools[0];
+    assert_eq!((np.idle_timeout_minutes, np.floating_ip, np.tcp_reset), (4, false, false), "Azure's defaults");
+    let lb = accept(NAT_POOL, |v| {
+        let p = props(v, "inboundNatPools", 0);
+        p["idleTimeoutInMinutes"] = json!(30);
+        p["enableFloatingIP"] = json!(true);
+        p["enableTcpReset"] = json!(true);
+    });
+    let np = &lb.nat_pools[0];
+    assert_eq!((np.idle_timeout_minutes, np.floating_ip, np.tcp_reset), (30, true, true));
+    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["idleTimeoutInMinutes"] = json!(2));
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "idleTimeoutInMinutes");
+}
+
+#[test]
 fn inbound_nat_pool() {
     let lb = load(NAT_POOL);
     let public = frontend_index(&lb, "PublicFrontend");
@@ -860,4 +877,16 @@ fn internal_frontends_give_no_outbound_snat() {
     });
     assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
     assert!(e.problem.contains("private"), "{e}");
+}
+
+#[test]
+fn a_pool_of_nic_references_is_refused_not_loaded_empty() {
+    // The seed's pool "Structure" names its members by their NICs' IP configurations.
+    let e = refuse(BASIC, |v| {
+        let p = props(v, "backendAddressPools", 0);
+        p.as_object_mut().unwrap().remove("loadBalancerBackendAddresses");
+        p["backendIPConfigurations"] =
+            json!([{ "id": "/subscriptions/.../networkInterfaces/VM1-NIC/ipConfigurations/ipconfig1" }]);
+    });
+    assert_names(&e, "backendAddressPools", "WebServers", "backendIPConfigurations");
 }

@@ -1085,6 +1085,9 @@ fn inbound_nat_rules_and_pools_reach_their_member_on_its_port() {
         port_end: 50002,
         backend_port: 22,
         pool: 0,
+        floating_ip: false,
+        idle_timeout_minutes: 4,
+        tcp_reset: false,
     });
     lb.nat_rules.push(NatRule {
         name: "RDP-vm1".into(),

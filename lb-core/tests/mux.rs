@@ -108,6 +108,9 @@ fn config() -> LoadBalancer {
             port_end: 50099,
             backend_port: 22,
             pool: 0,
+            floating_ip: false,
+            idle_timeout_minutes: 4,
+            tcp_reset: false,
         }],
         outbound_rules: vec![],
     }
@@ -323,6 +326,26 @@ fn inbound_nat_rule_and_pool_pick_their_member() {
     }
     assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 50003, true)), Err(DropReason::NoBackend));
     assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 60001, true)), Ok(HOSTS[1]), "SSH-to-VM1");
+}
+
+#[test]
+fn a_nat_pools_connections_idle_out_after_its_own_timeout() {
+    for (minutes, kept) in [(4u8, false), (30, true)] {
+        let mut cfg = config();
+        cfg.nat_pools[0].idle_timeout_minutes = minutes;
+        let mut mux = Mux::new(node(1), cfg).unwrap();
+        let t0 = 1000;
+        for (syn, at) in [(true, t0), (false, t0 + 1)] {
+            let f = tcp4(client(5), 33000, VIP_NAT, 50001, syn);
+            let mut buf = vec![0u8; HEADROOM + f.len()];
+            buf[HEADROOM..].copy_from_slice(&f);
+            assert!(matches!(mux.process(&mut buf, HEADROOM, f.len(), at), Verdict::Forward { .. }));
+        }
+        assert_eq!(mux.flows().len(), 1);
+        // Five minutes of silence.
+        mux.flows().sweep(0, usize::MAX, t0 + 1 + 5 * 60);
+        assert_eq!(mux.flows().len() == 1, kept, "idle timeout {minutes} minutes");
+    }
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! Two fields the Azure resource leaves to other resources are part of a backend address here:
 //! `hostAddress` (the underlay address of the host that runs the backend, where the MUX tunnels
 //! to) and `weight` (default 1). A pool may carry `vni` (default: 4096 + its position). A public
-//! frontend gives its address as `publicIPAddress.ipAddress`. Fields this model does not use
+//! frontend gives its address as `publicIPAddress.ipAddress`. An inbound NAT pool names the pool
+//! whose members take its ports (`backendAddressPool`; in Azure the scale set names the NAT pool).
+//! A pool's members are given as `loadBalancerBackendAddresses`: `backendIPConfigurations` (NIC
+//! references) are refused. Fields this model does not use
 //! (`location`, `sku`, `subnet`, `virtualNetwork`, ids of the resources themselves) are ignored.
 
 use alloc::format;
@@ -72,6 +75,10 @@ struct PoolProps {
     vni: Option<u32>,
     #[serde(default)]
     load_balancer_backend_addresses: Vec<Resource<BackendProps>>,
+    /// Members named by their NICs' IP configurations (the seed's pool "Structure"): resources
+    /// this model cannot look up, so a pool given that way is refused rather than loaded empty.
+    #[serde(rename = "backendIPConfigurations", default)]
+    backend_ip_configurations: Vec<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +168,12 @@ struct NatPoolProps {
     frontend_port_range_end: u32,
     backend_port: u32,
     backend_address_pool: Ref,
+    #[serde(rename = "enableFloatingIP", default)]
+    enable_floating_ip: bool,
+    #[serde(default = "four")]
+    idle_timeout_in_minutes: u32,
+    #[serde(default)]
+    enable_tcp_reset: bool,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +250,13 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
     }
     for (i, pool) in p.backend_address_pools.iter().enumerate() {
         let c = Ctx { kind: "backendAddressPools", name: &pool.name };
+        if !pool.properties.backend_ip_configurations.is_empty() {
+            return Err(c.err(
+                "backendIPConfigurations",
+                "NIC references cannot be resolved here: list the members in loadBalancerBackendAddresses \
+                 (ipAddress, hostAddress)",
+            ));
+        }
         let mut backends = Vec::new();
         for b in &pool.properties.load_balancer_backend_addresses {
             backends.push(Backend {
@@ -348,6 +368,9 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             port_end: c.port("frontendPortRangeEnd", q.frontend_port_range_end)?,
             backend_port: c.port("backendPort", q.backend_port)?,
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
+            floating_ip: q.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
+            tcp_reset: q.enable_tcp_reset,
         });
     }
     for r in &p.outbound_rules {

@@ -201,6 +201,12 @@ pub struct NatPool {
     pub backend_port: u16,
     /// Pool index whose members, in order, receive the ports.
     pub pool: usize,
+    /// Floating IP: the member sees the frontend's address (and port) as the destination.
+    pub floating_ip: bool,
+    /// Idle timeout of its connections, minutes.
+    pub idle_timeout_minutes: u8,
+    /// Send TCP resets when one of its connections idles out.
+    pub tcp_reset: bool,
 }
 
 /// An outbound rule.
@@ -433,6 +439,7 @@ impl LoadBalancer {
             let k = "inboundNatPools";
             self.frontend_ok(k, &r.name, r.frontend)?;
             self.pool_ok(k, &r.name, r.pool)?;
+            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
             if r.protocol == Protocol::All {
                 return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
             }
@@ -599,7 +606,7 @@ impl LoadBalancer {
             let ports = (r.backend_port, r.backend_port);
             claim(b.address, BackendClaim { kind: "inboundNatRules", name: &r.name, protocol: r.protocol, ports })?;
         }
-        for r in &self.nat_pools {
+        for r in self.nat_pools.iter().filter(|r| !r.floating_ip) {
             for b in &self.pools[r.pool].backends {
                 let ports = (r.backend_port, r.backend_port);
                 let c = BackendClaim { kind: "inboundNatPools", name: &r.name, protocol: r.protocol, ports };

@@ -295,9 +295,9 @@ impl Target {
                     pool: n.pool,
                     member: Some(usize::from(port.wrapping_sub(n.port_start))),
                     backend_port: Some(n.backend_port),
-                    floating_ip: false,
-                    idle_minutes: 4,
-                    tcp_reset: false,
+                    floating_ip: n.floating_ip,
+                    idle_minutes: n.idle_timeout_minutes,
+                    tcp_reset: n.tcp_reset,
                 }
             }
         }

@@ -1011,7 +1011,7 @@ impl Mux {
                 if member >= self.lb.pools[n.pool].backends.len() {
                     return Err(DropReason::NoBackend);
                 }
-                (n.pool, member, 4)
+                (n.pool, member, n.idle_timeout_minutes)
             }
         };
         Ok((self.pools[pool].tunnel[member], idle))
