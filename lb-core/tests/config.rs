@@ -890,3 +890,31 @@ fn a_pool_of_nic_references_is_refused_not_loaded_empty() {
     });
     assert_names(&e, "backendAddressPools", "WebServers", "backendIPConfigurations");
 }
+
+#[test]
+fn floating_ip_listeners_never_look_alike_to_a_host() {
+    // Two floating-IP rules of one frontend to the same backend port: a backend sees the
+    // frontend's address and that port for both.
+    let two_rules = |v: &mut Value| {
+        props(v, "loadBalancingRules", 0)["enableFloatingIP"] = json!(true);
+        let mut r = v["properties"]["loadBalancingRules"][0].clone();
+        r["name"] = json!("HTTPAlt");
+        r["properties"]["frontendPort"] = json!(8080);
+        collection(v, "loadBalancingRules").push(r);
+    };
+    let e = refuse(BASIC, two_rules);
+    assert_names(&e, "loadBalancingRules", "HTTPAlt", "backendPort");
+    assert!(e.problem.contains("floating IP") && e.problem.contains("HTTPRule"), "{e}");
+
+    // A floating-IP NAT pool: each member sees the frontend's address and the same port, so no
+    // two of them may share a host; here each VM has a host of its own.
+    let floating_pool = |v: &mut Value| props(v, "inboundNatPools", 0)["enableFloatingIP"] = json!(true);
+    accept(NAT_POOL, floating_pool);
+    let e = refuse(NAT_POOL, |v| {
+        floating_pool(v);
+        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][1]["properties"]["hostAddress"] =
+            json!("172.16.10.20");
+    });
+    assert_names(&e, "inboundNatPools", "SSH-Pool", "backendPort");
+    assert!(e.problem.contains("172.16.10.20"), "{e}");
+}

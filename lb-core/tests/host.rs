@@ -934,14 +934,16 @@ fn a_fragment_identification_used_again_follows_the_newest_first_fragment() {
             let (first, later) = split_in_two(&datagram(port));
             let (mut o, to, _) = through_mux(&mut mux, &first);
             let n = o.len();
-            let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut o, 0, n, NOW) else { return None };
+            // 50 s later: the record made for the first datagram lives one minute.
+            let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut o, 0, n, NOW + 50) else { return None };
             (to == host_a && backend != ba).then_some((backend, later))
         })
         .expect("a datagram to another backend of the host");
     let (mut o, to, _) = through_mux(&mut mux, &later);
     assert_eq!(to, host_a);
     let n = o.len();
-    let HostVerdict::Deliver { backend, start, len } = h.from_fabric(&mut o, 0, n, NOW) else { panic!() };
+    // Past the first record's minute, within the second's.
+    let HostVerdict::Deliver { backend, start, len } = h.from_fabric(&mut o, 0, n, NOW + 100) else { panic!() };
     assert_eq!(backend, bb, "the later fragment reaches the newest first fragment's backend");
     let f = &o[start..start + len];
     assert_eq!(IpAddr::from([f[30], f[31], f[32], f[33]]), h.local_backends()[bb].address);

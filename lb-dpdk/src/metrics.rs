@@ -67,8 +67,9 @@ pub fn render(s: &Stats) -> String {
     if !s.backends_up.is_empty() {
         let _ = writeln!(
             o,
-            "# HELP lb_backend_up Whether the MUX sends new flows to each backend (1) or its health probes \
-             took it out (0).\n# TYPE lb_backend_up gauge"
+            "# HELP lb_backend_up Whether every health probe of the backend's pool answers for it (1), or \
+             one took it out of its rules' new flows (0; rules with another probe still send to it).\n\
+             # TYPE lb_backend_up gauge"
         );
         for ((pool, name, addr, _, _), up) in s.backends.iter().zip(&s.backends_up) {
             let (pool, name) = (label(pool), label(name));

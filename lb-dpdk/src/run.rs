@@ -143,7 +143,10 @@ pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) 
             match c {
                 Control::Reload(lb, number) => match engine.update((*lb).clone()) {
                     Ok(()) => generation = number,
-                    Err(e) => eprintln!("lb-dpdk: reload refused by a worker, running configuration kept: {e}"),
+                    Err(e) => eprintln!(
+                        "lb-dpdk: reload refused by a worker, running configuration kept: {e} (its backends' \
+                         health stays as it is until a reload succeeds: the probers follow the new configuration)"
+                    ),
                 },
                 // Results of another configuration's probers name members by their place there.
                 Control::Probe { generation: of, pool, probe, member, up } if of == generation => {

@@ -575,69 +575,107 @@ fn idle_ok(kind: &'static str, name: &str, minutes: u8) -> Result<(), ConfigErro
     }
 }
 
-/// A port of a backend that a listener without floating IP sends to (HA ports: every port), for
-/// [`LoadBalancer::check_backend_ports`].
+/// What a backend-side connection is told apart by, for [`LoadBalancer::check_backend_ports`]:
+/// without floating IP, its destination is the backend's own address; with floating IP, it is the
+/// frontend's, and the host agent, which tells its backends' connections apart by 5-tuple alone
+/// (a backend answering from the frontend's address names no backend), sees the connections of
+/// every backend on the host alike.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Destination {
+    Backend(IpAddr),
+    Floating { host: IpAddr, frontend: IpAddr },
+}
+
+/// Ports a listener sends to at a [`Destination`] (HA ports: every port), and where from: the
+/// listener and the frontend port (a NAT pool's members each have their own).
 struct BackendClaim<'a> {
     kind: &'static str,
     name: &'a str,
     protocol: Protocol,
     ports: (u16, u16),
+    origin: (&'static str, usize, u16),
 }
 
 impl LoadBalancer {
-    /// Two listeners without floating IP must not send to the same port of one backend. The
-    /// backend sees both as connections to its own address and that port, so a client that
-    /// reaches both from one source port (clients behind one NAT often do) makes two connections
-    /// the backend, and the host's reverse translation, cannot tell apart: replies leave with the
-    /// wrong frontend. Azure refuses such rules for that reason; floating IP is the way to reuse a
-    /// backend port (the backend then sees each frontend's address as the destination).
+    /// Two listeners must not send connections that look alike to one backend, or to one host
+    /// agent: a client that reaches both from one source port (clients behind one NAT often do)
+    /// then makes two connections that the backend, or the host's reverse translation, cannot
+    /// tell apart, and replies leave with the wrong frontend. Without floating IP, that is two
+    /// listeners sending to the same port of one backend, which Azure refuses; floating IP is the
+    /// way to reuse a backend port. With floating IP, the destination is the frontend's address:
+    /// then two frontend ports of one frontend must not lead to the same backend port on one host
+    /// (a floating NAT pool's members on one host, say).
     fn check_backend_ports(&self) -> Result<(), ConfigError> {
-        let mut by_backend: alloc::collections::BTreeMap<IpAddr, Vec<BackendClaim<'_>>> = Default::default();
-        let mut claim = |addr, c| claim_backend_port(&mut by_backend, addr, c);
-        for r in self.rules.iter().filter(|r| !r.floating_ip) {
+        let mut held: alloc::collections::BTreeMap<Destination, Vec<BackendClaim<'_>>> = Default::default();
+        let mut claim = |to, c| claim_backend_port(&mut held, to, c);
+        let at = |b: &Backend, floating: bool, frontend: usize| {
+            if floating {
+                Destination::Floating { host: b.host, frontend: self.frontends[frontend].address }
+            } else {
+                Destination::Backend(b.address)
+            }
+        };
+        for (i, r) in self.rules.iter().enumerate() {
+            let k = "loadBalancingRules";
             let ports = if r.is_ha_ports() { (1, u16::MAX) } else { (r.backend_port, r.backend_port) };
             for b in &self.pools[r.pool].backends {
-                let c = BackendClaim { kind: "loadBalancingRules", name: &r.name, protocol: r.protocol, ports };
-                claim(b.address, c)?;
+                let origin = (k, i, r.frontend_port);
+                let c = BackendClaim { kind: k, name: &r.name, protocol: r.protocol, ports, origin };
+                claim(at(b, r.floating_ip, r.frontend), c)?;
             }
         }
-        for r in self.nat_rules.iter().filter(|r| !r.floating_ip) {
+        for (i, r) in self.nat_rules.iter().enumerate() {
+            let k = "inboundNatRules";
             let b = &self.pools[r.target.0].backends[r.target.1];
-            let ports = (r.backend_port, r.backend_port);
-            claim(b.address, BackendClaim { kind: "inboundNatRules", name: &r.name, protocol: r.protocol, ports })?;
+            let (ports, origin) = ((r.backend_port, r.backend_port), (k, i, r.frontend_port));
+            claim(
+                at(b, r.floating_ip, r.frontend),
+                BackendClaim { kind: k, name: &r.name, protocol: r.protocol, ports, origin },
+            )?;
         }
-        for r in self.nat_pools.iter().filter(|r| !r.floating_ip) {
-            for b in &self.pools[r.pool].backends {
+        for (i, r) in self.nat_pools.iter().enumerate() {
+            let k = "inboundNatPools";
+            for (m, b) in self.pools[r.pool].backends.iter().enumerate() {
                 let ports = (r.backend_port, r.backend_port);
-                let c = BackendClaim { kind: "inboundNatPools", name: &r.name, protocol: r.protocol, ports };
-                claim(b.address, c)?;
+                let origin = (k, i, r.port_start.saturating_add(m as u16));
+                let c = BackendClaim { kind: k, name: &r.name, protocol: r.protocol, ports, origin };
+                claim(at(b, r.floating_ip, r.frontend), c)?;
             }
         }
         Ok(())
     }
 }
 
-/// Records `c` on backend `addr`, unless a listener there already sends to one of its ports.
+/// Records `c` at `to`, unless another listener (or frontend port) already sends to one of its
+/// ports there.
 fn claim_backend_port<'a>(
-    by_backend: &mut alloc::collections::BTreeMap<IpAddr, Vec<BackendClaim<'a>>>,
-    addr: IpAddr,
+    held: &mut alloc::collections::BTreeMap<Destination, Vec<BackendClaim<'a>>>,
+    to: Destination,
     c: BackendClaim<'a>,
 ) -> Result<(), ConfigError> {
-    let held = by_backend.entry(addr).or_default();
-    for o in held.iter() {
+    let there = held.entry(to).or_default();
+    for o in there.iter() {
         let protocols = c.protocol == o.protocol || c.protocol == Protocol::All || o.protocol == Protocol::All;
-        if protocols && c.ports.0 <= o.ports.1 && o.ports.0 <= c.ports.1 {
+        if o.origin != c.origin && protocols && c.ports.0 <= o.ports.1 && o.ports.0 <= c.ports.1 {
             let field = if c.ports == (1, u16::MAX) { "enableFloatingIP" } else { "backendPort" };
-            let problem = alloc::format!(
-                "{} '{}' already sends to that port of backend {addr}: without floating IP, only one \
-                 listener may (enable floating IP on both to reuse a backend port)",
-                o.kind,
-                o.name
-            );
+            let problem = match to {
+                Destination::Backend(addr) => alloc::format!(
+                    "{} '{}' already sends to that port of backend {addr}: without floating IP, only one \
+                     listener may (enable floating IP on both to reuse a backend port)",
+                    o.kind,
+                    o.name
+                ),
+                Destination::Floating { host, frontend } => alloc::format!(
+                    "{} '{}' already sends connections to {frontend} on that port to a backend on host \
+                     {host} (floating IP): the host agent could not tell them apart",
+                    o.kind,
+                    o.name
+                ),
+            };
             return Err(err(c.kind, c.name, field, problem));
         }
     }
-    held.push(c);
+    there.push(c);
     Ok(())
 }
 

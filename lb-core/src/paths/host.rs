@@ -1148,7 +1148,12 @@ impl HostAgent {
         match found {
             // The identification came round again (a sender numbers its datagrams to a destination
             // from one counter): the new datagram's later fragments follow the new first fragment.
-            Some(at) => *self.flows.value_mut(at) = rec,
+            Some(at) => {
+                *self.flows.value_mut(at) = rec;
+                // And lives as long as a new record would.
+                let state = self.flows.entry(at).state;
+                self.flows.refresh(at, state, now);
+            }
             None => {
                 self.flows.insert(&t, h, 0, rec, 1, now);
             }

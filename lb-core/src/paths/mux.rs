@@ -944,7 +944,12 @@ impl Mux {
         match self.flows.lookup(&t, h, now) {
             // The identification came round again (a sender numbers its datagrams to a destination
             // from one counter): the new datagram's later fragments follow the new first fragment.
-            Some(at) => *self.flows.value_mut(at) = value,
+            Some(at) => {
+                *self.flows.value_mut(at) = value;
+                // And lives as long as a new record would.
+                let state = self.flows.entry(at).state;
+                self.flows.refresh(at, state, now);
+            }
             None => {
                 self.flows.insert(&t, h, 0, value, 4, now);
             }

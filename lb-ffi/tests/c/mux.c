@@ -172,9 +172,11 @@ int main(void) {
         moved += h == ip4(172, 16, 20, 31);
     }
     CHECK(moved > 0 && moved < 32);
-    /* Pool 0 is now "Blue": two members, no third. */
+    /* Pool 0 is now "Blue": two members, no third; and no rule probes it any more, so a probe
+     * result names nothing, even for a member it has. */
     CHECK_EQ(lb_backend_up(mux, 0, 1), 1);
     CHECK_EQ(lb_backend_up(mux, 0, 2), -1);
+    CHECK_EQ(lb_report_probe(mux, 0, 0, 1, false), LB_RESULT_BAD_ARGUMENT);
     CHECK_EQ(lb_report_probe(mux, 0, 0, 2, false), LB_RESULT_BAD_ARGUMENT);
     pass("update");
 
