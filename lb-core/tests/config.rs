@@ -918,3 +918,27 @@ fn floating_ip_listeners_never_look_alike_to_a_host() {
     assert_names(&e, "inboundNatPools", "SSH-Pool", "backendPort");
     assert!(e.problem.contains("172.16.10.20"), "{e}");
 }
+
+#[test]
+fn two_members_of_a_pool_on_one_host_need_different_backend_tags() {
+    // Two addresses whose 24-bit tags collide (a birthday search over 10.x.y.z).
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0u32..1 << 20)
+        .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | i)))
+        .find_map(|ip| seen.insert(lb_core::paths::backend_tag(ip), ip).map(|other| (other, ip)))
+        .expect("a collision among a million addresses");
+    let with = |second_host: &'static str| {
+        move |v: &mut Value| {
+            let members = &mut props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"];
+            members[0]["properties"]["ipAddress"] = json!(a.to_string());
+            members[1]["properties"]["ipAddress"] = json!(b.to_string());
+            members[0]["properties"]["hostAddress"] = json!("172.16.10.21");
+            members[1]["properties"]["hostAddress"] = json!(second_host);
+        }
+    };
+    let e = refuse(BASIC, with("172.16.10.21"));
+    assert_names(&e, "backendAddressPools", "WebServers", "ipAddress");
+    assert!(e.problem.contains(&a.to_string()) && e.problem.contains(&b.to_string()), "{e}");
+    // On two hosts, the tags never meet.
+    accept(BASIC, with("172.16.10.22"));
+}

@@ -334,6 +334,23 @@ impl LoadBalancer {
                         alloc::format!("{} listed twice", b.address),
                     ));
                 }
+                // A MUX names the member to its host by a 24-bit tag derived from the member's
+                // address: two members of a pool on one host must not share one, or the host
+                // could tell neither apart and would drop both's traffic (a hash collision, about
+                // one pair in 30 million).
+                let tag = crate::paths::backend_tag(b.address);
+                if let Some(o) =
+                    p.backends[..i].iter().find(|o| o.host == b.host && crate::paths::backend_tag(o.address) == tag)
+                {
+                    let problem = alloc::format!(
+                        "{} and {} on host {} have the same VxLAN backend tag {tag:#08x} (a hash of the \
+                         address): one of them needs another address or host",
+                        o.address,
+                        b.address,
+                        b.host
+                    );
+                    return Err(err("backendAddressPools", &p.name, "ipAddress", problem));
+                }
                 if Some(b.host.is_ipv4()) != underlay_v4 {
                     return Err(err(
                         "backendAddressPools",
