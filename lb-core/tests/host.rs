@@ -524,6 +524,9 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
             match to {
                 HostEgress::Backend(b) => {
                     assert_eq!(b, backend);
+                    // To the MAC the backend's SYN-ACK came from (a guest drops a TCP segment
+                    // broadcast to it).
+                    assert_eq!(f[..6], [2, 0, 0, 0, 0, 9], "to the backend's own MAC");
                     let s = seen(&f);
                     assert_eq!((s.src, s.sport, s.dst, s.dport), (client, port, dip, 8080));
                     assert!(s.tcp_flags.1, "RST");

@@ -301,6 +301,10 @@ pub struct LocalBackend {
     addr: (IpVersion, [u8; 16]),
     /// Its SNAT blocks (allocator block indices).
     blocks: Vec<usize>,
+    /// Its MAC and VLAN (outermost tag), as its frames last opened or answered a connection: where
+    /// a TCP reset the host agent makes for it goes (a broadcast MAC, until it has sent one; a
+    /// guest's stack drops a TCP segment it was not addressed).
+    link: Option<(MacAddr, Option<u16>)>,
 }
 
 /// One core's host agent.
@@ -389,6 +393,7 @@ impl HostAgent {
                     tag,
                     addr: addr16(b.address),
                     blocks,
+                    link: None,
                 });
             }
         }
@@ -519,6 +524,11 @@ impl HostAgent {
         }
         self.grants = grants;
         self.claims = claims;
+        for (o, n) in old_locals.iter().zip(&local_map) {
+            if let Some(l) = n.and_then(|n| locals.get_mut(usize::from(n))) {
+                l.link = l.link.or(o.link);
+            }
+        }
         self.locals = locals;
         self.vips = vips;
         self.tunnels = tunnels;
@@ -742,9 +752,12 @@ impl HostAgent {
             let e = self.flows.touch(slot, key.tcp_flags, now);
             self.follow(slot, &e, frame, &key, now);
             let v = e.value;
-            let Some(l) = self.locals.get(usize::from(v.local)) else {
+            let Some(l) = self.locals.get_mut(usize::from(v.local)) else {
                 return HostVerdict::Drop(HostDrop::UnknownBackend);
             };
+            if key.tcp_flags & TcpFlags::SYN != 0 || l.link.is_none() {
+                l.link = Some(link_of(frame, &key));
+            }
             let pool = l.pool;
             let Some((_, vip)) = self.vips.get(usize::from(v.frontend)).map(|f| (f.version, f.addr)) else {
                 return HostVerdict::Drop(HostDrop::NoFlow);
@@ -761,6 +774,7 @@ impl HostAgent {
             return self.egress(buf, start, len, pool, hash, leg);
         }
         // No flow: a connection the backend opens, if an outbound rule (or default SNAT) covers it.
+        let link = link_of(frame, &key);
         let tcp = key.protocol == ip_proto::TCP;
         if !(tcp || key.protocol == ip_proto::UDP) || key.is_icmp_error() {
             return HostVerdict::Drop(HostDrop::NoFlow);
@@ -787,6 +801,9 @@ impl HostAgent {
                 break;
             }
             refused.get_or_insert(local);
+        }
+        if let Some((local, _)) = opened {
+            self.locals[local].link = Some(link);
         }
         let Some((local, (block, port))) = opened else {
             let Some(local) = refused else {
@@ -1017,10 +1034,16 @@ impl HostAgent {
             let to_backend = matches!(e.value.kind, HostFlowKind::Response | HostFlowKind::SnatOut);
             let version = if e.tuple.version & 0x7f == 4 { IpVersion::V4 } else { IpVersion::V6 };
             let ip = |a: &[u8; 16]| crate::wire::flow::ip_of(version, a);
+            let backend_link = self.locals.get(usize::from(e.value.local)).and_then(|l| l.link);
+            let (dst_mac, vlan) = match (to_backend, backend_link) {
+                (true, Some(link)) => link,
+                (true, None) => (MacAddr([0xff; 6]), None),
+                (false, _) => (self.node.gateway_mac, None),
+            };
             let rst = TcpResetRepr {
                 src_mac: self.node.mac,
-                dst_mac: if to_backend { MacAddr([0xff; 6]) } else { self.node.gateway_mac },
-                vlan: None,
+                dst_mac,
+                vlan,
                 src: ip(&e.tuple.dst),
                 dst: ip(&e.tuple.src),
                 src_port: e.tuple.dst_port,
@@ -1061,7 +1084,7 @@ impl HostAgent {
                 buf[start + 10],
                 buf[start + 11],
             ]),
-            vlan: None,
+            vlan: (key.vlan_count > 0).then_some(key.vlans[0]),
             src: key.dst_ip(),
             dst: key.src_ip(),
             src_port: key.dst_port,
@@ -1252,6 +1275,15 @@ enum Leg {
     Response,
     Snat,
     Reset,
+}
+
+/// The sender's MAC and outermost VLAN of a parsed frame (at least an Ethernet header long).
+fn link_of(frame: &[u8], key: &FlowKey) -> (MacAddr, Option<u16>) {
+    let mut mac = [0xff; 6];
+    if let Some(m) = frame.get(6..12) {
+        mac.copy_from_slice(m);
+    }
+    (MacAddr(mac), (key.vlan_count > 0).then_some(key.vlans[0]))
 }
 
 /// The hash of a stored tuple (the same function as [`FlowKey::hash`]).
