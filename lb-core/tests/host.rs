@@ -480,10 +480,13 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
             (h == HOST_A).then_some((p, o))
         })
         .unwrap();
-    for reset in [true, false] {
+    // A table of one bucket (capacity 6) too: then a sweep meets both entries of the connection
+    // at once, and each reset must still go its own way.
+    for (reset, capacity) in [(true, 100_000), (false, 100_000), (true, 6)] {
         let mut lb = config(1024);
         lb.rules[0].tcp_reset = reset;
-        let mut h = host(HOST_A, ReturnPath::ViaMux, lb);
+        let mut h =
+            HostAgent::new(HostNode { flow_capacity: capacity, ..host_node(HOST_A, ReturnPath::ViaMux) }, lb).unwrap();
         let mut buf = outer.clone();
         let n = buf.len();
         let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
@@ -1137,4 +1140,30 @@ fn drop_reasons_are_listed_in_counter_order_with_their_names() {
     }
     assert_eq!(HostDrop::IcmpUntranslated.name(), "icmp_untranslated");
     assert_eq!(HostDrop::SnatExhausted.name(), "snat_exhausted");
+}
+
+#[test]
+fn a_shared_port_never_takes_a_connection_idle_past_its_timeout_but_not_yet_removed() {
+    // vm0 has 8 SNAT ports: eight connections to eight web servers take them all, and a ninth
+    // connection shares a port whose connections all go elsewhere.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(8));
+    let server = |i: u8| IpAddr::from([93, 184, 216, i]);
+    let open = |h: &mut HostAgent, sport: u16, dst: IpAddr, syn: bool, now: u32| {
+        let f = frame(v4(0), sport, dst, 443, Some(syn), b"");
+        let mut buf = with_headroom(&f);
+        match h.from_backend(&mut buf, HEADROOM, f.len(), now) {
+            HostVerdict::Transmit { start, len } => Some(seen(&buf[start..start + len]).sport),
+            _ => None,
+        }
+    };
+    let ports: Vec<u16> = (0..8u8).map(|i| open(&mut h, 10000 + u16::from(i), server(i), true, NOW).unwrap()).collect();
+    // The connections to servers 1-7 go on; the one to server 0 idles past its 4 minutes, and no
+    // sweep has removed it yet, so its port is still its own (released, it would be quarantined).
+    for i in 1..8u8 {
+        assert!(open(&mut h, 10000 + u16::from(i), server(i), false, NOW + 200).is_some());
+    }
+    let shared =
+        open(&mut h, 20000, server(0), true, NOW + 250).expect("a port shared with another server's connection");
+    assert_ne!(shared, ports[0], "the idle connection's 5-tuple, reused at once");
+    assert!(ports[1..].contains(&shared));
 }

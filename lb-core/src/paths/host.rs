@@ -876,7 +876,7 @@ impl HostAgent {
                     back.src_port = key.dst_port;
                     back.dst = faddr;
                     back.dst_port = p;
-                    !flows.contains(&back, tuple_hash(&back, seed), now)
+                    !flows.holds(&back, tuple_hash(&back, seed))
                 })
             } else {
                 self.snat.alloc(b, now)
@@ -1000,8 +1000,10 @@ impl HostAgent {
                 };
                 let peer = match removed[..n].iter().position(mutual) {
                     Some(j) => {
+                        // Handed on as it was (its kind says where its reset goes), then marked.
+                        let pair = removed[j].1;
                         removed[j].1.value.kind = HostFlowKind::None;
-                        Some(removed[j].1)
+                        Some(pair)
                     }
                     None => self.take_peer(slot, &e),
                 };

@@ -557,13 +557,15 @@ impl<V: FlowValue> FlowTable<V> {
         }
     }
 
-    /// Whether a live, unexpired flow `tuple` is in the table; changes nothing (not even counters).
-    pub fn contains(&self, tuple: &FlowTuple, hash: u32, now: u32) -> bool {
+    /// Whether the table holds an entry for `tuple`, live or idle past its deadline but not yet
+    /// removed (a sweep or a lookup removes it, and only then does its owner release what it
+    /// holds: an SNAT port sharing it must not take the tuple before); changes nothing (not even
+    /// counters).
+    pub fn holds(&self, tuple: &FlowTuple, hash: u32) -> bool {
         let (b1, b2, sig) = split(hash, self.n);
         [b1, b2].iter().any(|&b| {
             let bucket = &self.buckets[b];
-            (0..BUCKET_SLOTS)
-                .any(|i| bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple && !past(bucket.deadlines[i], now))
+            (0..BUCKET_SLOTS).any(|i| bucket.sigs[i] == sig && bucket.entries[i].tuple == *tuple)
         })
     }
 
