@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
-use pcap_file::{DataLink, PcapError};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter, RawPcapPacket};
+use pcap_file::{DataLink, PcapError, TsResolution};
 
 pub use lb_core::paths::BurstFrame;
 
@@ -55,6 +55,8 @@ pub struct HeapBuf {
     data: Box<[u8]>,
     start: usize,
     len: usize,
+    /// The capture time of the frame it received, which the frame sent from it keeps.
+    ts: std::time::Duration,
 }
 
 impl BurstFrame for HeapBuf {
@@ -72,7 +74,7 @@ impl FrameBuf for HeapBuf {
 }
 
 fn new_buf() -> HeapBuf {
-    HeapBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), start: 0, len: 0 }
+    HeapBuf { data: vec![0u8; HEADROOM + MAX_FRAME].into_boxed_slice(), start: 0, len: 0, ts: Default::default() }
 }
 
 /// What a [`PcapPort`] does when it has read its input to the end.
@@ -93,7 +95,8 @@ pub enum AtEnd {
 /// Reads frames from one pcap file and writes what it sends to another.
 pub struct PcapPort {
     reader: PcapReader<BufReader<File>>,
-    writer: PcapWriter<BufWriter<File>>,
+    /// `None` once closed.
+    writer: Option<PcapWriter<BufWriter<File>>>,
     pool: Vec<HeapBuf>,
     now: u32,
     ts: std::time::Duration,
@@ -102,8 +105,15 @@ pub struct PcapPort {
     at_end: AtEnd,
     /// Frames in the input longer than a buffer (skipped).
     pub oversize: u64,
+    /// Frames the capture holds only the start of (a snaplen shorter than the frame, as with
+    /// `tcpdump -s 96`): skipped, as a truncated frame must not be forwarded.
+    pub cut: u64,
     /// Records the reader could not parse (the rest of the file is skipped).
     pub read_errors: u64,
+    /// Whether the capture's timestamps are in nanoseconds (else microseconds).
+    nanos: bool,
+    /// A frame read ahead: of a later second than the burst it would have joined, it opens the next.
+    pending: Option<HeapBuf>,
 }
 
 impl PcapPort {
@@ -111,20 +121,37 @@ impl PcapPort {
     pub fn open(input: &Path, output: &Path) -> Result<Self, String> {
         let f = File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
         let reader = PcapReader::new(BufReader::new(f)).map_err(|e| format!("{}: {e}", input.display()))?;
+        let input_header = reader.header();
+        if input_header.datalink != DataLink::ETHERNET {
+            return Err(format!(
+                "{}: link type {:?}, not Ethernet (a capture of `tcpdump -i any` is Linux cooked: capture on one \
+                 interface)",
+                input.display(),
+                input_header.datalink
+            ));
+        }
         let o = File::create(output).map_err(|e| format!("{}: {e}", output.display()))?;
-        let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: MAX_FRAME as u32, ..PcapHeader::default() };
+        // Room for the largest frame a buffer holds once its outer headers are in front.
+        let header = PcapHeader {
+            datalink: DataLink::ETHERNET,
+            snaplen: (HEADROOM + MAX_FRAME) as u32,
+            ..PcapHeader::default()
+        };
         let writer =
             PcapWriter::with_header(BufWriter::new(o), header).map_err(|e| format!("{}: {e}", output.display()))?;
         Ok(PcapPort {
             reader,
-            writer,
+            writer: Some(writer),
             pool: Vec::new(),
             now: 0,
             ts: std::time::Duration::ZERO,
             done: false,
             at_end: AtEnd::Finish,
             oversize: 0,
+            cut: 0,
             read_errors: 0,
+            nanos: input_header.ts_resolution == TsResolution::NanoSecond,
+            pending: None,
         })
     }
 
@@ -133,44 +160,96 @@ impl PcapPort {
         self.at_end = at_end;
     }
 
-    fn write(&mut self, frame: &[u8]) -> bool {
-        let p = PcapPacket::new(self.ts, frame.len() as u32, frame);
-        self.writer.write_packet(&p).is_ok()
+    fn write(&mut self, ts: std::time::Duration, frame: &[u8]) -> bool {
+        let p = PcapPacket::new(ts, frame.len() as u32, frame);
+        self.writer.as_mut().is_some_and(|w| w.write_packet(&p).is_ok())
     }
+
+    /// Writes what is still buffered to the output file and closes it (frames sent after that
+    /// are not written: they count as not sent).
+    pub fn close(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        match self.writer.take() {
+            Some(w) => w.into_writer().flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the pcap port's reader counts of the records it skips.
+struct Skipped<'a> {
+    oversize: &'a mut u64,
+    cut: &'a mut u64,
+}
+
+/// A record of the capture in a buffer of `pool` with its time (`nanos`: the capture's fractions
+/// are nanoseconds, else microseconds), or `None` (counted) if it is skipped.
+fn take_frame(pool: &mut Vec<HeapBuf>, nanos: bool, skipped: Skipped<'_>, raw: &RawPcapPacket<'_>) -> Option<HeapBuf> {
+    let len = raw.data.len();
+    if len > MAX_FRAME || raw.orig_len as usize > MAX_FRAME {
+        *skipped.oversize += 1;
+        return None;
+    }
+    if raw.orig_len as usize > len {
+        *skipped.cut += 1;
+        return None;
+    }
+    // An out-of-range fraction carries into the seconds.
+    let frac = if nanos { u64::from(raw.ts_frac) } else { u64::from(raw.ts_frac) * 1000 };
+    let ts = std::time::Duration::from_secs(u64::from(raw.ts_sec)) + std::time::Duration::from_nanos(frac);
+    let mut b = pool.pop().unwrap_or_else(new_buf);
+    b.data[HEADROOM..HEADROOM + len].copy_from_slice(&raw.data);
+    (b.start, b.len, b.ts) = (HEADROOM, len, ts);
+    Some(b)
 }
 
 impl Port for PcapPort {
     type Buf = HeapBuf;
 
+    /// A burst holds frames of one second of capture time, which is the engine's clock for all of
+    /// them: a frame of a later second waits for the next burst (given the burst's time, a flow's
+    /// packet read after a long gap in one burst would meet the idle timeout early).
     fn rx_burst(&mut self, out: &mut Vec<HeapBuf>, max: usize) -> usize {
         let mut n = 0;
         let follow = self.at_end == AtEnd::Follow;
+        let mut second = None;
+        if let Some(b) = self.pending.take() {
+            second = Some(b.ts.as_secs());
+            (self.ts, self.now) = (b.ts, b.ts.as_secs() as u32);
+            out.push(b);
+            n = 1;
+        }
         while n < max && !self.done {
-            match self.reader.next_packet() {
+            let b = match self.reader.next_raw_packet() {
                 None if follow => break,
-                None => self.done = true,
+                None => {
+                    self.done = true;
+                    continue;
+                }
                 // A record still being written: the reader keeps its start and reads on next time.
                 Some(Err(PcapError::IoError(e))) if follow && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Some(Err(_)) => {
+                Some(Err(e)) => {
+                    eprintln!("lb-dpdk: the input capture cannot be read on ({e}): the rest of it is skipped");
                     self.read_errors += 1;
                     self.done = true;
+                    continue;
                 }
-                Some(Ok(p)) => {
-                    if p.data.len() > MAX_FRAME {
-                        self.oversize += 1;
-                        continue;
+                Some(Ok(raw)) => {
+                    let skipped = Skipped { oversize: &mut self.oversize, cut: &mut self.cut };
+                    match take_frame(&mut self.pool, self.nanos, skipped, &raw) {
+                        Some(b) => b,
+                        None => continue,
                     }
-                    self.ts = p.timestamp;
-                    self.now = p.timestamp.as_secs() as u32;
-                    let len = p.data.len();
-                    let mut b = self.pool.pop().unwrap_or_else(new_buf);
-                    b.data[HEADROOM..HEADROOM + len].copy_from_slice(&p.data);
-                    b.start = HEADROOM;
-                    b.len = len;
-                    out.push(b);
-                    n += 1;
                 }
+            };
+            if second.is_some_and(|s| s != b.ts.as_secs()) {
+                self.pending = Some(b);
+                break;
             }
+            second = Some(b.ts.as_secs());
+            (self.ts, self.now) = (b.ts, b.ts.as_secs() as u32);
+            out.push(b);
+            n += 1;
         }
         if n == 0 && (follow || (self.done && self.at_end == AtEnd::Wait)) {
             // Nothing to read (a file has no interrupt): poll every millisecond rather than spin.
@@ -181,9 +260,8 @@ impl Port for PcapPort {
 
     fn tx_burst(&mut self, frames: &mut Vec<HeapBuf>) -> usize {
         let mut sent = 0;
-        for mut b in frames.drain(..) {
-            let (buf, s, l) = b.parts();
-            if self.write(&buf[s..s + l]) {
+        for b in frames.drain(..) {
+            if self.write(b.ts, &b.data[b.start..b.start + b.len]) {
                 sent += 1;
             }
             self.pool.push(b);
@@ -192,7 +270,7 @@ impl Port for PcapPort {
     }
 
     fn tx_copy(&mut self, frame: &[u8]) -> bool {
-        self.write(frame)
+        self.write(self.ts, frame)
     }
 
     fn recycle(&mut self, buf: HeapBuf) {
@@ -204,6 +282,98 @@ impl Port for PcapPort {
     }
 
     fn finished(&self) -> bool {
-        self.done && self.at_end == AtEnd::Finish
+        self.done && self.pending.is_none() && self.at_end == AtEnd::Finish
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A scratch directory of this test process.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("lb-dpdk-port-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A capture of `frames` (time, bytes, length on the wire) with `snaplen` and `datalink`.
+    fn capture(path: &Path, snaplen: u32, datalink: DataLink, frames: &[(Duration, Vec<u8>, u32)]) {
+        let header = PcapHeader { datalink, snaplen, ..PcapHeader::default() };
+        let mut w = PcapWriter::with_header(File::create(path).unwrap(), header).unwrap();
+        for (ts, data, orig_len) in frames {
+            // Written raw: the library refuses to write a frame longer than the snaplen.
+            let raw = RawPcapPacket {
+                ts_sec: ts.as_secs() as u32,
+                ts_frac: ts.subsec_micros(),
+                incl_len: data.len() as u32,
+                orig_len: *orig_len,
+                data: data.as_slice().into(),
+            };
+            w.write_raw_packet(&raw).unwrap();
+        }
+    }
+
+    fn read_all(path: &Path) -> Vec<(Duration, Vec<u8>)> {
+        let mut r = PcapReader::new(File::open(path).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(p) = r.next_packet() {
+            let p = p.unwrap();
+            out.push((p.timestamp, p.data.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn frames_cut_by_the_snaplen_are_skipped_and_counted_and_the_rest_goes_on() {
+        let dir = scratch("cut");
+        let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
+        let whole = |i: u8| vec![i; 54];
+        let frames = vec![
+            (Duration::from_secs(1), whole(1), 54),
+            (Duration::from_secs(1), vec![2; 40], 54),
+            (Duration::from_secs(1), whole(3), 54),
+        ];
+        capture(&input, 40, DataLink::ETHERNET, &frames);
+        let mut port = PcapPort::open(&input, &output).unwrap();
+        let mut got = Vec::new();
+        while !port.finished() {
+            port.rx_burst(&mut got, 32);
+        }
+        assert_eq!(got.iter().map(|b| b.data[b.start]).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!((port.cut, port.read_errors, port.oversize), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_burst_holds_one_second_and_frames_keep_their_capture_time() {
+        let dir = scratch("time");
+        let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
+        let at = |s: u64, us: u64| Duration::from_secs(s) + Duration::from_micros(us);
+        let times = [at(1, 5), at(1, 900), at(1000, 0), at(2000, 7), at(2000, 8)];
+        let frames: Vec<_> = times.iter().enumerate().map(|(i, &t)| (t, vec![i as u8; 60], 60)).collect();
+        capture(&input, 65535, DataLink::ETHERNET, &frames);
+        let mut port = PcapPort::open(&input, &output).unwrap();
+        let mut bursts = Vec::new();
+        while !port.finished() {
+            let mut got = Vec::new();
+            if port.rx_burst(&mut got, 32) > 0 {
+                bursts.push((port.now(), got.len()));
+                port.tx_burst(&mut got);
+            }
+        }
+        assert_eq!(bursts, [(1, 2), (1000, 1), (2000, 2)], "one burst a second, at that second");
+        port.close().unwrap();
+        let out = read_all(&output);
+        assert_eq!(out.iter().map(|(t, _)| *t).collect::<Vec<_>>(), times, "each frame keeps its time");
+    }
+
+    #[test]
+    fn a_capture_that_is_not_ethernet_is_refused() {
+        let dir = scratch("linktype");
+        let input = dir.join("in.pcap");
+        capture(&input, 65535, DataLink::LINUX_SLL, &[(Duration::from_secs(1), vec![0; 60], 60)]);
+        let e = PcapPort::open(&input, &dir.join("out.pcap")).err().expect("refused");
+        assert!(e.contains("not Ethernet"), "{e}");
     }
 }

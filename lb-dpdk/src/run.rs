@@ -102,6 +102,9 @@ pub struct WorkerLink {
     pub stats: Arc<Mutex<Stats>>,
     /// Set by the worker when its input ended.
     pub finished: Arc<AtomicBool>,
+    /// Set when the worker failed (it panicked, or could not write its output): the program
+    /// stops and exits non-zero.
+    pub failed: Arc<AtomicBool>,
 }
 
 /// The control plane's side of a worker.
@@ -109,16 +112,17 @@ pub struct WorkerHandle {
     tx: Sender<Control>,
     stats: Arc<Mutex<Stats>>,
     finished: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
 }
 
 /// A worker link and its handle.
 pub fn worker_pair(stop: &Arc<AtomicBool>) -> (WorkerLink, WorkerHandle) {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let finished = Arc::new(AtomicBool::new(false));
+    let (finished, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     (
-        WorkerLink { stop: stop.clone(), rx, stats: stats.clone(), finished: finished.clone() },
-        WorkerHandle { tx, stats, finished },
+        WorkerLink { stop: stop.clone(), rx, stats: stats.clone(), finished: finished.clone(), failed: failed.clone() },
+        WorkerHandle { tx, stats, finished, failed },
     )
 }
 
@@ -266,6 +270,10 @@ pub fn main(args: &RunArgs) -> ExitCode {
     let total = sum(&workers.handles);
     let mut out = std::io::stdout().lock();
     let _ = print_summary(&total, &mut out);
+    if workers.handles.iter().any(|h| h.failed.load(Ordering::Relaxed)) {
+        eprintln!("lb-dpdk: a worker failed (see above)");
+        return ExitCode::from(1);
+    }
     code
 }
 
@@ -289,6 +297,7 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
         return Err("--pcap-in and --pcap-out are needed without --dpdk".into());
     };
     let mut port = PcapPort::open(input, output)?;
+    let output_name = output.to_path_buf();
     port.at_end(match (args.pcap_follow, args.linger) {
         (true, _) => AtEnd::Follow,
         (false, true) => AtEnd::Wait,
@@ -299,11 +308,23 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
     let t = std::thread::Builder::new()
         .name("lb-worker-0".into())
         .spawn(move || {
-            poll_loop(&mut engine, &mut port, &link);
-            if port.oversize > 0 || port.read_errors > 0 {
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&mut engine, &mut port, &link)));
+            if ran.is_err() {
+                eprintln!("lb-dpdk: the worker panicked: stopping");
+                link.failed.store(true, Ordering::Relaxed);
+                link.stop.store(true, Ordering::Relaxed);
+                link.finished.store(true, Ordering::Relaxed);
+            }
+            if let Err(e) = port.close() {
+                eprintln!("lb-dpdk: {}: {e}", output_name.display());
+                link.failed.store(true, Ordering::Relaxed);
+            }
+            if port.oversize > 0 || port.cut > 0 || port.read_errors > 0 {
                 eprintln!(
-                    "lb-dpdk: pcap input: {} oversize frames skipped, {} read errors",
-                    port.oversize, port.read_errors
+                    "lb-dpdk: pcap input: {} frames larger than a buffer and {} cut short by the capture's \
+                     snaplen skipped, {} read errors",
+                    port.oversize, port.cut, port.read_errors
                 );
             }
         })

@@ -259,3 +259,28 @@ fn an_empty_capture_has_an_all_zero_summary() {
     assert!(counts.values().all(|&c| c == 0), "{stdout}");
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn a_capture_cut_by_its_snaplen_is_inspected_and_its_cut_frames_counted() {
+    use pcap_file::pcap::{PcapHeader, PcapWriter, RawPcapPacket};
+    // An IPv4 TCP frame of 54 bytes, captured with a snaplen of 40 (as `tcpdump -s 40` does).
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(1234, 80, 1, 1000)
+        .write(&mut frame, &[])
+        .unwrap();
+    assert_eq!(frame.len(), 54);
+    let path = temp_pcap("snaplen-cut");
+    let header = PcapHeader { snaplen: 40, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(std::fs::File::create(&path).unwrap(), header).unwrap();
+    for _ in 0..3 {
+        let raw = RawPcapPacket { ts_sec: 1, ts_frac: 0, incl_len: 40, orig_len: 54, data: frame[..40].into() };
+        w.write_raw_packet(&raw).unwrap();
+    }
+    drop(w);
+    let o = inspect(&path, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = table(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(t.get("snaplen-cut"), Some(&3), "{t:?}");
+}

@@ -335,7 +335,7 @@ impl Worker {
 
 /// Runs a worker; a panic stops the whole program (its counters would be lost otherwise anyway).
 fn run_worker(w: Box<Worker>) -> c_int {
-    let stop = w.link.stop.clone();
+    let (stop, failed) = (w.link.stop.clone(), w.link.failed.clone());
     let index = w.index;
     match catch_unwind(AssertUnwindSafe(move || w.run())) {
         Ok(()) => 0,
@@ -343,6 +343,7 @@ fn run_worker(w: Box<Worker>) -> c_int {
             // SAFETY: reads this thread's lcore id.
             let lcore = unsafe { sys::lb_lcore_id() };
             eprintln!("lb-dpdk: worker {index} (lcore {lcore}) panicked: stopping");
+            failed.store(true, Ordering::Relaxed);
             stop.store(true, Ordering::Relaxed);
             -1
         }
