@@ -14,7 +14,8 @@
 //! | then       | ops: one opcode byte (`% 8`) and its arguments, see [`Op`]                        |
 //!
 //! Invariants: a fresh port had no connection in the model and is the model FIFO's eligible head;
-//! every port handed out is in its block and was not released within the quarantine; `usable` is
+//! every port handed out is in its block and was not released within the quarantine (seconds elapsed
+//! on a clock that wraps around `u32::MAX`; the quarantine is at most a day); `usable` is
 //! only asked about ports in use, past their quarantine, below the connection limit, at most
 //! `SHARE_PROBES` of them, each once; a shared port is one `usable` accepted; refused operations
 //! leave the allocator unchanged (compared with a clone taken before); counters, per-block
@@ -25,7 +26,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use lb_core::tables::{
-    PortBlock, SnatAllocator, SnatCounters, SnatError, MAX_PORT_CONNECTIONS, SHARE_PROBES, SNAT_FIRST_PORT,
+    PortBlock, SnatAllocator, SnatCounters, SnatError, MAX_PORT_CONNECTIONS, MAX_QUARANTINE_SECS, SHARE_PROBES,
+    SNAT_FIRST_PORT,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -74,11 +76,13 @@ impl Reader<'_> {
 struct Model {
     spec: PortBlock,
     /// Free ports, oldest-freed first, with the time each is eligible again.
-    fifo: VecDeque<(u16, u32)>,
+    fifo: VecDeque<(u16, Option<u32>)>,
     /// Per port: connections.
     refs: Vec<u16>,
-    /// Per port: last release time plus quarantine (saturating); 0 if never released.
-    quiet: Vec<u32>,
+    /// Per port: last release time; `None` if never released.
+    quiet: Vec<Option<u32>>,
+    /// The allocator's quarantine.
+    quarantine: u32,
     reserved: BTreeSet<u16>,
     in_use: BTreeSet<u16>,
     /// Ports `alloc` handed out (never shared until released).
@@ -98,7 +102,7 @@ impl Model {
                 && r < MAX_PORT_CONNECTIONS
                 && !self.reserved.contains(&port)
                 && !self.exclusive.contains(&port)
-                && self.quiet[i] <= now
+                && quiet(self.quiet[i], self.quarantine, now)
         })
     }
 }
@@ -161,6 +165,13 @@ fn pick_port(r: &mut Reader, spec: Option<PortBlock>) -> Option<u16> {
     })
 }
 
+/// Whether a port released at `released` is past its quarantine at `now`: the seconds elapsed
+/// since, on a clock that wraps around `u32::MAX` (a clock that goes back is outside the
+/// allocator's contract, and counts as having wrapped).
+fn quiet(released: Option<u32>, quarantine: u32, now: u32) -> bool {
+    released.is_none_or(|r| now.wrapping_sub(r) >= quarantine)
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader(data);
     let (Some(n), Some(q)) = (r.byte(), r.byte()) else { return };
@@ -196,15 +207,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut a = built.expect("well-formed disjoint blocks refused");
+    // At most a day: times are compared by the seconds elapsed since, modulo 2^32.
+    let quarantine = quarantine.min(MAX_QUARANTINE_SECS);
     assert_eq!(a.quarantine_secs(), quarantine);
 
     let mut models: Vec<Model> = specs
         .iter()
         .map(|&spec| Model {
             spec,
-            fifo: (0..spec.len).map(|k| (spec.first + k, 0)).collect(),
+            fifo: (0..spec.len).map(|k| (spec.first + k, None)).collect(),
             refs: vec![0; usize::from(spec.len)],
-            quiet: vec![0; usize::from(spec.len)],
+            quiet: vec![None; usize::from(spec.len)],
+            quarantine,
             reserved: BTreeSet::new(),
             in_use: BTreeSet::new(),
             exclusive: BTreeSet::new(),
@@ -226,10 +240,11 @@ fuzz_target!(|data: &[u8]| {
             Op::Tick | Op::Jump | Op::Back => {
                 let Some(b) = r.byte() else { break };
                 now = match op {
-                    Op::Tick => now.saturating_add(u32::from(b)),
-                    Op::Back => now.saturating_sub(u32::from(b)),
+                    // The clock wraps around u32::MAX (Jump gets near it).
+                    Op::Tick => now.wrapping_add(u32::from(b)),
+                    Op::Back => now.wrapping_sub(u32::from(b)),
                     _ if b == 255 => u32::MAX - 300,
-                    _ => now.saturating_add(u32::from(b) << 12),
+                    _ => now.wrapping_add(u32::from(b) << 12),
                 };
             }
             Op::Alloc => {
@@ -242,11 +257,11 @@ fuzz_target!(|data: &[u8]| {
                 };
                 touched = Some(k);
                 match m.fifo.front().copied() {
-                    Some((port, at)) if at <= now => {
-                        assert_eq!(got, Ok(port), "FIFO head at {at}, now {now}");
+                    Some((port, at)) if quiet(at, quarantine, now) => {
+                        assert_eq!(got, Ok(port), "FIFO head released at {at:?}, now {now}");
                         let i = m.idx(port).expect("model port outside its block");
                         assert_eq!(m.refs[i], 0, "fresh port {port} had connections");
-                        assert!(m.quiet[i] <= now, "port {port} back within its quarantine");
+                        assert!(quiet(m.quiet[i], quarantine, now), "port {port} back within its quarantine");
                         m.fifo.pop_front();
                         m.refs[i] = 1;
                         m.in_use.insert(port);
@@ -281,12 +296,12 @@ fuzz_target!(|data: &[u8]| {
                 let distinct: BTreeSet<u16> = asked.iter().copied().collect();
                 assert_eq!(distinct.len(), asked.len(), "asked twice: {asked:?}");
                 match m.fifo.front().copied() {
-                    Some((port, at)) if at <= now => {
+                    Some((port, at)) if quiet(at, quarantine, now) => {
                         assert!(asked.is_empty(), "usable asked while a fresh port was eligible");
                         assert_eq!(got, Ok(port));
                         let i = m.idx(port).unwrap();
                         assert_eq!(m.refs[i], 0);
-                        assert!(m.quiet[i] <= now);
+                        assert!(quiet(m.quiet[i], quarantine, now));
                         m.fifo.pop_front();
                         m.refs[i] = 1;
                         m.in_use.insert(port);
@@ -350,7 +365,7 @@ fuzz_target!(|data: &[u8]| {
                 let m = &mut models[k];
                 touched = Some(k);
                 let i = m.idx(port).unwrap();
-                let at = now.saturating_add(quarantine);
+                let at = Some(now);
                 m.quiet[i] = at;
                 m.refs[i] -= 1;
                 if m.refs[i] == 0 {

@@ -157,6 +157,13 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
             "a host returning traffic via MUX needs at least one MUX address".into(),
         ));
     }
+    let snat_quarantine_secs = j.snat_quarantine_seconds.unwrap_or(60);
+    if snat_quarantine_secs > crate::tables::snat::MAX_QUARANTINE_SECS {
+        return Err(NodeError::Field(
+            "snatQuarantineSeconds",
+            alloc::format!("at most {} (a day)", crate::tables::snat::MAX_QUARANTINE_SECS),
+        ));
+    }
     let mux = MuxNode {
         mac,
         gateway_mac,
@@ -177,7 +184,7 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
         mtu,
         hash_seed,
         flow_capacity,
-        snat_quarantine_secs: j.snat_quarantine_seconds.unwrap_or(60),
+        snat_quarantine_secs,
         reset_on_snat_exhaustion: j.reset_on_snat_exhaustion.unwrap_or(false),
     };
     Ok(NodeConfig { role: j.role, mux, host, lb })
@@ -217,6 +224,11 @@ mod tests {
         assert!(matches!(e, NodeError::Field("muxes", _)), "{e}");
         let e = parse(&node(r#","muxes":["172.16.5.10"],"flowCapacity":0"#), &dir, Path::new("t")).unwrap_err();
         assert!(matches!(e, NodeError::Field("flowCapacity", _)), "{e}");
+        let e = parse(&node(r#","muxes":["172.16.5.10"],"snatQuarantineSeconds":86401"#), &dir, Path::new("t"))
+            .unwrap_err();
+        assert!(matches!(e, NodeError::Field("snatQuarantineSeconds", _)), "{e}");
+        let day = parse(&node(r#","muxes":["172.16.5.10"],"snatQuarantineSeconds":86400"#), &dir, Path::new("t"));
+        assert_eq!(day.unwrap().host.snat_quarantine_secs, 86_400);
         let bad_mac = node(r#","muxes":["172.16.5.10"]"#).replace("02:00:00:00:0a:14", "02:00:00:0a:14");
         assert!(matches!(parse(&bad_mac, &dir, Path::new("t")), Err(NodeError::Field("mac", _))));
         let unknown = node(r#","muxes":["172.16.5.10"],"colour":"blue""#);

@@ -13,6 +13,6 @@ pub use flow::{
 pub use health::{Health, ProbeState, Transition};
 pub use maglev::{MaglevBackend, MaglevError, MaglevTable, DEFAULT_TABLE_SIZE};
 pub use snat::{
-    default_ports_per_backend, PortBlock, SnatAllocator, SnatCounters, SnatError, MAX_PORT_CONNECTIONS, SHARE_PROBES,
-    SNAT_FIRST_PORT,
+    default_ports_per_backend, PortBlock, SnatAllocator, SnatCounters, SnatError, MAX_PORT_CONNECTIONS,
+    MAX_QUARANTINE_SECS, SHARE_PROBES, SNAT_FIRST_PORT,
 };

@@ -35,8 +35,9 @@
 //! # Memory
 //!
 //! [`SnatAllocator::new`] allocates everything once, in flat vectors over all blocks: per port a `u16`
-//! connection count and a `u32` "quiet from" time (last release plus quarantine), and per port one
-//! ring entry (port and eligibility time). Nothing allocates afterwards: allocation, sharing, release
+//! connection count and its last release time, and per port one ring entry (port and release
+//! time). Times are compared by the seconds elapsed since (wrapping), so a clock that wraps around
+//! `u32::MAX` (the C ABI takes any monotonic clock) keeps the quarantine. Nothing allocates afterwards: allocation, sharing, release
 //! and queries work in place, which is what the packet path needs.
 
 use alloc::vec::Vec;
@@ -165,9 +166,15 @@ pub struct SnatCounters {
 /// One entry of a block's free ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Free {
-    /// When the port becomes eligible again (release time plus quarantine, saturating).
-    at: u32,
+    /// When the port was released (`None`: never, eligible at once).
+    released: Option<u32>,
     port: u16,
+}
+
+/// Whether a port released at `released` has been quiet for `quarantine` seconds at `now`.
+#[inline(always)]
+fn quiet_since(released: Option<u32>, quarantine: u32, now: u32) -> bool {
+    released.is_none_or(|r| now.wrapping_sub(r) >= quarantine)
 }
 
 /// Per-block bookkeeping; the ports' state lives in the allocator's flat vectors from `base` on.
@@ -194,9 +201,9 @@ pub struct SnatAllocator {
     blocks: Vec<BlockState>,
     /// Per port: connections on it (0 free, [`RESERVED`] reserved).
     refs: Vec<u16>,
-    /// Per port: its last release time plus the quarantine, saturating (0 if never released); the
-    /// port may carry a new connection from this time on.
-    quiet: Vec<u32>,
+    /// Per port: its last release time (`None` if never released); the port may carry a new
+    /// connection once the quarantine has passed since.
+    quiet: Vec<Option<u32>>,
     /// Per port: handed out by [`SnatAllocator::alloc`] (a UDP flow's): never shared while it lasts.
     exclusive: Vec<bool>,
     /// Per block, `len` slots: the ring of free ports.
@@ -205,10 +212,14 @@ pub struct SnatAllocator {
     counters: SnatCounters,
 }
 
+/// The longest quarantine (a day): times are compared by the seconds elapsed since, modulo 2^32.
+pub const MAX_QUARANTINE_SECS: u32 = 86_400;
+
 impl SnatAllocator {
     /// Builds an allocator over `blocks` (indexed as in the slice from now on), every port free and
-    /// eligible, in port order. Ports released are held back `quarantine_secs` seconds before they
-    /// can carry a new connection. Zero blocks is fine (every allocation is then refused).
+    /// eligible, in port order. Ports released are held back `quarantine_secs` seconds (at most
+    /// [`MAX_QUARANTINE_SECS`]) before they can carry a new connection. Zero blocks is fine (every
+    /// allocation is then refused).
     pub fn new(blocks: &[PortBlock], quarantine_secs: u32) -> Result<Self, SnatError> {
         if let Some(block) = blocks.iter().position(|b| !b.is_valid()) {
             return Err(SnatError::BadBlock { block });
@@ -238,16 +249,16 @@ impl SnatAllocator {
                 reserved: 0,
                 cursor: 0,
             });
-            ring.extend((0..b.len).map(|k| Free { at: 0, port: b.first + k }));
+            ring.extend((0..b.len).map(|k| Free { released: None, port: b.first + k }));
             base += usize::from(b.len);
         }
         Ok(SnatAllocator {
             blocks: state,
             refs: alloc::vec![0; total],
-            quiet: alloc::vec![0; total],
+            quiet: alloc::vec![None; total],
             exclusive: alloc::vec![false; total],
             ring,
-            quarantine: quarantine_secs,
+            quarantine: quarantine_secs.min(MAX_QUARANTINE_SECS),
             counters: SnatCounters::default(),
         })
     }
@@ -261,7 +272,7 @@ impl SnatAllocator {
             return Ok(None);
         }
         let head = self.ring[b.base + b.head as usize];
-        if head.at > now {
+        if !quiet_since(head.released, self.quarantine, now) {
             return Ok(None);
         }
         b.head += 1;
@@ -320,7 +331,12 @@ impl SnatAllocator {
             let port = b.spec.first + off;
             off = if off + 1 == len { 0 } else { off + 1 };
             let r = self.refs[i];
-            if r != 0 && r < MAX_PORT_CONNECTIONS && !self.exclusive[i] && self.quiet[i] <= now && usable(port) {
+            if r != 0
+                && r < MAX_PORT_CONNECTIONS
+                && !self.exclusive[i]
+                && quiet_since(self.quiet[i], self.quarantine, now)
+                && usable(port)
+            {
                 self.refs[i] = r + 1;
                 b.cursor = off;
                 self.counters.shared += 1;
@@ -333,7 +349,7 @@ impl SnatAllocator {
     }
 
     /// One connection on `port` of `block` ended at `now`. When it was the port's last, the port goes
-    /// to the tail of the free ring, eligible again at `now + quarantine_secs` (saturating). Either
+    /// to the tail of the free ring, eligible again `quarantine_secs` after `now`. Either
     /// way sharing skips the port until then. O(1). [`SnatError::NotAllocated`] (nothing changes) if
     /// the port is outside the block, reserved, or has no connection.
     #[inline]
@@ -347,8 +363,7 @@ impl SnatAllocator {
         if r == 0 || r == RESERVED {
             return Err(SnatError::NotAllocated { block, port });
         }
-        let at = now.saturating_add(self.quarantine);
-        self.quiet[i] = at;
+        self.quiet[i] = Some(now);
         self.refs[i] = r - 1;
         if r == 1 {
             self.exclusive[i] = false;
@@ -356,7 +371,7 @@ impl SnatAllocator {
             if tail >= u32::from(b.spec.len) {
                 tail -= u32::from(b.spec.len);
             }
-            self.ring[b.base + tail as usize] = Free { at, port };
+            self.ring[b.base + tail as usize] = Free { released: Some(now), port };
             b.free += 1;
             b.in_use -= 1;
         }
@@ -548,12 +563,27 @@ mod tests {
     }
 
     #[test]
-    fn quarantine_saturates() {
+    fn quarantine_is_kept_across_the_clock_wrapping() {
+        // Released 5 s before the clock wraps: quiet for 60 s, so until 54 s after.
+        let mut a = one(2000, 1, 60);
+        let p = a.alloc(0, u32::MAX - 10).unwrap();
+        a.release(0, p, u32::MAX - 5).unwrap();
+        assert_eq!(a.alloc(0, u32::MAX), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 53), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 54), Ok(p));
+        // A shared TCP port too: after its release, sharing skips it for the quarantine.
+        let mut a = one(2000, 1, 60);
+        let p = a.alloc_shared(0, u32::MAX - 10, |_| true).unwrap();
+        assert_eq!(a.alloc_shared(0, u32::MAX - 9, |_| true), Ok(p));
+        a.release(0, p, u32::MAX - 5).unwrap();
+        assert_eq!(a.alloc_shared(0, 53, |_| true), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc_shared(0, 54, |_| true), Ok(p));
+        // The longest quarantine is a day.
         let mut a = one(2000, 1, u32::MAX);
         let p = a.alloc(0, 0).unwrap();
         a.release(0, p, 5).unwrap();
-        assert_eq!(a.alloc(0, u32::MAX - 1), Err(SnatError::Exhausted));
-        assert_eq!(a.alloc(0, u32::MAX), Ok(p));
+        assert_eq!(a.alloc(0, 5 + MAX_QUARANTINE_SECS - 1), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 5 + MAX_QUARANTINE_SECS), Ok(p));
     }
 
     #[test]
