@@ -407,7 +407,15 @@ impl HostAgent {
             .flat_map(|(bi, g)| (g.first..=g.first + (g.len - 1)).map(move |port| (bi, port)))
             .filter(|&(bi, port)| vips[grants[bi].frontend].claims(port))
             .collect();
-        let same_snat = grants == self.grants && claims == self.claims;
+        // The same blocks of the same ports, of the same addresses for the same backends: a grant
+        // names its frontend and member by position, so two frontends that swapped addresses
+        // compare equal by the grants alone, while each connection's address is remapped.
+        let owners = |lb: &LoadBalancer, vips: &Vips, grants: &[SnatGrant]| -> Vec<([u8; 16], IpAddr)> {
+            grants.iter().map(|g| (vips[g.frontend].addr, lb.pools[g.pool].backends[g.member].address)).collect()
+        };
+        let same_snat = grants == self.grants
+            && claims == self.claims
+            && owners(&lb, &vips, &grants) == owners(&self.lb, &self.vips, &self.grants);
         let mut snat = if same_snat {
             None
         } else {
