@@ -468,8 +468,16 @@ fn configure_port(
         conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
         // rss_key NULL: the driver's default key.
     }
-    if plan.rx_queues > 0 && info.max_mtu >= info.min_mtu {
+    // The port's MTU (DPDK keeps it in rxmode, for sending too): a transmit-only port sends the
+    // encapsulated frames, and at the default 1500 a driver that enforces it would drop larger ones.
+    if info.max_mtu >= info.min_mtu {
         conf.rxmode.mtu = mtu.clamp(u32::from(info.min_mtu), u32::from(info.max_mtu));
+        if conf.rxmode.mtu < mtu {
+            eprintln!(
+                "lb-dpdk: port {port}: MTU {} (the device's most), below the node's {mtu}: larger frames may be dropped",
+                conf.rxmode.mtu
+            );
+        }
     }
     // Every mbuf comes from one pool and is never shared: the driver may free them in bulk.
     if info.tx_offload_capa & fast_free != 0 {
