@@ -15,8 +15,8 @@
 //! | bytes | meaning                                                                                   |
 //! |-------|-------------------------------------------------------------------------------------------|
 //! | 0     | bit 0 return path Direct (else via the MUX); bit 1 answer SNAT exhaustion with a RST;     |
-//! |       | bits 2-3 quarantine 0, 5, 60 or `u32::MAX` s; bits 4-5 flow capacity 8, 16, 64 or 1000;  |
-//! |       | bits 6-7 where the clock starts (see `STARTS`: time may wrap past `u32::MAX`)             |
+//! |       | bits 2-3 quarantine 0, 5, 60 or 86,400 s (the most); bits 4-5 flow capacity 8, 16, 64   |
+//! |       | or 1000; bits 6-7 where the clock starts (see `STARTS`: time may wrap past `u32::MAX`)    |
 //! | then  | ops: one opcode byte (`% 11`) and its arguments, see [`Op`]                               |
 //!
 //! Template ops start with a shape byte: bit 0 IPv6 (where the op does not fix the version); bits
@@ -626,7 +626,7 @@ impl World {
             mtu: 9000,
             hash_seed: 7,
             flow_capacity: [8, 16, 64, 1000][usize::from((flags >> 4) & 3)],
-            snat_quarantine_secs: [0, 5, 60, u32::MAX][usize::from((flags >> 2) & 3)],
+            snat_quarantine_secs: [0, 5, 60, 86_400][usize::from((flags >> 2) & 3)],
             reset_on_snat_exhaustion: flags & 2 != 0,
         };
         let host = HostAgent::new(node, lb.clone()).expect("host agent");

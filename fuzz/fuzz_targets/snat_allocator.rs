@@ -166,10 +166,10 @@ fn pick_port(r: &mut Reader, spec: Option<PortBlock>) -> Option<u16> {
 }
 
 /// Whether a port released at `released` is past its quarantine at `now`: the seconds elapsed
-/// since, on a clock that wraps around `u32::MAX` (a clock that goes back is outside the
-/// allocator's contract, and counts as having wrapped).
+/// since, on a clock that wraps around `u32::MAX`, as a signed half range (a clock gone back holds
+/// the port longer).
 fn quiet(released: Option<u32>, quarantine: u32, now: u32) -> bool {
-    released.is_none_or(|r| now.wrapping_sub(r) >= quarantine)
+    released.is_none_or(|r| now.wrapping_sub(r) as i32 >= quarantine as i32)
 }
 
 fuzz_target!(|data: &[u8]| {

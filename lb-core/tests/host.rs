@@ -498,6 +498,8 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
         synack[tcp_at + 4..tcp_at + 8].copy_from_slice(&5000u32.to_be_bytes());
         synack[tcp_at + 8..tcp_at + 12].copy_from_slice(&1001u32.to_be_bytes());
         synack[tcp_at + 13] = 0x12;
+        // From the backend's own MAC (the test's other frames come from another).
+        synack[6..12].copy_from_slice(&[2, 0, 0, 0, 0xbe, 1]);
         fix_tcp_checksum(&mut synack);
         let mut rbuf = with_headroom(&synack);
         assert!(matches!(h.from_backend(&mut rbuf, HEADROOM, synack.len(), NOW), HostVerdict::Transmit { .. }));
@@ -529,7 +531,7 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
                     assert_eq!(b, backend);
                     // To the MAC the backend's SYN-ACK came from (a guest drops a TCP segment
                     // broadcast to it).
-                    assert_eq!(f[..6], [2, 0, 0, 0, 0, 9], "to the backend's own MAC");
+                    assert_eq!(f[..6], [2, 0, 0, 0, 0xbe, 1], "to the backend's own MAC");
                     let s = seen(&f);
                     assert_eq!((s.src, s.sport, s.dst, s.dport), (client, port, dip, 8080));
                     assert!(s.tcp_flags.1, "RST");
@@ -665,6 +667,22 @@ fn snat_connections_a_reload_flushes_give_their_ports_back() {
     assert_eq!(h.counters().flushed, 10);
     assert_eq!(h.snat_ports_in_use(0), 0, "the flushed connections' ports are free again");
     assert_eq!(h.snat_counters().allocated, 0, "a new allocator, with nothing adopted");
+
+    // The pool renamed: its backends are other backends (by name), so their connections are
+    // flushed, while the blocks stay those of the same addresses and the allocator stays: the
+    // ports must come back, once each, and wait out their quarantine.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    for i in 0..10u16 {
+        let f = frame(v4(0), 20000 + i, IpAddr::from([93, 184, 216, 34]), 443, Some(true), b"");
+        let mut buf = with_headroom(&f);
+        assert!(matches!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Transmit { .. }));
+    }
+    let mut lb = config(1024);
+    lb.pools[0].name = "Web-renamed".into();
+    h.update(lb).unwrap();
+    assert_eq!(h.counters().flushed, 10);
+    assert_eq!(h.snat_ports_in_use(0), 0);
+    assert_eq!((h.snat_counters().allocated, h.snat_counters().released), (10, 10), "the allocator stayed");
 }
 
 #[test]

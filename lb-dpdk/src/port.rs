@@ -95,8 +95,10 @@ pub enum AtEnd {
 /// Reads frames from one pcap file and writes what it sends to another.
 pub struct PcapPort {
     reader: PcapReader<BufReader<File>>,
-    /// `None` once closed.
+    /// `None` once closed, or once a write failed (a record may be half written: nothing more is).
     writer: Option<PcapWriter<BufWriter<File>>>,
+    /// Why writing the output stopped, if it did before the end.
+    write_error: Option<String>,
     pool: Vec<HeapBuf>,
     now: u32,
     ts: std::time::Duration,
@@ -142,6 +144,7 @@ impl PcapPort {
         Ok(PcapPort {
             reader,
             writer: Some(writer),
+            write_error: None,
             pool: Vec::new(),
             now: 0,
             ts: std::time::Duration::ZERO,
@@ -162,15 +165,28 @@ impl PcapPort {
 
     fn write(&mut self, ts: std::time::Duration, frame: &[u8]) -> bool {
         let p = PcapPacket::new(ts, frame.len() as u32, frame);
-        self.writer.as_mut().is_some_and(|w| w.write_packet(&p).is_ok())
+        let Some(w) = self.writer.as_mut() else { return false };
+        match w.write_packet(&p) {
+            Ok(_) => true,
+            // A frame too long for the file's snaplen is refused before anything is written.
+            Err(PcapError::InvalidField(_)) => false,
+            Err(e) => {
+                self.write_error = Some(e.to_string());
+                self.writer = None;
+                false
+            }
+        }
     }
 
     /// Writes what is still buffered to the output file and closes it (frames sent after that
     /// are not written: they count as not sent).
-    pub fn close(&mut self) -> std::io::Result<()> {
+    pub fn close(&mut self) -> Result<(), String> {
         use std::io::Write;
+        if let Some(e) = self.write_error.take() {
+            return Err(format!("writing stopped: {e}"));
+        }
         match self.writer.take() {
-            Some(w) => w.into_writer().flush(),
+            Some(w) => w.into_writer().flush().map_err(|e| e.to_string()),
             None => Ok(()),
         }
     }

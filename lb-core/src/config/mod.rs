@@ -336,8 +336,8 @@ impl LoadBalancer {
                 }
                 // A MUX names the member to its host by a 24-bit tag derived from the member's
                 // address: two members of a pool on one host must not share one, or the host
-                // could tell neither apart and would drop both's traffic (a hash collision, about
-                // one pair in 30 million).
+                // could tell neither apart and would drop both's traffic (a hash collision: one
+                // chance in 16.8 million a pair on one host).
                 let tag = crate::paths::backend_tag(b.address);
                 if let Some(o) =
                     p.backends[..i].iter().find(|o| o.host == b.host && crate::paths::backend_tag(o.address) == tag)

@@ -13,7 +13,7 @@
 //! }
 //! ```
 //! Optional: `hashSeed` (42), `flowCapacity` (1,000,000), `maglevSize` (65537), `ttl` (64), `mtu`
-//! (9000), `snatQuarantineSeconds` (60), `resetOnSnatExhaustion` (false). A relative
+//! (9000), `snatQuarantineSeconds` (60, at most 86,400), `resetOnSnatExhaustion` (false). A relative
 //! `loadBalancerFile` is read from the node file's directory.
 
 use std::borrow::ToOwned;

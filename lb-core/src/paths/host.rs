@@ -463,10 +463,14 @@ impl HostAgent {
         let mut flushed = 0;
         // SNAT connections removed while the allocator stays give their ports back (once each:
         // with their outbound entry), stamped with the latest second the table has seen.
-        let (mut ports, mut latest) = (Vec::new(), 0u32);
+        let (mut ports, mut latest) = (Vec::new(), None::<u32>);
         let mut adopt = Vec::new();
         self.flows.retain(|e| {
-            latest = latest.max(e.last_seen);
+            // The later of the two on a clock that may wrap (as the flow table's deadlines are).
+            latest = match latest {
+                Some(l) if (e.last_seen.wrapping_sub(l) as i32) <= 0 => Some(l),
+                _ => Some(e.last_seen),
+            };
             let v = &mut e.value;
             let snat = matches!(v.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn);
             let local = local_map.get(usize::from(v.local)).copied().flatten();
@@ -511,7 +515,7 @@ impl HostAgent {
             }
         });
         for (block, port) in ports {
-            let _ = self.snat.release(block, port, latest);
+            let _ = self.snat.release(block, port, latest.unwrap_or(0));
         }
         // The kept connections' ports, taken by the new allocator in one pass.
         if let Some(a) = snat.as_mut() {
@@ -760,20 +764,22 @@ impl HostAgent {
             let e = self.flows.touch(slot, key.tcp_flags, now);
             self.follow(slot, &e, frame, &key, now);
             let v = e.value;
+            let leg = match v.kind {
+                HostFlowKind::Response => Leg::Response,
+                HostFlowKind::SnatOut => Leg::Snat,
+                _ => return HostVerdict::Drop(HostDrop::NoFlow),
+            };
             let Some(l) = self.locals.get_mut(usize::from(v.local)) else {
                 return HostVerdict::Drop(HostDrop::UnknownBackend);
             };
+            // Only from the backend's own side of its connection (a frame that matched the client's
+            // side is not the backend's).
             if key.tcp_flags & TcpFlags::SYN != 0 || l.link.is_none() {
                 l.link = Some(link_of(frame, &key));
             }
             let pool = l.pool;
             let Some((_, vip)) = self.vips.get(usize::from(v.frontend)).map(|f| (f.version, f.addr)) else {
                 return HostVerdict::Drop(HostDrop::NoFlow);
-            };
-            let leg = match v.kind {
-                HostFlowKind::Response => Leg::Response,
-                HostFlowKind::SnatOut => Leg::Snat,
-                _ => return HostVerdict::Drop(HostDrop::NoFlow),
             };
             if rewrite(frame, &key, Side::Src, &vip, v.port).is_err() {
                 return HostVerdict::Drop(HostDrop::Malformed);

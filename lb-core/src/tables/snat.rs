@@ -9,10 +9,10 @@
 //! # Design
 //!
 //! - **FIFO with quarantine.** The free ports of a block sit in a ring, oldest-freed first. A released
-//!   port goes to the tail, stamped with the time it becomes eligible again: the release time plus
-//!   `quarantine_secs`. [`SnatAllocator::alloc`] only looks at the head: if the head is not eligible
-//!   yet, nothing behind it is either (with a clock that does not go backwards, stamps are in
-//!   order), so allocation and release are O(1). Handing out the port that has been free the longest,
+//!   port goes to the tail, stamped with its release time; it is eligible again `quarantine_secs`
+//!   later. [`SnatAllocator::alloc`] only looks at the head: if the head is not eligible yet,
+//!   nothing behind it is either (with a clock that does not go backwards, stamps are in order),
+//!   so allocation and release are O(1). Handing out the port that has been free the longest,
 //!   and never one freed less than `quarantine_secs` ago, means late packets (retransmissions, a
 //!   FIN's last ACK, TIME-WAIT on the far side) of an old connection arrive while no new connection
 //!   owns the port, instead of being mistaken for the new connection's packets. If the clock does go
@@ -171,10 +171,13 @@ struct Free {
     port: u16,
 }
 
-/// Whether a port released at `released` has been quiet for `quarantine` seconds at `now`.
+/// Whether a port released at `released` has been quiet for `quarantine` seconds at `now`: the
+/// seconds since, on a clock that may wrap around `u32::MAX`, taken as a signed half range (as
+/// the flow table's deadlines are), so that a clock gone back a little (a capture's timestamps
+/// out of order) holds the port longer, never hands it out early.
 #[inline(always)]
 fn quiet_since(released: Option<u32>, quarantine: u32, now: u32) -> bool {
-    released.is_none_or(|r| now.wrapping_sub(r) >= quarantine)
+    released.is_none_or(|r| now.wrapping_sub(r) as i32 >= quarantine as i32)
 }
 
 /// Per-block bookkeeping; the ports' state lives in the allocator's flat vectors from `base` on.
@@ -578,6 +581,13 @@ mod tests {
         a.release(0, p, u32::MAX - 5).unwrap();
         assert_eq!(a.alloc_shared(0, 53, |_| true), Err(SnatError::Exhausted));
         assert_eq!(a.alloc_shared(0, 54, |_| true), Ok(p));
+        // A clock gone back holds a released port longer, never hands it out early.
+        let mut a = one(2000, 1, 60);
+        let p = a.alloc(0, 1000).unwrap();
+        a.release(0, p, 1000).unwrap();
+        assert_eq!(a.alloc(0, 990), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 1059), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 1060), Ok(p));
         // The longest quarantine is a day.
         let mut a = one(2000, 1, u32::MAX);
         let p = a.alloc(0, 0).unwrap();
