@@ -1186,3 +1186,28 @@ fn a_shared_port_never_takes_a_connection_idle_past_its_timeout_but_not_yet_remo
     assert_ne!(shared, ports[0], "the idle connection's 5-tuple, reused at once");
     assert!(ports[1..].contains(&shared));
 }
+
+#[test]
+fn a_reload_that_rebuilds_the_snat_allocator_keeps_the_quarantine() {
+    // vm0's connection to a web server on SNAT port p ends (RST): p waits out its 60 s quarantine.
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let web = IpAddr::from([93, 184, 216, 34]);
+    let send = |h: &mut HostAgent, sport: u16, flags: u8, now: u32| {
+        let mut f = frame(v4(0), sport, web, 443, Some(flags == 0x02), b"");
+        f[34 + 13] = flags;
+        fix_tcp_checksum(&mut f);
+        let mut buf = with_headroom(&f);
+        match h.from_backend(&mut buf, HEADROOM, f.len(), now) {
+            HostVerdict::Transmit { start, len } => Some(seen(&buf[start..start + len]).sport),
+            _ => None,
+        }
+    };
+    let p = send(&mut h, 30000, 0x02, NOW).unwrap();
+    assert!(send(&mut h, 30000, 0x04, NOW + 1).is_some(), "the RST goes out and ends the connection");
+    assert_eq!(h.snat_ports_in_use(0), 0);
+    // A reload that changes the blocks (fewer ports a backend) builds a new allocator; p is still
+    // in vm0's new block, and a new connection to the same server must not get it yet.
+    h.update(config(512)).unwrap();
+    let q = send(&mut h, 30001, 0x02, NOW + 2).unwrap();
+    assert_ne!(q, p, "port {p} handed out again 1 s after its connection ended");
+}

@@ -465,6 +465,9 @@ impl HostAgent {
         // with their outbound entry), stamped with the latest second the table has seen.
         let (mut ports, mut latest) = (Vec::new(), None::<u32>);
         let mut adopt = Vec::new();
+        // SNAT connections ended while the allocator is rebuilt: (address, port).
+        let mut ended: Vec<([u8; 16], u16)> = Vec::new();
+        let old_vips = &self.vips;
         self.flows.retain(|e| {
             // The later of the two on a clock that may wrap (as the flow table's deadlines are).
             latest = match latest {
@@ -494,6 +497,9 @@ impl HostAgent {
                             && claims.binary_search(&(b, v.port)).is_err()
                     });
                     let Some(b) = kept else {
+                        if v.kind == HostFlowKind::SnatOut {
+                            ended.extend(old_vips.get(usize::from(v.frontend)).map(|f| (f.addr, v.port)));
+                        }
                         flushed += 1;
                         return false;
                     };
@@ -508,6 +514,8 @@ impl HostAgent {
                 _ => {
                     if same_snat && v.kind == HostFlowKind::SnatOut {
                         ports.push((usize::from(v.block), v.port));
+                    } else if v.kind == HostFlowKind::SnatOut {
+                        ended.extend(old_vips.get(usize::from(v.frontend)).map(|f| (f.addr, v.port)));
                     }
                     flushed += 1;
                     false
@@ -517,9 +525,30 @@ impl HostAgent {
         for (block, port) in ports {
             let _ = self.snat.release(block, port, latest.unwrap_or(0));
         }
-        // The kept connections' ports, taken by the new allocator in one pass.
+        // The kept connections' ports, taken by the new allocator in one pass; the ports the old
+        // one held in quarantine, and those of the connections this reload ended, wait out their
+        // quarantine in it (by address and port: the blocks moved), or a new connection could
+        // take one at once, to a destination still holding the old connection's state.
         if let Some(a) = snat.as_mut() {
             a.adopt(&adopt);
+            let mut held: alloc::collections::BTreeMap<([u8; 16], u16), u32> = Default::default();
+            for (ob, g) in self.grants.iter().enumerate() {
+                let addr = self.vips[g.frontend].addr;
+                for port in g.first..=g.first + (g.len - 1) {
+                    if let Some(at) = self.snat.released_at(ob, port) {
+                        held.insert((addr, port), at);
+                    }
+                }
+            }
+            // The latest time there is, on the wrapping clock (the table's, else the releases').
+            let later = |a: u32, b: u32| if (b.wrapping_sub(a) as i32) > 0 { b } else { a };
+            let now = latest.or_else(|| held.values().copied().reduce(later)).unwrap_or(0);
+            for key in ended {
+                held.insert(key, now);
+            }
+            if !held.is_empty() {
+                a.hold(now, |b, port| held.get(&(vips[grants[b].frontend].addr, port)).copied());
+            }
         }
         self.counters.flushed += flushed / 2;
         // A local backend's counters follow it (by pool name and address, as its flows do), so

@@ -409,6 +409,44 @@ impl SnatAllocator {
         Ok(())
     }
 
+    /// When `port` of `block` was last released (`None`: never, or no such port).
+    pub fn released_at(&self, block: usize, port: u16) -> Option<u32> {
+        let b = self.blocks.get(block)?;
+        b.spec.contains(port).then(|| self.quiet[b.base + usize::from(port - b.spec.first)]).flatten()
+    }
+
+    /// Gives the ports `released(block, port)` names that release time (what the allocator this
+    /// one replaces held in quarantine, and the ports of connections a reload ended), so that
+    /// they wait out their quarantine here too; each block's free ring is put back in order:
+    /// never released first, then the longest ago, on the wrapping clock as seen from `now` (the
+    /// latest time there is). Control plane: O(ports log ports), allocates.
+    pub fn hold(&mut self, now: u32, released: impl Fn(usize, u16) -> Option<u32>) {
+        let (blocks, quiet, ring) = (&self.blocks, &mut self.quiet, &mut self.ring);
+        for (bi, b) in blocks.iter().enumerate() {
+            let len = usize::from(b.spec.len);
+            for k in 0..len {
+                if let Some(at) = released(bi, b.spec.first + k as u16) {
+                    quiet[b.base + k] = Some(at);
+                }
+            }
+            if len == 0 {
+                continue;
+            }
+            let head = b.head as usize;
+            let mut free: Vec<Free> = (0..b.free as usize).map(|k| ring[b.base + (head + k) % len]).collect();
+            for f in &mut free {
+                f.released = quiet[b.base + usize::from(f.port - b.spec.first)];
+            }
+            // Seconds since the release, larger first (as `quiet_since` counts them).
+            free.sort_by_key(|f| {
+                core::cmp::Reverse(f.released.map_or(i64::MAX, |r| i64::from(now.wrapping_sub(r) as i32)))
+            });
+            for (k, f) in free.into_iter().enumerate() {
+                ring[b.base + (head + k) % len] = f;
+            }
+        }
+    }
+
     /// Control plane: puts connections carried over from an earlier allocator on their ports (a
     /// reconfiguration rebuilt the allocator, and each `(block, port, exclusive)` is still its
     /// connection's backend's): a free port is taken (`exclusive`: a UDP flow's, never shared), one
@@ -594,6 +632,24 @@ mod tests {
         a.release(0, p, 5).unwrap();
         assert_eq!(a.alloc(0, 5 + MAX_QUARANTINE_SECS - 1), Err(SnatError::Exhausted));
         assert_eq!(a.alloc(0, 5 + MAX_QUARANTINE_SECS), Ok(p));
+    }
+
+    #[test]
+    fn held_ports_wait_out_their_quarantine_in_release_order() {
+        let mut a = one(2000, 4, 60);
+        a.hold(100, |_, p| match p {
+            2000 => Some(90),
+            2001 => Some(50),
+            _ => None,
+        });
+        assert_eq!(a.released_at(0, 2000), Some(90));
+        // Never released first, then the longest ago: each once its quarantine is over.
+        assert_eq!(a.alloc(0, 100), Ok(2002));
+        assert_eq!(a.alloc(0, 100), Ok(2003));
+        assert_eq!(a.alloc(0, 109), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 110), Ok(2001));
+        assert_eq!(a.alloc(0, 149), Err(SnatError::Exhausted));
+        assert_eq!(a.alloc(0, 150), Ok(2000));
     }
 
     #[test]
