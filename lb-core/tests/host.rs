@@ -1211,3 +1211,53 @@ fn a_reload_that_rebuilds_the_snat_allocator_keeps_the_quarantine() {
     let q = send(&mut h, 30001, 0x02, NOW + 2).unwrap();
     assert_ne!(q, p, "port {p} handed out again 1 s after its connection ended");
 }
+
+#[test]
+fn a_half_closed_connection_lives_until_both_sides_have_closed() {
+    let mut mux = mux();
+    let client = IpAddr::from([198, 18, 7, 8]);
+    let (port, outer) = (40000..41000u16)
+        .find_map(|p| {
+            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (h == HOST_A).then_some((p, o))
+        })
+        .unwrap();
+    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut buf = outer.clone();
+    let n = buf.len();
+    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
+    let dip = h.local_backends()[backend].address;
+    let tcp_at = 34;
+    let with_flags = |mut f: Vec<u8>, flags: u8| {
+        f[tcp_at + 13] = flags;
+        fix_tcp_checksum(&mut f);
+        f
+    };
+    let from_backend = |h: &mut HostAgent, f: &[u8], now: u32| {
+        let mut b = with_headroom(f);
+        h.from_backend(&mut b, HEADROOM, f.len(), now)
+    };
+    let from_client = |h: &mut HostAgent, mux: &mut Mux, f: &[u8], now: u32| {
+        let (mut o, _, _) = through_mux(mux, f);
+        let n = o.len();
+        h.from_fabric(&mut o, 0, n, now)
+    };
+    // Handshake, then the client sends its request and closes its side (FIN).
+    let synack = with_flags(frame(dip, 8080, client, port, Some(false), b""), 0x12);
+    assert!(matches!(from_backend(&mut h, &synack, NOW), HostVerdict::Transmit { .. }));
+    let request = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"GET / HTTP/1.0\r\n\r\n");
+    assert!(matches!(from_client(&mut h, &mut mux, &request, NOW + 1), HostVerdict::Deliver { .. }));
+    let fin = with_flags(frame(client, port, IpAddr::from(VIP), 80, Some(false), b""), 0x11);
+    assert!(matches!(from_client(&mut h, &mut mux, &fin, NOW + 1), HostVerdict::Deliver { .. }));
+    // The server thinks for 30 s (three closing timeouts), then answers and closes its side.
+    h.expire(NOW + 31, 1 << 20, |_, _| {});
+    assert_eq!(h.flows().len(), 2, "half closed: the connection stays");
+    let answer = frame(dip, 8080, client, port, Some(false), b"HTTP/1.0 200 OK\r\n\r\n");
+    let v = from_backend(&mut h, &answer, NOW + 31);
+    assert!(matches!(v, HostVerdict::Transmit { .. }), "the server's answer after the client's FIN: {v:?}");
+    let server_fin = with_flags(frame(dip, 8080, client, port, Some(false), b""), 0x11);
+    assert!(matches!(from_backend(&mut h, &server_fin, NOW + 32), HostVerdict::Transmit { .. }));
+    // Both sides closed: the short closing timeout.
+    h.expire(NOW + 32 + 11, 1 << 20, |_, _| {});
+    assert_eq!(h.flows().len(), 0, "closed both ways: gone after the closing timeout");
+}

@@ -255,6 +255,8 @@ const ACK_SEEN: u8 = 8;
 const FRAG_SRC: u8 = 16;
 /// Fragment record of an SNAT connection's datagram (counted as SNAT traffic).
 const FRAG_SNAT: u8 = 32;
+/// This entry's direction has sent a FIN.
+const FIN_SEEN: u8 = 64;
 const NO_PEER: u32 = u32::MAX;
 
 /// What the host agent stores with each flow entry.
@@ -966,8 +968,32 @@ impl HostAgent {
     /// the sequence numbers a TCP reset will need.
     fn follow(&mut self, slot: FlowSlot, e: &FlowEntry<HostFlow>, frame: &[u8], key: &FlowKey, now: u32) {
         let peer = e.value.peer;
+        let mut state = e.state;
+        if key.tcp_flags & TcpFlags::SYN != 0 {
+            // A new connection on the 5-tuple (or its SYN-ACK): no side has closed it.
+            for at in [slot.to_index(), peer] {
+                if at != NO_PEER && self.flows.live(FlowSlot::from_index(at)).is_some() {
+                    self.flows.value_mut(FlowSlot::from_index(at)).flags &= !FIN_SEEN;
+                }
+            }
+        }
+        if state == TcpState::Closing && e.value.kind != HostFlowKind::Fragment {
+            // A FIN closes one direction only: until the other side's, the connection is half
+            // closed and that side may still send, for as long as its idle timeout (a server that
+            // thinks for a minute after the client's request and FIN). The short closing timeout
+            // is for a connection both sides have closed.
+            if key.tcp_flags & TcpFlags::FIN != 0 {
+                self.flows.value_mut(slot).flags |= FIN_SEEN;
+            }
+            let fin =
+                |at: u32| self.flows.live(FlowSlot::from_index(at)).is_some_and(|p| p.value.flags & FIN_SEEN != 0);
+            if !(fin(slot.to_index()) && peer != NO_PEER && fin(peer)) {
+                state = TcpState::Established;
+                self.flows.refresh(slot, state, now);
+            }
+        }
         if peer != NO_PEER {
-            self.flows.refresh(FlowSlot::from_index(peer), e.state, now);
+            self.flows.refresh(FlowSlot::from_index(peer), state, now);
         }
         if key.protocol != ip_proto::TCP || key.fragment == Fragment::Later || self.flows.live(slot).is_none() {
             return;
