@@ -20,6 +20,10 @@ use crate::wire::{FlowKey, IpVersion, TcpFlags};
 pub const BUCKET_SLOTS: usize = 8;
 /// Idle timeout applied after a FIN, so that the last ACKs and retransmissions still find the flow.
 pub const CLOSING_TIMEOUT_SECS: u32 = 10;
+/// The most a TCP flow that has seen only its SYN lives without another packet (as Linux's
+/// conntrack keeps SYN_SENT): a handshake that never completes (a dead destination, a scan, a SYN
+/// flood) holds a table slot, and an SNAT port, for this long, not for the rule's idle timeout.
+pub const SYN_TIMEOUT_SECS: u32 = 120;
 
 /// TCP state as the load balancer tracks it (it sees one direction; enough to expire flows well).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,7 +311,12 @@ fn opening(state: &mut TcpState, tcp_flags: u8) {
 /// The deadline of an entry last seen at `now` (see [`Bucket::deadlines`]).
 #[inline(always)]
 fn deadline(state: TcpState, idle_minutes: u8, now: u32) -> u32 {
-    let limit = if state == TcpState::Closing { CLOSING_TIMEOUT_SECS } else { u32::from(idle_minutes) * 60 };
+    let idle = u32::from(idle_minutes) * 60;
+    let limit = match state {
+        TcpState::Closing => CLOSING_TIMEOUT_SECS,
+        TcpState::SynSeen => idle.min(SYN_TIMEOUT_SECS),
+        _ => idle,
+    };
     now.wrapping_add(limit)
 }
 
@@ -676,13 +685,17 @@ impl<V: FlowValue> FlowTable<V> {
                 self.keep_removed(at, &e);
                 return e;
             }
-            if tcp_flags & TcpFlags::FIN != 0 {
+            // An established flow's packets take one compare here (and the idle timeout, without
+            // the other states' cases); the rest are rare.
+            bucket.deadlines[i] = if tcp_flags & TcpFlags::FIN != 0 {
                 e.state = TcpState::Closing;
-            } else if e.state != TcpState::Established {
-                // An established flow's packets take one compare here; the rest are rare.
+                now.wrapping_add(CLOSING_TIMEOUT_SECS)
+            } else if e.state == TcpState::Established {
+                now.wrapping_add(u32::from(e.idle_minutes) * 60)
+            } else {
                 opening(&mut e.state, tcp_flags);
-            }
-            bucket.deadlines[i] = deadline(e.state, e.idle_minutes, now);
+                deadline(e.state, e.idle_minutes, now)
+            };
         } else {
             // Not TCP: stateless (said here rather than read from the entry, which keeps the
             // closing check out of the common path).
@@ -1100,8 +1113,8 @@ mod tests {
         t.touch(at, TcpFlags::FIN | TcpFlags::ACK, 151);
         assert_eq!(t.touch(at, TcpFlags::ACK, 152).state, TcpState::Closing);
         assert_eq!(t.touch(at, TcpFlags::SYN, 153).state, TcpState::SynSeen);
-        assert!(t.lookup(&k, h, 153 + 4 * 60).is_some(), "the rule's idle timeout again");
-        assert_eq!(t.touch(at, TcpFlags::ACK, 153 + 4 * 60).state, TcpState::Established);
+        assert_eq!(t.touch(at, TcpFlags::ACK, 154).state, TcpState::Established);
+        assert!(t.lookup(&k, h, 154 + 4 * 60).is_some(), "the rule's idle timeout again");
         t.touch(at, TcpFlags::RST, 154 + 4 * 60);
         assert_eq!(t.counters().reset, 1);
         t.counters.reset = 0;
@@ -1110,6 +1123,22 @@ mod tests {
         t.touch(at, TcpFlags::RST, 201);
         assert_eq!(t.lookup(&k, h, 201), None);
         assert_eq!(t.counters().reset, 1);
+    }
+
+    #[test]
+    fn a_handshake_that_never_completes_times_out_first() {
+        let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
+        let (k, h) = tuple(3);
+        // A SYN alone: SYN_TIMEOUT_SECS, not the rule's 30 minutes.
+        t.insert(&k, h, TcpFlags::SYN, NEW, 30, 0);
+        assert!(t.lookup(&k, h, SYN_TIMEOUT_SECS).is_some());
+        assert!(t.lookup(&k, h, SYN_TIMEOUT_SECS + 1).is_none());
+        // Completed, the rule's idle timeout.
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 30, 1000);
+        t.touch(at, TcpFlags::ACK, 1001);
+        assert!(t.lookup(&k, h, 1001 + 30 * 60).is_some());
+        // A rule's idle timeout below it still applies (4 minutes is the least, so never here).
+        assert_eq!(deadline(TcpState::SynSeen, 1, 0), 60);
     }
 
     #[test]
