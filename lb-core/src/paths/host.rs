@@ -534,11 +534,16 @@ impl HostAgent {
         if let Some(a) = snat.as_mut() {
             a.adopt(&adopt);
             let mut held: alloc::collections::BTreeMap<([u8; 16], u16), u32> = Default::default();
+            // Only ports still in quarantine at the latest time the table saw (the others are as
+            // good as fresh), so that the map stays small.
+            let q = self.snat.quarantine_secs() as i32;
             for (ob, g) in self.grants.iter().enumerate() {
                 let addr = self.vips[g.frontend].addr;
                 for port in g.first..=g.first + (g.len - 1) {
                     if let Some(at) = self.snat.released_at(ob, port) {
-                        held.insert((addr, port), at);
+                        if latest.is_none_or(|l| (l.wrapping_sub(at) as i32) < q) {
+                            held.insert((addr, port), at);
+                        }
                     }
                 }
             }
@@ -969,25 +974,31 @@ impl HostAgent {
     fn follow(&mut self, slot: FlowSlot, e: &FlowEntry<HostFlow>, frame: &[u8], key: &FlowKey, now: u32) {
         let peer = e.value.peer;
         let mut state = e.state;
-        if key.tcp_flags & TcpFlags::SYN != 0 {
+        let tcp = key.protocol == ip_proto::TCP && e.value.kind != HostFlowKind::Fragment;
+        let live = self.flows.live(slot).is_some();
+        // The pair's other entry, if it names this one back (slots are reused).
+        let other = (peer != NO_PEER)
+            .then(|| self.flows.live(FlowSlot::from_index(peer)))
+            .flatten()
+            .filter(|p| p.value.peer == slot.to_index())
+            .map(|p| p.value.flags);
+        if tcp && live && state == TcpState::SynSeen && key.tcp_flags & TcpFlags::SYN != 0 {
             // A new connection on the 5-tuple (or its SYN-ACK): no side has closed it.
-            for at in [slot.to_index(), peer] {
-                if at != NO_PEER && self.flows.live(FlowSlot::from_index(at)).is_some() {
-                    self.flows.value_mut(FlowSlot::from_index(at)).flags &= !FIN_SEEN;
-                }
+            self.flows.value_mut(slot).flags &= !FIN_SEEN;
+            if other.is_some() {
+                self.flows.value_mut(FlowSlot::from_index(peer)).flags &= !FIN_SEEN;
             }
         }
-        if state == TcpState::Closing && e.value.kind != HostFlowKind::Fragment {
+        if tcp && live && key.tcp_flags & (TcpFlags::FIN | TcpFlags::RST) == TcpFlags::FIN {
+            self.flows.value_mut(slot).flags |= FIN_SEEN;
+        }
+        if tcp && live && state == TcpState::Closing {
             // A FIN closes one direction only: until the other side's, the connection is half
             // closed and that side may still send, for as long as its idle timeout (a server that
             // thinks for a minute after the client's request and FIN). The short closing timeout
-            // is for a connection both sides have closed.
-            if key.tcp_flags & TcpFlags::FIN != 0 {
-                self.flows.value_mut(slot).flags |= FIN_SEEN;
-            }
-            let fin =
-                |at: u32| self.flows.live(FlowSlot::from_index(at)).is_some_and(|p| p.value.flags & FIN_SEEN != 0);
-            if !(fin(slot.to_index()) && peer != NO_PEER && fin(peer)) {
+            // is for a connection both sides have closed (or whose other side is gone).
+            let other_closed = other.is_none_or(|f| f & FIN_SEEN != 0);
+            if !other_closed {
                 state = TcpState::Established;
                 self.flows.refresh(slot, state, now);
             }

@@ -18,7 +18,9 @@ use crate::wire::{FlowKey, IpVersion, TcpFlags};
 
 /// Entries per bucket.
 pub const BUCKET_SLOTS: usize = 8;
-/// Idle timeout applied after a FIN, so that the last ACKs and retransmissions still find the flow.
+/// Idle timeout of a closing flow, so that the last ACKs and retransmissions still find it. The
+/// table closes a flow on a FIN; its owner may keep it open until both sides have sent one (the
+/// host agent does, with [`FlowTable::refresh`]; a MUX sees one direction only).
 pub const CLOSING_TIMEOUT_SECS: u32 = 10;
 /// The most a TCP flow that has seen only its SYN lives without another packet (as Linux's
 /// conntrack keeps SYN_SENT): a handshake that never completes (a dead destination, a scan, a SYN
@@ -36,7 +38,8 @@ pub enum TcpState {
     SynSeen = 1,
     /// Later segments seen.
     Established = 2,
-    /// A FIN was seen: the flow expires after [`CLOSING_TIMEOUT_SECS`] of silence.
+    /// A FIN was seen (the owner may say both sides': see [`CLOSING_TIMEOUT_SECS`]): the flow
+    /// expires after [`CLOSING_TIMEOUT_SECS`] of silence.
     Closing = 3,
 }
 
@@ -296,8 +299,9 @@ fn sig_mask(sigs: &[u16; BUCKET_SLOTS], sig: u16) -> u32 {
 
 /// The TCP state of a flow not yet or no longer established after a segment without FIN: the first
 /// segment after the SYN establishes it, and a SYN on a closing flow is a new connection on the
-/// same 5-tuple (the client reused its port after the close), which gets the rule's idle timeout
-/// again, not the closing one. Out of line: an established flow's packets never come here.
+/// same 5-tuple (the client reused its port after the close), which gets the SYN timeout and then
+/// the rule's idle timeout again, not the closing one. Out of line: an established flow's packets
+/// never come here.
 #[cold]
 #[inline(never)]
 fn opening(state: &mut TcpState, tcp_flags: u8) {
@@ -611,10 +615,11 @@ impl<V: FlowValue> FlowTable<V> {
         (i < BUCKET_SLOTS && b.sigs[i] != 0).then(|| &b.entries[i])
     }
 
-    /// Marks a live entry seen at `now` in TCP state `state`, without any TCP processing of its
-    /// own: the paired entry of a connection whose other direction just carried a packet, which
-    /// takes that entry's state (one connection, one state and one idle timer: a FIN either way
-    /// closes both, and a SYN that opens a closing connection again opens both).
+    /// Marks an entry seen at `now` in TCP state `state`, without any TCP processing of its own:
+    /// the paired entry of a connection whose other direction just carried a packet, which takes
+    /// that entry's state (one connection, one state and one idle timer: a SYN that opens a closing
+    /// connection again opens both), or an entry its owner keeps open (half closed). An empty
+    /// slot's deadline changes, which nothing reads.
     #[inline(always)]
     pub fn refresh(&mut self, at: FlowSlot, state: TcpState, now: u32) {
         if let Some(b) = self.buckets.get_mut(at.bucket as usize) {
