@@ -469,17 +469,30 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
     assert!(matches!(v, HostVerdict::Transmit { .. }), "reused after the quarantine: {v:?}");
 }
 
+/// A client port whose SYN to VIP:80 the MUX sends to host A, and the tunnelled SYN.
+fn syn_to_host_a(mux: &mut Mux, client: IpAddr) -> (u16, Vec<u8>) {
+    (40000..41000u16)
+        .find_map(|p| {
+            let (o, h, _) = through_mux(mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
+            (h == HOST_A).then_some((p, o))
+        })
+        .expect("a client port the MUX sends to host A")
+}
+
+/// Delivers the tunnelled SYN `outer` at `h`: the local backend it reaches, and its address.
+fn deliver_syn(h: &mut HostAgent, outer: &[u8]) -> (usize, IpAddr) {
+    let mut buf = outer.to_vec();
+    let n = buf.len();
+    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!("not delivered") };
+    (backend, h.local_backends()[backend].address)
+}
+
 #[test]
 fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 7, 7]);
     // Find a client port the MUX sends to host A.
-    let (port, outer) = (40000..41000u16)
-        .find_map(|p| {
-            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
-            (h == HOST_A).then_some((p, o))
-        })
-        .unwrap();
+    let (port, outer) = syn_to_host_a(&mut mux, client);
     // A table of one bucket (capacity 6) too: then a sweep meets both entries of the connection
     // at once, and each reset must still go its own way.
     for (reset, capacity) in [(true, 100_000), (false, 100_000), (true, 6)] {
@@ -487,10 +500,7 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
         lb.rules[0].tcp_reset = reset;
         let mut h =
             HostAgent::new(HostNode { flow_capacity: capacity, ..host_node(HOST_A, ReturnPath::ViaMux) }, lb).unwrap();
-        let mut buf = outer.clone();
-        let n = buf.len();
-        let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
-        let dip = h.local_backends()[backend].address;
+        let (backend, dip) = deliver_syn(&mut h, &outer);
         // The client's SYN had seq 1000. The backend answers SYN-ACK seq 5000 ack 1001; the client
         // sends "hello" at seq 1001 (ack 5001): each end now expects 1006 and 5001.
         let mut synack = frame(dip, 8080, client, port, Some(false), b"");
@@ -1016,17 +1026,9 @@ fn icmp4_seen(f: &[u8]) -> (IpAddr, IpAddr, (IpAddr, u16, IpAddr, u16)) {
 fn icmp_errors_are_translated_both_ways_with_their_quotes() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 4, 4]);
-    let (port, outer) = (40000..41000u16)
-        .find_map(|p| {
-            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
-            (h == HOST_A).then_some((p, o))
-        })
-        .unwrap();
+    let (port, outer) = syn_to_host_a(&mut mux, client);
     let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
-    let mut buf = outer.clone();
-    let n = buf.len();
-    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
-    let dip = h.local_backends()[backend].address;
+    let (backend, dip) = deliver_syn(&mut h, &outer);
     // A router on the way to the client says the VIP's response was too big.
     let response = frame(IpAddr::from(VIP), 80, client, port, Some(false), &[0u8; 64]);
     let err = icmp4_error([203, 0, 113, 1], VIP, true, &response[14..]);
@@ -1219,17 +1221,9 @@ fn a_reload_that_rebuilds_the_snat_allocator_keeps_the_quarantine() {
 fn a_half_closed_connection_lives_until_both_sides_have_closed() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 7, 8]);
-    let (port, outer) = (40000..41000u16)
-        .find_map(|p| {
-            let (o, h, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
-            (h == HOST_A).then_some((p, o))
-        })
-        .unwrap();
+    let (port, outer) = syn_to_host_a(&mut mux, client);
     let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
-    let mut buf = outer.clone();
-    let n = buf.len();
-    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
-    let dip = h.local_backends()[backend].address;
+    let (_, dip) = deliver_syn(&mut h, &outer);
     let tcp_at = 34;
     let with_flags = |mut f: Vec<u8>, flags: u8| {
         f[tcp_at + 13] = flags;

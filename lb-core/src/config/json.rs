@@ -117,6 +117,18 @@ fn four() -> u32 {
     4
 }
 
+/// What load-balancing rules, inbound NAT rules and NAT pools say of their connections.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionProps {
+    #[serde(rename = "enableFloatingIP", default)]
+    enable_floating_ip: bool,
+    #[serde(default = "four")]
+    idle_timeout_in_minutes: u32,
+    #[serde(default)]
+    enable_tcp_reset: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RuleProps {
@@ -128,14 +140,10 @@ struct RuleProps {
     protocol: String,
     frontend_port: u32,
     backend_port: u32,
-    #[serde(rename = "enableFloatingIP", default)]
-    enable_floating_ip: bool,
-    #[serde(default = "four")]
-    idle_timeout_in_minutes: u32,
+    #[serde(flatten)]
+    connection: ConnectionProps,
     #[serde(default)]
     load_distribution: Option<String>,
-    #[serde(default)]
-    enable_tcp_reset: bool,
     #[serde(default)]
     disable_outbound_snat: bool,
 }
@@ -148,12 +156,8 @@ struct NatRuleProps {
     protocol: String,
     frontend_port: u32,
     backend_port: u32,
-    #[serde(rename = "enableFloatingIP", default)]
-    enable_floating_ip: bool,
-    #[serde(default = "four")]
-    idle_timeout_in_minutes: u32,
-    #[serde(default)]
-    enable_tcp_reset: bool,
+    #[serde(flatten)]
+    connection: ConnectionProps,
     #[serde(rename = "backendIPConfiguration")]
     backend_ip_configuration: Ref,
 }
@@ -168,12 +172,8 @@ struct NatPoolProps {
     frontend_port_range_end: u32,
     backend_port: u32,
     backend_address_pool: Ref,
-    #[serde(rename = "enableFloatingIP", default)]
-    enable_floating_ip: bool,
-    #[serde(default = "four")]
-    idle_timeout_in_minutes: u32,
-    #[serde(default)]
-    enable_tcp_reset: bool,
+    #[serde(flatten)]
+    connection: ConnectionProps,
 }
 
 #[derive(Deserialize)]
@@ -311,9 +311,9 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
                     )
                 }
             },
-            floating_ip: q.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
-            tcp_reset: q.enable_tcp_reset,
+            floating_ip: q.connection.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            tcp_reset: q.connection.enable_tcp_reset,
             disable_outbound_snat: q.disable_outbound_snat,
         });
     }
@@ -348,9 +348,9 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             target: found.ok_or_else(|| {
                 c.err("backendIPConfiguration", format!("unknown backend '{}'", q.backend_ip_configuration.id))
             })?,
-            floating_ip: q.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
-            tcp_reset: q.enable_tcp_reset,
+            floating_ip: q.connection.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            tcp_reset: q.connection.enable_tcp_reset,
         });
     }
     for r in &p.inbound_nat_pools {
@@ -368,9 +368,9 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             port_end: c.port("frontendPortRangeEnd", q.frontend_port_range_end)?,
             backend_port: c.port("backendPort", q.backend_port)?,
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
-            floating_ip: q.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
-            tcp_reset: q.enable_tcp_reset,
+            floating_ip: q.connection.enable_floating_ip,
+            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            tcp_reset: q.connection.enable_tcp_reset,
         });
     }
     for r in &p.outbound_rules {
