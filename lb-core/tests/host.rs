@@ -577,12 +577,7 @@ fn a_connection_opened_again_on_its_5_tuple_lives_in_both_directions() {
     let mut mux = mux();
     let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
     let client = IpAddr::from([198, 18, 2, 2]);
-    let (port, outer) = (41000..42000u16)
-        .find_map(|p| {
-            let (o, to, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
-            (to == HOST_A).then_some((p, o))
-        })
-        .unwrap();
+    let (port, outer) = syn_to_host_a(&mut mux, client);
     let mut deliver = |h: &mut HostAgent, f: &[u8], now: u32| {
         let (mut o, to, _) = through_mux(&mut mux, f);
         assert_eq!(to, HOST_A);
@@ -592,10 +587,7 @@ fn a_connection_opened_again_on_its_5_tuple_lives_in_both_directions() {
             v => panic!("{v:?}"),
         }
     };
-    let mut o = outer.clone();
-    let n = o.len();
-    let HostVerdict::Deliver { backend, .. } = h.from_fabric(&mut o, 0, n, NOW) else { panic!() };
-    let dip = h.local_backends()[backend].address;
+    let (_, dip) = deliver_syn(&mut h, &outer);
     let mut fin = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"");
     fin[47] |= 0x01; // FIN
     fix_tcp_checksum(&mut fin);
@@ -619,16 +611,8 @@ fn reconfiguration_keeps_established_flows() {
     let mut mux = mux();
     let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
     let client = IpAddr::from([198, 18, 1, 1]);
-    let (outer, port) = (40000..41000u16)
-        .find_map(|p| {
-            let (o, to, _) = through_mux(&mut mux, &frame(client, p, IpAddr::from(VIP), 80, Some(true), b""));
-            (to == HOST_A).then_some((o, p))
-        })
-        .unwrap();
-    let mut buf = outer.clone();
-    let n = buf.len();
-    let HostVerdict::Deliver { backend: local, .. } = h.from_fabric(&mut buf, 0, n, NOW) else { panic!() };
-    let dip = h.local_backends()[local].address;
+    let (port, outer) = syn_to_host_a(&mut mux, client);
+    let (local, dip) = deliver_syn(&mut h, &outer);
     let before = h.counters().backends[local];
     assert_eq!(before.packets, 1);
     // A new configuration: an extra pool member on host B, one on this host ahead of the others

@@ -974,34 +974,14 @@ impl HostAgent {
     fn follow(&mut self, slot: FlowSlot, e: &FlowEntry<HostFlow>, frame: &[u8], key: &FlowKey, now: u32) {
         let peer = e.value.peer;
         let mut state = e.state;
+        // Only a SYN, a FIN or a closing connection has FIN bookkeeping to do: a data segment of
+        // an established one goes straight to the refresh.
         let tcp = key.protocol == ip_proto::TCP && e.value.kind != HostFlowKind::Fragment;
-        let live = self.flows.live(slot).is_some();
-        // The pair's other entry, if it names this one back (slots are reused).
-        let other = (peer != NO_PEER)
-            .then(|| self.flows.live(FlowSlot::from_index(peer)))
-            .flatten()
-            .filter(|p| p.value.peer == slot.to_index())
-            .map(|p| p.value.flags);
-        if tcp && live && state == TcpState::SynSeen && key.tcp_flags & TcpFlags::SYN != 0 {
-            // A new connection on the 5-tuple (or its SYN-ACK): no side has closed it.
-            self.flows.value_mut(slot).flags &= !FIN_SEEN;
-            if other.is_some() {
-                self.flows.value_mut(FlowSlot::from_index(peer)).flags &= !FIN_SEEN;
-            }
-        }
-        if tcp && live && key.tcp_flags & (TcpFlags::FIN | TcpFlags::RST) == TcpFlags::FIN {
-            self.flows.value_mut(slot).flags |= FIN_SEEN;
-        }
-        if tcp && live && state == TcpState::Closing {
-            // A FIN closes one direction only: until the other side's, the connection is half
-            // closed and that side may still send, for as long as its idle timeout (a server that
-            // thinks for a minute after the client's request and FIN). The short closing timeout
-            // is for a connection both sides have closed (or whose other side is gone).
-            let other_closed = other.is_none_or(|f| f & FIN_SEEN != 0);
-            if !other_closed {
-                state = TcpState::Established;
-                self.flows.refresh(slot, state, now);
-            }
+        if tcp
+            && (key.tcp_flags & (TcpFlags::SYN | TcpFlags::FIN) != 0 || state == TcpState::Closing)
+            && self.flows.live(slot).is_some()
+        {
+            state = self.closing(slot, peer, state, key.tcp_flags, now);
         }
         if peer != NO_PEER {
             self.flows.refresh(FlowSlot::from_index(peer), state, now);
@@ -1026,6 +1006,36 @@ impl HostAgent {
             v.ack = ack;
             v.flags |= ACK_SEEN;
         }
+    }
+
+    /// The FIN bookkeeping of a live TCP entry at `slot` (state `state` after a segment with
+    /// `tcp_flags`) and its pair's entry `peer`; returns the state the pair takes.
+    fn closing(&mut self, slot: FlowSlot, peer: u32, state: TcpState, tcp_flags: u8, now: u32) -> TcpState {
+        // The pair's other entry, if it names this one back (slots are reused).
+        let other = (peer != NO_PEER)
+            .then(|| self.flows.live(FlowSlot::from_index(peer)))
+            .flatten()
+            .filter(|p| p.value.peer == slot.to_index())
+            .map(|p| p.value.flags);
+        if state == TcpState::SynSeen && tcp_flags & TcpFlags::SYN != 0 {
+            // A new connection on the 5-tuple (or its SYN-ACK): no side has closed it.
+            self.flows.value_mut(slot).flags &= !FIN_SEEN;
+            if other.is_some() {
+                self.flows.value_mut(FlowSlot::from_index(peer)).flags &= !FIN_SEEN;
+            }
+        }
+        if tcp_flags & (TcpFlags::FIN | TcpFlags::RST) == TcpFlags::FIN {
+            self.flows.value_mut(slot).flags |= FIN_SEEN;
+        }
+        // A FIN closes one direction only: until the other side's, the connection is half closed
+        // and that side may still send, for as long as its idle timeout (a server that thinks for
+        // a minute after the client's request and FIN). The short closing timeout is for a
+        // connection both sides have closed (or whose other side is gone).
+        if state == TcpState::Closing && other.is_some_and(|f| f & FIN_SEEN == 0) {
+            self.flows.refresh(slot, TcpState::Established, now);
+            return TcpState::Established;
+        }
+        state
     }
 
     /// Releases what removed entries held: the pair's other entry, the SNAT port.
