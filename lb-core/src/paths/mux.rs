@@ -317,6 +317,18 @@ fn plan_listeners(ids: Vec<ListenerIdentity>, vips: &Vips, counters: usize) -> L
     plan
 }
 
+/// The tunnels of a configuration and each pool member's (see `Mux::plan_tunnels`).
+struct TunnelPlan {
+    /// Index → tunnel; those in force keep their index.
+    tunnels: Vec<VxlanEncap>,
+    /// (host, VNI, backend tag) of each tunnel.
+    keys: Vec<(IpAddr, u32, u32)>,
+    /// Tunnel → the (pool, member) whose counters its packets count under.
+    owners: Vec<(usize, usize)>,
+    /// Per pool, member → tunnel.
+    pools: Vec<PoolState>,
+}
+
 /// The listener index of a flow whose listener no configuration has any more (never given out:
 /// at most `SNAT_REPLY_LISTENER` indices, 0 to 65,533, are).
 const GONE_LISTENER: u16 = u16::MAX;
@@ -415,6 +427,32 @@ impl Mux {
     /// this configuration, and that update renumbers the flows in one walk of the table.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), MuxError> {
         lb.validate().map_err(MuxError::Config)?;
+        let TunnelPlan { tunnels, keys, owners, pools } = self.plan_tunnels(&lb)?;
+        let (balancers, rule_balancer) = self.plan_balancers(&lb)?;
+        let snat = lb.snat_plan().map_err(MuxError::Config)?;
+        let (vips, counter) = build_vips(&lb);
+        let ListenerPlan { ids: listener_ids, route: listener_route, counter_listener } =
+            self.plan_listener_indices(&vips, counter)?;
+        // Nothing below fails: the new configuration takes effect as a whole.
+        self.carry_counters(&lb, counter);
+        self.lb = lb;
+        self.snat = snat;
+        self.vips = vips;
+        self.pools = pools;
+        self.balancers = balancers;
+        self.rule_balancer = rule_balancer;
+        self.tunnels = tunnels;
+        self.tunnel_keys = keys;
+        self.tunnel_owner = owners;
+        self.listener_ids = listener_ids;
+        self.listener_route = listener_route;
+        self.counter_listener = counter_listener;
+        Ok(())
+    }
+
+    /// The tunnels `lb` needs: those in force, whose indices established flows name, and one more
+    /// for each new (host, VNI, backend) of its pools; and each pool member's.
+    fn plan_tunnels(&self, lb: &LoadBalancer) -> Result<TunnelPlan, MuxError> {
         let mut tunnels = self.tunnels.clone();
         let mut keys = self.tunnel_keys.clone();
         let mut owners = self.tunnel_owner.clone();
@@ -450,38 +488,53 @@ impl Mux {
             }
             pools.push(PoolState { tunnel });
         }
-        let (balancers, rule_balancer) = self.plan_balancers(&lb)?;
-        let snat = lb.snat_plan().map_err(MuxError::Config)?;
-        let (vips, counter) = build_vips(&lb);
-        // Established flows name their listener by an index kept for its identity (VIP, protocol,
-        // ports) across reconfigurations; the new configuration gives each index its counter, or
-        // none, and a flow whose listener is gone takes the full path (see `steer`).
-        let mut plan = plan_listeners(self.listener_ids.clone(), &vips, counter);
-        if plan.ids.len() > self.listener_limit {
-            // Indices only ever grow (one per identity ever configured). When they would no longer
-            // fit a flow entry, start again from the configuration in force alone and renumber the
-            // flows once, in a walk of the table; one whose listener is gone gets `GONE_LISTENER`.
-            plan = plan_listeners(Vec::new(), &vips, counter);
-            if plan.ids.len() > self.listener_limit {
-                return Err(MuxError::TooManyListeners);
-            }
-            let sortable = plan.index();
-            let renumber: Vec<u16> = self
-                .listener_ids
-                .iter()
-                .map(|x| sortable.get(&sortable_identity(x)).map_or(GONE_LISTENER, |&id| id as u16))
-                .collect();
-            self.flows.retain(|e| {
-                // An SNAT reply's fragment record names no listener: it keeps its marker.
-                if e.value.listener != SNAT_REPLY_LISTENER {
-                    e.value.listener = renumber.get(usize::from(e.value.listener)).copied().unwrap_or(GONE_LISTENER);
-                }
-                true
-            });
+        Ok(TunnelPlan { tunnels, keys, owners, pools })
+    }
+
+    /// The listener indices of `vips` (`counters` listeners). Established flows name their
+    /// listener by an index kept for its identity (VIP, protocol, ports) across reconfigurations;
+    /// the new configuration gives each index its counter, or none, and a flow whose listener is
+    /// gone takes the full path (see `steer`).
+    ///
+    /// Indices only ever grow (one per identity ever configured). When they would no longer fit a
+    /// flow entry, they start again from `vips` alone and the flows are renumbered once, in a walk
+    /// of the table. That walk is the one change made before `update` commits, and nothing after
+    /// it can fail.
+    fn plan_listener_indices(&mut self, vips: &Vips, counters: usize) -> Result<ListenerPlan, MuxError> {
+        let plan = plan_listeners(self.listener_ids.clone(), vips, counters);
+        if plan.ids.len() <= self.listener_limit {
+            return Ok(plan);
         }
-        let ListenerPlan { ids: listener_ids, route: listener_route, counter_listener } = plan;
-        // Counters follow their resource (by name; backends by pool name and address), wherever
-        // it moves in the new configuration; a new resource starts at zero, a removed one's go.
+        let plan = plan_listeners(Vec::new(), vips, counters);
+        if plan.ids.len() > self.listener_limit {
+            return Err(MuxError::TooManyListeners);
+        }
+        self.renumber_flows(&plan);
+        Ok(plan)
+    }
+
+    /// Gives every flow the index `plan` has for its listener's identity; a flow whose listener is
+    /// gone gets `GONE_LISTENER`.
+    fn renumber_flows(&mut self, plan: &ListenerPlan) {
+        let sortable = plan.index();
+        let renumber: Vec<u16> = self
+            .listener_ids
+            .iter()
+            .map(|x| sortable.get(&sortable_identity(x)).map_or(GONE_LISTENER, |&id| id as u16))
+            .collect();
+        self.flows.retain(|e| {
+            // An SNAT reply's fragment record names no listener: it keeps its marker.
+            if e.value.listener != SNAT_REPLY_LISTENER {
+                e.value.listener = renumber.get(usize::from(e.value.listener)).copied().unwrap_or(GONE_LISTENER);
+            }
+            true
+        });
+    }
+
+    /// Moves the counters to `lb`'s indices. Counters follow their resource (by name; backends by
+    /// pool name and address), wherever it moves in the new configuration; a new resource starts
+    /// at zero, a removed one's go. `counters`: how many listener counters `lb` has.
+    fn carry_counters(&mut self, lb: &LoadBalancer, counters: usize) {
         let old = &self.lb;
         let old_vips = core::mem::take(&mut self.counters.vips);
         self.counters.vips = lb
@@ -490,13 +543,13 @@ impl Mux {
             .map(|f| old.frontends.iter().position(|o| o.name == f.name).and_then(|i| old_vips.get(i).copied()))
             .map(Option::unwrap_or_default)
             .collect();
-        let (old_names, new_names) = (rule_names(old), rule_names(&lb));
+        let (old_names, new_names) = (rule_names(old), rule_names(lb));
         let old_rules = core::mem::take(&mut self.counters.rules);
         self.counters.rules = new_names
             .iter()
             .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_rules.get(i).copied()).unwrap_or_default())
             .collect();
-        debug_assert_eq!(self.counters.rules.len(), counter);
+        debug_assert_eq!(self.counters.rules.len(), counters);
         let old_backends = core::mem::take(&mut self.counters.backends);
         self.counters.backends = lb
             .pools
@@ -515,19 +568,6 @@ impl Mux {
                     .collect()
             })
             .collect();
-        self.lb = lb;
-        self.snat = snat;
-        self.vips = vips;
-        self.pools = pools;
-        self.balancers = balancers;
-        self.rule_balancer = rule_balancer;
-        self.tunnels = tunnels;
-        self.tunnel_keys = keys;
-        self.tunnel_owner = owners;
-        self.listener_ids = listener_ids;
-        self.listener_route = listener_route;
-        self.counter_listener = counter_listener;
-        Ok(())
     }
 
     /// The balancers of `lb`'s load-balancing rules, one per (pool, probe) pair, and each rule's.
