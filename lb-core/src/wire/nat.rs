@@ -285,6 +285,34 @@ pub fn rewrite_quoted(
     addr: &[u8; 16],
     port: u16,
 ) -> Result<(), WireError> {
+    let spot = locate_quoted(frame, key, quoted, side)?;
+    // Every offset is checked: from here on nothing fails.
+    patch_quoted(frame, quoted.ip_version, spot, addr, port);
+    Ok(())
+}
+
+/// Where [`rewrite_quoted`] writes in a frame: frame offsets, every one checked against the ICMP
+/// message that holds it.
+#[derive(Clone, Copy)]
+struct QuotedSpot {
+    /// The ICMP header.
+    icmp: usize,
+    /// The quoted IP header.
+    l3: usize,
+    /// The quoted L4 header.
+    l4: usize,
+    /// The quoted address to rewrite.
+    addr_at: usize,
+    /// Its length: 4 or 16.
+    addr_len: usize,
+    /// The quoted L4 fields to patch, if any.
+    patch: Option<L4Patch>,
+}
+
+/// The checks of [`rewrite_quoted`], in the order its errors are documented: where the quoted
+/// address, port and checksums lie, or the error, with nothing written.
+#[inline(always)]
+fn locate_quoted(frame: &[u8], key: &FlowKey, quoted: &FlowKey, side: Side) -> Result<QuotedSpot, WireError> {
     if !key.is_icmp_error() {
         return Err(WireError::Truncated(Layer::IcmpQuote));
     }
@@ -321,16 +349,21 @@ pub fn rewrite_quoted(
         return Err(WireError::Truncated(Layer::IcmpQuote));
     }
     let patch = quoted_l4_patch(frame, quoted, side, l4)?;
+    Ok(QuotedSpot { icmp, l3, l4, addr_at: l3 + addr_at, addr_len, patch })
+}
 
-    // Every offset is checked: from here on nothing fails. `in_l3` and `in_l4` sum the changes made
-    // in the quoted IP header and the quoted L4 header, for the ICMP checksum.
-    let at = l3 + addr_at;
+/// The writes of [`rewrite_quoted`] at a [`QuotedSpot`] of a quoted packet of IP version
+/// `version`. `in_l3` and `in_l4` sum the changes made in the quoted IP header and the quoted L4
+/// header, which the ICMP checksum covers at their own offsets.
+#[inline(always)]
+fn patch_quoted(frame: &mut [u8], version: IpVersion, spot: QuotedSpot, addr: &[u8; 16], port: u16) {
+    let QuotedSpot { icmp, l3, l4, addr_at: at, addr_len, patch } = spot;
     let new = &addr[..addr_len];
     let field = &mut frame[at..at + addr_len];
     let delta = u32::from(!checksum::fold(checksum::sum(field))) + u32::from(checksum::fold(checksum::sum(new)));
     field.copy_from_slice(new);
     let mut in_l3 = delta;
-    if quoted.ip_version == IpVersion::V4 {
+    if version == IpVersion::V4 {
         let c = l3 + IPV4_CHECKSUM_AT;
         let (old, new) = (get16(frame, c), adjust(get16(frame, c), delta));
         put16(frame, c, new);
@@ -359,7 +392,6 @@ pub fn rewrite_quoted(
     let c = icmp + ICMP_CHECKSUM_AT;
     let delta = at_offset(in_l3, l3 - icmp) + at_offset(in_l4, l4 - icmp);
     put16(frame, c, adjust(get16(frame, c), delta));
-    Ok(())
 }
 
 /// A TCP RST segment in its own Ethernet frame: what a load balancer sends both ends of a flow it
