@@ -13,8 +13,8 @@
 #      between its status lines after a warm-up, and the engine's own time a frame (its summary).
 #
 # The three runs are repeated ROUNDS times (default 2), interleaved, and each keeps its best round:
-# on a shared VM whose speed drifts from one minute to the next (other tenants), the best of a few
-# runs is what the software can do, and every contender gets the same treatment.
+# on a shared machine whose speed drifts from one minute to the next (other tenants), the best of a
+# few runs is what the software can do, and every contender gets the same treatment.
 #
 # Prints each round's rates, with lb-dpdk's ratio to that round's testpmd and its engine time, then
 # the three best rates and the ratio of lb-dpdk to testpmd. Needs the system DPDK (libdpdk-dev,
@@ -126,7 +126,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     TESTPMD_PPS=$(best "$TESTPMD_PPS" "$t")
     for workers in 1 2; do
         r=$(run_lb "$workers")
-        # This round's ratio too: on a shared VM a round's three runs see the most similar machine.
+        # This round's ratio too: on a shared machine a round's three runs see the most similar conditions.
         echo "lb-dpdk, $workers worker(s): $r Mpps ($(ratio "$r" "$t") of this round's testpmd;" \
             "engine $(engine_ns "$workers") ns a frame)"
         if [ "$workers" = 1 ]; then LB1=$(best "$LB1" "$r"); else LB2=$(best "$LB2" "$r"); fi

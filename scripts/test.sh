@@ -6,7 +6,7 @@
 #   3. cargo test --workspace       (unit, integration and doc tests of every crate)
 #   4. nostd-check                  (lb-core as a no_std staticlib linked into a C program)
 #   5. cargo test --benches         (every benchmark runs once, untimed)
-#   6. scripts/run.sh               (the README's first command: build, generate a capture, inspect it)
+#   6. scripts/run.sh               (the README's first command: build, generate a capture, run the MUX on it)
 #   7. scripts/fuzz.sh              (each fuzz target for FUZZ_SECONDS, default 30; skipped if absent)
 #   8. DPDK (feature `dpdk`)        (clippy and the tests of lb-dpdk with the DPDK port, on virtual
 #                                    devices; skipped where `pkg-config` finds no libdpdk, but not in CI)
