@@ -95,7 +95,7 @@ impl fmt::Display for MuxError {
                 write!(f, "tunnel to host {host}: not of the underlay's IP version")
             }
             MuxError::Tunnel(host, e) => write!(f, "tunnel to host {host}: {e}"),
-            MuxError::FlowTable(e) => write!(f, "flow table: {e:?}"),
+            MuxError::FlowTable(e) => write!(f, "flow table: {e}"),
             MuxError::TooManyTunnels => f.write_str("more than 65535 (host, VNI) tunnels"),
             MuxError::TooManyListeners => f.write_str("more than 65534 listeners (VIP, protocol, ports)"),
             MuxError::UnknownBackend { pool, member } => write!(f, "no member {member} in pool {pool}"),
@@ -105,7 +105,20 @@ impl fmt::Display for MuxError {
 }
 
 #[cfg(feature = "std")]
-impl std::error::Error for MuxError {}
+impl std::error::Error for MuxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MuxError::Config(e) => Some(e),
+            MuxError::Maglev(e) => Some(e),
+            MuxError::Tunnel(_, e) => Some(e),
+            MuxError::FlowTable(e) => Some(e),
+            MuxError::TooManyTunnels
+            | MuxError::TooManyListeners
+            | MuxError::UnknownBackend { .. }
+            | MuxError::NotProbed { .. } => None,
+        }
+    }
+}
 
 /// Why a frame was dropped. Every drop has one, and a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 //! another; this is what keeps a hit in a 40-million-flow table close to a hit in a small one.
 
 use alloc::vec::Vec;
+use core::fmt;
 
 use crate::wire::{FlowKey, IpVersion, TcpFlags};
 
@@ -161,6 +162,21 @@ pub enum FlowTableError {
     /// than the allocator can give.
     BadCapacity(usize),
 }
+
+impl fmt::Display for FlowTableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlowTableError::BadCapacity(n) => write!(
+                f,
+                "a flow table for {n} flows cannot be allocated (the capacity must be at least 1, within 32-bit \
+                 slot numbers and the memory available)"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for FlowTableError {}
 
 #[derive(Clone)]
 #[repr(C, align(64))]
@@ -1237,6 +1253,7 @@ mod tests {
         assert_eq!(t.counters().expired, 500);
         assert!(t.is_empty());
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(0).err(), Some(FlowTableError::BadCapacity(0)));
+        assert!(std::string::ToString::to_string(&FlowTableError::BadCapacity(0)).contains("for 0 flows"));
         // 20 billion flows: more than 32-bit slot numbers can name, refused, not an abort.
         let huge = 20_000_000_000usize;
         assert_eq!(FlowTable::<MuxFlow>::with_capacity(huge).err(), Some(FlowTableError::BadCapacity(huge)));
