@@ -1,0 +1,279 @@
+//! A builder for load balancers in the shape of Azure Load Balancer's resource model: frontend IP
+//! configurations, backend pools, health probes, load-balancing rules, inbound NAT rules and pools,
+//! outbound rules. Every constructor takes what tells its resource apart and gives the rest Azure's
+//! defaults (4 minutes of idle timeout, no floating IP, no TCP reset, default distribution, outbound
+//! SNAT on); the traits [`Connection`], [`Floating`] and [`RuleExt`] change one setting each.
+//!
+//! ```
+//! use lb_core::config::Protocol;
+//! use lb_fixtures::*;
+//!
+//! let lb = LbBuilder::new("lb")
+//!     .frontend("Public", VIP)
+//!     .pool("Web", 0x1001, [backend("vm0", v4(0), HOST_A), backend("vm1", v4(1), HOST_B)])
+//!     .rule(rule("HTTP", 0, 0, Protocol::Tcp, 80, 8080).tcp_reset(true))
+//!     .build();
+//! assert_eq!(lb.validate(), Ok(()));
+//! ```
+
+use core::net::IpAddr;
+use core::ops::RangeInclusive;
+
+use lb_core::config::*;
+
+/// Azure's default idle timeout of a rule, in minutes.
+pub const IDLE_MINUTES: u8 = 4;
+
+/// Builds a [`LoadBalancer`] one resource after another; resources are numbered in the order they
+/// are added (rules name their frontend and pool by that number). [`LbBuilder::build`] does not
+/// validate: refusals are tested too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbBuilder {
+    lb: LoadBalancer,
+}
+
+impl LbBuilder {
+    /// An empty load balancer named `name`.
+    pub fn new(name: &str) -> Self {
+        LbBuilder { lb: LoadBalancer { name: name.into(), ..LoadBalancer::default() } }
+    }
+
+    /// Adds a public frontend.
+    pub fn frontend(mut self, name: &str, address: impl Into<IpAddr>) -> Self {
+        self.lb.frontends.push(frontend(name, address));
+        self
+    }
+
+    /// Adds an internal frontend (no outbound SNAT through it).
+    pub fn internal_frontend(mut self, name: &str, address: impl Into<IpAddr>) -> Self {
+        self.lb.frontends.push(Frontend { internal: true, ..frontend(name, address) });
+        self
+    }
+
+    /// Adds a backend pool with its VxLAN VNI.
+    pub fn pool(mut self, name: &str, vni: u32, backends: impl IntoIterator<Item = Backend>) -> Self {
+        self.lb.pools.push(Pool { name: name.into(), vni, backends: backends.into_iter().collect() });
+        self
+    }
+
+    /// Adds a health probe.
+    pub fn probe(mut self, probe: Probe) -> Self {
+        self.lb.probes.push(probe);
+        self
+    }
+
+    /// Adds a load-balancing rule.
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.lb.rules.push(rule);
+        self
+    }
+
+    /// Adds an inbound NAT rule.
+    pub fn nat_rule(mut self, rule: NatRule) -> Self {
+        self.lb.nat_rules.push(rule);
+        self
+    }
+
+    /// Adds an inbound NAT pool.
+    pub fn nat_pool(mut self, pool: NatPool) -> Self {
+        self.lb.nat_pools.push(pool);
+        self
+    }
+
+    /// Adds an outbound rule.
+    pub fn outbound(mut self, rule: OutboundRule) -> Self {
+        self.lb.outbound_rules.push(rule);
+        self
+    }
+
+    /// The load balancer, unvalidated.
+    pub fn build(self) -> LoadBalancer {
+        self.lb
+    }
+}
+
+/// A public frontend.
+pub fn frontend(name: &str, address: impl Into<IpAddr>) -> Frontend {
+    Frontend { name: name.into(), address: address.into(), internal: false }
+}
+
+/// A backend of weight 1 with its private address and the host it runs on.
+pub fn backend(name: impl Into<String>, address: impl Into<IpAddr>, host: impl Into<IpAddr>) -> Backend {
+    Backend { name: name.into(), address: address.into(), host: host.into(), weight: 1 }
+}
+
+/// An HTTP probe of `path` on `port`: every 15 s, 2 probes to change state (Azure's defaults).
+pub fn http_probe(name: &str, port: u16, path: &str) -> Probe {
+    Probe {
+        name: name.into(),
+        protocol: ProbeProtocol::Http,
+        port,
+        request_path: Some(path.into()),
+        interval_secs: 15,
+        number_of_probes: 2,
+    }
+}
+
+/// A load-balancing rule from `frontend_port` of frontend `frontend` to `backend_port` of pool
+/// `pool`'s members, with Azure's defaults (no probe).
+pub fn rule(
+    name: &str,
+    frontend: usize,
+    pool: usize,
+    protocol: Protocol,
+    frontend_port: u16,
+    backend_port: u16,
+) -> Rule {
+    Rule {
+        name: name.into(),
+        frontend,
+        pool,
+        probe: None,
+        protocol,
+        frontend_port,
+        backend_port,
+        load_distribution: LoadDistribution::Default,
+        floating_ip: false,
+        idle_timeout_minutes: IDLE_MINUTES,
+        tcp_reset: false,
+        disable_outbound_snat: false,
+    }
+}
+
+/// An HA-ports rule: every protocol and port of the frontend to the same port of the pool's members.
+pub fn ha_ports(name: &str, frontend: usize, pool: usize) -> Rule {
+    rule(name, frontend, pool, Protocol::All, 0, 0)
+}
+
+/// An inbound NAT rule: `frontend_port` of frontend `frontend` to `backend_port` of one member
+/// (`target`: pool and member index).
+pub fn nat_rule(
+    name: &str,
+    frontend: usize,
+    protocol: Protocol,
+    frontend_port: u16,
+    backend_port: u16,
+    target: (usize, usize),
+) -> NatRule {
+    NatRule {
+        name: name.into(),
+        frontend,
+        protocol,
+        frontend_port,
+        backend_port,
+        target,
+        floating_ip: false,
+        idle_timeout_minutes: IDLE_MINUTES,
+        tcp_reset: false,
+    }
+}
+
+/// An inbound NAT pool: frontend port `ports.start() + i` to `backend_port` of member `i` of `pool`.
+pub fn nat_pool(
+    name: &str,
+    frontend: usize,
+    protocol: Protocol,
+    ports: RangeInclusive<u16>,
+    backend_port: u16,
+    pool: usize,
+) -> NatPool {
+    NatPool {
+        name: name.into(),
+        frontend,
+        protocol,
+        port_start: *ports.start(),
+        port_end: *ports.end(),
+        backend_port,
+        pool,
+        floating_ip: false,
+        idle_timeout_minutes: IDLE_MINUTES,
+        tcp_reset: false,
+    }
+}
+
+/// An outbound rule: `pool`'s members reach out through the `frontends`' addresses, with
+/// `ports_per_backend` SNAT ports each (`None`: the frontends' ports split evenly).
+pub fn outbound_rule(
+    name: &str,
+    frontends: &[usize],
+    pool: usize,
+    protocol: Protocol,
+    ports_per_backend: Option<u32>,
+) -> OutboundRule {
+    OutboundRule {
+        name: name.into(),
+        frontends: frontends.to_vec(),
+        pool,
+        protocol,
+        allocated_outbound_ports: ports_per_backend,
+        idle_timeout_minutes: IDLE_MINUTES,
+        tcp_reset: false,
+    }
+}
+
+/// The connection settings every kind of rule has.
+pub trait Connection: Sized {
+    /// With or without TCP resets on idle timeout (`enableTcpReset`).
+    fn tcp_reset(self, on: bool) -> Self;
+    /// With this idle timeout.
+    fn idle_minutes(self, minutes: u8) -> Self;
+}
+
+/// Floating IP (direct server return with the VIP as destination), for the inbound rules.
+pub trait Floating: Sized {
+    /// With floating IP on.
+    fn floating_ip(self) -> Self;
+}
+
+/// The settings only a load-balancing rule has.
+pub trait RuleExt: Sized {
+    /// Watched by probe `probe`.
+    fn probe(self, probe: usize) -> Self;
+    /// With this distribution mode.
+    fn distribution(self, mode: LoadDistribution) -> Self;
+    /// With `disableOutboundSnat`: the rule's frontend gives its members no outbound SNAT.
+    fn no_outbound_snat(self) -> Self;
+}
+
+macro_rules! connection {
+    ($($t:ty),*) => {$(
+        impl Connection for $t {
+            fn tcp_reset(mut self, on: bool) -> Self {
+                self.tcp_reset = on;
+                self
+            }
+            fn idle_minutes(mut self, minutes: u8) -> Self {
+                self.idle_timeout_minutes = minutes;
+                self
+            }
+        }
+    )*};
+}
+connection!(Rule, NatRule, NatPool, OutboundRule);
+
+macro_rules! floating {
+    ($($t:ty),*) => {$(
+        impl Floating for $t {
+            fn floating_ip(mut self) -> Self {
+                self.floating_ip = true;
+                self
+            }
+        }
+    )*};
+}
+floating!(Rule, NatRule, NatPool);
+
+impl RuleExt for Rule {
+    fn probe(mut self, probe: usize) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+    fn distribution(mut self, mode: LoadDistribution) -> Self {
+        self.load_distribution = mode;
+        self
+    }
+    fn no_outbound_snat(mut self) -> Self {
+        self.disable_outbound_snat = true;
+        self
+    }
+}
