@@ -208,8 +208,9 @@ fn outbound_snat() {
     assert!(1024 * lb.pools[out.pool].backends.len() <= 64_000 * out.frontends.len());
 }
 
-/// The seed's default outbound SNAT through load-balancing rules: the VMs that go out through a
-/// frontend share its 64,000 ports evenly ("64,000 / 10 = 6,400 ports" a VM), in multiples of 8;
+/// Default outbound SNAT through load-balancing rules (Azure Load Balancer, "Source Network Address
+/// Translation (SNAT) for outbound connections"): the VMs that go out through a frontend share its
+/// 64,000 ports evenly ("64,000 / 10 = 6,400 ports" a VM), in multiples of 8;
 /// two pools on one frontend share it between all their VMs.
 #[test]
 fn default_outbound_snat_splits_the_frontend_between_its_vms() {
@@ -881,7 +882,8 @@ fn internal_frontends_give_no_outbound_snat() {
 
 #[test]
 fn a_pool_of_nic_references_is_refused_not_loaded_empty() {
-    // The seed's pool "Structure" names its members by their NICs' IP configurations.
+    // A pool of NIC-based members (Azure's `backendIPConfigurations`) names its members by their NICs'
+    // IP configurations.
     let e = refuse(BASIC, |v| {
         let p = props(v, "backendAddressPools", 0);
         p.as_object_mut().unwrap().remove("loadBalancerBackendAddresses");

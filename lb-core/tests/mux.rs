@@ -1,173 +1,41 @@
 //! The MUX end to end: client frames in, VxLAN frames out, every output read back with etherparse
 //! (an independent parser): outer addresses, VNI, the inner frame byte for byte, and the counters.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, VlanId};
+use etherparse::{PacketBuilder, VlanId};
 use lb_core::config::*;
 use lb_core::paths::{DropReason, Mux, MuxError, MuxNode, Verdict};
 use lb_core::tables::{Health, Transition};
-use lb_core::wire::MacAddr;
-
-const HEADROOM: usize = 128;
-const VIP: [u8; 4] = [20, 50, 60, 10];
-const VIP_NAT: [u8; 4] = [20, 50, 60, 11];
-const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const HOSTS: [[u8; 4]; 4] = [[172, 16, 10, 20], [172, 16, 10, 21], [172, 16, 10, 22], [172, 16, 10, 23]];
-
-fn node(seed: u64) -> MuxNode {
-    MuxNode {
-        mac: MacAddr([2, 0, 0, 0, 5, 10]),
-        gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        underlay: IpAddr::V4(Ipv4Addr::new(172, 16, 5, 10)),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: seed,
-        flow_capacity: 100_000,
-        maglev_size: 65_537,
-    }
-}
-
-fn backend(i: usize, v6: bool) -> Backend {
-    Backend {
-        name: format!("vm{i}{}", if v6 { "-v6" } else { "" }),
-        address: if v6 {
-            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + i as u16))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + i as u8))
-        },
-        host: IpAddr::V4(Ipv4Addr::from(HOSTS[i % 4])),
-        weight: 1,
-    }
-}
-
-fn rule(name: &str, frontend: usize, pool: usize, protocol: Protocol, port: u16) -> Rule {
-    Rule {
-        name: name.into(),
-        frontend,
-        pool,
-        probe: Some(0),
-        protocol,
-        frontend_port: port,
-        backend_port: port,
-        load_distribution: LoadDistribution::Default,
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: true,
-        disable_outbound_snat: false,
-    }
-}
-
-/// The seed's web app: VIP:80 and VIP:443 over three VMs, SSH NAT pool and one NAT rule on a second
-/// VIP, an HA-ports VIP, and an IPv6 VIP.
-fn config() -> LoadBalancer {
-    LoadBalancer {
-        name: "MyLoadBalancer".into(),
-        frontends: vec![
-            Frontend { name: "PublicFrontend".into(), address: IpAddr::from(VIP), internal: false },
-            Frontend { name: "NatFrontend".into(), address: IpAddr::from(VIP_NAT), internal: false },
-            Frontend { name: "NvaFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(10, 0, 9, 100)), internal: false },
-            Frontend { name: "V6Frontend".into(), address: IpAddr::from(VIP6), internal: false },
-        ],
-        pools: vec![
-            Pool { name: "WebServersPool".into(), vni: 0x1001, backends: (0..3).map(|i| backend(i, false)).collect() },
-            Pool { name: "NvaPool".into(), vni: 0x1002, backends: (0..2).map(|i| backend(i + 10, false)).collect() },
-            Pool { name: "V6Pool".into(), vni: 0x1003, backends: (0..3).map(|i| backend(i, true)).collect() },
-        ],
-        probes: vec![Probe {
-            name: "HTTP-Probe".into(),
-            protocol: ProbeProtocol::Http,
-            port: 80,
-            request_path: Some("/health".into()),
-            interval_secs: 15,
-            number_of_probes: 2,
-        }],
-        rules: vec![
-            rule("HTTP-Rule", 0, 0, Protocol::Tcp, 80),
-            rule("HTTPS-Rule", 0, 0, Protocol::Tcp, 443),
-            Rule { backend_port: 0, frontend_port: 0, ..rule("HA-Ports", 2, 1, Protocol::All, 0) },
-            rule("V6-HTTP", 3, 2, Protocol::Tcp, 80),
-            Rule { load_distribution: LoadDistribution::SourceIp, ..rule("DNS-Sticky", 0, 0, Protocol::Udp, 53) },
-        ],
-        nat_rules: vec![NatRule {
-            name: "SSH-to-VM1".into(),
-            frontend: 1,
-            protocol: Protocol::Tcp,
-            frontend_port: 60001,
-            backend_port: 2222,
-            target: (0, 1),
-            floating_ip: false,
-            idle_timeout_minutes: 4,
-            tcp_reset: true,
-        }],
-        nat_pools: vec![NatPool {
-            name: "SSH-Pool".into(),
-            frontend: 1,
-            protocol: Protocol::Tcp,
-            port_start: 50000,
-            port_end: 50099,
-            backend_port: 22,
-            pool: 0,
-            floating_ip: false,
-            idle_timeout_minutes: 4,
-            tcp_reset: false,
-        }],
-        outbound_rules: vec![],
-    }
-}
-
-fn client(i: u32) -> [u8; 4] {
-    [198, 18, (i >> 8) as u8, i as u8]
-}
-
-fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, b"GET / HTTP/1.1\r\n\r\n").unwrap();
-    v
-}
+use lb_fixtures::*;
 
 /// Runs a frame through the MUX; returns the host it was tunnelled to (or the drop reason).
 fn run(mux: &mut Mux, frame: &[u8]) -> Result<[u8; 4], DropReason> {
-    let mut buf = vec![0u8; HEADROOM + frame.len()];
-    buf[HEADROOM..].copy_from_slice(frame);
+    let mut buf = with_headroom(frame);
     match mux.process(&mut buf, HEADROOM, frame.len(), 1000) {
         Verdict::Forward { start, len } => {
-            let outer = &buf[start..start + len];
-            let p = SlicedPacket::from_ethernet(outer).expect("outer frame parses");
-            let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("outer IPv4") };
-            assert_eq!(ip.header().source(), [172, 16, 5, 10]);
-            assert!(ip.header().dont_fragment());
-            assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
-            let Some(TransportSlice::Udp(u)) = &p.transport else { panic!("outer UDP") };
-            assert_eq!(u.destination_port(), 4789);
-            assert!(u.source_port() >= 49152);
-            let vx = u.payload();
-            assert_eq!(vx[0], 0x08, "VNI-valid flag");
-            assert_eq!(&vx[8..], frame, "inner frame unchanged");
-            Ok(ip.header().destination())
+            let t = vxlan_from_mux(&buf[start..start + len]);
+            assert!(t.dont_fragment);
+            assert_eq!(t.inner, frame, "inner frame unchanged");
+            Ok(t.dst)
         }
         Verdict::Drop(r) => Err(r),
     }
 }
 
 fn vni_of(mux: &mut Mux, frame: &[u8]) -> u32 {
-    let mut buf = vec![0u8; HEADROOM + frame.len()];
-    buf[HEADROOM..].copy_from_slice(frame);
+    let mut buf = with_headroom(frame);
     let Verdict::Forward { start, .. } = mux.process(&mut buf, HEADROOM, frame.len(), 1000) else { panic!() };
     u32::from_be_bytes([0, buf[start + 46], buf[start + 47], buf[start + 48]])
 }
 
 #[test]
 fn new_flows_spread_and_established_flows_stick() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     let mut per_host = std::collections::HashMap::new();
     let mut first = Vec::new();
     for i in 0..3000u32 {
-        let host = run(&mut mux, &tcp4(client(i), 40000 + (i % 2000) as u16, VIP, 80, true)).unwrap();
+        let host = run(&mut mux, &tcp4(client4(i), 40000 + (i % 2000) as u16, VIP, 80, true)).unwrap();
         *per_host.entry(host).or_insert(0u32) += 1;
         first.push(host);
     }
@@ -176,7 +44,7 @@ fn new_flows_spread_and_established_flows_stick() {
         assert!((800..1200).contains(n), "roughly even: {per_host:?}");
     }
     for i in 0..3000u32 {
-        let host = run(&mut mux, &tcp4(client(i), 40000 + (i % 2000) as u16, VIP, 80, false)).unwrap();
+        let host = run(&mut mux, &tcp4(client4(i), 40000 + (i % 2000) as u16, VIP, 80, false)).unwrap();
         assert_eq!(host, first[i as usize], "flow {i} stays on its backend");
     }
     let c = mux.counters();
@@ -184,52 +52,46 @@ fn new_flows_spread_and_established_flows_stick() {
     assert_eq!(c.vips[0].new_flows, 3000);
     assert_eq!(c.rules[0].new_flows, 3000);
     assert_eq!(c.backends[0].iter().map(|b| b.new_flows).sum::<u64>(), 3000);
-    assert_eq!(vni_of(&mut mux, &tcp4(client(1), 40001, VIP, 80, false)), 0x1001);
+    assert_eq!(vni_of(&mut mux, &tcp4(client4(1), 40001, VIP, 80, false)), 0x1001);
 }
 
 #[test]
 fn unhealthy_backend_keeps_its_flows_but_gets_no_new_ones() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    let flows: Vec<_> = (0..600u32).map(|i| (tcp4(client(i), 50000, VIP, 80, true), i)).collect();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    let flows: Vec<_> = (0..600u32).map(|i| (tcp4(client4(i), 50000, VIP, 80, true), i)).collect();
     let before: Vec<_> = flows.iter().map(|(f, _)| run(&mut mux, f).unwrap()).collect();
     assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::None, "one failure is not enough");
     assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::WentDown);
     assert_eq!(mux.health(0, 1), Some(Health::Down));
     for (i, (_, n)) in flows.iter().enumerate() {
-        let again = run(&mut mux, &tcp4(client(*n), 50000, VIP, 80, false)).unwrap();
+        let again = run(&mut mux, &tcp4(client4(*n), 50000, VIP, 80, false)).unwrap();
         assert_eq!(again, before[i], "existing connections remain active");
     }
     for i in 1000..1600u32 {
-        let h = run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap();
+        let h = run(&mut mux, &tcp4(client4(i), 50000, VIP, 80, true)).unwrap();
         assert_ne!(h, HOSTS[1], "new connections avoid the unhealthy backend");
     }
     assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::CameUp);
     let back =
-        (2000..2600u32).filter(|&i| run(&mut mux, &tcp4(client(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1]).count();
+        (2000..2600u32).filter(|&i| run(&mut mux, &tcp4(client4(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1]).count();
     assert!(back > 100, "the recovered backend takes new flows again ({back})");
     assert!(mux.report_probe(0, 0, 9, true).is_err());
 }
 
 /// New flows to `port` (from 600 clients, from client number `from` on) that go to host `host`.
 fn new_flows_to(mux: &mut Mux, port: u16, from: u32, host: [u8; 4]) -> usize {
-    (from..from + 600).filter(|&i| run(mux, &tcp4(client(i), 40000, VIP, port, true)).unwrap() == host).count()
+    (from..from + 600).filter(|&i| run(mux, &tcp4(client4(i), 40000, VIP, port, true)).unwrap() == host).count()
 }
 
 #[test]
 fn each_rule_steers_by_its_own_probe() {
-    // As in the seed's web app: the HTTP and HTTPS rules of one pool each have a probe of their own.
-    let mut cfg = config();
-    cfg.probes.push(Probe {
-        name: "HTTPS-Probe".into(),
-        protocol: ProbeProtocol::Https,
-        port: 443,
-        request_path: Some("/health".into()),
-        interval_secs: 15,
-        number_of_probes: 2,
-    });
+    // Azure Load Balancer gives each load-balancing rule its own probe: here the HTTP and HTTPS rules
+    // of one pool each have one.
+    let mut cfg = web_app();
+    cfg.probes.push(Probe { protocol: ProbeProtocol::Https, ..http_probe("HTTPS-Probe", 443, "/health") });
     cfg.rules[1].probe = Some(1);
-    let mut mux = Mux::new(node(1), cfg).unwrap();
+    let mut mux = Mux::new(mux_node(1), cfg).unwrap();
     // The second web server's HTTPS service fails its probe; its HTTP service answers.
     assert_eq!(mux.report_probe(0, 1, 1, false).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 1, 1, false).unwrap(), Transition::WentDown);
@@ -246,8 +108,8 @@ fn each_rule_steers_by_its_own_probe() {
 
 #[test]
 fn a_pool_no_probe_watches_any_more_has_every_member_up() {
-    let mut cfg = config();
-    let mut mux = Mux::new(node(1), cfg.clone()).unwrap();
+    let mut cfg = web_app();
+    let mut mux = Mux::new(mux_node(1), cfg.clone()).unwrap();
     mux.report_probe(0, 0, 1, false).unwrap();
     assert_eq!(mux.report_probe(0, 0, 1, false).unwrap(), Transition::WentDown);
     assert_eq!(new_flows_to(&mut mux, 80, 0, HOSTS[1]), 0);
@@ -267,15 +129,15 @@ fn a_pool_no_probe_watches_any_more_has_every_member_up() {
 
 #[test]
 fn a_maglev_size_that_is_not_prime_is_refused_whatever_the_rules() {
-    let node = MuxNode { maglev_size: 25, ..node(1) };
-    let no_rules = LoadBalancer { rules: Vec::new(), ..config() };
+    let node = MuxNode { maglev_size: 25, ..mux_node(1) };
+    let no_rules = LoadBalancer { rules: Vec::new(), ..web_app() };
     assert!(matches!(Mux::new(node.clone(), no_rules), Err(MuxError::Maglev(_))));
-    assert!(matches!(Mux::new(node, config()), Err(MuxError::Maglev(_))));
+    assert!(matches!(Mux::new(node, web_app()), Err(MuxError::Maglev(_))));
 }
 
 #[test]
 fn a_batch_of_probe_results_takes_effect_when_applied() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     for _ in 0..2 {
         mux.record_probe(0, 0, 1, false).unwrap();
         mux.record_probe(0, 0, 2, false).unwrap();
@@ -290,9 +152,9 @@ fn a_batch_of_probe_results_takes_effect_when_applied() {
 
 #[test]
 fn two_muxes_agree_whatever_the_order() {
-    let mut a = Mux::new(node(7), config()).unwrap();
-    let mut b = Mux::new(node(7), config()).unwrap();
-    let frames: Vec<_> = (0..500u32).map(|i| tcp4(client(i), 1024 + i as u16, VIP, 443, true)).collect();
+    let mut a = Mux::new(mux_node(7), web_app()).unwrap();
+    let mut b = Mux::new(mux_node(7), web_app()).unwrap();
+    let frames: Vec<_> = (0..500u32).map(|i| tcp4(client4(i), 1024 + i as u16, VIP, 443, true)).collect();
     let fwd: Vec<_> = frames.iter().map(|f| run(&mut a, f).unwrap()).collect();
     let mut rev: Vec<_> = frames.iter().rev().map(|f| run(&mut b, f).unwrap()).collect();
     rev.reverse();
@@ -301,11 +163,11 @@ fn two_muxes_agree_whatever_the_order() {
 
 #[test]
 fn drops_have_reasons_and_counters() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    assert_eq!(run(&mut mux, &tcp4(client(1), 1, [20, 50, 60, 99], 80, true)), Err(DropReason::NoVip));
-    assert_eq!(run(&mut mux, &tcp4(client(1), 1, VIP, 81, true)), Err(DropReason::NoRule));
-    assert_eq!(run(&mut mux, &tcp4(client(1), 1, VIP, 80, true)[..30]), Err(DropReason::Malformed));
-    let frame = tcp4(client(1), 1, VIP, 80, true);
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    assert_eq!(run(&mut mux, &tcp4(client4(1), 1, [20, 50, 60, 99], 80, true)), Err(DropReason::NoVip));
+    assert_eq!(run(&mut mux, &tcp4(client4(1), 1, VIP, 81, true)), Err(DropReason::NoRule));
+    assert_eq!(run(&mut mux, &tcp4(client4(1), 1, VIP, 80, true)[..30]), Err(DropReason::Malformed));
+    let frame = tcp4(client4(1), 1, VIP, 80, true);
     let mut small = vec![0u8; 10 + frame.len()];
     small[10..].copy_from_slice(&frame);
     assert_eq!(mux.process(&mut small, 10, frame.len(), 0), Verdict::Drop(DropReason::Encap));
@@ -319,26 +181,25 @@ fn drops_have_reasons_and_counters() {
 
 #[test]
 fn inbound_nat_rule_and_pool_pick_their_member() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     // SSH-Pool: 50000 + i -> member i of WebServersPool.
     for m in 0..3u16 {
-        assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 50000 + m, true)), Ok(HOSTS[usize::from(m)]));
+        assert_eq!(run(&mut mux, &tcp4(client4(5), 33000, VIP_NAT, 50000 + m, true)), Ok(HOSTS[usize::from(m)]));
     }
-    assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 50003, true)), Err(DropReason::NoBackend));
-    assert_eq!(run(&mut mux, &tcp4(client(5), 33000, VIP_NAT, 60001, true)), Ok(HOSTS[1]), "SSH-to-VM1");
+    assert_eq!(run(&mut mux, &tcp4(client4(5), 33000, VIP_NAT, 50003, true)), Err(DropReason::NoBackend));
+    assert_eq!(run(&mut mux, &tcp4(client4(5), 33000, VIP_NAT, 60001, true)), Ok(HOSTS[1]), "SSH-to-VM1");
 }
 
 #[test]
 fn a_nat_pools_connections_idle_out_after_its_own_timeout() {
     for (minutes, kept) in [(4u8, false), (30, true)] {
-        let mut cfg = config();
+        let mut cfg = web_app();
         cfg.nat_pools[0].idle_timeout_minutes = minutes;
-        let mut mux = Mux::new(node(1), cfg).unwrap();
+        let mut mux = Mux::new(mux_node(1), cfg).unwrap();
         let t0 = 1000;
         for (syn, at) in [(true, t0), (false, t0 + 1)] {
-            let f = tcp4(client(5), 33000, VIP_NAT, 50001, syn);
-            let mut buf = vec![0u8; HEADROOM + f.len()];
-            buf[HEADROOM..].copy_from_slice(&f);
+            let f = tcp4(client4(5), 33000, VIP_NAT, 50001, syn);
+            let mut buf = with_headroom(&f);
             assert!(matches!(mux.process(&mut buf, HEADROOM, f.len(), at), Verdict::Forward { .. }));
         }
         assert_eq!(mux.flows().len(), 1);
@@ -350,7 +211,7 @@ fn a_nat_pools_connections_idle_out_after_its_own_timeout() {
 
 #[test]
 fn ha_ports_take_every_protocol_and_port() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     let nva = [10, 0, 9, 100];
     let mut v = Vec::new();
     PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4([10, 0, 2, 7], nva, 64).udp(5000, 12345).write(&mut v, b"x").unwrap();
@@ -368,13 +229,13 @@ fn ha_ports_take_every_protocol_and_port() {
 
 #[test]
 fn source_ip_distribution_sticks_a_client_to_one_backend() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     for c in 0..50u32 {
         let hosts: std::collections::HashSet<_> = (0..20u16)
             .map(|p| {
                 let mut v = Vec::new();
                 PacketBuilder::ethernet2([2; 6], [4; 6])
-                    .ipv4(client(c), VIP, 64)
+                    .ipv4(client4(c), VIP, 64)
                     .udp(20000 + p, 53)
                     .write(&mut v, b"q")
                     .unwrap();
@@ -387,11 +248,11 @@ fn source_ip_distribution_sticks_a_client_to_one_backend() {
 
 #[test]
 fn vlan_tagged_and_ipv6_clients() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     let mut v = Vec::new();
     PacketBuilder::ethernet2([2; 6], [4; 6])
         .single_vlan(VlanId::try_new(10).unwrap())
-        .ipv4(client(3), VIP, 64)
+        .ipv4(client4(3), VIP, 64)
         .tcp(40000, 80, 1, 1000)
         .syn()
         .write(&mut v, &[])
@@ -419,7 +280,7 @@ fn udp_fragment(id: u16, offset_units: u16, more: bool, payload: &[u8]) -> Vec<u
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip[4..6].copy_from_slice(&id.to_be_bytes());
     ip[6..8].copy_from_slice(&flags.to_be_bytes());
-    ip.extend_from_slice(&client(9));
+    ip.extend_from_slice(&client4(9));
     ip.extend_from_slice(&VIP);
     let c = lb_core::wire::checksum::ipv4_header(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
@@ -430,7 +291,7 @@ fn udp_fragment(id: u16, offset_units: u16, more: bool, payload: &[u8]) -> Vec<u
 
 #[test]
 fn fragments_follow_their_first_fragment() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     // UDP header (port 53 -> DNS-Sticky rule) + 8 bytes in the first fragment, 16 more later.
     let mut first = vec![0x30, 0x39, 0x00, 0x35, 0x00, 32, 0, 0];
     first.extend_from_slice(&[0xaa; 8]);
@@ -461,7 +322,7 @@ fn ipv6_fragments_follow_their_first_fragment_behind_destination_options() {
     // RFC 8200 puts a Destination Options header for the final destination in the fragmentable
     // part: the first fragment holds it and the TCP header (to V6-HTTP, port 80), and a later
     // fragment's Fragment header names it (60) as its next header, not TCP.
-    let mut mux = Mux::new(node(4), config()).unwrap();
+    let mut mux = Mux::new(mux_node(4), web_app()).unwrap();
     let mut hosts = std::collections::HashSet::new();
     for c in 1..=24u8 {
         let mut first = vec![6, 0, 1, 4, 0, 0, 0, 0]; // Destination Options: next TCP, PadN
@@ -481,13 +342,13 @@ fn ipv6_fragments_follow_their_first_fragment_behind_destination_options() {
 
 #[test]
 fn icmp_errors_reach_the_backend_of_the_quoted_flow() {
-    let mut mux = Mux::new(node(3), config()).unwrap();
+    let mut mux = Mux::new(mux_node(3), web_app()).unwrap();
     for i in 0..200u32 {
-        let syn = tcp4(client(i), 41000, VIP, 80, true);
+        let syn = tcp4(client4(i), 41000, VIP, 80, true);
         let host = run(&mut mux, &syn).unwrap();
         // A router on the way back says "fragmentation needed" about the backend's SYN-ACK, which
         // left with the VIP as source: the error comes to the VIP and quotes VIP:80 -> client.
-        let reply = tcp4(VIP, 80, client(i), 41000, true);
+        let reply = tcp4(VIP, 80, client4(i), 41000, true);
         let mut v = Vec::new();
         PacketBuilder::ethernet2([2; 6], [4; 6])
             .ipv4([203, 0, 113, 1], VIP, 64)
@@ -502,19 +363,19 @@ fn icmp_errors_reach_the_backend_of_the_quoted_flow() {
 
 #[test]
 fn reconfiguration_keeps_established_flows() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    let frames: Vec<_> = (0..300u32).map(|i| tcp4(client(i), 42000, VIP, 80, true)).collect();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    let frames: Vec<_> = (0..300u32).map(|i| tcp4(client4(i), 42000, VIP, 80, true)).collect();
     let before: Vec<_> = frames.iter().map(|f| run(&mut mux, f).unwrap()).collect();
-    let mut cfg = config();
-    cfg.pools[0].backends.push(backend(3, false));
+    let mut cfg = web_app();
+    cfg.pools[0].backends.push(web_app_member(3, false));
     mux.update(cfg).unwrap();
     for (f, h) in frames.iter().zip(&before) {
         assert_eq!(run(&mut mux, f).as_ref(), Ok(h), "established flow moved by an update");
     }
     let new_host =
-        (1000..1600u32).filter(|&i| run(&mut mux, &tcp4(client(i), 42000, VIP, 80, true)).unwrap() == HOSTS[3]).count();
+        (1000..1600u32).filter(|&i| run(&mut mux, &tcp4(client4(i), 42000, VIP, 80, true)).unwrap() == HOSTS[3]).count();
     assert!(new_host > 80, "the added backend takes new flows ({new_host})");
-    let mut bad = config();
+    let mut bad = web_app();
     bad.rules[0].pool = 9;
     assert!(mux.update(bad).is_err(), "an invalid configuration is refused");
     assert_eq!(mux.config().pools[0].backends.len(), 4, "and the running one kept");
@@ -533,8 +394,8 @@ fn from_host(inner: &[u8]) -> Vec<u8> {
 
 #[test]
 fn host_traffic_is_relayed_only_from_a_vip() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    let response = tcp4(VIP, 80, client(5), 40000, false);
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    let response = tcp4(VIP, 80, client4(5), 40000, false);
     let mut buf = from_host(&response);
     let n = buf.len();
     let Verdict::Forward { start, len } = mux.process(&mut buf, 0, n, 1000) else { panic!("relayed") };
@@ -544,7 +405,7 @@ fn host_traffic_is_relayed_only_from_a_vip() {
     assert_eq!(&out[12..], &response[12..], "the inner packet untouched");
     assert_eq!(mux.counters().relayed.packets, 1);
     // A backend's private address is never relayed (no open relay, no leak).
-    let leak = tcp4([10, 0, 1, 4], 80, client(5), 40000, false);
+    let leak = tcp4([10, 0, 1, 4], 80, client4(5), 40000, false);
     let mut buf = from_host(&leak);
     let n = buf.len();
     assert_eq!(mux.process(&mut buf, 0, n, 1000), Verdict::Drop(DropReason::NotFromVip));
@@ -562,17 +423,17 @@ fn host_traffic_is_relayed_only_from_a_vip() {
 
 #[test]
 fn bursts_give_the_verdicts_and_bytes_of_one_frame_at_a_time() {
-    let mut one = Mux::new(node(5), config()).unwrap();
-    let mut burst = Mux::new(node(5), config()).unwrap();
+    let mut one = Mux::new(mux_node(5), web_app()).unwrap();
+    let mut burst = Mux::new(mux_node(5), web_app()).unwrap();
     // 70 frames: several bursts of 32 and a tail; new flows, repeats, drops, VLAN and IPv6.
     let mut frames: Vec<Vec<u8>> = Vec::new();
     for i in 0..70u32 {
         frames.push(match i % 5 {
-            0 => tcp4(client(i), 1000 + i as u16, VIP, 80, true),
-            1 => tcp4(client(i - 1), 1000 + i as u16 - 1, VIP, 80, false),
-            2 => tcp4(client(i), 2000, [9, 9, 9, 9], 80, true),
+            0 => tcp4(client4(i), 1000 + i as u16, VIP, 80, true),
+            1 => tcp4(client4(i - 1), 1000 + i as u16 - 1, VIP, 80, false),
+            2 => tcp4(client4(i), 2000, [9, 9, 9, 9], 80, true),
             3 => vec![0u8; 30],
-            _ => tcp4(client(i), 3000, VIP_NAT, 50001, true),
+            _ => tcp4(client4(i), 3000, VIP_NAT, 50001, true),
         });
     }
     let mut a: Vec<Vec<u8>> = frames.iter().map(|f| [vec![0u8; HEADROOM], f.clone()].concat()).collect();
@@ -591,17 +452,17 @@ fn bursts_give_the_verdicts_and_bytes_of_one_frame_at_a_time() {
 
 #[test]
 fn number_of_probes_comes_from_the_rules_probe_and_follows_a_reload() {
-    let mut cfg = config();
+    let mut cfg = web_app();
     // The pool's first rule has no probe; the second names one with numberOfProbes 3.
     cfg.rules[0].probe = None;
     cfg.probes[0].number_of_probes = 3;
-    let mut mux = Mux::new(node(1), cfg.clone()).unwrap();
+    let mut mux = Mux::new(mux_node(1), cfg.clone()).unwrap();
     assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 0, 2, false).unwrap(), Transition::WentDown);
     assert_eq!(mux.report_probe(0, 0, 2, true).unwrap(), Transition::None);
-    // A reload to numberOfProbes 1 keeps the member down, and its streak: a second success (the
-    // seed's two, whatever numberOfProbes is) brings it back.
+    // A reload to numberOfProbes 1 keeps the member down, and its streak: a second success brings it
+    // back (recovery takes two, whatever numberOfProbes is: `tables::health::RECOVERY_SUCCESSES`).
     cfg.probes[0].number_of_probes = 1;
     mux.update(cfg).unwrap();
     assert_eq!(mux.health(0, 2), Some(Health::Down));
@@ -610,14 +471,14 @@ fn number_of_probes_comes_from_the_rules_probe_and_follows_a_reload() {
 
 #[test]
 fn counters_follow_their_resource_across_a_reconfiguration() {
-    let mut mux = Mux::new(node(1), config()).unwrap();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
     for i in 0..50u32 {
-        run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap();
+        run(&mut mux, &tcp4(client4(i), 40000, VIP, 80, true)).unwrap();
     }
     let before = mux.counters().clone();
     assert_eq!(before.vips[0].packets, 50);
     // A new frontend and a new rule first: every index shifts by one.
-    let mut cfg = config();
+    let mut cfg = web_app();
     cfg.frontends.insert(
         0,
         Frontend { name: "NewFrontend".into(), address: IpAddr::V4(Ipv4Addr::new(20, 50, 60, 99)), internal: false },
@@ -632,7 +493,7 @@ fn counters_follow_their_resource_across_a_reconfiguration() {
         r.frontend += 1;
     }
     // Floating IP: HTTP-Rule already sends to port 80 of the pool's backends.
-    cfg.rules.insert(0, Rule { floating_ip: true, ..rule("NewRule", 0, 0, Protocol::Tcp, 80) });
+    cfg.rules.insert(0, rule("NewRule", 0, 0, Protocol::Tcp, 80, 80).probe(0).tcp_reset(true).floating_ip());
     mux.update(cfg).unwrap();
     let after = mux.counters();
     assert_eq!(after.vips[0], Default::default(), "the new frontend starts at zero");
@@ -647,25 +508,25 @@ fn established_flows_follow_their_rule_through_a_reconfiguration() {
     // Established flows are steered by the listener they remember, without looking their VIP and
     // port up again: an update that renumbers, renames or removes rules must not make that memory
     // lie, and must not walk the table.
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    let http: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap()).collect();
-    let https: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 443, true)).unwrap()).collect();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    let http: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client4(i), 40000, VIP, 80, true)).unwrap()).collect();
+    let https: Vec<_> = (0..50u32).map(|i| run(&mut mux, &tcp4(client4(i), 40000, VIP, 443, true)).unwrap()).collect();
     // A fragmented datagram to DNS-Sticky: its first fragment leaves a record for the later ones.
     let mut first = vec![0x30, 0x39, 0x00, 0x35, 0x00, 32, 0, 0];
     first.extend_from_slice(&[0xaa; 8]);
     let dns = run(&mut mux, &udp_fragment(77, 0, true, &first)).unwrap();
     // A new rule first (every rule's counter moves up by one), HTTPS-Rule gone, DNS-Sticky renamed.
-    let mut cfg = config();
+    let mut cfg = web_app();
     cfg.rules.retain(|r| r.name != "HTTPS-Rule");
-    cfg.rules.insert(0, rule("NewRule", 1, 0, Protocol::Tcp, 8080));
+    cfg.rules.insert(0, rule("NewRule", 1, 0, Protocol::Tcp, 8080, 8080).probe(0).tcp_reset(true));
     cfg.rules.iter_mut().find(|r| r.name == "DNS-Sticky").unwrap().name = "DNS-Renamed".into();
     mux.update(cfg).unwrap();
     let before = mux.counters().clone();
     for i in 0..50u32 {
-        let again = run(&mut mux, &tcp4(client(i), 40000, VIP, 80, false));
+        let again = run(&mut mux, &tcp4(client4(i), 40000, VIP, 80, false));
         assert_eq!(again, Ok(http[i as usize]), "flow {i} keeps its backend");
         // Nothing takes VIP:443 any more: not forwarded to the backend its flow had.
-        assert_eq!(run(&mut mux, &tcp4(client(i), 40000, VIP, 443, false)), Err(DropReason::NoRule));
+        assert_eq!(run(&mut mux, &tcp4(client4(i), 40000, VIP, 443, false)), Err(DropReason::NoRule));
     }
     assert_eq!(run(&mut mux, &udp_fragment(77, 2, false, &[0xbb; 16])), Ok(dns), "the later fragment follows");
     let after = mux.counters();
@@ -677,9 +538,9 @@ fn established_flows_follow_their_rule_through_a_reconfiguration() {
     assert_eq!(after.vips[0].packets, before.vips[0].packets + 51, "and under their VIP");
     assert_eq!(after.vips[1].packets, 0);
     // HTTPS back: its connections, still in the table, go on to their backends.
-    mux.update(config()).unwrap();
+    mux.update(web_app()).unwrap();
     for i in 0..50u32 {
-        let again = run(&mut mux, &tcp4(client(i), 40000, VIP, 443, false));
+        let again = run(&mut mux, &tcp4(client4(i), 40000, VIP, 443, false));
         assert_eq!(again, Ok(https[i as usize]), "flow {i} of the restored rule");
     }
     assert_eq!(mux.counters().rules[1].packets, 50, "under HTTPS-Rule's counter");
@@ -690,11 +551,11 @@ fn a_reset_after_its_rule_is_replaced_closes_the_flow_once() {
     // VIP:80's rule replaced by HA ports on the same VIP: an established connection's packets take
     // the full path (their listener is gone), which finds the flow and keeps its backend. A RST
     // closes it there, once: it must not be removed on the way and then opened again as new.
-    let mut mux = Mux::new(node(1), config()).unwrap();
-    let hosts: Vec<_> = (0..60u32).map(|i| run(&mut mux, &tcp4(client(i), 40000, VIP, 80, true)).unwrap()).collect();
-    let mut cfg = config();
+    let mut mux = Mux::new(mux_node(1), web_app()).unwrap();
+    let hosts: Vec<_> = (0..60u32).map(|i| run(&mut mux, &tcp4(client4(i), 40000, VIP, 80, true)).unwrap()).collect();
+    let mut cfg = web_app();
     cfg.rules.retain(|r| r.frontend != 0);
-    cfg.rules.push(Rule { backend_port: 0, frontend_port: 0, ..rule("Web-HA", 0, 0, Protocol::All, 0) });
+    cfg.rules.push(ha_ports("Web-HA", 0, 0).probe(0).tcp_reset(true));
     // HA ports send to every port of the pool's backends: no NAT rule may send to one of them.
     cfg.nat_rules.clear();
     cfg.nat_pools.clear();
@@ -703,7 +564,7 @@ fn a_reset_after_its_rule_is_replaced_closes_the_flow_once() {
     for (i, h) in hosts.iter().enumerate() {
         let mut rst = Vec::new();
         PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10])
-            .ipv4(client(i as u32), VIP, 64)
+            .ipv4(client4(i as u32), VIP, 64)
             .tcp(40000, 80, 1000, 0)
             .rst()
             .write(&mut rst, &[])
