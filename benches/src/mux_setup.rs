@@ -135,7 +135,10 @@ pub fn run_bursts(mux: &mut Mux, probes: &mut [InFrame], now: u32) -> usize {
 /// clients' and servers' frames alike), each in a buffer with headroom.
 pub fn demo(node: &std::path::Path, count: usize, seed: u64) -> Result<(Mux, Vec<InFrame>), String> {
     let cfg = lb_core::config::node::load(node).map_err(|e| format!("{}: {e}", node.display()))?;
-    let mux = Mux::with_flow_memory(cfg.mux, cfg.lb, lb_core::mem::huge_pages).map_err(|e| format!("{e:?}"))?;
+    let lb_core::paths::NodeRole::Mux(settings) = cfg.role else {
+        return Err(format!("{}: not a MUX", node.display()));
+    };
+    let mux = Mux::with_flow_memory(settings, cfg.lb, lb_core::mem::huge_pages).map_err(|e| format!("{e:?}"))?;
     let frames = TrafficGenerator::new(seed, MixConfig::realistic())
         .take(count)
         .into_iter()

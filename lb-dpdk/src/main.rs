@@ -8,15 +8,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Layers, each using only those listed before it: counters and the port trait; the poll loop;
+// the ports; the program (probes, metrics, `run`, `inspect`).
+mod port;
+mod stats;
+mod worker;
 // The only module with unsafe code: the DPDK bindings and what uses them.
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 mod dpdk;
-mod engine;
+mod pcap;
+
 mod inspect;
 mod metrics;
-mod node;
-mod port;
 mod probe;
 mod run;
 

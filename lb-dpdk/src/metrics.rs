@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::Stats;
+use crate::stats::Stats;
 
 /// A label value as the text format wants it: backslash, double quote and line feed escaped
 /// (configuration names may hold any of them, and one unescaped would make Prometheus refuse the

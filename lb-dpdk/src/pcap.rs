@@ -1,54 +1,18 @@
-//! I/O behind one small trait, so that the same poll loop runs on a pcap file (the default: pure
-//! Rust, runs anywhere) and on a DPDK port (feature `dpdk`).
+//! The pcap port, the embedded default: frames from one capture file, what the data path sends
+//! to another. Pure Rust, no privileges, runs anywhere.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use lb_core::config::node::NodeConfig;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter, RawPcapPacket};
 use pcap_file::{DataLink, PcapError, TsResolution};
 
-pub use lb_core::paths::BurstFrame;
-
-/// Bytes kept free in front of every received frame, for the VxLAN outer headers (70 over IPv6).
-pub const HEADROOM: usize = 128;
-/// Largest frame a buffer holds (a 9000-byte jumbo frame plus its tags and a tunnel).
-pub const MAX_FRAME: usize = 9216 + 128;
-
-/// A packet buffer: the frame lies at `buf[start..start + len]`, with headroom before it
-/// ([`BurstFrame::parts`] gives the whole buffer and where the frame lies, so that a burst of
-/// buffers goes to the data path as it is).
-pub trait FrameBuf: BurstFrame {
-    /// The frame now lies at `buf[start..start + len]` (after encapsulation or decapsulation).
-    fn set_frame(&mut self, start: usize, len: usize);
-}
-
-/// A port: bursts in, bursts out.
-pub trait Port {
-    /// Its buffers.
-    type Buf: FrameBuf;
-    /// Receives up to `max` frames into `out`; returns how many.
-    fn rx_burst(&mut self, out: &mut Vec<Self::Buf>, max: usize) -> usize;
-    /// Sends the frames of `frames` in order and empties it; returns how many were sent (the port
-    /// freed the rest: the caller counts them).
-    fn tx_burst(&mut self, frames: &mut Vec<Self::Buf>) -> usize;
-    /// Sends a copy of a frame the engine built on its own (a TCP reset); false if it could not.
-    fn tx_copy(&mut self, frame: &[u8]) -> bool;
-    /// Hands a buffer back for reuse (a dropped frame).
-    fn recycle(&mut self, buf: Self::Buf);
-    /// Seconds of the clock the data path runs on (pcap: the capture time of the last frame read).
-    fn now(&self) -> u32;
-    /// Whether the input has ended (a pcap file read to its end; a NIC never ends).
-    fn finished(&self) -> bool;
-    /// A monotonic clock in nanoseconds, for the poll loop's own accounting (the engine's time
-    /// around every burst, the status period): read twice a burst, so a port with a cheaper clock
-    /// than the OS's gives its own (DPDK: the TSC, 10 ns a read on the EPYC VM where
-    /// `Instant::now` takes 24).
-    fn clock_ns(&self) -> u64 {
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
-    }
-}
+use crate::port::{BurstFrame, FrameBuf, Port, HEADROOM, MAX_FRAME};
+use crate::worker::{new_node, poll_loop, worker_pair, Workers};
 
 /// A heap buffer of the pcap port.
 pub struct HeapBuf {
@@ -300,6 +264,49 @@ impl Port for PcapPort {
     fn finished(&self) -> bool {
         self.done && self.pending.is_none() && self.at_end == AtEnd::Finish
     }
+}
+
+/// Runs one worker on a pcap port reading `input` and writing `output`.
+pub fn start(
+    input: &Path,
+    output: &Path,
+    at_end: AtEnd,
+    cfg: &NodeConfig,
+    stop: &Arc<AtomicBool>,
+) -> Result<Workers, String> {
+    let mut port = PcapPort::open(input, output)?;
+    let output_name: PathBuf = output.to_path_buf();
+    port.at_end(at_end);
+    let mut engine = new_node(cfg)?;
+    let (link, handle) = worker_pair(stop);
+    let t = std::thread::Builder::new()
+        .name("lb-worker-0".into())
+        .spawn(move || {
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&mut engine, &mut port, &link)));
+            if ran.is_err() {
+                eprintln!("lb-dpdk: the worker panicked: stopping");
+                link.failed.store(true, Ordering::Relaxed);
+                link.stop.store(true, Ordering::Relaxed);
+                link.finished.store(true, Ordering::Relaxed);
+            }
+            if let Err(e) = port.close() {
+                eprintln!("lb-dpdk: {}: {e}", output_name.display());
+                link.failed.store(true, Ordering::Relaxed);
+            }
+            if port.oversize > 0 || port.cut > 0 || port.read_errors > 0 {
+                eprintln!(
+                    "lb-dpdk: pcap input: {} frames larger than a buffer and {} cut short by the capture's \
+                     snaplen skipped, {} read errors",
+                    port.oversize, port.cut, port.read_errors
+                );
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let join = move || {
+        let _ = t.join();
+    };
+    Ok(Workers { joins: vec![Box::new(join)], handles: vec![handle] })
 }
 
 #[cfg(test)]

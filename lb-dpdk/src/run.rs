@@ -1,37 +1,26 @@
 //! `lb-dpdk run`: the poll-mode program. The control plane (this thread) loads the configuration,
 //! handles signals (SIGINT/SIGTERM stop, SIGHUP reloads), runs the health probers, prints the status
-//! line and serves the metrics; each worker (one per lcore) owns an engine, its flow table and its
-//! counters, and runs [`poll_loop`] on its own port or queue. Workers share nothing: the control
-//! plane sends each one the probe results and new configurations through its own channel.
+//! line and serves the metrics; the workers (see [`crate::worker`]) run the data path on the port
+//! the options name.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use lb_core::config::LoadBalancer;
 
-use crate::engine::{Action, Engine, Stats};
-use crate::node::{self, NodeConfig, Role};
-use crate::port::{AtEnd, FrameBuf, PcapPort, Port};
+use lb_core::config::node::{self, NodeConfig, Role};
+use lb_core::paths::NodeRole;
 
-/// Frames per burst.
-pub const BURST: usize = 32;
-/// Flow-table buckets one loop iteration sweeps for idle flows at most.
-const SWEEP_BUDGET: usize = 8;
-/// Under load the sweep aims to cover the whole flow table once in this many seconds, within
-/// [`SWEEP_BUDGET`] buckets a loop (so a table of tens of millions of flows takes longer): lookups
-/// and inserts expire what they meet anyway, the sweep frees the rest and sends a host's resets.
-/// A fixed budget per burst would read a large table over and over for nothing, at a cost per
-/// packet. An idle loop sweeps its full budget.
-const SWEEP_PERIOD_SECS: u32 = 5;
-/// How often a worker hands its counters to the main thread (nanoseconds of [`Port::clock_ns`]).
-const PUBLISH_PERIOD_NS: u64 = 200_000_000;
+use crate::pcap::AtEnd;
+use crate::stats::Stats;
+use crate::worker::{new_node, Control, WorkerHandle, Workers};
 
 /// `lb-dpdk run` options.
 #[derive(Debug, Args)]
@@ -83,154 +72,17 @@ pub struct RunArgs {
     pub eal: Vec<String>,
 }
 
-/// What the control plane tells a worker.
-#[derive(Debug, Clone)]
-pub enum Control {
-    /// Apply this configuration, the control plane's number `generation`.
-    Reload(Arc<LoadBalancer>, u64),
-    /// One result of probe `probe` for (pool, member), of configuration number `generation`.
-    Probe { generation: u64, pool: usize, probe: usize, member: usize, up: bool },
-}
-
-/// What a worker shares with the control plane: a stop flag, its channel and its counters.
-pub struct WorkerLink {
-    /// Set to stop the worker.
-    pub stop: Arc<AtomicBool>,
-    /// Control messages.
-    pub rx: Receiver<Control>,
-    /// The worker's latest counters.
-    pub stats: Arc<Mutex<Stats>>,
-    /// Set by the worker when its input ended.
-    pub finished: Arc<AtomicBool>,
-    /// Set when the worker failed (it panicked, or could not write its output): the program
-    /// stops and exits non-zero.
-    pub failed: Arc<AtomicBool>,
-}
-
-/// The control plane's side of a worker.
-pub struct WorkerHandle {
-    tx: Sender<Control>,
-    stats: Arc<Mutex<Stats>>,
-    finished: Arc<AtomicBool>,
-    failed: Arc<AtomicBool>,
-}
-
-/// A worker link and its handle.
-pub fn worker_pair(stop: &Arc<AtomicBool>) -> (WorkerLink, WorkerHandle) {
-    let (tx, rx) = mpsc::channel();
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let (finished, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    (
-        WorkerLink { stop: stop.clone(), rx, stats: stats.clone(), finished: finished.clone(), failed: failed.clone() },
-        WorkerHandle { tx, stats, finished, failed },
-    )
-}
-
-/// The poll loop of one worker: burst in, process, burst out, timers, control messages, counters.
-/// Returns when told to stop, or when the port's input has ended (pcap).
-pub fn poll_loop<P: Port>(engine: &mut Engine, port: &mut P, link: &WorkerLink) {
-    let mut rx: Vec<P::Buf> = Vec::with_capacity(BURST);
-    let mut tx: Vec<P::Buf> = Vec::with_capacity(BURST);
-    let mut stats = Stats::default();
-    let mut last_publish = port.clock_ns();
-    let mut resets: Vec<Vec<u8>> = Vec::new();
-    let sweep_per_sec = engine.buckets().div_ceil(SWEEP_PERIOD_SECS as usize);
-    let (mut sweep_owed, mut sweep_clock) = (0usize, port.now());
-    // The number of the configuration the engine runs (the control plane's; 0: the first).
-    let mut generation = 0u64;
-    loop {
-        if link.stop.load(Ordering::Relaxed) {
-            break;
+impl RunArgs {
+    /// What the DPDK port takes of the options.
+    #[cfg(feature = "dpdk")]
+    fn dpdk_options(&self) -> crate::dpdk::DpdkOptions {
+        crate::dpdk::DpdkOptions {
+            rx_port: self.dpdk_rx_port,
+            tx_port: self.dpdk_tx_port,
+            mbufs: self.dpdk_mbufs,
+            idle_exit: self.dpdk_idle_exit,
+            eal: self.eal.clone(),
         }
-        let mut probed = false;
-        for c in link.rx.try_iter() {
-            match c {
-                Control::Reload(lb, number) => match engine.update((*lb).clone()) {
-                    Ok(()) => generation = number,
-                    Err(e) => eprintln!(
-                        "lb-dpdk: reload refused by a worker, running configuration kept: {e} (its backends' \
-                         health stays as it is until a reload succeeds: the probers follow the new configuration)"
-                    ),
-                },
-                // Results of another configuration's probers name members by their place there.
-                Control::Probe { generation: of, pool, probe, member, up } if of == generation => {
-                    engine.record_probe(pool, probe, member, up);
-                    probed = true;
-                }
-                Control::Probe { .. } => {}
-            }
-        }
-        if probed {
-            // All the results that came together, in one rebuild a table (after a zone failed,
-            // hundreds of backends' probes time out at once).
-            engine.apply_probes();
-        }
-        let n = port.rx_burst(&mut rx, BURST);
-        let now = port.now();
-        stats.rx += n as u64;
-        // rx_burst returns at most BURST frames; were there more, the rest would be recycled below
-        // like any dropped frame, never leaked.
-        let mut actions = [Action::Drop; BURST];
-        let m = rx.len().min(BURST);
-        // One clock read more a burst than the loop needs anyway (the publish check below reuses
-        // the second), on the port's clock: under a nanosecond a frame with DPDK's TSC.
-        let burst_start = (m > 0).then(|| port.clock_ns());
-        engine.process_burst(&mut rx[..m], now, &mut actions[..m]);
-        let burst_end = port.clock_ns();
-        if let Some(t) = burst_start {
-            stats.busy_ns += burst_end.saturating_sub(t);
-        }
-        for (mut b, a) in rx.drain(..).zip(actions.into_iter().chain(core::iter::repeat(Action::Drop))) {
-            match a {
-                Action::Transmit { start, len } | Action::Deliver { start, len, .. } => {
-                    b.set_frame(start, len);
-                    tx.push(b);
-                }
-                Action::Drop => port.recycle(b),
-            }
-        }
-        let attempted = tx.len() as u64;
-        if attempted > 0 {
-            let sent = port.tx_burst(&mut tx) as u64;
-            stats.tx += sent;
-            stats.tx_failed += attempted - sent;
-        }
-        let elapsed = now.wrapping_sub(sweep_clock).min(SWEEP_PERIOD_SECS);
-        sweep_owed = sweep_owed.saturating_add(sweep_per_sec * elapsed as usize);
-        sweep_clock = now;
-        let budget = if n == 0 { SWEEP_BUDGET } else { sweep_owed.min(SWEEP_BUDGET) };
-        sweep_owed = sweep_owed.saturating_sub(budget);
-        if budget > 0 {
-            engine.tick(now, budget, |f| resets.push(f.to_vec()));
-        }
-        for f in resets.drain(..) {
-            if port.tx_copy(&f) {
-                stats.tx += 1;
-            } else {
-                stats.tx_failed += 1;
-            }
-        }
-        let done = n == 0 && port.finished();
-        if done || burst_end.saturating_sub(last_publish) >= PUBLISH_PERIOD_NS {
-            publish(engine, &stats, link);
-            last_publish = port.clock_ns();
-        }
-        if done {
-            link.finished.store(true, Ordering::Relaxed);
-            break;
-        }
-    }
-    publish(engine, &stats, link);
-}
-
-fn publish(engine: &mut Engine, io: &Stats, link: &WorkerLink) {
-    let mut s = engine.stats();
-    s.rx = io.rx;
-    s.tx = io.tx;
-    s.tx_failed = io.tx_failed;
-    s.busy_ns = io.busy_ns;
-    if let Ok(mut slot) = link.stats.lock() {
-        *slot = s;
     }
 }
 
@@ -277,62 +129,23 @@ pub fn main(args: &RunArgs) -> ExitCode {
     code
 }
 
-/// Running workers.
-pub struct Workers {
-    /// Each waits for some workers to end (joins a thread; DPDK: waits for the lcores, then closes
-    /// the ports and the EAL).
-    pub joins: Vec<Box<dyn FnOnce()>>,
-    /// Their control-plane handles.
-    pub handles: Vec<WorkerHandle>,
-}
-
+/// Starts the workers on the port the options name.
 fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<Workers, String> {
     if args.dpdk {
         #[cfg(feature = "dpdk")]
-        return crate::dpdk::start(args, cfg, stop);
+        return crate::dpdk::start(&args.dpdk_options(), cfg, stop);
         #[cfg(not(feature = "dpdk"))]
         return Err("this build has no DPDK support: rebuild with `--features dpdk`".into());
     }
     let (Some(input), Some(output)) = (&args.pcap_in, &args.pcap_out) else {
         return Err("--pcap-in and --pcap-out are needed without --dpdk".into());
     };
-    let mut port = PcapPort::open(input, output)?;
-    let output_name = output.to_path_buf();
-    port.at_end(match (args.pcap_follow, args.linger) {
+    let at_end = match (args.pcap_follow, args.linger) {
         (true, _) => AtEnd::Follow,
         (false, true) => AtEnd::Wait,
         (false, false) => AtEnd::Finish,
-    });
-    let mut engine = Engine::new(cfg)?;
-    let (link, handle) = worker_pair(stop);
-    let t = std::thread::Builder::new()
-        .name("lb-worker-0".into())
-        .spawn(move || {
-            let ran =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&mut engine, &mut port, &link)));
-            if ran.is_err() {
-                eprintln!("lb-dpdk: the worker panicked: stopping");
-                link.failed.store(true, Ordering::Relaxed);
-                link.stop.store(true, Ordering::Relaxed);
-                link.finished.store(true, Ordering::Relaxed);
-            }
-            if let Err(e) = port.close() {
-                eprintln!("lb-dpdk: {}: {e}", output_name.display());
-                link.failed.store(true, Ordering::Relaxed);
-            }
-            if port.oversize > 0 || port.cut > 0 || port.read_errors > 0 {
-                eprintln!(
-                    "lb-dpdk: pcap input: {} frames larger than a buffer and {} cut short by the capture's \
-                     snaplen skipped, {} read errors",
-                    port.oversize, port.cut, port.read_errors
-                );
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let join = move || {
-        let _ = t.join();
     };
-    Ok(Workers { joins: vec![Box::new(join)], handles: vec![handle] })
+    crate::pcap::start(input, output, at_end, cfg, stop)
 }
 
 fn sum(handles: &[WorkerHandle]) -> Stats {
@@ -364,7 +177,7 @@ fn control_plane(
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
     // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
-    let probing = !args.no_probes && cfg.role == Role::Mux;
+    let probing = !args.no_probes && cfg.kind() == Role::Mux;
     let mut generation = 0u64;
     let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
     let started = Instant::now();
@@ -433,7 +246,7 @@ fn control_plane(
 ///   indices, which only grow, running out) is still refused by the workers, which then keep the
 ///   running configuration and say so.
 fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, String> {
-    if new.role != running.role {
+    if new.kind() != running.kind() {
         return Err("the role cannot change at run time".into());
     }
     let changed = node_changes(running, &new);
@@ -441,9 +254,11 @@ fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, S
         return Err(format!("node settings changed ({}): they take a restart", changed.join(", ")));
     }
     let mut trial = new.clone();
-    trial.mux.flow_capacity = 1;
-    trial.host.flow_capacity = 1;
-    Engine::new(&trial)?;
+    match &mut trial.role {
+        NodeRole::Mux(m) => m.flow_capacity = 1,
+        NodeRole::Host(h) => h.flow_capacity = 1,
+    }
+    new_node(&trial)?;
     Ok(new.lb)
 }
 
@@ -456,9 +271,8 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
             changed.push(name);
         }
     };
-    match a.role {
-        Role::Mux => {
-            let (a, b) = (&a.mux, &b.mux);
+    match (&a.role, &b.role) {
+        (NodeRole::Mux(a), NodeRole::Mux(b)) => {
             field("mac", a.mac != b.mac);
             field("gatewayMac", a.gateway_mac != b.gateway_mac);
             field("underlay", a.underlay != b.underlay);
@@ -468,8 +282,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
             field("flowCapacity", a.flow_capacity != b.flow_capacity);
             field("maglevSize", a.maglev_size != b.maglev_size);
         }
-        Role::Host => {
-            let (a, b) = (&a.host, &b.host);
+        (NodeRole::Host(a), NodeRole::Host(b)) => {
             field("mac", a.mac != b.mac);
             field("gatewayMac", a.gateway_mac != b.gateway_mac);
             field("underlay", a.underlay != b.underlay);
@@ -482,6 +295,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
             field("snatQuarantineSeconds", a.snat_quarantine_secs != b.snat_quarantine_secs);
             field("resetOnSnatExhaustion", a.reset_on_snat_exhaustion != b.reset_on_snat_exhaustion);
         }
+        _ => field("role", true),
     }
     changed
 }

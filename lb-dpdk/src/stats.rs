@@ -1,36 +1,9 @@
-//! One lcore's data path: the MUX or the host agent of `lb-core`, behind one `process` call, with its
-//! counters as a plain snapshot the status line and the metrics page read.
+//! A worker's counters as a plain snapshot, summed over workers for the status line, the metrics
+//! page and the final report.
 
 use std::net::IpAddr;
 
-use lb_core::config::LoadBalancer;
-use lb_core::paths::host::HostEgress;
-use lb_core::paths::{DropReason, HostAgent, HostDrop, HostVerdict, Mux, Verdict};
-use lb_core::tables::Health;
-
-use crate::node::{NodeConfig, Role};
-use crate::port::BurstFrame;
-use crate::run::BURST;
-
-/// What to do with a frame after processing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Transmit `buf[start..start + len]`.
-    Transmit { start: usize, len: usize },
-    /// Hand `buf[start..start + len]` to local backend `backend` (host role; the pcap port writes it
-    /// to the output too, the DPDK port sends it on the same port).
-    Deliver { backend: usize, start: usize, len: usize },
-    /// Dropped (the engine counted it).
-    Drop,
-}
-
-/// A data path.
-pub enum Engine {
-    /// The MUX, and where its flow-table sweep goes on next.
-    Mux(Box<Mux>, usize),
-    /// The host agent.
-    Host(Box<HostAgent>),
-}
+use lb_core::paths::Node;
 
 /// One backend's counters: (pool name, backend name, address, packets, new flows).
 pub type BackendRow = (String, String, IpAddr, u64, u64);
@@ -121,140 +94,25 @@ impl Stats {
     }
 }
 
-impl Engine {
-    /// Builds the engine a node file asks for.
-    pub fn new(cfg: &NodeConfig) -> Result<Self, String> {
-        match cfg.role {
-            Role::Mux => Mux::with_flow_memory(cfg.mux.clone(), cfg.lb.clone(), lb_core::mem::huge_pages)
-                .map(|m| Engine::Mux(Box::new(m), 0))
-                .map_err(|e| e.to_string()),
-            Role::Host => HostAgent::with_flow_memory(cfg.host.clone(), cfg.lb.clone(), lb_core::mem::huge_pages)
-                .map(|h| Engine::Host(Box::new(h)))
-                .map_err(|e| e.to_string()),
+impl Stats {
+    /// The data path's own counters (the poll loop adds its I/O counters).
+    pub fn of(node: &mut Node) -> Stats {
+        let totals = node.totals();
+        let drops = node.drops().map(|(cause, n)| (cause.name(), n)).collect();
+        let mut backends = Vec::new();
+        let mut backends_up = Vec::new();
+        for b in node.backends() {
+            backends.push((b.pool, b.backend, b.address, b.traffic.packets, b.traffic.new_flows));
+            backends_up.extend(b.up);
         }
-    }
-
-    /// Processes a burst of received frames where they lie, at time `now` (seconds): `out[i]` says
-    /// what to do with `frames[i]` (`out` is as long as `frames`, at most [`BURST`]). The MUX takes
-    /// the whole burst at once (parsing and prefetching every frame's flow before steering any).
-    #[inline]
-    pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], now: u32, out: &mut [Action]) {
-        match self {
-            Engine::Mux(m, _) => {
-                debug_assert!(frames.len() <= BURST, "a burst of {} frames", frames.len());
-                let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
-                let n = frames.len().min(out.len()).min(BURST);
-                m.process_burst(&mut frames[..n], now, &mut verdicts[..n]);
-                for (a, v) in out.iter_mut().zip(&verdicts[..n]) {
-                    *a = match *v {
-                        Verdict::Forward { start, len } => Action::Transmit { start, len },
-                        Verdict::Drop(_) => Action::Drop,
-                    };
-                }
-            }
-            Engine::Host(h) => {
-                for (f, a) in frames.iter_mut().zip(out.iter_mut()) {
-                    let (buf, start, len) = f.parts();
-                    // One port carries both sides of the host here.
-                    *a = match h.from_either(buf, start, len, now) {
-                        HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
-                        HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
-                        HostVerdict::Drop(_) => Action::Drop,
-                    };
-                }
-            }
-        }
-    }
-
-    /// Buckets of the flow table (what a full sweep visits).
-    pub fn buckets(&mut self) -> usize {
-        let slots = match self {
-            Engine::Mux(m, _) => m.flows().slots(),
-            Engine::Host(h) => h.flows().slots(),
-        };
-        slots / lb_core::tables::flow::BUCKET_SLOTS
-    }
-
-    /// Timers: flows idle past their timeout go (host: their SNAT ports are released and TCP resets
-    /// sent, handed to `emit`). The poll loop calls it with a small `budget` of buckets, paced so
-    /// that the whole table is covered every few seconds.
-    pub fn tick(&mut self, now: u32, budget: usize, mut emit: impl FnMut(&[u8])) {
-        match self {
-            Engine::Mux(m, cursor) => *cursor = m.flows().sweep(*cursor, budget, now),
-            Engine::Host(h) => h.expire(now, budget, |_to: HostEgress, frame| emit(frame)),
-        }
-    }
-
-    /// Applies a new configuration; on error the running one stays.
-    pub fn update(&mut self, lb: LoadBalancer) -> Result<(), String> {
-        match self {
-            Engine::Mux(m, _) => m.update(lb).map_err(|e| e.to_string()),
-            Engine::Host(h) => h.update(lb).map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Records one probe result (MUX: the health state machine; host agents do not steer by
-    /// health); [`Engine::apply_probes`] then rebuilds what changed.
-    pub fn record_probe(&mut self, pool: usize, probe: usize, member: usize, up: bool) {
-        if let Engine::Mux(m, _) = self {
-            let _ = m.record_probe(pool, probe, member, up);
-        }
-    }
-
-    /// Rebuilds the Maglev tables whose members' health the recorded results changed.
-    pub fn apply_probes(&mut self) {
-        if let Engine::Mux(m, _) = self {
-            if let Err(e) = m.apply_probes() {
-                eprintln!("lb-dpdk: a health change could not be applied: {e}");
-            }
-        }
-    }
-
-    /// The engine's counters.
-    pub fn stats(&mut self) -> Stats {
-        match self {
-            Engine::Mux(m, _) => {
-                let flows = m.flows().len() as u64;
-                let (c, lb) = (m.counters(), m.config());
-                let mut backends = Vec::new();
-                let mut backends_up = Vec::new();
-                for (pi, p) in lb.pools.iter().enumerate() {
-                    for (bi, b) in p.backends.iter().enumerate() {
-                        let t = c.backends.get(pi).and_then(|x| x.get(bi)).copied().unwrap_or_default();
-                        backends.push((p.name.clone(), b.name.clone(), b.address, t.packets, t.new_flows));
-                        backends_up.push(m.health(pi, bi) != Some(Health::Down));
-                    }
-                }
-                let drops = DropReason::ALL.iter().map(|r| (r.name(), c.drops[*r as usize])).collect();
-                Stats { drops, backends, backends_up, flows, ..Stats::default() }
-            }
-            Engine::Host(h) => {
-                let c = h.counters().clone();
-                let locals = h.local_backends().to_vec();
-                let mut backends = Vec::new();
-                let mut snat = 0;
-                for (i, l) in locals.iter().enumerate() {
-                    let t = c.backends.get(i).copied().unwrap_or_default();
-                    let pool = &h.config().pools[l.pool];
-                    backends.push((
-                        pool.name.clone(),
-                        pool.backends[l.member].name.clone(),
-                        l.address,
-                        t.packets,
-                        t.new_flows,
-                    ));
-                    snat += u64::from(h.snat_ports_in_use(i));
-                }
-                let drops = HostDrop::ALL.iter().map(|r| (r.name(), c.drops[*r as usize])).collect();
-                Stats {
-                    drops,
-                    backends,
-                    flows: h.flows().len() as u64,
-                    snat_ports: snat,
-                    resets: c.resets,
-                    ..Stats::default()
-                }
-            }
+        Stats {
+            drops,
+            backends,
+            backends_up,
+            flows: totals.flows,
+            snat_ports: totals.snat_ports_in_use,
+            resets: totals.tcp_resets,
+            ..Stats::default()
         }
     }
 }

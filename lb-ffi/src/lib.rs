@@ -11,14 +11,16 @@
 //! Threads: one instance per core (per thread), no hidden locks, no global state besides the
 //! version string. An instance may move between threads, but must not be used by two at once.
 #![allow(non_camel_case_types)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use lb_core::config::json::from_json;
-use lb_core::config::node::{self, NodeConfig, Role};
-use lb_core::paths::{DropReason, HostAgent, HostDrop, HostVerdict, Mux, MuxCounters, Traffic, Verdict};
+use lb_core::config::node::{self, NodeError};
+use lb_core::config::ConfigError;
+use lb_core::paths::{Action, BurstFrame, DropCause, Node, NodeError as PathError, Side};
 
 /// Result codes. `LB_RESULT_OK` is 0; errors start at 7000 so that they never look like a count or
 /// an errno.
@@ -134,21 +136,56 @@ pub struct lb_counters {
     pub tcp_resets: u64,
 }
 
-enum Engine {
-    Mux(Box<Mux>),
-    Host(Box<HostAgent>),
-}
-
 /// An opaque MUX or host-agent instance. Create it with [`lb_instance_new`], free it with
 /// [`lb_instance_free`].
 pub struct lb_instance {
-    engine: Engine,
+    node: Node,
     poisoned: bool,
-    /// Where the MUX's flow-table sweep goes on next.
-    sweep: usize,
-    /// Traffic of MUX frontends an update removed (their counters go with them in the core), so
-    /// that the totals [`lb_counters_get`] reports never go backwards.
-    retired: Traffic,
+}
+
+/// The one map from the library's errors to result codes.
+trait ResultCode {
+    /// The code a C caller gets for this error.
+    fn code(&self) -> lb_result;
+}
+
+impl ResultCode for ConfigError {
+    fn code(&self) -> lb_result {
+        // A load balancer whose JSON has the wrong shape is bad JSON, one that breaks a rule a bad
+        // configuration.
+        if self.is_json() {
+            lb_result::LB_RESULT_BAD_JSON
+        } else {
+            lb_result::LB_RESULT_BAD_CONFIG
+        }
+    }
+}
+
+impl ResultCode for NodeError {
+    fn code(&self) -> lb_result {
+        match self {
+            NodeError::Json(..) => lb_result::LB_RESULT_BAD_JSON,
+            NodeError::LoadBalancer(e) => e.code(),
+            NodeError::Io(..) | NodeError::Field(..) => lb_result::LB_RESULT_BAD_CONFIG,
+        }
+    }
+}
+
+impl ResultCode for PathError {
+    fn code(&self) -> lb_result {
+        match self {
+            PathError::WrongRole => lb_result::LB_RESULT_WRONG_ROLE,
+            PathError::Mux(lb_core::paths::MuxError::UnknownBackend { .. })
+            | PathError::Mux(lb_core::paths::MuxError::NotProbed { .. }) => lb_result::LB_RESULT_BAD_ARGUMENT,
+            PathError::Mux(_) | PathError::Host(_) => lb_result::LB_RESULT_BAD_CONFIG,
+        }
+    }
+}
+
+/// An error's code and its message for the caller's buffer.
+fn failure<E: ResultCode + std::fmt::Display>(e: E, message: &mut Option<String>) -> lb_result {
+    *message = Some(e.to_string());
+    e.code()
 }
 
 /// Copies `msg` into the caller's `err` buffer (NUL-terminated, truncated to fit on a UTF-8
@@ -193,17 +230,6 @@ unsafe fn text<'a>(text: *const c_char, len: usize) -> Result<&'a str, lb_result
     std::str::from_utf8(bytes).map_err(|_| lb_result::LB_RESULT_BAD_JSON)
 }
 
-fn build(cfg: &NodeConfig) -> Result<Engine, String> {
-    match cfg.role {
-        Role::Mux => {
-            Mux::new(cfg.mux.clone(), cfg.lb.clone()).map(|m| Engine::Mux(Box::new(m))).map_err(|e| e.to_string())
-        }
-        Role::Host => HostAgent::new(cfg.host.clone(), cfg.lb.clone())
-            .map(|h| Engine::Host(Box::new(h)))
-            .map_err(|e| e.to_string()),
-    }
-}
-
 /// Creates an instance from a node file's JSON (`json`, `json_len` bytes, UTF-8, need not be
 /// NUL-terminated): the role (`"mux"` or `"host"`), this node's addresses and the load balancer
 /// inline (`"loadBalancer": {...}`) or as a file (`"loadBalancerFile"`, relative to the current
@@ -242,27 +268,16 @@ pub unsafe extern "C" fn lb_instance_new(
         };
         let cfg = match node::parse(t, Path::new("."), Path::new("<json>")) {
             Ok(c) => c,
-            Err(e) => {
-                message = Some(e.to_string());
-                return match e {
-                    // The load balancer's JSON of the wrong shape is bad JSON too, as in `lb_update`.
-                    node::NodeError::Json(..) => lb_result::LB_RESULT_BAD_JSON,
-                    node::NodeError::LoadBalancer(ref c) if c.field == "json" => lb_result::LB_RESULT_BAD_JSON,
-                    _ => lb_result::LB_RESULT_BAD_CONFIG,
-                };
-            }
+            Err(e) => return failure(e, &mut message),
         };
-        match build(&cfg) {
-            Ok(engine) => {
-                let b = Box::new(lb_instance { engine, poisoned: false, sweep: 0, retired: Traffic::default() });
+        match Node::new(cfg.role, cfg.lb) {
+            Ok(node) => {
+                let b = Box::new(lb_instance { node, poisoned: false });
                 // SAFETY: as above.
                 unsafe { *out = Box::into_raw(b) };
                 lb_result::LB_RESULT_OK
             }
-            Err(e) => {
-                message = Some(e);
-                lb_result::LB_RESULT_BAD_CONFIG
-            }
+            Err(e) => failure(e, &mut message),
         }
     });
     if r != lb_result::LB_RESULT_OK {
@@ -296,8 +311,8 @@ pub unsafe extern "C" fn lb_instance_role(inst: *const lb_instance) -> u32 {
     catch_unwind(|| {
         // SAFETY: per the contract.
         match unsafe { inst.as_ref() } {
-            Some(lb_instance { engine: Engine::Mux(_), .. }) => lb_role::LB_ROLE_MUX as u32,
-            Some(lb_instance { engine: Engine::Host(..), .. }) => lb_role::LB_ROLE_HOST as u32,
+            Some(i) if i.node.is_mux() => lb_role::LB_ROLE_MUX as u32,
+            Some(_) => lb_role::LB_ROLE_HOST as u32,
             None => 0,
         }
     })
@@ -348,57 +363,64 @@ pub unsafe extern "C" fn lb_process_burst(
     direction: u32,
     verdicts: *mut lb_verdict,
 ) -> lb_result {
+    let work = |i: &mut lb_instance| {
+        // NULL arrays first, as documented, then the direction.
+        if n > 0 && (frames.is_null() || verdicts.is_null()) {
+            return lb_result::LB_RESULT_NULL_ARGUMENT;
+        }
+        // A C caller may pass any integer: only the listed values become a side.
+        let side = match direction {
+            0 => Side::Either,
+            1 => Side::Fabric,
+            2 => Side::Backend,
+            _ => return lb_result::LB_RESULT_BAD_ARGUMENT,
+        };
+        if n == 0 {
+            return lb_result::LB_RESULT_OK;
+        }
+        // SAFETY: non-NULL, `n` elements each, per the contract.
+        let (frames, verdicts) =
+            unsafe { (std::slice::from_raw_parts_mut(frames, n), std::slice::from_raw_parts_mut(verdicts, n)) };
+        // SAFETY: per the contract, every non-NULL `buf` is the library's for the call.
+        unsafe { process_frames(&mut i.node, frames, verdicts, side, now) }
+    };
     // SAFETY: per the contract.
-    unsafe {
-        with_instance(inst, |i| {
-            // NULL arrays first, as documented, then the direction.
-            if n > 0 && (frames.is_null() || verdicts.is_null()) {
-                return lb_result::LB_RESULT_NULL_ARGUMENT;
-            }
-            // A C caller may pass any integer: only the listed values become an `lb_direction`.
-            let direction = match direction {
-                0 => lb_direction::LB_DIRECTION_AUTO,
-                1 => lb_direction::LB_DIRECTION_FROM_FABRIC,
-                2 => lb_direction::LB_DIRECTION_FROM_BACKEND,
-                _ => return lb_result::LB_RESULT_BAD_ARGUMENT,
-            };
-            if n == 0 {
-                return lb_result::LB_RESULT_OK;
-            }
-            // SAFETY: non-NULL, `n` elements each, per the contract.
-            let frames = std::slice::from_raw_parts_mut(frames, n);
-            let verdicts = std::slice::from_raw_parts_mut(verdicts, n);
-            let h = match &mut i.engine {
-                Engine::Mux(m) => return mux_burst(m, frames, verdicts, now),
-                Engine::Host(h) => h,
-            };
-            let mut result = lb_result::LB_RESULT_OK;
-            for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-                if f.buf.is_null() {
-                    result = lb_result::LB_RESULT_NULL_ARGUMENT;
-                    *v = drop_verdict(0);
-                    continue;
-                }
-                // SAFETY: `buf` is non-NULL with `buf_len` bytes, exclusively ours for the call.
-                let buf = std::slice::from_raw_parts_mut(f.buf, f.buf_len);
-                *v = host_one(h, buf, f, now, direction);
-            }
-            result
-        })
+    unsafe { with_instance(inst, work) }
+}
+
+/// A caller's frame, as the data path takes it.
+struct CallerFrame<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    len: usize,
+}
+
+impl BurstFrame for CallerFrame<'_> {
+    #[inline(always)]
+    fn parts(&mut self) -> (&mut [u8], usize, usize) {
+        (&mut *self.buf, self.start, self.len)
     }
 }
 
-/// A MUX takes the frames a burst at a time (every frame parsed and its flow prefetched before any
-/// is steered), skipping frames with a NULL buffer (dropped as malformed, `LB_RESULT_NULL_ARGUMENT`).
+/// Runs the frames through the node a burst at a time (a MUX parses every frame of a burst and
+/// prefetches its flow before steering any), skipping frames with a NULL buffer (dropped as
+/// malformed, `LB_RESULT_NULL_ARGUMENT`).
 ///
 /// # Safety
 /// Each non-NULL `buf` points to `buf_len` bytes, exclusively the library's for the call and not
 /// aliased by another frame.
-unsafe fn mux_burst(m: &mut Mux, frames: &mut [lb_frame], verdicts: &mut [lb_verdict], now: u32) -> lb_result {
+unsafe fn process_frames(
+    node: &mut Node,
+    frames: &mut [lb_frame],
+    verdicts: &mut [lb_verdict],
+    side: Side,
+    now: u32,
+) -> lb_result {
     const BURST: usize = lb_core::paths::mux::BURST;
     let mut result = lb_result::LB_RESULT_OK;
     for (fs, vs) in frames.chunks_mut(BURST).zip(verdicts.chunks_mut(BURST)) {
-        let mut views: [(&mut [u8], usize, usize); BURST] = std::array::from_fn(|_| (&mut [][..], 0, 0));
+        let mut views: [CallerFrame<'_>; BURST] =
+            std::array::from_fn(|_| CallerFrame { buf: &mut [][..], start: 0, len: 0 });
         let mut index = [0usize; BURST];
         let mut k = 0;
         for (j, f) in fs.iter().enumerate() {
@@ -408,20 +430,15 @@ unsafe fn mux_burst(m: &mut Mux, frames: &mut [lb_frame], verdicts: &mut [lb_ver
                 continue;
             }
             // SAFETY: non-NULL with `buf_len` bytes, exclusively ours for the call, per the contract.
-            views[k] = (unsafe { std::slice::from_raw_parts_mut(f.buf, f.buf_len) }, f.start, f.len);
+            let buf = unsafe { std::slice::from_raw_parts_mut(f.buf, f.buf_len) };
+            views[k] = CallerFrame { buf, start: f.start, len: f.len };
             index[k] = j;
             k += 1;
         }
-        let mut out = [Verdict::Drop(DropReason::Malformed); BURST];
-        m.process_burst(&mut views[..k], now, &mut out[..k]);
-        for (&j, v) in index[..k].iter().zip(&out[..k]) {
-            vs[j] = match *v {
-                Verdict::Forward { start, len } => {
-                    (fs[j].start, fs[j].len) = (start, len);
-                    lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 }
-                }
-                Verdict::Drop(r) => drop_verdict(r as u32),
-            };
+        let mut actions = [Action::Drop(DropCause::mux(0).expect("a first reason")); BURST];
+        node.process_burst(&mut views[..k], side, now, &mut actions[..k]);
+        for (&j, a) in index[..k].iter().zip(&actions[..k]) {
+            vs[j] = verdict(&mut fs[j], *a);
         }
     }
     result
@@ -431,29 +448,19 @@ fn drop_verdict(reason: u32) -> lb_verdict {
     lb_verdict { action: lb_action::LB_ACTION_DROP, reason, backend: 0 }
 }
 
-/// One frame through a host agent, from the side `direction` names.
-fn host_one(h: &mut HostAgent, buf: &mut [u8], f: &mut lb_frame, now: u32, direction: lb_direction) -> lb_verdict {
-    let (start, len) = (f.start, f.len);
-    let v = match direction {
-        lb_direction::LB_DIRECTION_FROM_FABRIC => h.from_fabric(buf, start, len, now),
-        lb_direction::LB_DIRECTION_FROM_BACKEND => h.from_backend(buf, start, len, now),
-        lb_direction::LB_DIRECTION_AUTO => h.from_either(buf, start, len, now),
-    };
-    let (sent, verdict) = match v {
-        HostVerdict::Transmit { start, len } => {
-            (Some((start, len)), lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 })
+/// The caller's verdict on a frame; a frame sent on now lies where the action says.
+fn verdict(f: &mut lb_frame, a: Action) -> lb_verdict {
+    match a {
+        Action::Transmit { start, len } => {
+            (f.start, f.len) = (start, len);
+            lb_verdict { action: lb_action::LB_ACTION_TRANSMIT, reason: 0, backend: 0 }
         }
-        HostVerdict::Deliver { backend, start, len } => (
-            Some((start, len)),
-            lb_verdict { action: lb_action::LB_ACTION_DELIVER, reason: 0, backend: backend as u32 },
-        ),
-        HostVerdict::Drop(r) => (None, drop_verdict(r as u32)),
-    };
-    if let Some((s, l)) = sent {
-        f.start = s;
-        f.len = l;
+        Action::Deliver { backend, start, len } => {
+            (f.start, f.len) = (start, len);
+            lb_verdict { action: lb_action::LB_ACTION_DELIVER, reason: 0, backend: backend as u32 }
+        }
+        Action::Drop(cause) => drop_verdict(cause.index() as u32),
     }
-    verdict
 }
 
 /// Reports one result of health probe `probe` for member `member` of pool `pool` (indices in the
@@ -474,16 +481,16 @@ pub unsafe extern "C" fn lb_report_probe(
     member: usize,
     success: bool,
 ) -> lb_result {
+    let work = |i: &mut lb_instance| match i
+        .node
+        .record_probe(pool, probe, member, success)
+        .and_then(|()| i.node.apply_probes())
+    {
+        Ok(()) => lb_result::LB_RESULT_OK,
+        Err(e) => e.code(),
+    };
     // SAFETY: per the contract.
-    unsafe {
-        with_instance(inst, |i| match &mut i.engine {
-            Engine::Mux(m) => match m.report_probe(pool, probe, member, success) {
-                Ok(_) => lb_result::LB_RESULT_OK,
-                Err(_) => lb_result::LB_RESULT_BAD_ARGUMENT,
-            },
-            Engine::Host(..) => lb_result::LB_RESULT_WRONG_ROLE,
-        })
-    }
+    unsafe { with_instance(inst, work) }
 }
 
 /// Whether member `member` of pool `pool` is up (1), down (0: a probe of one of the pool's rules
@@ -497,7 +504,7 @@ pub unsafe extern "C" fn lb_backend_up(inst: *const lb_instance, pool: usize, me
     catch_unwind(|| {
         // SAFETY: per the contract.
         match unsafe { inst.as_ref() } {
-            Some(lb_instance { engine: Engine::Mux(m), poisoned: false, .. }) => match m.health(pool, member) {
+            Some(lb_instance { node, poisoned: false }) => match node.health(pool, member) {
                 Some(lb_core::tables::Health::Up) => 1,
                 Some(_) => 0,
                 None => -1,
@@ -526,62 +533,30 @@ pub unsafe extern "C" fn lb_update(
     // As in `lb_instance_new`, every failure leaves a message (a NULL or poisoned instance, a
     // caught panic: the result's description).
     let mut message = None;
-    // SAFETY: per the contract.
-    let r = unsafe {
-        with_instance(inst, |i| {
-            let t = match text(json, json_len) {
-                Ok(t) => t,
-                Err(e) => {
-                    message = Some("configuration is NULL or not UTF-8".to_string());
-                    return e;
-                }
-            };
-            let lb = match from_json(t) {
-                Ok(lb) => lb,
-                Err(e) => {
-                    message = Some(e.to_string());
-                    return if e.field == "json" {
-                        lb_result::LB_RESULT_BAD_JSON
-                    } else {
-                        lb_result::LB_RESULT_BAD_CONFIG
-                    };
-                }
-            };
-            let r = match &mut i.engine {
-                Engine::Mux(m) => {
-                    // The core keeps per-frontend counters and drops those of removed frontends.
-                    let before = vip_totals(m.counters());
-                    let r = m.update(lb).map_err(|e| e.to_string());
-                    let after = vip_totals(m.counters());
-                    i.retired.packets += before.packets.saturating_sub(after.packets);
-                    i.retired.bytes += before.bytes.saturating_sub(after.bytes);
-                    i.retired.new_flows += before.new_flows.saturating_sub(after.new_flows);
-                    r
-                }
-                Engine::Host(h) => h.update(lb).map_err(|e| e.to_string()),
-            };
-            match r {
-                Ok(()) => lb_result::LB_RESULT_OK,
-                Err(e) => {
-                    message = Some(e);
-                    lb_result::LB_RESULT_BAD_CONFIG
-                }
+    let work = |i: &mut lb_instance| {
+        // SAFETY: per the contract.
+        let t = match unsafe { text(json, json_len) } {
+            Ok(t) => t,
+            Err(e) => {
+                message = Some("configuration is NULL or not UTF-8".to_string());
+                return e;
             }
-        })
+        };
+        let lb = match from_json(t) {
+            Ok(lb) => lb,
+            Err(e) => return failure(e, &mut message),
+        };
+        match i.node.update(lb) {
+            Ok(()) => lb_result::LB_RESULT_OK,
+            Err(e) => failure(e, &mut message),
+        }
     };
+    // SAFETY: per the contract.
+    let r = unsafe { with_instance(inst, work) };
     if r != lb_result::LB_RESULT_OK {
         write_error(err, err_len, message.as_deref().unwrap_or(describe(r)));
     }
     r
-}
-
-/// The sum of a MUX's per-frontend traffic.
-fn vip_totals(c: &MuxCounters) -> Traffic {
-    c.vips.iter().fold(Traffic::default(), |a, t| Traffic {
-        packets: a.packets + t.packets,
-        bytes: a.bytes + t.bytes,
-        new_flows: a.new_flows + t.new_flows,
-    })
 }
 
 /// Expires idle flows in up to `buckets` buckets of the flow table (call it from the poll loop with
@@ -592,16 +567,12 @@ fn vip_totals(c: &MuxCounters) -> Traffic {
 /// `inst` must be NULL or a live instance.
 #[no_mangle]
 pub unsafe extern "C" fn lb_expire(inst: *mut lb_instance, now: u32, buckets: usize) -> lb_result {
+    let work = |i: &mut lb_instance| {
+        i.node.expire(now, buckets, |_, _| {});
+        lb_result::LB_RESULT_OK
+    };
     // SAFETY: per the contract.
-    unsafe {
-        with_instance(inst, |i| {
-            match &mut i.engine {
-                Engine::Mux(m) => i.sweep = m.flows().sweep(i.sweep, buckets, now),
-                Engine::Host(h) => h.expire(now, buckets, |_, _| {}),
-            }
-            lb_result::LB_RESULT_OK
-        })
-    }
+    unsafe { with_instance(inst, work) }
 }
 
 /// Writes a snapshot of the counters to `*out` (caller-owned).
@@ -610,45 +581,32 @@ pub unsafe extern "C" fn lb_expire(inst: *mut lb_instance, now: u32, buckets: us
 /// `inst` must be NULL or a live instance; `out` NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_counters) -> lb_result {
-    // SAFETY: per the contract.
-    unsafe {
-        if out.is_null() {
-            return lb_result::LB_RESULT_NULL_ARGUMENT;
-        }
-        with_instance(inst, |i| {
-            let mut c = lb_counters::default();
-            match &mut i.engine {
-                Engine::Mux(m) => {
-                    let k = m.counters();
-                    let t = vip_totals(k);
-                    c.forwarded = t.packets + i.retired.packets;
-                    c.forwarded_bytes = t.bytes + i.retired.bytes;
-                    c.new_flows = t.new_flows + i.retired.new_flows;
-                    c.forwarded += k.relayed.packets;
-                    c.forwarded_bytes += k.relayed.bytes;
-                    c.drop_reasons = k.drops.len() as u32;
-                    c.drops[..k.drops.len()].copy_from_slice(&k.drops);
-                    c.flows = m.flows().len() as u64;
-                }
-                Engine::Host(h) => {
-                    let k = h.counters();
-                    for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
-                        c.forwarded += t.packets;
-                        c.forwarded_bytes += t.bytes;
-                    }
-                    c.new_flows = k.inbound.new_flows + k.snat_out.new_flows;
-                    c.drop_reasons = k.drops.len() as u32;
-                    c.drops[..k.drops.len()].copy_from_slice(&k.drops);
-                    c.flows = h.flows().len() as u64;
-                    c.snat_ports_in_use =
-                        (0..h.local_backends().len()).map(|l| u64::from(h.snat_ports_in_use(l))).sum();
-                    c.tcp_resets = k.resets;
-                }
-            }
-            *out = c;
-            lb_result::LB_RESULT_OK
-        })
+    if out.is_null() {
+        return lb_result::LB_RESULT_NULL_ARGUMENT;
     }
+    let work = |i: &mut lb_instance| {
+        let t = i.node.totals();
+        let mut c = lb_counters {
+            forwarded: t.forwarded,
+            forwarded_bytes: t.forwarded_bytes,
+            new_flows: t.new_flows,
+            flows: t.flows,
+            snat_ports_in_use: t.snat_ports_in_use,
+            tcp_resets: t.tcp_resets,
+            ..lb_counters::default()
+        };
+        for (cause, n) in i.node.drops() {
+            if let Some(slot) = c.drops.get_mut(cause.index()) {
+                *slot = n;
+                c.drop_reasons = c.drop_reasons.max(cause.index() as u32 + 1);
+            }
+        }
+        // SAFETY: non-NULL, and writable per the contract.
+        unsafe { *out = c };
+        lb_result::LB_RESULT_OK
+    };
+    // SAFETY: per the contract.
+    unsafe { with_instance(inst, work) }
 }
 
 /// The name of drop reason `reason` for instances of role `role` (a static NUL-terminated string
@@ -656,8 +614,8 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
 #[no_mangle]
 pub extern "C" fn lb_drop_reason_name(role: u32, reason: u32) -> *const c_char {
     let name = match role {
-        r if r == lb_role::LB_ROLE_MUX as u32 => DropReason::ALL.get(reason as usize).map(|d| d.c_name()),
-        r if r == lb_role::LB_ROLE_HOST as u32 => HostDrop::ALL.get(reason as usize).map(|d| d.c_name()),
+        r if r == lb_role::LB_ROLE_MUX as u32 => DropCause::mux(reason as usize).map(DropCause::c_name),
+        r if r == lb_role::LB_ROLE_HOST as u32 => DropCause::host(reason as usize).map(DropCause::c_name),
         _ => None,
     };
     name.map_or(std::ptr::null(), |n| n.as_ptr())
@@ -689,6 +647,7 @@ pub extern "C" fn lb_version() -> *const c_char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_core::paths::{DropReason, HostDrop};
 
     #[test]
     fn drop_names_follow_the_core() {

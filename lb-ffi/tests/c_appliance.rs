@@ -92,7 +92,8 @@ fn parse_report(stdout: &str) -> BTreeMap<String, u64> {
 /// appliance should print, and for each input frame the frame transmitted (if any).
 fn rust_mux(node_file: &Path, records: &[Record]) -> (BTreeMap<String, u64>, Vec<Option<Vec<u8>>>) {
     let cfg = node::load(node_file).unwrap();
-    let mut mux = Mux::new(cfg.mux, cfg.lb).unwrap();
+    let lb_core::paths::NodeRole::Mux(settings) = cfg.role else { panic!("{}: not a MUX", node_file.display()) };
+    let mut mux = Mux::new(settings, cfg.lb).unwrap();
     let mut sent = Vec::new();
     let (mut transmit, mut drop, mut sweep) = (0u64, 0u64, 0usize);
     for burst in records.chunks(BURST) {

@@ -1,4 +1,4 @@
-//! A node file: this node's role, addresses and knobs, plus the load balancer (the seed's resource
+//! A node file: this node's role, addresses and knobs, plus the load balancer (Azure's resource
 //! JSON, inline or in a file of its own). `lb-dpdk` runs one; the C ABI creates instances from one.
 //!
 //! ```text
@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use super::json::from_json;
 use super::{ConfigError, LoadBalancer};
-use crate::paths::{HostNode, MuxNode, ReturnPath};
+use crate::paths::{HostNode, MuxNode, NodeRole, ReturnPath};
 use crate::wire::MacAddr;
 
 /// Which data path a node runs.
@@ -72,14 +72,20 @@ struct NodeJson {
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The role.
-    pub role: Role,
-    /// MUX settings (used when `role` is Mux).
-    pub mux: MuxNode,
-    /// Host settings (used when `role` is Host).
-    pub host: HostNode,
+    /// The role, with this node's settings for it.
+    pub role: NodeRole,
     /// The load balancer.
     pub lb: LoadBalancer,
+}
+
+impl NodeConfig {
+    /// Which data path the node runs.
+    pub fn kind(&self) -> Role {
+        match self.role {
+            NodeRole::Mux(_) => Role::Mux,
+            NodeRole::Host(_) => Role::Host,
+        }
+    }
 }
 
 /// Why a configuration file was refused.
@@ -106,7 +112,16 @@ impl fmt::Display for NodeError {
     }
 }
 
-impl std::error::Error for NodeError {}
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeError::Io(_, e) => Some(e),
+            NodeError::Json(_, e) => Some(e),
+            NodeError::Field(..) => None,
+            NodeError::LoadBalancer(e) => Some(e),
+        }
+    }
+}
 
 fn mac(field: &'static str, s: &str) -> Result<MacAddr, NodeError> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -131,6 +146,16 @@ pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
 /// text in errors.
 pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeError> {
     let j: NodeJson = serde_json::from_str(text).map_err(|e| NodeError::Json(name.to_owned(), e))?;
+    let lb = load_balancer(&j, dir)?;
+    let role = match j.role {
+        Role::Mux => NodeRole::Mux(mux_settings(&j)?),
+        Role::Host => NodeRole::Host(host_settings(j)?),
+    };
+    Ok(NodeConfig { role, lb })
+}
+
+/// The load balancer, inline or from its own file.
+fn load_balancer(j: &NodeJson, dir: &Path) -> Result<LoadBalancer, NodeError> {
     let lb_text = match (&j.load_balancer, &j.load_balancer_file) {
         (Some(v), None) => v.to_string(),
         (None, Some(f)) => {
@@ -139,19 +164,55 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
         }
         _ => return Err(NodeError::Field("loadBalancer", "exactly one of loadBalancer and loadBalancerFile".into())),
     };
-    let lb = from_json(&lb_text).map_err(NodeError::LoadBalancer)?;
-    let (mac, gateway_mac) = (mac("mac", &j.mac)?, mac("gatewayMac", &j.gateway_mac)?);
-    let hash_seed = j.hash_seed.unwrap_or(42);
+    from_json(&lb_text).map_err(NodeError::LoadBalancer)
+}
+
+/// The settings both roles share.
+struct Common {
+    mac: MacAddr,
+    gateway_mac: MacAddr,
+    ttl: u8,
+    mtu: u16,
+    hash_seed: u64,
+    flow_capacity: usize,
+}
+
+fn common_settings(j: &NodeJson) -> Result<Common, NodeError> {
     let flow_capacity = j.flow_capacity.unwrap_or(1_000_000);
     if flow_capacity == 0 {
         return Err(NodeError::Field("flowCapacity", "at least 1".into()));
     }
-    let (ttl, mtu) = (j.ttl.unwrap_or(64), j.mtu.unwrap_or(9000));
+    Ok(Common {
+        mac: mac("mac", &j.mac)?,
+        gateway_mac: mac("gatewayMac", &j.gateway_mac)?,
+        ttl: j.ttl.unwrap_or(64),
+        mtu: j.mtu.unwrap_or(9000),
+        hash_seed: j.hash_seed.unwrap_or(42),
+        flow_capacity,
+    })
+}
+
+fn mux_settings(j: &NodeJson) -> Result<MuxNode, NodeError> {
+    let c = common_settings(j)?;
+    Ok(MuxNode {
+        mac: c.mac,
+        gateway_mac: c.gateway_mac,
+        underlay: j.underlay,
+        ttl: c.ttl,
+        mtu: c.mtu,
+        hash_seed: c.hash_seed,
+        flow_capacity: c.flow_capacity,
+        maglev_size: j.maglev_size.unwrap_or(crate::tables::DEFAULT_TABLE_SIZE),
+    })
+}
+
+fn host_settings(j: NodeJson) -> Result<HostNode, NodeError> {
+    let c = common_settings(&j)?;
     let return_path = match j.return_path.unwrap_or(ReturnPathJson::Mux) {
         ReturnPathJson::Mux => ReturnPath::ViaMux,
         ReturnPathJson::Direct => ReturnPath::Direct,
     };
-    if j.role == Role::Host && return_path == ReturnPath::ViaMux && j.muxes.is_empty() {
+    if return_path == ReturnPath::ViaMux && j.muxes.is_empty() {
         return Err(NodeError::Field(
             "muxes",
             "a host returning traffic via MUX needs at least one MUX address".into(),
@@ -164,30 +225,19 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
             alloc::format!("at most {} (a day)", crate::tables::snat::MAX_QUARANTINE_SECS),
         ));
     }
-    let mux = MuxNode {
-        mac,
-        gateway_mac,
-        underlay: j.underlay,
-        ttl,
-        mtu,
-        hash_seed,
-        flow_capacity,
-        maglev_size: j.maglev_size.unwrap_or(crate::tables::DEFAULT_TABLE_SIZE),
-    };
-    let host = HostNode {
-        mac,
-        gateway_mac,
+    Ok(HostNode {
+        mac: c.mac,
+        gateway_mac: c.gateway_mac,
         underlay: j.underlay,
         muxes: j.muxes,
         return_path,
-        ttl,
-        mtu,
-        hash_seed,
-        flow_capacity,
+        ttl: c.ttl,
+        mtu: c.mtu,
+        hash_seed: c.hash_seed,
+        flow_capacity: c.flow_capacity,
         snat_quarantine_secs,
         reset_on_snat_exhaustion: j.reset_on_snat_exhaustion.unwrap_or(false),
-    };
-    Ok(NodeConfig { role: j.role, mux, host, lb })
+    })
 }
 
 #[cfg(test)]
@@ -201,9 +251,10 @@ mod tests {
     #[test]
     fn example_node_files_load() {
         let c = load(&examples().join("demo-mux.node.json")).unwrap();
-        assert_eq!(c.role, Role::Mux);
-        assert_eq!(c.mux.mac, MacAddr([2, 0, 0, 0, 5, 0x0a]));
-        assert_eq!(c.mux.maglev_size, crate::tables::DEFAULT_TABLE_SIZE);
+        assert_eq!(c.kind(), Role::Mux);
+        let NodeRole::Mux(mux) = &c.role else { panic!("{:?}", c.role) };
+        assert_eq!(mux.mac, MacAddr([2, 0, 0, 0, 5, 0x0a]));
+        assert_eq!(mux.maglev_size, crate::tables::DEFAULT_TABLE_SIZE);
         assert_eq!(c.lb.name, "DemoLB");
     }
 
@@ -216,10 +267,15 @@ mod tests {
                 r#"{{"role":"host","mac":"02:00:00:00:0a:14","gatewayMac":"02:00:00:00:00:01","underlay":"172.16.10.21"{extra},"loadBalancer":{lb}}}"#
             )
         };
-        let ok = parse(&node(r#","muxes":["172.16.5.10"]"#), &dir, Path::new("t")).unwrap();
-        assert_eq!((ok.role, ok.host.return_path, ok.host.muxes.len()), (Role::Host, ReturnPath::ViaMux, 1));
-        let direct = parse(&node(r#","returnPath":"direct""#), &dir, Path::new("t")).unwrap();
-        assert_eq!(direct.host.return_path, ReturnPath::Direct);
+        let host = |text: &str| match parse(text, &dir, Path::new("t")).map(|c| c.role) {
+            Ok(NodeRole::Host(h)) => Ok(h),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let ok = host(&node(r#","muxes":["172.16.5.10"]"#)).unwrap();
+        assert_eq!((ok.return_path, ok.muxes.len()), (ReturnPath::ViaMux, 1));
+        let direct = host(&node(r#","returnPath":"direct""#)).unwrap();
+        assert_eq!(direct.return_path, ReturnPath::Direct);
         let e = parse(&node(""), &dir, Path::new("t")).unwrap_err();
         assert!(matches!(e, NodeError::Field("muxes", _)), "{e}");
         let e = parse(&node(r#","muxes":["172.16.5.10"],"flowCapacity":0"#), &dir, Path::new("t")).unwrap_err();
@@ -227,8 +283,8 @@ mod tests {
         let e = parse(&node(r#","muxes":["172.16.5.10"],"snatQuarantineSeconds":86401"#), &dir, Path::new("t"))
             .unwrap_err();
         assert!(matches!(e, NodeError::Field("snatQuarantineSeconds", _)), "{e}");
-        let day = parse(&node(r#","muxes":["172.16.5.10"],"snatQuarantineSeconds":86400"#), &dir, Path::new("t"));
-        assert_eq!(day.unwrap().host.snat_quarantine_secs, 86_400);
+        let day = host(&node(r#","muxes":["172.16.5.10"],"snatQuarantineSeconds":86400"#));
+        assert_eq!(day.unwrap().snat_quarantine_secs, 86_400);
         let bad_mac = node(r#","muxes":["172.16.5.10"]"#).replace("02:00:00:00:0a:14", "02:00:00:0a:14");
         assert!(matches!(parse(&bad_mac, &dir, Path::new("t")), Err(NodeError::Field("mac", _))));
         let unknown = node(r#","muxes":["172.16.5.10"],"colour":"blue""#);

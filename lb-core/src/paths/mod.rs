@@ -5,7 +5,9 @@
 pub mod host;
 mod listen;
 pub mod mux;
+pub mod node;
 
 pub use host::{HostAgent, HostCounters, HostDrop, HostError, HostNode, HostVerdict, ReturnPath};
 pub use listen::backend_tag;
 pub use mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict};
+pub use node::{Action, BackendReport, DropCause, Node, NodeError, NodeRole, NodeTotals, Side};

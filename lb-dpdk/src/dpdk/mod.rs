@@ -3,7 +3,7 @@
 //! [`start`] initialises the EAL with the arguments after `--`, creates one mbuf pool, configures the
 //! rx port (and the tx port, when it is another one) with one rx and one tx queue per worker (RSS
 //! spreads the flows over the rx queues when the device can hash), starts the ports and launches the
-//! workers. Each worker owns an [`Engine`] (its flow table and counters: nothing is shared between
+//! workers. Each worker owns a [`Node`] (its flow table and counters: nothing is shared between
 //! workers) and one queue pair, wrapped in a [`DpdkPort`], and runs [`poll_loop`] on it until the
 //! control plane sets the stop flag.
 //!
@@ -27,10 +27,26 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::engine::Engine;
-use crate::node::{NodeConfig, Role};
+use lb_core::config::node::NodeConfig;
+use lb_core::paths::{Node, NodeRole};
+
 use crate::port::{BurstFrame, FrameBuf, Port, HEADROOM};
-use crate::run::{poll_loop, worker_pair, RunArgs, WorkerLink, Workers, BURST};
+use crate::worker::{new_node, poll_loop, worker_pair, WorkerHandle, WorkerLink, Workers, BURST};
+
+/// What `lb-dpdk run --dpdk` takes of its options.
+#[derive(Debug, Clone)]
+pub struct DpdkOptions {
+    /// The port to receive on.
+    pub rx_port: u16,
+    /// The port to send on (default: the rx port).
+    pub tx_port: Option<u16>,
+    /// Mbufs in the pool (default: enough for every queue's descriptors).
+    pub mbufs: Option<u32>,
+    /// A worker ends after this many seconds without a frame.
+    pub idle_exit: Option<f64>,
+    /// EAL arguments.
+    pub eal: Vec<String>,
+}
 
 /// The bindings bindgen made from `shim.h` (see build.rs).
 #[allow(
@@ -315,7 +331,7 @@ fn ticks_to_ns(ticks: u64, ns_per_tick: u64) -> u64 {
 
 /// What one worker owns.
 struct Worker {
-    engine: Engine,
+    engine: Node,
     port: DpdkPort,
     link: WorkerLink,
     index: usize,
@@ -555,7 +571,7 @@ fn worker_lcores() -> Vec<c_uint> {
 }
 
 /// `lb-dpdk run --dpdk`: EAL, pool, ports, and one worker per queue (see the module's notes).
-pub fn start(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<Workers, String> {
+pub fn start(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<Workers, String> {
     eal_init(&args.eal)?;
     let mut dpdk = Dpdk { ports: Vec::new(), pool: None };
     match setup(args, cfg, stop, &mut dpdk) {
@@ -584,19 +600,19 @@ pub fn start(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result
 
 /// Running workers, before their join is wrapped.
 struct Launched {
-    handles: Vec<crate::run::WorkerHandle>,
+    handles: Vec<WorkerHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn setup(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mut Dpdk) -> Result<Launched, String> {
-    let rx_port = args.dpdk_rx_port;
-    let tx_port = args.dpdk_tx_port.unwrap_or(rx_port);
+fn setup(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mut Dpdk) -> Result<Launched, String> {
+    let rx_port = args.rx_port;
+    let tx_port = args.tx_port.unwrap_or(rx_port);
     let rx_info = dev_info(rx_port)?;
     let tx_info = if tx_port == rx_port { rx_info } else { dev_info(tx_port)? };
 
     let lcores = worker_lcores();
     let mut max_q = rx_info.max_rx_queues.min(tx_info.max_tx_queues).max(1);
-    if cfg.role == Role::Host && lcores.len() > 1 {
+    if matches!(cfg.role, NodeRole::Host(_)) && lcores.len() > 1 {
         // A host agent's flow has two sides that RSS cannot bring together (tunnels from the MUXes
         // hash on their outer headers, the backends' replies on their own), and each engine hands
         // out SNAT ports from the same blocks: both need the one engine.
@@ -612,17 +628,14 @@ fn setup(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mut Dp
         );
     }
 
-    let mtu = u32::from(match cfg.role {
-        Role::Mux => cfg.mux.mtu,
-        Role::Host => cfg.host.mtu,
-    });
+    let mtu = u32::from(cfg.role.mtu());
     // The frame after DPDK's headroom; the engine puts tunnel headers into the headroom.
     let data_room = (sys::RTE_PKTMBUF_HEADROOM + mtu + L2_OVERHEAD).min(u32::from(u16::MAX));
     let ports = if tx_port == rx_port { 1 } else { 2 };
     let need = u32::from(queues) * ports * (u32::from(RX_DESC) + u32::from(TX_DESC))
         + u32::from(queues) * (POOL_CACHE + BURST as u32)
         + 1024;
-    let mbufs = args.dpdk_mbufs.unwrap_or_else(|| (need.max(MIN_MBUFS) + 1).next_power_of_two() - 1);
+    let mbufs = args.mbufs.unwrap_or_else(|| (need.max(MIN_MBUFS) + 1).next_power_of_two() - 1);
     let name = CString::new("lb_mbuf_pool").expect("no NUL");
     // SAFETY: a plain query.
     let socket = unsafe { sys::rte_eth_dev_socket_id(rx_port) };
@@ -649,9 +662,9 @@ fn setup(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mut Dp
     let mut workers = Vec::with_capacity(usize::from(queues));
     let mut handles = Vec::with_capacity(usize::from(queues));
     for q in 0..queues {
-        let engine = Engine::new(cfg)?;
+        let engine = new_node(cfg)?;
         let (link, handle) = worker_pair(stop);
-        let port = DpdkPort::new(rx_port, tx_port, q, pool, args.dpdk_idle_exit);
+        let port = DpdkPort::new(rx_port, tx_port, q, pool, args.idle_exit);
         workers.push(Box::new(Worker { engine, port, link, index: usize::from(q) }));
         handles.push(handle);
     }

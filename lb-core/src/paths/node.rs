@@ -1,0 +1,481 @@
+//! One interface over both data paths: a [`Node`] is a MUX or a host agent, fed bursts of frames and
+//! answering one [`Action`] a frame. The program's ports and the C ABI drive nodes through it, so
+//! that building a role, dispatching a burst, sweeping the flow table, reconfiguring and reading
+//! counters are written once.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostNode, HostVerdict};
+use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict, BURST};
+use crate::config::LoadBalancer;
+use crate::tables::Health;
+
+/// The settings of one node, by role: what it is and its own addresses and table sizes (the load
+/// balancer it serves is given beside them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    /// A MUX.
+    Mux(MuxNode),
+    /// A host agent.
+    Host(HostNode),
+}
+
+impl NodeRole {
+    /// The node's underlay IP MTU.
+    pub fn mtu(&self) -> u16 {
+        match self {
+            NodeRole::Mux(m) => m.mtu,
+            NodeRole::Host(h) => h.mtu,
+        }
+    }
+
+    /// `"mux"` or `"host"`, as node files name the roles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeRole::Mux(_) => "mux",
+            NodeRole::Host(_) => "host",
+        }
+    }
+}
+
+/// Where a frame handed to a host agent comes from (a MUX takes frames from one side only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Side {
+    /// Decided per frame: VxLAN to this host, or anything sent by one of its MUXes, is the
+    /// fabric's; the rest a backend's.
+    #[default]
+    Either,
+    /// The fabric (VxLAN from a MUX, replies to SNAT connections).
+    Fabric,
+    /// A local backend.
+    Backend,
+}
+
+/// Why a node dropped a frame: its role's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// A MUX's reason.
+    Mux(DropReason),
+    /// A host agent's reason.
+    Host(HostDrop),
+}
+
+impl DropCause {
+    /// The reason's index in its role's counters ([`Node::drop_reasons`]).
+    pub fn index(self) -> usize {
+        match self {
+            DropCause::Mux(r) => r as usize,
+            DropCause::Host(r) => r as usize,
+        }
+    }
+
+    /// The reason's name (`snake_case`, as metrics and the C ABI give it).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropCause::Mux(r) => r.name(),
+            DropCause::Host(r) => r.name(),
+        }
+    }
+
+    /// The name, NUL-terminated for the C ABI.
+    pub fn c_name(self) -> &'static core::ffi::CStr {
+        match self {
+            DropCause::Mux(r) => r.c_name(),
+            DropCause::Host(r) => r.c_name(),
+        }
+    }
+
+    /// A MUX's reason `index` (`None` past the last).
+    pub fn mux(index: usize) -> Option<Self> {
+        DropReason::ALL.get(index).map(|&r| DropCause::Mux(r))
+    }
+
+    /// A host agent's reason `index` (`None` past the last).
+    pub fn host(index: usize) -> Option<Self> {
+        HostDrop::ALL.get(index).map(|&r| DropCause::Host(r))
+    }
+}
+
+/// What to do with a frame after a node processed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send `buf[start..start + len]` on the fabric side.
+    Transmit {
+        /// Where the frame to send starts.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// Hand `buf[start..start + len]` to local backend `backend` (a host agent's index into
+    /// [`HostAgent::local_backends`]).
+    Deliver {
+        /// The local backend.
+        backend: usize,
+        /// Where the frame starts.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// Dropped, and counted under its cause.
+    Drop(DropCause),
+}
+
+impl From<Verdict> for Action {
+    #[inline(always)]
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Forward { start, len } => Action::Transmit { start, len },
+            Verdict::Drop(r) => Action::Drop(DropCause::Mux(r)),
+        }
+    }
+}
+
+impl From<HostVerdict> for Action {
+    #[inline(always)]
+    fn from(v: HostVerdict) -> Self {
+        match v {
+            HostVerdict::Transmit { start, len } => Action::Transmit { start, len },
+            HostVerdict::Deliver { backend, start, len } => Action::Deliver { backend, start, len },
+            HostVerdict::Drop(r) => Action::Drop(DropCause::Host(r)),
+        }
+    }
+}
+
+/// Why a node refused to start, a reconfiguration or a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    /// The MUX refused it.
+    Mux(MuxError),
+    /// The host agent refused it.
+    Host(HostError),
+    /// The call applies to the other role (probe results go to MUXes only).
+    WrongRole,
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Mux(e) => fmt::Display::fmt(e, f),
+            NodeError::Host(e) => fmt::Display::fmt(e, f),
+            NodeError::WrongRole => f.write_str("not supported by this node's role"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NodeError::Mux(e) => Some(e),
+            NodeError::Host(e) => Some(e),
+            NodeError::WrongRole => None,
+        }
+    }
+}
+
+impl From<MuxError> for NodeError {
+    fn from(e: MuxError) -> Self {
+        NodeError::Mux(e)
+    }
+}
+
+impl From<HostError> for NodeError {
+    fn from(e: HostError) -> Self {
+        NodeError::Host(e)
+    }
+}
+
+/// A node's totals, the same for both roles (a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeTotals {
+    /// Frames sent on (transmitted or delivered).
+    pub forwarded: u64,
+    /// Their bytes, without tunnel headers.
+    pub forwarded_bytes: u64,
+    /// New connections: those a MUX steered; those a host agent delivered or its backends opened
+    /// through SNAT.
+    pub new_flows: u64,
+    /// Live flow-table entries.
+    pub flows: u64,
+    /// SNAT ports in use (host agent).
+    pub snat_ports_in_use: u64,
+    /// TCP resets sent (host agent).
+    pub tcp_resets: u64,
+}
+
+/// One backend's line in a node's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendReport {
+    /// The pool's name.
+    pub pool: String,
+    /// The backend's name.
+    pub backend: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// Frames sent to it and flows opened to it.
+    pub traffic: Traffic,
+    /// A MUX's health verdict (whether it takes new flows); `None` on a host agent, which does not
+    /// steer by health.
+    pub up: Option<bool>,
+}
+
+enum Path {
+    Mux {
+        mux: Box<Mux>,
+        /// Where the flow-table sweep goes on next.
+        sweep: usize,
+        /// Traffic of frontends a reconfiguration removed (their counters go with them), so that
+        /// the totals never go backwards.
+        retired: Traffic,
+    },
+    Host(Box<HostAgent>),
+}
+
+/// A MUX or a host agent behind one interface.
+pub struct Node {
+    path: Path,
+}
+
+impl Node {
+    /// Builds the node `role` asks for, serving `lb`.
+    pub fn new(role: NodeRole, lb: LoadBalancer) -> Result<Self, NodeError> {
+        Self::with_flow_memory(role, lb, |_, _| {})
+    }
+
+    /// [`Node::new`], handing the flow table's memory to `prepare` before it is first written (the
+    /// program asks for large pages there).
+    pub fn with_flow_memory(
+        role: NodeRole,
+        lb: LoadBalancer,
+        prepare: impl FnOnce(*const u8, usize),
+    ) -> Result<Self, NodeError> {
+        let path = match role {
+            NodeRole::Mux(node) => Path::Mux {
+                mux: Box::new(Mux::with_flow_memory(node, lb, prepare)?),
+                sweep: 0,
+                retired: Traffic::default(),
+            },
+            NodeRole::Host(node) => Path::Host(Box::new(HostAgent::with_flow_memory(node, lb, prepare)?)),
+        };
+        Ok(Node { path })
+    }
+
+    /// The MUX, if this node is one.
+    pub fn mux(&mut self) -> Option<&mut Mux> {
+        match &mut self.path {
+            Path::Mux { mux, .. } => Some(mux),
+            Path::Host(_) => None,
+        }
+    }
+
+    /// The host agent, if this node is one.
+    pub fn host(&mut self) -> Option<&mut HostAgent> {
+        match &mut self.path {
+            Path::Host(h) => Some(h),
+            Path::Mux { .. } => None,
+        }
+    }
+
+    /// Whether this node is a MUX.
+    pub fn is_mux(&self) -> bool {
+        matches!(self.path, Path::Mux { .. })
+    }
+
+    /// The load balancer in force.
+    pub fn config(&self) -> &LoadBalancer {
+        match &self.path {
+            Path::Mux { mux, .. } => mux.config(),
+            Path::Host(h) => h.config(),
+        }
+    }
+
+    /// Processes a burst of frames where they lie, at `now` (seconds of any monotonic clock):
+    /// `out[i]` says what to do with `frames[i]`. A MUX takes [`BURST`] frames at a time (every
+    /// frame parsed and its flow prefetched before any is steered); a host agent takes them from
+    /// `side`. Frames past `out.len()` are left alone.
+    #[inline]
+    pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], side: Side, now: u32, out: &mut [Action]) {
+        let n = frames.len().min(out.len());
+        match &mut self.path {
+            Path::Mux { mux, .. } => {
+                for (fs, acts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
+                    let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
+                    let verdicts = &mut verdicts[..fs.len()];
+                    mux.process_burst(fs, now, verdicts);
+                    for (a, v) in acts.iter_mut().zip(verdicts.iter()) {
+                        *a = Action::from(*v);
+                    }
+                }
+            }
+            Path::Host(h) => {
+                for (f, a) in frames[..n].iter_mut().zip(out[..n].iter_mut()) {
+                    let (buf, start, len) = f.parts();
+                    let v = match side {
+                        Side::Either => h.from_either(buf, start, len, now),
+                        Side::Fabric => h.from_fabric(buf, start, len, now),
+                        Side::Backend => h.from_backend(buf, start, len, now),
+                    };
+                    *a = Action::from(v);
+                }
+            }
+        }
+    }
+
+    /// Buckets of the flow table (what a full sweep visits).
+    pub fn buckets(&mut self) -> usize {
+        let slots = match &mut self.path {
+            Path::Mux { mux, .. } => mux.flows().slots(),
+            Path::Host(h) => h.flows().slots(),
+        };
+        slots / crate::tables::flow::BUCKET_SLOTS
+    }
+
+    /// Expires flows idle past their timeout in up to `buckets` buckets, going on where the last
+    /// call stopped. A host agent releases their SNAT ports and hands each TCP reset it sends to
+    /// `emit`, with the side it leaves on.
+    pub fn expire(&mut self, now: u32, buckets: usize, emit: impl FnMut(HostEgress, &[u8])) {
+        match &mut self.path {
+            Path::Mux { mux, sweep, .. } => *sweep = mux.flows().sweep(*sweep, buckets, now),
+            Path::Host(h) => h.expire(now, buckets, emit),
+        }
+    }
+
+    /// Applies a new load balancer; on error the running one stays. Established flows keep their
+    /// backends.
+    pub fn update(&mut self, lb: LoadBalancer) -> Result<(), NodeError> {
+        match &mut self.path {
+            Path::Mux { mux, retired, .. } => {
+                let before = frontend_totals(mux.counters());
+                let r = mux.update(lb);
+                let after = frontend_totals(mux.counters());
+                retired.packets += before.packets.saturating_sub(after.packets);
+                retired.bytes += before.bytes.saturating_sub(after.bytes);
+                retired.new_flows += before.new_flows.saturating_sub(after.new_flows);
+                Ok(r?)
+            }
+            Path::Host(h) => Ok(h.update(lb)?),
+        }
+    }
+
+    /// Records one result of probe `probe` for member `member` of pool `pool` (a MUX's health
+    /// state machine); [`Node::apply_probes`] then rebuilds what changed. A host agent does not
+    /// steer by health.
+    pub fn record_probe(&mut self, pool: usize, probe: usize, member: usize, up: bool) -> Result<(), NodeError> {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.record_probe(pool, probe, member, up).map(|_| ()).map_err(NodeError::Mux),
+            Path::Host(_) => Err(NodeError::WrongRole),
+        }
+    }
+
+    /// Rebuilds the Maglev tables whose members' health the recorded results changed.
+    pub fn apply_probes(&mut self) -> Result<(), NodeError> {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.apply_probes().map_err(NodeError::Mux),
+            Path::Host(_) => Ok(()),
+        }
+    }
+
+    /// A MUX's health of a pool member (`None` for a host agent or indices out of range).
+    pub fn health(&self, pool: usize, member: usize) -> Option<Health> {
+        match &self.path {
+            Path::Mux { mux, .. } => mux.health(pool, member),
+            Path::Host(_) => None,
+        }
+    }
+
+    /// Drops per reason, in counter order (a reason's index is [`DropCause::index`]).
+    pub fn drops(&self) -> impl Iterator<Item = (DropCause, u64)> + '_ {
+        let (mux, host): (&[_], &[_]) = match &self.path {
+            Path::Mux { mux, .. } => (&mux.counters().drops, &[]),
+            Path::Host(h) => (&[], &h.counters().drops),
+        };
+        let mux = DropReason::ALL.iter().zip(mux).map(|(&r, &n)| (DropCause::Mux(r), n));
+        let host = HostDrop::ALL.iter().zip(host).map(|(&r, &n)| (DropCause::Host(r), n));
+        mux.chain(host)
+    }
+
+    /// The totals both roles keep.
+    pub fn totals(&mut self) -> NodeTotals {
+        match &mut self.path {
+            Path::Mux { mux, retired, .. } => {
+                let flows = mux.flows().len() as u64;
+                let k = mux.counters();
+                let t = frontend_totals(k);
+                NodeTotals {
+                    forwarded: t.packets + retired.packets + k.relayed.packets,
+                    forwarded_bytes: t.bytes + retired.bytes + k.relayed.bytes,
+                    new_flows: t.new_flows + retired.new_flows,
+                    flows,
+                    ..NodeTotals::default()
+                }
+            }
+            Path::Host(h) => {
+                let k = h.counters();
+                let mut totals = NodeTotals {
+                    new_flows: k.inbound.new_flows + k.snat_out.new_flows,
+                    flows: h.flows().len() as u64,
+                    snat_ports_in_use: (0..h.local_backends().len()).map(|l| u64::from(h.snat_ports_in_use(l))).sum(),
+                    tcp_resets: k.resets,
+                    ..NodeTotals::default()
+                };
+                for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
+                    totals.forwarded += t.packets;
+                    totals.forwarded_bytes += t.bytes;
+                }
+                totals
+            }
+        }
+    }
+
+    /// One line per backend: a MUX's every pool member, a host agent's local backends.
+    pub fn backends(&self) -> Vec<BackendReport> {
+        match &self.path {
+            Path::Mux { mux, .. } => {
+                let (c, lb) = (mux.counters(), mux.config());
+                let mut rows = Vec::new();
+                for (pi, p) in lb.pools.iter().enumerate() {
+                    for (bi, b) in p.backends.iter().enumerate() {
+                        rows.push(BackendReport {
+                            pool: p.name.clone(),
+                            backend: b.name.clone(),
+                            address: b.address,
+                            traffic: c.backends.get(pi).and_then(|x| x.get(bi)).copied().unwrap_or_default(),
+                            up: Some(mux.health(pi, bi) != Some(Health::Down)),
+                        });
+                    }
+                }
+                rows
+            }
+            Path::Host(h) => {
+                let c = h.counters();
+                h.local_backends()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let pool = &h.config().pools[l.pool];
+                        BackendReport {
+                            pool: pool.name.clone(),
+                            backend: pool.backends[l.member].name.clone(),
+                            address: l.address,
+                            traffic: c.backends.get(i).copied().unwrap_or_default(),
+                            up: None,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The sum of a MUX's per-frontend traffic.
+fn frontend_totals(c: &MuxCounters) -> Traffic {
+    c.vips.iter().fold(Traffic::default(), |a, t| Traffic {
+        packets: a.packets + t.packets,
+        bytes: a.bytes + t.bytes,
+        new_flows: a.new_flows + t.new_flows,
+    })
+}

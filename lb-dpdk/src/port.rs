@@ -1,0 +1,44 @@
+//! I/O behind one small trait, so that the same poll loop runs on every port: a pcap file (the
+//! default: pure Rust, runs anywhere) and DPDK (feature `dpdk`). A port is one module beside this
+//! one, with its buffers, its [`Port`] and a `start` that launches its workers.
+
+pub use lb_core::paths::BurstFrame;
+
+/// Bytes kept free in front of every received frame, for the VxLAN outer headers (70 over IPv6).
+pub const HEADROOM: usize = 128;
+/// Largest frame a buffer holds (a 9000-byte jumbo frame plus its tags and a tunnel).
+pub const MAX_FRAME: usize = 9216 + 128;
+
+/// A packet buffer: the frame lies at `buf[start..start + len]`, with headroom before it
+/// ([`BurstFrame::parts`] gives the whole buffer and where the frame lies, so that a burst of
+/// buffers goes to the data path as it is).
+pub trait FrameBuf: BurstFrame {
+    /// The frame now lies at `buf[start..start + len]` (after encapsulation or decapsulation).
+    fn set_frame(&mut self, start: usize, len: usize);
+}
+
+/// A port: bursts in, bursts out.
+pub trait Port {
+    /// Its buffers.
+    type Buf: FrameBuf;
+    /// Receives up to `max` frames into `out`; returns how many.
+    fn rx_burst(&mut self, out: &mut Vec<Self::Buf>, max: usize) -> usize;
+    /// Sends the frames of `frames` in order and empties it; returns how many were sent (the port
+    /// freed the rest: the caller counts them).
+    fn tx_burst(&mut self, frames: &mut Vec<Self::Buf>) -> usize;
+    /// Sends a copy of a frame the engine built on its own (a TCP reset); false if it could not.
+    fn tx_copy(&mut self, frame: &[u8]) -> bool;
+    /// Hands a buffer back for reuse (a dropped frame).
+    fn recycle(&mut self, buf: Self::Buf);
+    /// Seconds of the clock the data path runs on (pcap: the capture time of the last frame read).
+    fn now(&self) -> u32;
+    /// Whether the input has ended (a pcap file read to its end; a NIC never ends).
+    fn finished(&self) -> bool;
+    /// A monotonic clock in nanoseconds, for the poll loop's own accounting (the engine's time
+    /// around every burst, the status period): read twice a burst, so a port with a cheaper clock
+    /// than the OS's gives its own (DPDK: the TSC, about half the cost of `Instant::now`).
+    fn clock_ns(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    }
+}
