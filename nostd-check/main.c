@@ -61,7 +61,7 @@ static int failures = 0;
         }                                                                                            \
     } while (0)
 
-/* 802.1Q (VLAN 10) IPv4 TCP SYN 1.2.3.4:50000 -> 20.50.60.10:80, 6 bytes of Ethernet padding. */
+/* 802.1Q (VLAN 10) IPv4 TCP SYN from 1.2.3.4:50000 to 20.50.60.10:80, 6 bytes of Ethernet padding. */
 static const uint8_t SYN[64] = {
     /* Ethernet: dst, src, 802.1Q TPID, TCI (vid 10), EtherType IPv4 */
     0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x81, 0x00, 0x00, 0x0a, 0x08, 0x00,
@@ -74,7 +74,7 @@ static const uint8_t SYN[64] = {
     0, 0, 0, 0, 0, 0,
 };
 
-/* IPv6 UDP 2001:db8::1:5353 -> 2001:db8::2:53 with 4 payload bytes, untagged. */
+/* IPv6 UDP from 2001:db8::1:5353 to 2001:db8::2:53 with 4 payload bytes, untagged. */
 static const uint8_t UDP6[14 + 40 + 8 + 4] = {
     0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x86, 0xdd,
     /* IPv6: version 6, payload length 12, next header UDP, hop limit 64 */

@@ -1,7 +1,7 @@
-//! The MUX ("Step 4: MUX Processing"): classify a client frame, find its VIP and rule (load-balancing
-//! rule, HA ports, inbound NAT rule or pool), keep established flows on their backend, pick a new
-//! flow's backend from the pool's Maglev table (healthy members only), and VxLAN-encapsulate the
-//! frame, in place, to the backend's host with the pool's VNI.
+//! The MUX (the Mux of the Ananta paper, SIGCOMM 2013): classify a client frame, find its VIP and
+//! rule (load-balancing rule, HA ports, inbound NAT rule or pool), keep established flows on their
+//! backend, pick a new flow's backend from the pool's Maglev table (healthy members only), and
+//! VxLAN-encapsulate the frame, in place, to the backend's host with the pool's VNI.
 //!
 //! One `Mux` per core: it owns its flow table and counters, so nothing on the packet path is shared
 //! or locked, and nothing allocates. Any number of MUXes built from the same configuration pick the
@@ -235,9 +235,10 @@ struct PoolState {
 }
 
 /// A pool as one health probe sees it: what the load-balancing rules that send to the pool with
-/// that probe (or with none) balance new flows over. In the seed a probe belongs to a rule, so two
-/// rules on one pool with different probes (HTTP on 80, HTTPS on 443) each take a member out on
-/// their own probe's failures only; a rule without a probe sends to every member.
+/// that probe (or with none) balance new flows over. In Azure Load Balancer a health probe belongs to
+/// a load-balancing rule (the rule's `probe`), so two rules on one pool with different probes (HTTP
+/// on 80, HTTPS on 443) each take a member out on their own probe's failures only; a rule without a
+/// probe sends to every member.
 #[derive(Debug, Clone)]
 struct Balancer {
     pool: usize,
@@ -726,7 +727,7 @@ impl Mux {
         keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
             // Both cut to one length the compiler knows is at most BURST: then no index below into
-            // the burst's arrays needs a bounds check (518 -> 507 instructions a packet).
+            // the burst's arrays needs a bounds check.
             let count = group.len().min(verdicts.len()).min(BURST);
             let (group, verdicts) = (&mut group[..count], &mut verdicts[..count]);
             let keys = &mut keys[..BURST];
@@ -764,10 +765,9 @@ impl Mux {
                 } else {
                     Verdict::Drop(DropReason::Malformed)
                 };
-                // Stored variant by variant: `*v = steer(..)` copied the verdict out of the stack
-                // slot its return paths meet in, byte ranges of both variants' layouts one by one
-                // (12 instructions); rebuilt here, each variant stores its own fields (480 -> 470
-                // instructions an established packet).
+                // Stored variant by variant: a plain `verdicts[i] = v` copies the verdict out of the
+                // stack slot steer's return paths meet in, the byte ranges of both variants' layouts
+                // one by one; rebuilt here, each variant stores only its own fields.
                 match v {
                     Verdict::Forward { start, len } => verdicts[i] = Verdict::Forward { start, len },
                     Verdict::Drop(r) => {
@@ -814,8 +814,8 @@ impl Mux {
     /// short function; fragments and ICMP errors take [`Mux::steer_special`].
     ///
     /// Always inlined: in lb-dpdk, where the burst loop is inlined into the poll loop, a plain
-    /// `#[inline]` left it a function of its own (12% of the worker's samples, its eight arguments
-    /// passed through the stack) while the benches ran it inlined.
+    /// `#[inline]` leaves it a function of its own there, its eight arguments passed through the
+    /// stack, even where the benches inline it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn steer(
@@ -1013,7 +1013,7 @@ impl Mux {
     /// the Maglev slot that choosing its backend will read, a few packets before it is read, and
     /// returns the VIP and listener it found (indices; `NO_ROUTE` if none), which steering the
     /// packet then need not look up again. Out of line: established flows never come here, and
-    /// inlined it crowded their loop.
+    /// inlined it crowds their loop.
     #[inline(never)]
     fn prefetch_choice(&self, key: &FlowKey, hash: u32) -> (u32, u32) {
         if key.fragment != Fragment::None || key.is_icmp_error() {

@@ -255,9 +255,9 @@ pub struct FlowTable<V = MuxFlow> {
 ///
 /// The remix must leave the second bucket independent of the signature. It multiplies the hash
 /// with its halves swapped and keeps the product's high bits, which every bit of the hash reaches.
-/// (A multiply's low bits depend only on the multiplicand's low bits: a remix that rotated them
-/// to the top made the second bucket a function of the signature's bits, so every flow of one
-/// signature shared one second bucket, and a lookup there met, on average, almost one entry of
+/// (A multiply's low bits depend only on the multiplicand's low bits: a remix that rotates them
+/// to the top makes the second bucket a function of the signature's bits, so every flow of one
+/// signature shares one second bucket, and a lookup there meets, on average, almost one entry of
 /// another flow with its signature, each an extra read of an entry.)
 #[inline(always)]
 fn split(hash: u32, buckets: u32) -> (usize, usize, u16) {
@@ -420,8 +420,8 @@ impl<V: FlowValue> FlowTable<V> {
     #[inline(always)]
     pub fn lookup_probed(&mut self, p: &FlowProbe, key: &FlowKey, now: u32) -> Option<FlowSlot> {
         // Its three answers meet as one number, not as an `Option<FlowSlot>`: an aggregate from
-        // three return paths met in a stack slot, stored and loaded back field by field, and its
-        // slot bounds-checked again by the caller (a slot of `i & 7` needs no check).
+        // three return paths meets in a stack slot, is stored and loaded back field by field, and
+        // its slot is bounds-checked again by the caller (a slot of `i & 7` needs no check).
         let at = self.lookup_probed_index(p, key, now);
         (at != NO_SLOT).then(|| FlowSlot::from_index(at))
     }
@@ -787,7 +787,7 @@ impl<V: FlowValue> FlowTable<V> {
     ) -> FlowSlot {
         let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
         // The slot chosen ahead (by `prefetch_entry`) if neither bucket has changed since: an
-        // earlier packet of the burst may have taken that slot, freed another (RST), or moved a
+        // preceding packet of the burst may have taken that slot, freed another (RST), or moved a
         // deadline (refresh, FIN), and the victim must be the entry nearest its deadline.
         let (b, slot, full) = match self.place_holds(p) {
             Some(h) => (h.bucket as usize, usize::from(h.slot), h.full),
@@ -942,7 +942,7 @@ mod tests {
 
     /// Flows of one signature must not share their second bucket: a lookup compares every entry
     /// whose signature matches, so a second bucket chosen by the signature's bits would fill with
-    /// other flows of the same signature (it once did: see `split`).
+    /// other flows of the same signature (see `split`).
     #[test]
     fn second_bucket_is_independent_of_the_signature() {
         let buckets = 100_003u32;
@@ -1044,7 +1044,7 @@ mod tests {
 
     /// A lookup after a middle pass that saw no signature match answers "miss" without searching,
     /// but only while neither bucket has changed: a flow of the same signature inserted since (an
-    /// earlier packet of the burst opening the same connection) is found.
+    /// preceding packet of the burst opening the same connection) is found.
     #[test]
     fn lookup_trusts_a_miss_seen_ahead_only_while_the_buckets_are_unchanged() {
         let mut t: FlowTable = FlowTable::with_capacity(64).unwrap();
@@ -1055,7 +1055,7 @@ mod tests {
         let misses = t.counters().misses;
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
         assert_eq!(t.counters().misses, misses + 1, "a miss, counted");
-        // The same connection inserted by an earlier packet of the burst: found, not missed.
+        // The same connection inserted by a preceding packet of the burst: found, not missed.
         let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), 4, 0);
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), Some(at));
     }
@@ -1108,7 +1108,8 @@ mod tests {
             448,
             "16 B of signatures + 32 B of deadlines + 8 x 48 B, 64-byte aligned"
         );
-        // The seed's 40 million concurrent flows a MUX: at most 3 GiB, at most 80 bytes a flow.
+        // 40 million concurrent flows a MUX (the size the module docs plan for): at most 3 GiB,
+        // at most 80 bytes a flow.
         let bytes = FlowTable::<MuxFlow>::memory_for(40_000_000);
         assert!(bytes <= 3 << 30, "{bytes} bytes");
         assert!(bytes / 40_000_000 <= 80, "{} bytes a flow", bytes / 40_000_000);

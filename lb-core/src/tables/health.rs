@@ -1,7 +1,7 @@
-//! The probe state machine of the seed ("Health-Based Distribution"): a backend turns unhealthy after
-//! `numberOfProbes` consecutive failed probes ("Controller waits for numberOfProbes failures") and
-//! healthy again after 2 consecutive successes ("Controller waits for 2 consecutive successes"),
-//! whatever `numberOfProbes` is.
+//! The health probe state machine: a backend turns unhealthy after `numberOfProbes` consecutive
+//! failed probes (the property of that name of an Azure Load Balancer health probe: the number of
+//! probes without a response that stops new traffic to the endpoint) and healthy again after
+//! [`RECOVERY_SUCCESSES`] consecutive successes, whatever `numberOfProbes` is.
 //! The prober (off the packet path) reports results; a transition tells the caller to rebuild the
 //! pool's Maglev table. Established flows are not touched: they keep their backend in the flow table.
 
@@ -25,7 +25,8 @@ pub enum Transition {
     CameUp,
 }
 
-/// Consecutive successes that bring a backend back (the seed's "Recovery").
+/// Consecutive successes that bring a backend back, whatever the probe's `numberOfProbes`: two in a
+/// row, so that one lucky answer does not bring back a backend that is still failing.
 pub const RECOVERY_SUCCESSES: u8 = 2;
 
 /// One backend's probe history.
@@ -39,8 +40,8 @@ pub struct ProbeState {
 }
 
 impl ProbeState {
-    /// A backend starts healthy (as the seed's pools do) with the probe's `numberOfProbes`
-    /// (at least 1).
+    /// A backend starts healthy (it takes new flows until its probe says otherwise) with the
+    /// probe's `numberOfProbes` (at least 1).
     pub fn new(number_of_probes: u8) -> Self {
         ProbeState { health: Health::Up, streak: 0, threshold: number_of_probes.max(1) }
     }

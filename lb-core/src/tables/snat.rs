@@ -1,7 +1,7 @@
 //! The host agent's SNAT port allocator (Azure SLB outbound connections).
 //!
 //! A backend VM's outbound connection leaves with the frontend address as its source, and a source
-//! port picked from the block of ports that address lends this VM (the control plane splits the
+//! port picked from the block of ports that address lends the VM (the control plane splits the
 //! 64,512 ports `1024..=65535` of each frontend address among the pool; see
 //! [`default_ports_per_backend`] for Azure's default split). This module hands those ports out and
 //! takes them back.
@@ -16,7 +16,7 @@
 //!   and never one freed less than `quarantine_secs` ago, means late packets (retransmissions, a
 //!   FIN's last ACK, TIME-WAIT on the far side) of an old connection arrive while no new connection
 //!   owns the port, instead of being mistaken for the new connection's packets. If the clock does go
-//!   backwards, ports are handed out later than they could be, never earlier.
+//!   backwards, ports are handed out later than they could be, never too soon.
 //! - **TCP port sharing.** Azure documents that "the same SNAT port can be used for connections to
 //!   different destinations": the 5-tuple stays unique as long as the destination differs. When no
 //!   fresh port is eligible, [`SnatAllocator::alloc_shared`] looks at up to [`SHARE_PROBES`] ports of
@@ -447,7 +447,7 @@ impl SnatAllocator {
         }
     }
 
-    /// Control plane: puts connections carried over from an earlier allocator on their ports (a
+    /// Control plane: puts connections carried over from a previous allocator on their ports (a
     /// reconfiguration rebuilt the allocator, and each `(block, port, exclusive)` is still its
     /// connection's backend's): a free port is taken (`exclusive`: a UDP flow's, never shared), one
     /// in use takes one more connection if both are shareable (TCP). Counted as allocated or
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(a.free(0), 4);
         assert_eq!(a.alloc(0, 100), Ok(2002), "older free ports first");
         assert_eq!(a.alloc(0, 100), Ok(2003));
-        // Now the released ones, in release order, and only after their quarantine.
+        // Then the released ones, in release order, and only after their quarantine.
         assert_eq!(a.alloc(0, 69), Err(SnatError::Exhausted));
         assert_eq!(a.alloc(0, 70), Ok(p1));
         assert_eq!(a.alloc(0, 79), Err(SnatError::Exhausted));

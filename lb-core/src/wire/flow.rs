@@ -12,7 +12,8 @@ use super::tcp::{TcpHeader, TCP_HEADER_LEN};
 use super::udp::{UdpHeader, UDP_HEADER_LEN};
 use super::{header_prefix, ip_proto, Layer, WireError};
 
-/// Which fields of a [`FlowKey`] feed its hash (the load-distribution modes of the seed).
+/// Which fields of a [`FlowKey`] feed its hash (Azure Load Balancer's distribution modes: hash-based
+/// on the 5-tuple, and source IP affinity on the 3-tuple or the 2-tuple).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum HashFields {
     /// Addresses, protocol and ports: every connection is balanced on its own.
@@ -170,9 +171,9 @@ impl FlowKey {
         if self.ip_version == IpVersion::V4 {
             // Both IPv4 addresses fit one word (the key's other 24 address bytes are zero): one
             // multiply mixes them with the ports and a second spreads the result, as wyhash does
-            // with 16 bytes, where the general form below takes four (the MUX: 482 -> 476
-            // instructions an established packet). IPv4 and IPv6 keys never compare equal, so the
-            // two forms never need to agree.
+            // with 16 bytes, where the general form below takes four multiplies (this one is on
+            // every IPv4 packet's path). IPv4 and IPv6 keys never compare equal, so the two forms
+            // never need to agree.
             let v4 = |b: &[u8; 16]| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             let addrs = v4(&self.src_addr) | v4(&self.dst_addr) << 32;
             let a = fold_mul(addrs ^ seed ^ 0xa076_1d64_78bd_642f, ports ^ 0xe703_7ed1_a0b4_28db);
@@ -183,8 +184,8 @@ impl FlowKey {
             fold_mul(w(&self.src_addr, 0) ^ seed ^ 0xa076_1d64_78bd_642f, w(&self.src_addr, 8) ^ 0xe703_7ed1_a0b4_28db);
         let b = fold_mul(w(&self.dst_addr, 0) ^ 0x8ebc_6af0_9c88_c6e3, w(&self.dst_addr, 8) ^ 0x5899_65cc_7537_4cc3);
         // The ports get a multiply of their own (in parallel with the two addresses'): xored
-        // straight into the last one, as before, a port's step moved the output by a near-constant
-        // step, and flows of one client on consecutive ports lined up on the same flow-table
+        // straight into the last one, a port's step would move the output by a near-constant
+        // step, and flows of one client on consecutive ports would line up on the same flow-table
         // signatures (see the test `hash_spreads_sequential_ports`).
         let p = fold_mul(ports ^ seed ^ 0x1d8e_4e27_c47d_124f, 0x9e37_79b9_7f4a_7c15);
         let h = fold_mul(a ^ p, b ^ seed);
@@ -218,9 +219,9 @@ pub(crate) fn ip_of(v: IpVersion, a: &[u8; 16]) -> core::net::IpAddr {
 /// incrementally).
 ///
 /// Always inlined, and the two paths joined on the key rather than on the `Result`: then the fast
-/// path's fields reach the caller in registers. Returned through memory, the fields were stored
-/// one by one and the caller's wider loads (the compiler merges adjacent fields) waited on them,
-/// which cost more than the parse itself.
+/// path's fields reach the caller in registers. Returned through memory, the fields are stored
+/// one by one and the caller's wider loads (the compiler merges adjacent fields) wait on them,
+/// which costs more than the parse itself.
 #[inline(always)]
 pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
     let mut key = FlowKey::default();
@@ -231,8 +232,8 @@ pub fn parse_flow_key(frame: &[u8]) -> Result<FlowKey, WireError> {
     Ok(key)
 }
 
-/// [`parse_general`] returning the key (out of line, so that [`parse_flow_key`]'s fast path stays
-/// as small as it was).
+/// [`parse_general`] returning the key (out of line, so that the general path adds no code to
+/// [`parse_flow_key`]'s fast path where it is inlined).
 #[inline(never)]
 fn parse_general_value(frame: &[u8]) -> Result<FlowKey, WireError> {
     let mut key = FlowKey::default();
@@ -274,8 +275,8 @@ struct PortsPrefix {
 /// `None`, `key` is partly written and the general path writes all of it again).
 ///
 /// Written for the instruction count, which is what bounds it (the branches are predictable):
-/// - each field goes to `key` as soon as it is known (held to the end, the fields outnumbered the
-///   registers and were spilled to the stack and loaded back before being stored);
+/// - each field goes to `key` as soon as it is known (held to the end, the fields outnumber the
+///   registers and are spilled to the stack and loaded back before being stored);
 /// - untagged IPv4 and IPv6 are tested first, on the raw EtherType (no byte swap), and their
 ///   headers are read at offsets known at compile time (the IP paths are inlined once for an
 ///   untagged frame and once behind tags);
@@ -312,7 +313,7 @@ fn fast_path(frame: &[u8], key: &mut FlowKey) -> Option<()> {
 
 /// The VLAN tags of [`fast_path`] (one or two; a third goes to the general path, which names the
 /// error): the EtherType after them and what follows. The same walk as [`parse_l2`], unrolled for
-/// two tags: called here instead, `parse_l2`'s loop made the MUX's burst loop 10% slower.
+/// two tags: `parse_l2`'s loop, called here, slows the MUX's whole burst loop.
 #[inline(always)]
 fn fast_tags<'a>(after_eth: &'a [u8], key: &mut FlowKey) -> Option<(u16, &'a [u8])> {
     let (outer, rest) = VlanTag::ref_from_prefix(after_eth).ok()?;
@@ -628,7 +629,7 @@ pub fn quoted_flow_key(frame: &[u8], key: &FlowKey) -> Result<FlowKey, WireError
 mod tests {
     use super::*;
 
-    /// 802.1Q (vid 10) IPv4 TCP SYN 1.2.3.4:50000 -> 20.50.60.10:80 with 6 bytes of Ethernet padding.
+    /// 802.1Q (vid 10) IPv4 TCP SYN 1.2.3.4:50000 → 20.50.60.10:80 with 6 bytes of Ethernet padding.
     fn tcp_syn() -> [u8; 18 + 20 + 20 + 6] {
         let mut f = [0u8; 64];
         f[..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
@@ -804,7 +805,7 @@ mod tests {
 
     #[test]
     fn icmp_error_is_steered_by_its_quote() {
-        // 10.0.0.1 -> 1.2.3.4: frag needed about 1.2.3.4:50000 -> 20.50.60.10:80 (the client's SYN).
+        // 10.0.0.1 → 1.2.3.4: frag needed about 1.2.3.4:50000 → 20.50.60.10:80 (the client's SYN).
         let syn = tcp_syn();
         let mut f = [0u8; 14 + 20 + 8 + 28];
         f[12..14].copy_from_slice(&[0x08, 0x00]);

@@ -158,7 +158,7 @@ impl<B: SplitByteSlice> IcmpMessage<B> {
 mod tests {
     use super::*;
 
-    /// ICMPv4 "fragmentation needed, next-hop MTU 1400" quoting 10.0.1.4:80 -> 1.2.3.4:50000 TCP.
+    /// ICMPv4 "fragmentation needed, next-hop MTU 1400" quoting 10.0.1.4:80 → 1.2.3.4:50000 TCP.
     const FRAG_NEEDED: [u8; 8 + 20 + 8] = [
         0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0x05, 0x78, // type 3 code 4, MTU 1400
         0x45, 0x00, 0x05, 0xdc, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 0x0a, 0x00, 0x01, 0x04, 0x01, 0x02,
