@@ -1,232 +1,24 @@
-//! The whole walk of the seed, end to end: client → MUX → host agent → backend → host agent → (MUX →)
+//! The whole walk of Ananta's data path, end to end: client → MUX → host agent → backend → host agent → (MUX →)
 //! client, and backend-initiated connections through SNAT. Every frame on the way is read back with
 //! etherparse (an independent parser): addresses, ports, IP and transport checksums, payload.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use lb_core::config::*;
 use lb_core::paths::host::HostEgress;
-use lb_core::paths::{backend_tag, HostAgent, HostDrop, HostNode, HostVerdict, Mux, MuxNode, ReturnPath, Verdict};
-use lb_core::wire::MacAddr;
+use lb_core::paths::{backend_tag, HostAgent, HostDrop, HostNode, HostVerdict, Mux, ReturnPath, Verdict};
+use lb_fixtures::*;
 
-const HEADROOM: usize = 128;
-const VIP: [u8; 4] = [20, 50, 60, 10];
-const SNAT_IP: [u8; 4] = [20, 50, 60, 20];
-const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const MUX_IP: [u8; 4] = [172, 16, 5, 10];
-const HOST_A: [u8; 4] = [172, 16, 10, 20];
-const HOST_B: [u8; 4] = [172, 16, 10, 21];
-const GATEWAY: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 const NOW: u32 = 1000;
 
-fn v4(i: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + i))
-}
-
-fn v6(i: u16) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + i))
-}
-
-fn backend(name: &str, address: IpAddr, host: [u8; 4]) -> Backend {
-    Backend { name: name.into(), address, host: IpAddr::from(host), weight: 1 }
-}
-
-fn rule(name: &str, frontend: usize, pool: usize, protocol: Protocol, port: u16, backend_port: u16) -> Rule {
-    Rule {
-        name: name.into(),
-        frontend,
-        pool,
-        probe: None,
-        protocol,
-        frontend_port: port,
-        backend_port,
-        load_distribution: LoadDistribution::Default,
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: true,
-        disable_outbound_snat: true,
-    }
-}
-
-/// Two web VMs on host A and one on host B (so the MUX's backend tag matters), an IPv6 pool, port
-/// translation 80 → 8080, floating IP on port 81, UDP 53, and an outbound rule on its own address.
-fn config(ports_per_backend: u32) -> LoadBalancer {
-    LoadBalancer {
-        name: "lb".into(),
-        frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::from(VIP), internal: false },
-            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6), internal: false },
-            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP), internal: false },
-        ],
-        pools: vec![
-            Pool {
-                name: "Web".into(),
-                vni: 0x1001,
-                backends: vec![
-                    backend("vm0", v4(0), HOST_A),
-                    backend("vm1", v4(1), HOST_A),
-                    backend("vm2", v4(2), HOST_B),
-                ],
-            },
-            Pool {
-                name: "Web6".into(),
-                vni: 0x1003,
-                backends: vec![backend("vm0-6", v6(0), HOST_A), backend("vm2-6", v6(2), HOST_B)],
-            },
-        ],
-        probes: vec![],
-        rules: vec![
-            rule("HTTP", 0, 0, Protocol::Tcp, 80, 8080),
-            Rule { floating_ip: true, ..rule("HTTP-Floating", 0, 0, Protocol::Tcp, 81, 81) },
-            rule("DNS", 0, 0, Protocol::Udp, 53, 53),
-            Rule { floating_ip: true, ..rule("DNS-Floating", 0, 0, Protocol::Udp, 54, 54) },
-            rule("HTTP6", 1, 1, Protocol::Tcp, 80, 8080),
-            Rule { floating_ip: true, ..rule("HTTP6-Floating", 1, 1, Protocol::Tcp, 81, 81) },
-            rule("DNS6", 1, 1, Protocol::Udp, 53, 53),
-            Rule { floating_ip: true, ..rule("DNS6-Floating", 1, 1, Protocol::Udp, 54, 54) },
-        ],
-        nat_rules: vec![],
-        nat_pools: vec![],
-        outbound_rules: vec![OutboundRule {
-            name: "Outbound".into(),
-            frontends: vec![2],
-            pool: 0,
-            protocol: Protocol::All,
-            allocated_outbound_ports: Some(ports_per_backend),
-            idle_timeout_minutes: 4,
-            tcp_reset: true,
-        }],
-    }
-}
-
 fn mux() -> Mux {
-    let node = MuxNode {
-        mac: MacAddr([2, 0, 0, 0, 5, 10]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(MUX_IP),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 7,
-        flow_capacity: 100_000,
-        maglev_size: 65_537,
-    };
-    Mux::new(node, config(1024)).unwrap()
-}
-
-/// The host agent of the host at `addr` (behind the MUX at `MUX_IP`).
-fn host_node(addr: [u8; 4], return_path: ReturnPath) -> HostNode {
-    HostNode {
-        mac: MacAddr([2, 0, 0, 0, 10, addr[3]]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(addr),
-        muxes: vec![IpAddr::from(MUX_IP)],
-        return_path,
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 7,
-        flow_capacity: 100_000,
-        snat_quarantine_secs: 60,
-        reset_on_snat_exhaustion: false,
-    }
+    Mux::new(mux_node(7), two_hosts(1024)).unwrap()
 }
 
 fn host(addr: [u8; 4], return_path: ReturnPath, lb: LoadBalancer) -> HostAgent {
     HostAgent::new(host_node(addr, return_path), lb).unwrap()
-}
-
-/// What an independent parser sees in a frame, after checking every checksum.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    tcp_flags: (bool, bool, bool),
-    seq: u32,
-    payload: Vec<u8>,
-}
-
-fn seen(frame: &[u8]) -> Seen {
-    let p = SlicedPacket::from_ethernet(frame).expect("frame parses");
-    let (src, dst, v4h, v6h) = match &p.net {
-        Some(NetSlice::Ipv4(ip)) => {
-            let h = ip.header().to_header();
-            assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 header checksum");
-            (IpAddr::from(h.source), IpAddr::from(h.destination), Some(h), None)
-        }
-        Some(NetSlice::Ipv6(ip)) => {
-            let h = ip.header().to_header();
-            (IpAddr::from(h.source), IpAddr::from(h.destination), None, Some(h))
-        }
-        _ => panic!("IP frame"),
-    };
-    match &p.transport {
-        Some(TransportSlice::Tcp(t)) => {
-            let h = t.to_header();
-            let want = match (&v4h, &v6h) {
-                (Some(ip), _) => h.calc_checksum_ipv4(ip, t.payload()).unwrap(),
-                (_, Some(ip)) => h.calc_checksum_ipv6(ip, t.payload()).unwrap(),
-                _ => unreachable!(),
-            };
-            assert_eq!(t.checksum(), want, "TCP checksum");
-            Seen {
-                src,
-                dst,
-                sport: t.source_port(),
-                dport: t.destination_port(),
-                tcp_flags: (t.syn(), t.rst(), t.ack()),
-                seq: t.sequence_number(),
-                payload: t.payload().to_vec(),
-            }
-        }
-        Some(TransportSlice::Udp(u)) => {
-            let h = u.to_header();
-            let want = match (&v4h, &v6h) {
-                (Some(ip), _) => h.calc_checksum_ipv4(ip, u.payload()).unwrap(),
-                (_, Some(ip)) => h.calc_checksum_ipv6(ip, u.payload()).unwrap(),
-                _ => unreachable!(),
-            };
-            assert_eq!(u.checksum(), want, "UDP checksum");
-            Seen {
-                src,
-                dst,
-                sport: u.source_port(),
-                dport: u.destination_port(),
-                tcp_flags: (false, false, false),
-                seq: 0,
-                payload: u.payload().to_vec(),
-            }
-        }
-        _ => panic!("TCP or UDP"),
-    }
-}
-
-/// A frame from `src` to `dst` (same version), TCP (SYN or ACK) or UDP.
-fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, tcp: Option<bool>, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10]);
-    let b = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
-        _ => panic!("mixed versions"),
-    };
-    let mut v = Vec::new();
-    match tcp {
-        Some(syn) => {
-            let b = b.tcp(sport, dport, 1000, 65535);
-            let b = if syn { b.syn() } else { b.ack(5001) };
-            b.write(&mut v, payload).unwrap();
-        }
-        None => b.udp(sport, dport).write(&mut v, payload).unwrap(),
-    }
-    v
-}
-
-fn with_headroom(f: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; HEADROOM + f.len()];
-    buf[HEADROOM..].copy_from_slice(f);
-    buf
 }
 
 /// The MUX: a client frame in, the VxLAN frame out (outer destination, backend tag).
@@ -269,7 +61,7 @@ fn client_to_backend_and_back_v4_v6_tcp_udp_default_and_floating_via_mux_and_dsr
     for path in [ReturnPath::ViaMux, ReturnPath::Direct] {
         let mut mux = mux();
         let mut hosts: HashMap<[u8; 4], HostAgent> =
-            [HOST_A, HOST_B].iter().map(|&h| (h, host(h, path, config(1024)))).collect();
+            [HOST_A, HOST_B].iter().map(|&h| (h, host(h, path, two_hosts(1024)))).collect();
         let mut delivered_to = HashSet::new();
         let cases: [(IpAddr, Option<bool>, u16, u16, bool); 8] = [
             (IpAddr::from(VIP), Some(true), 80, 8080, false),
@@ -283,10 +75,7 @@ fn client_to_backend_and_back_v4_v6_tcp_udp_default_and_floating_via_mux_and_dsr
         ];
         for (vip, tcp, fport, bport, floating) in cases {
             for c in 0..12u16 {
-                let client = match vip {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 0, c as u8 + 1)),
-                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, c + 1)),
-                };
+                let client = client(u32::from(c) + 1, vip.is_ipv6());
                 let cport = 40000 + c;
                 let request = frame(client, cport, vip, fport, tcp, b"request bytes");
                 let (outer, host_addr, tag) = through_mux(&mut mux, &request);
@@ -330,7 +119,7 @@ fn client_to_backend_and_back_v4_v6_tcp_udp_default_and_floating_via_mux_and_dsr
 
 #[test]
 fn a_backend_frame_with_no_flow_and_no_outbound_rule_is_dropped_not_leaked() {
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     // Web6 has no outbound rule and its rules disable outbound SNAT.
     let f = frame(v6(0), 5555, IpAddr::from([0x2606, 0x4700, 0, 0, 0, 0, 0, 0x1111u16]), 443, Some(true), b"");
     let mut buf = with_headroom(&f);
@@ -359,7 +148,7 @@ fn a_backend_frame_with_no_flow_and_no_outbound_rule_is_dropped_not_leaked() {
     let mut m = mux();
     let (mut outer, dst, _) =
         through_mux(&mut m, &frame(IpAddr::from([198, 18, 0, 1]), 1, IpAddr::from(VIP), 80, Some(true), b""));
-    let mut other = host(if dst == HOST_A { HOST_B } else { HOST_A }, ReturnPath::Direct, config(1024));
+    let mut other = host(if dst == HOST_A { HOST_B } else { HOST_A }, ReturnPath::Direct, two_hosts(1024));
     let n = outer.len();
     assert_eq!(other.from_fabric(&mut outer, 0, n, NOW), HostVerdict::Drop(HostDrop::NotForThisHost));
 }
@@ -376,8 +165,8 @@ fn snat_thousands_of_connections_until_exhaustion_then_release_and_reuse() {
     const PORTS: u32 = 1024;
     let mut mux = mux();
     let mut hosts: HashMap<[u8; 4], HostAgent> =
-        [HOST_A, HOST_B].iter().map(|&h| (h, host(h, ReturnPath::Direct, config(PORTS)))).collect();
-    let plan = config(PORTS).snat_plan().unwrap();
+        [HOST_A, HOST_B].iter().map(|&h| (h, host(h, ReturnPath::Direct, two_hosts(PORTS)))).collect();
+    let plan = two_hosts(PORTS).snat_plan().unwrap();
     let remote = |i: u32| IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
     let web = IpAddr::from([93, 184, 216, 34]);
     let mut used: HashMap<IpAddr, HashSet<u16>> = HashMap::new();
@@ -496,7 +285,7 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
     // A table of one bucket (capacity 6) too: then a sweep meets both entries of the connection
     // at once, and each reset must still go its own way.
     for (reset, capacity) in [(true, 100_000), (false, 100_000), (true, 6)] {
-        let mut lb = config(1024);
+        let mut lb = two_hosts(1024);
         lb.rules[0].tcp_reset = reset;
         let mut h =
             HostAgent::new(HostNode { flow_capacity: capacity, ..host_node(HOST_A, ReturnPath::ViaMux) }, lb).unwrap();
@@ -575,7 +364,7 @@ fn a_connection_opened_again_on_its_5_tuple_lives_in_both_directions() {
     // timeout: both entries of the pair are open again, so 30 s of silence (past the 10 s closing timeout,
     // within the rule's 4 minutes) leave the connection in place.
     let mut mux = mux();
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let client = IpAddr::from([198, 18, 2, 2]);
     let (port, outer) = syn_to_host_a(&mut mux, client);
     let mut deliver = |h: &mut HostAgent, f: &[u8], now: u32| {
@@ -609,7 +398,7 @@ fn a_connection_opened_again_on_its_5_tuple_lives_in_both_directions() {
 #[test]
 fn reconfiguration_keeps_established_flows() {
     let mut mux = mux();
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let client = IpAddr::from([198, 18, 1, 1]);
     let (port, outer) = syn_to_host_a(&mut mux, client);
     let (local, dip) = deliver_syn(&mut h, &outer);
@@ -617,7 +406,7 @@ fn reconfiguration_keeps_established_flows() {
     assert_eq!(before.packets, 1);
     // A new configuration: an extra pool member on host B, one on this host ahead of the others
     // (the local backends are numbered anew), and the rule's backend port changed.
-    let mut lb = config(1024);
+    let mut lb = two_hosts(1024);
     lb.pools[0].backends.push(backend("vm3", v4(3), HOST_B));
     lb.pools[0].backends.insert(0, backend("vm9", v4(9), HOST_A));
     lb.rules[0].backend_port = 9090;
@@ -635,7 +424,7 @@ fn reconfiguration_keeps_established_flows() {
     let s = seen(&rbuf[start..start + len]);
     assert_eq!((s.src, s.sport), (IpAddr::from(VIP), 80));
     // A broken configuration is refused and the running one kept.
-    let mut bad = config(1024);
+    let mut bad = two_hosts(1024);
     bad.rules[0].pool = 9;
     assert!(h.update(bad).is_err());
     let mut rbuf = with_headroom(&response);
@@ -648,14 +437,14 @@ fn snat_connections_a_reload_flushes_give_their_ports_back() {
     // equal, but their address is another: the allocator is built anew): the connections on the
     // old address cannot go on and are flushed, and their ports must be free, or the backend
     // would run out for good.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     for i in 0..10u16 {
         let f = frame(v4(0), 20000 + i, IpAddr::from([93, 184, 216, 34]), 443, Some(true), b"");
         let mut buf = with_headroom(&f);
         assert!(matches!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Transmit { .. }));
     }
     assert_eq!(h.snat_ports_in_use(0), 10);
-    let mut lb = config(1024);
+    let mut lb = two_hosts(1024);
     lb.frontends[2].address = IpAddr::from([20, 50, 60, 99]);
     h.update(lb).unwrap();
     assert_eq!(h.counters().flushed, 10);
@@ -665,13 +454,13 @@ fn snat_connections_a_reload_flushes_give_their_ports_back() {
     // The pool renamed: its backends are other backends (by name), so their connections are
     // flushed, while the blocks stay those of the same addresses and the allocator stays: the
     // ports must come back, once each, and wait out their quarantine.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     for i in 0..10u16 {
         let f = frame(v4(0), 20000 + i, IpAddr::from([93, 184, 216, 34]), 443, Some(true), b"");
         let mut buf = with_headroom(&f);
         assert!(matches!(h.from_backend(&mut buf, HEADROOM, f.len(), NOW), HostVerdict::Transmit { .. }));
     }
-    let mut lb = config(1024);
+    let mut lb = two_hosts(1024);
     lb.pools[0].name = "Web-renamed".into();
     h.update(lb).unwrap();
     assert_eq!(h.counters().flushed, 10);
@@ -681,7 +470,7 @@ fn snat_connections_a_reload_flushes_give_their_ports_back() {
 
 #[test]
 fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated() {
-    let lb = config(8);
+    let lb = two_hosts(8);
     let node =
         HostNode { flow_capacity: 1000, reset_on_snat_exhaustion: true, ..host_node(HOST_A, ReturnPath::Direct) };
     let mut h = HostAgent::new(node, lb).unwrap();
@@ -738,7 +527,7 @@ fn snat_connections_survive_a_reload_that_leaves_their_ports_to_their_backend() 
     // A backend added on the same host and the outbound rule's idle timeout changed: the host's
     // port blocks change, but vm0's block stays, so its connections go on with their ports, and
     // the rebuilt allocator never hands those ports out again while they last.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let web = IpAddr::from([93, 184, 216, 34]);
     let mut open = Vec::new();
     for i in 0..20u16 {
@@ -749,7 +538,7 @@ fn snat_connections_survive_a_reload_that_leaves_their_ports_to_their_backend() 
         open.push((f, seen(&buf[start..start + len]).sport));
     }
     assert_eq!(h.snat_ports_in_use(0), 20);
-    let mut lb = config(1024);
+    let mut lb = two_hosts(1024);
     lb.pools[0].backends.push(backend("vm3", v4(3), HOST_A));
     lb.outbound_rules[0].idle_timeout_minutes = 9;
     h.update(lb).unwrap();
@@ -782,22 +571,12 @@ fn a_reload_that_adds_a_listener_on_an_snat_port_takes_the_port_out_of_snat() {
     // An inbound NAT rule added on the outbound address claims one of a backend's SNAT ports: the
     // MUX now sends what arrives there to the rule's target, so SNAT must never hand it out.
     let claimed = 1500u16;
-    let owner = config(1024).snat_plan().unwrap().owner(2, claimed).expect("a planned port").member;
+    let owner = two_hosts(1024).snat_plan().unwrap().owner(2, claimed).expect("a planned port").member;
     let dip = v4(owner as u8);
     let on_a = owner < 2; // vm0 and vm1 are on host A
-    let mut h = host(if on_a { HOST_A } else { HOST_B }, ReturnPath::Direct, config(1024));
-    let mut lb = config(1024);
-    lb.nat_rules.push(NatRule {
-        name: "Claims-1500".into(),
-        frontend: 2,
-        protocol: Protocol::Udp,
-        frontend_port: claimed,
-        backend_port: 22,
-        target: (0, 0),
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: false,
-    });
+    let mut h = host(if on_a { HOST_A } else { HOST_B }, ReturnPath::Direct, two_hosts(1024));
+    let mut lb = two_hosts(1024);
+    lb.nat_rules.push(nat_rule("Claims-1500", 2, Protocol::Udp, claimed, 22, (0, 0)));
     h.update(lb).unwrap();
     let mut ports = HashSet::new();
     for i in 0..1100u32 {
@@ -816,7 +595,7 @@ fn a_reload_that_adds_a_listener_on_an_snat_port_takes_the_port_out_of_snat() {
 fn a_backend_in_two_pools_opens_connections_with_the_ports_of_either() {
     // vm0 is in "Web" (load-balancing rules, no outbound SNAT) and in "Out", whose outbound rule
     // takes TCP only: its TCP connections take Out's ports, and UDP is no rule's (not an exhaustion).
-    let mut lb = config(1024);
+    let mut lb = two_hosts(1024);
     lb.pools.push(Pool { name: "Out".into(), vni: 0x1009, backends: vec![backend("vm0-out", v4(0), HOST_A)] });
     lb.outbound_rules[0].pool = 2;
     lb.outbound_rules[0].protocol = Protocol::Tcp;
@@ -838,7 +617,7 @@ fn a_backend_in_two_pools_opens_connections_with_the_ports_of_either() {
 fn later_fragments_of_snat_datagrams_count_as_snat_traffic() {
     // A backend's UDP datagram to the internet, fragmented: both fragments leave with the SNAT
     // address and count as SNAT traffic out.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let f = frame(v4(0), 30002, IpAddr::from([93, 184, 216, 34]), 53, None, &[0x33; 40]);
     let (first, later) = split_in_two(&f);
     for part in [first, later] {
@@ -857,7 +636,7 @@ fn fragmented_replies_to_snat_connections_follow_their_first_fragment_at_the_mux
     // A reply to an SNAT port, fragmented on the way: the first fragment carries the port, which
     // names the backend and so its host; the later one carries no port and must follow it.
     let mut mux = mux();
-    let plan = config(1024).snat_plan().unwrap();
+    let plan = two_hosts(1024).snat_plan().unwrap();
     let remote = IpAddr::from([93, 184, 216, 34]);
     let mut hosts = HashSet::new();
     for port in (1024..4096u16).step_by(97) {
@@ -894,7 +673,7 @@ fn fragments_of_a_datagram_are_translated_alike_and_reassemble_with_valid_checks
     let (mut o1, host_addr, _) = through_mux(&mut mux, &first);
     let (mut o2, host2, _) = through_mux(&mut mux, &later);
     assert_eq!(host_addr, host2, "the MUX sends both fragments to one host");
-    let mut h = host(host_addr, ReturnPath::Direct, config(1024));
+    let mut h = host(host_addr, ReturnPath::Direct, two_hosts(1024));
     let (n1, n2) = (o1.len(), o2.len());
     let HostVerdict::Deliver { backend: b1, start: s1, len: l1 } = h.from_fabric(&mut o1, 0, n1, NOW) else { panic!() };
     let HostVerdict::Deliver { backend: b2, start: s2, len: l2 } = h.from_fabric(&mut o2, 0, n2, NOW) else { panic!() };
@@ -945,7 +724,7 @@ fn a_fragment_identification_used_again_follows_the_newest_first_fragment() {
     let (_, to, _) = through_mux(&mut mux, &first_b);
     assert_eq!(through_mux(&mut mux, &later_b).1, to, "the later fragment follows the newest first one");
     // At a host: a datagram to another backend of the same host.
-    let mut h = host(host_a, ReturnPath::Direct, config(1024));
+    let mut h = host(host_a, ReturnPath::Direct, two_hosts(1024));
     let n = oa.len();
     let HostVerdict::Deliver { backend: ba, .. } = h.from_fabric(&mut oa, 0, n, NOW) else { panic!() };
     let (bb, later) = (6000..7000u16)
@@ -1011,7 +790,7 @@ fn icmp_errors_are_translated_both_ways_with_their_quotes() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 4, 4]);
     let (port, outer) = syn_to_host_a(&mut mux, client);
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let (backend, dip) = deliver_syn(&mut h, &outer);
     // A router on the way to the client says the VIP's response was too big.
     let response = frame(IpAddr::from(VIP), 80, client, port, Some(false), &[0u8; 64]);
@@ -1066,7 +845,7 @@ fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
     // 8 flows of capacity: new connections keep evicting old ones (and sometimes their own first
     // entry). Whatever is evicted releases its port exactly once.
     let node = HostNode { flow_capacity: 8, snat_quarantine_secs: 0, ..host_node(HOST_A, ReturnPath::Direct) };
-    let mut h = HostAgent::new(node, config(64)).unwrap();
+    let mut h = HostAgent::new(node, two_hosts(64)).unwrap();
     for i in 0..400u32 {
         let tcp = i % 3 == 0;
         let dst = IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
@@ -1089,30 +868,9 @@ fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
 #[test]
 fn inbound_nat_rules_and_pools_reach_their_member_on_its_port() {
     // SSH to each web VM: a NAT pool (50000 + i -> member i, port 22) and a NAT rule (60001 -> vm1:22).
-    let mut lb = config(1024);
-    lb.nat_pools.push(NatPool {
-        name: "SSH-Pool".into(),
-        frontend: 0,
-        protocol: Protocol::Tcp,
-        port_start: 50000,
-        port_end: 50002,
-        backend_port: 22,
-        pool: 0,
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: false,
-    });
-    lb.nat_rules.push(NatRule {
-        name: "RDP-vm1".into(),
-        frontend: 0,
-        protocol: Protocol::Tcp,
-        frontend_port: 60001,
-        backend_port: 3389,
-        target: (0, 1),
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: false,
-    });
+    let mut lb = two_hosts(1024);
+    lb.nat_pools.push(nat_pool("SSH-Pool", 0, Protocol::Tcp, 50000..=50002, 22, 0));
+    lb.nat_rules.push(nat_rule("RDP-vm1", 0, Protocol::Tcp, 60001, 3389, (0, 1)));
     let mut m = mux();
     m.update(lb.clone()).unwrap();
     let mut hosts: HashMap<[u8; 4], HostAgent> =
@@ -1151,7 +909,7 @@ fn drop_reasons_are_listed_in_counter_order_with_their_names() {
 fn a_shared_port_never_takes_a_connection_idle_past_its_timeout_but_not_yet_removed() {
     // vm0 has 8 SNAT ports: eight connections to eight web servers take them all, and a ninth
     // connection shares a port whose connections all go elsewhere.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(8));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(8));
     let server = |i: u8| IpAddr::from([93, 184, 216, i]);
     let open = |h: &mut HostAgent, sport: u16, dst: IpAddr, syn: bool, now: u32| {
         let f = frame(v4(0), sport, dst, 443, Some(syn), b"");
@@ -1179,7 +937,7 @@ fn a_shared_port_never_takes_a_connection_idle_past_its_timeout_but_not_yet_remo
 #[test]
 fn a_reload_that_rebuilds_the_snat_allocator_keeps_the_quarantine() {
     // vm0's connection to a web server on SNAT port p ends (RST): p waits out its 60 s quarantine.
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let web = IpAddr::from([93, 184, 216, 34]);
     let send = |h: &mut HostAgent, sport: u16, flags: u8, now: u32| {
         let mut f = frame(v4(0), sport, web, 443, Some(flags == 0x02), b"");
@@ -1196,7 +954,7 @@ fn a_reload_that_rebuilds_the_snat_allocator_keeps_the_quarantine() {
     assert_eq!(h.snat_ports_in_use(0), 0);
     // A reload that changes the blocks (fewer ports a backend) builds a new allocator; p is still
     // in vm0's new block, and a new connection to the same server must not get it yet.
-    h.update(config(512)).unwrap();
+    h.update(two_hosts(512)).unwrap();
     let q = send(&mut h, 30001, 0x02, NOW + 2).unwrap();
     assert_ne!(q, p, "port {p} handed out again 1 s after its connection ended");
 }
@@ -1206,7 +964,7 @@ fn a_half_closed_connection_lives_until_both_sides_have_closed() {
     let mut mux = mux();
     let client = IpAddr::from([198, 18, 7, 8]);
     let (port, outer) = syn_to_host_a(&mut mux, client);
-    let mut h = host(HOST_A, ReturnPath::Direct, config(1024));
+    let mut h = host(HOST_A, ReturnPath::Direct, two_hosts(1024));
     let (_, dip) = deliver_syn(&mut h, &outer);
     let tcp_at = 34;
     let with_flags = |mut f: Vec<u8>, flags: u8| {
