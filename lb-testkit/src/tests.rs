@@ -4,8 +4,8 @@
 use super::*;
 use etherparse::defrag::IpDefragPool;
 use etherparse::{
-    Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6ExtensionSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice, NetSlice,
-    SingleVlanHeaderSlice, SlicedPacket, TransportSlice, UdpHeader, VlanSlice,
+    Ethernet2HeaderSlice, IpPayloadSlice, Ipv4HeaderSlice, Ipv4Slice, Ipv6ExtensionSlice, Ipv6FragmentHeaderSlice,
+    Ipv6HeaderSlice, Ipv6Slice, NetSlice, SingleVlanHeaderSlice, SlicedPacket, TransportSlice, UdpHeader, VlanSlice,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,7 +72,35 @@ fn check_frame(f: &GeneratedFrame) {
         return;
     }
     let p = SlicedPacket::from_ethernet(b).unwrap_or_else(|err| panic!("{err:?}: {ctx}"));
+    check_link(f, &p, &ctx);
+    let (src, dst, payload, fragment) = check_network(f, &p, &ctx);
 
+    // Transport layer.
+    match fragment {
+        FragmentKind::Later => {
+            assert!(p.transport.is_none());
+            assert_eq!(e.l4_offset, None);
+            assert_eq!((e.src_port, e.dst_port, e.tcp_flags), (0, 0, 0));
+            return;
+        }
+        FragmentKind::First => {
+            // etherparse does not slice fragmented transport; read the ports by hand.
+            assert!(p.transport.is_none());
+            check_first_fragment_l4(f, payload.payload, &ctx);
+            return;
+        }
+        FragmentKind::None => {}
+    }
+    check_transport(f, &p, (src, dst), payload.payload, &ctx);
+    if !matches!(f.kind, FrameKind::Icmpv4Error | FrameKind::Icmpv6Error) {
+        assert_eq!(e.quoted, None);
+    }
+}
+
+/// The Ethernet header and VLAN tags of `p` (`f` re-parsed) against `f.expected`.
+fn check_link(f: &GeneratedFrame, p: &SlicedPacket<'_>, ctx: &str) {
+    let e = &f.expected;
+    let b = &f.bytes[..];
     // Ethernet: unicast MACs.
     assert_eq!(b[0] & 1, 0, "dst mac multicast: {ctx}");
     assert_eq!(b[6] & 1, 0, "src mac multicast: {ctx}");
@@ -100,69 +128,26 @@ fn check_frame(f: &GeneratedFrame) {
         assert!((1..=4094).contains(v));
     }
     assert_eq!(e.l3_offset, 14 + 4 * e.vlans.len());
+}
 
-    // Network layer.
+/// The IP layer of `p` (`f` re-parsed) against `f.expected`: its addresses, its payload and which
+/// fragment it is.
+fn check_network<'a>(
+    f: &GeneratedFrame,
+    p: &SlicedPacket<'a>,
+    ctx: &str,
+) -> (IpAddr, IpAddr, IpPayloadSlice<'a>, FragmentKind) {
+    let e = &f.expected;
     let net = p.net.as_ref().expect("no IP layer");
     let (src, dst, protocol, payload, fragment) = match net {
         NetSlice::Ipv4(ip) => {
-            assert!(!f.kind.is_ipv6(), "{ctx}");
             let h = ip.header();
-            assert_eq!(offset_in(b, h.slice()), e.l3_offset);
-            // Header checksum: etherparse's computation and ours agree with the field.
-            assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
-            assert_eq!(ones_sum(&[h.slice()]), 0xffff, "ipv4 hdr checksum {ctx}");
-            assert_eq!(usize::from(h.total_len()), b.len() - e.l3_offset);
-            assert!(h.ttl() > 0);
-            if f.kind == FrameKind::Ipv4TcpOptions {
-                assert!((6..=15).contains(&h.ihl()), "{ctx}");
-            } else {
-                assert_eq!(h.ihl(), 5);
-            }
-            let off = h.fragments_offset().value();
-            let fragment = match (off, h.more_fragments()) {
-                (0, false) => FragmentKind::None,
-                (0, true) => FragmentKind::First,
-                _ => FragmentKind::Later,
-            };
-            if fragment != FragmentKind::None {
-                assert!(!h.dont_fragment());
-                if h.more_fragments() {
-                    assert_eq!(ip.payload().payload.len() % 8, 0);
-                }
-            } else if e.protocol == IPPROTO_TCP {
-                assert!(h.dont_fragment(), "unfragmented TCP without DF: {ctx}");
-            }
+            let fragment = check_ipv4(f, ip, ctx);
             (ip_of_v4(h.source()), ip_of_v4(h.destination()), h.protocol().0, ip.payload().clone(), fragment)
         }
         NetSlice::Ipv6(ip) => {
-            assert!(f.kind.is_ipv6(), "{ctx}");
             let h = ip.header();
-            assert_eq!(offset_in(b, h.slice()), e.l3_offset);
-            assert_eq!(usize::from(h.payload_length()) + 40, b.len() - e.l3_offset);
-            let fragment = FragmentKind::None;
-            let mut order = Vec::new();
-            for ext in ip.extensions().clone() {
-                match ext {
-                    Ipv6ExtensionSlice::HopByHop(_) => order.push(0),
-                    Ipv6ExtensionSlice::DestinationOptions(_) => order.push(1),
-                    Ipv6ExtensionSlice::Routing(r) => {
-                        order.push(2);
-                        assert!([0, 2, 4].contains(&r.payload()[0]));
-                        assert_eq!(r.payload()[1], 0, "segments left");
-                    }
-                    Ipv6ExtensionSlice::Fragment(_) => panic!("unexpected fragment header: {ctx}"),
-                    Ipv6ExtensionSlice::Authentication(_) => panic!("unexpected AH"),
-                }
-            }
-            let mut sorted = order.clone();
-            sorted.sort();
-            sorted.dedup();
-            assert_eq!(order, sorted, "extension headers out of order: {ctx}");
-            if f.kind == FrameKind::Ipv6ExtHeaders {
-                assert!(!order.is_empty());
-            } else {
-                assert!(order.is_empty());
-            }
+            let fragment = check_ipv6(f, ip, ctx);
             (ip_of_v6(h.source()), ip_of_v6(h.destination()), ip.payload().ip_number.0, ip.payload().clone(), fragment)
         }
         NetSlice::Arp(_) => panic!("ARP where IP was generated: {ctx}"),
@@ -172,35 +157,100 @@ fn check_frame(f: &GeneratedFrame) {
     assert_eq!(protocol, e.protocol, "{ctx}");
     assert_eq!(fragment, e.fragment, "{ctx}");
     assert_eq!(payload.fragmented, fragment != FragmentKind::None);
+    (src, dst, payload, fragment)
+}
 
-    // Transport layer.
-    match fragment {
-        FragmentKind::Later => {
-            assert!(p.transport.is_none());
-            assert_eq!(e.l4_offset, None);
-            assert_eq!((e.src_port, e.dst_port, e.tcp_flags), (0, 0, 0));
-            return;
-        }
-        FragmentKind::First => {
-            // etherparse does not slice fragmented transport; read the ports by hand.
-            assert!(p.transport.is_none());
-            let l4 = payload.payload;
-            assert_eq!(Some(offset_in(b, l4)), e.l4_offset, "{ctx}");
-            assert_eq!(u16::from_be_bytes([l4[0], l4[1]]), e.src_port);
-            assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), e.dst_port);
-            if e.protocol == IPPROTO_TCP {
-                assert_eq!(l4[13], e.tcp_flags);
-                assert!(l4.len() >= usize::from(l4[12] >> 4) * 4, "TCP header split");
-            } else {
-                assert_eq!(e.protocol, IPPROTO_UDP);
-                assert_eq!(e.tcp_flags, 0);
-            }
-            return;
-        }
-        FragmentKind::None => {}
+/// An IPv4 header of `f`: offset, checksum, lengths, IHL and fragment flags. Returns which
+/// fragment the packet is.
+fn check_ipv4(f: &GeneratedFrame, ip: &Ipv4Slice<'_>, ctx: &str) -> FragmentKind {
+    let e = &f.expected;
+    let b = &f.bytes[..];
+    assert!(!f.kind.is_ipv6(), "{ctx}");
+    let h = ip.header();
+    assert_eq!(offset_in(b, h.slice()), e.l3_offset);
+    // Header checksum: etherparse's computation and ours agree with the field.
+    assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+    assert_eq!(ones_sum(&[h.slice()]), 0xffff, "ipv4 hdr checksum {ctx}");
+    assert_eq!(usize::from(h.total_len()), b.len() - e.l3_offset);
+    assert!(h.ttl() > 0);
+    if f.kind == FrameKind::Ipv4TcpOptions {
+        assert!((6..=15).contains(&h.ihl()), "{ctx}");
+    } else {
+        assert_eq!(h.ihl(), 5);
     }
+    let off = h.fragments_offset().value();
+    let fragment = match (off, h.more_fragments()) {
+        (0, false) => FragmentKind::None,
+        (0, true) => FragmentKind::First,
+        _ => FragmentKind::Later,
+    };
+    if fragment != FragmentKind::None {
+        assert!(!h.dont_fragment());
+        if h.more_fragments() {
+            assert_eq!(ip.payload().payload.len() % 8, 0);
+        }
+    } else if e.protocol == IPPROTO_TCP {
+        assert!(h.dont_fragment(), "unfragmented TCP without DF: {ctx}");
+    }
+    fragment
+}
 
-    let l4_len = payload.payload.len();
+/// An IPv6 header of `f` (not a fragment: those go to `check_ipv6_fragment`): offset, length and
+/// the extension headers, in canonical order. Returns which fragment the packet is (none).
+fn check_ipv6(f: &GeneratedFrame, ip: &Ipv6Slice<'_>, ctx: &str) -> FragmentKind {
+    let e = &f.expected;
+    let b = &f.bytes[..];
+    assert!(f.kind.is_ipv6(), "{ctx}");
+    let h = ip.header();
+    assert_eq!(offset_in(b, h.slice()), e.l3_offset);
+    assert_eq!(usize::from(h.payload_length()) + 40, b.len() - e.l3_offset);
+    let mut order = Vec::new();
+    for ext in ip.extensions().clone() {
+        match ext {
+            Ipv6ExtensionSlice::HopByHop(_) => order.push(0),
+            Ipv6ExtensionSlice::DestinationOptions(_) => order.push(1),
+            Ipv6ExtensionSlice::Routing(r) => {
+                order.push(2);
+                assert!([0, 2, 4].contains(&r.payload()[0]));
+                assert_eq!(r.payload()[1], 0, "segments left");
+            }
+            Ipv6ExtensionSlice::Fragment(_) => panic!("unexpected fragment header: {ctx}"),
+            Ipv6ExtensionSlice::Authentication(_) => panic!("unexpected AH"),
+        }
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(order, sorted, "extension headers out of order: {ctx}");
+    if f.kind == FrameKind::Ipv6ExtHeaders {
+        assert!(!order.is_empty());
+    } else {
+        assert!(order.is_empty());
+    }
+    FragmentKind::None
+}
+
+/// The L4 header at the front of a first fragment's payload `l4`, read by hand.
+fn check_first_fragment_l4(f: &GeneratedFrame, l4: &[u8], ctx: &str) {
+    let e = &f.expected;
+    assert_eq!(Some(offset_in(&f.bytes, l4)), e.l4_offset, "{ctx}");
+    assert_eq!(u16::from_be_bytes([l4[0], l4[1]]), e.src_port);
+    assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), e.dst_port);
+    if e.protocol == IPPROTO_TCP {
+        assert_eq!(l4[13], e.tcp_flags);
+        assert!(l4.len() >= usize::from(l4[12] >> 4) * 4, "TCP header split");
+    } else {
+        assert_eq!(e.protocol, IPPROTO_UDP);
+        assert_eq!(e.tcp_flags, 0);
+    }
+}
+
+/// The transport layer of a whole datagram of `f` (`p` re-parsed, `l4` its IP payload) from
+/// `src` to `dst`: ports, flags, ICMP type, and every checksum, by etherparse and by hand.
+fn check_transport(f: &GeneratedFrame, p: &SlicedPacket<'_>, (src, dst): (IpAddr, IpAddr), l4: &[u8], ctx: &str) {
+    let e = &f.expected;
+    let b = &f.bytes[..];
+    let l4_len = l4.len();
     match p.transport.as_ref().expect("no transport layer") {
         TransportSlice::Tcp(t) => {
             assert_eq!(e.protocol, IPPROTO_TCP);
@@ -222,7 +272,7 @@ fn check_frame(f: &GeneratedFrame) {
             .unwrap();
             assert_eq!(ck, t.checksum(), "tcp checksum {ctx}");
             let ph = pseudo_header(src, dst, IPPROTO_TCP, l4_len);
-            assert_eq!(ones_sum(&[&ph, payload.payload]), 0xffff);
+            assert_eq!(ones_sum(&[&ph, l4]), 0xffff);
         }
         TransportSlice::Udp(u) => {
             assert_eq!(e.protocol, IPPROTO_UDP);
@@ -241,7 +291,7 @@ fn check_frame(f: &GeneratedFrame) {
             assert_ne!(u.checksum(), 0);
             assert_eq!(ck, u.checksum(), "udp checksum {ctx}");
             let ph = pseudo_header(src, dst, IPPROTO_UDP, l4_len);
-            assert_eq!(ones_sum(&[&ph, payload.payload]), 0xffff);
+            assert_eq!(ones_sum(&[&ph, l4]), 0xffff);
         }
         TransportSlice::Icmpv4(i) => {
             assert_eq!(e.protocol, IPPROTO_ICMP);
@@ -262,9 +312,6 @@ fn check_frame(f: &GeneratedFrame) {
             check_icmp_body(f, i.type_u8(), i.code_u8(), i.bytes5to8(), i.payload());
         }
         other => panic!("unexpected transport layer {other:?}: {ctx}"),
-    }
-    if !matches!(f.kind, FrameKind::Icmpv4Error | FrameKind::Icmpv6Error) {
-        assert_eq!(e.quoted, None);
     }
 }
 
