@@ -326,7 +326,7 @@ lb_result lb_report_probe(struct lb_instance *inst,
 int32_t lb_backend_up(const struct lb_instance *inst, uintptr_t pool, uintptr_t member);
 
 /*
- Replaces the load balancer at run time with the seed's JSON of one load balancer (`json`,
+ Replaces the load balancer at run time with one load balancer in Azure's resource JSON (`json`,
  `json_len` bytes; not a node file: the role and addresses stay). Established flows keep their
  backends. On error nothing changes, the message goes to `err` as in [`lb_instance_new`], and the
  result is `LB_RESULT_BAD_JSON` or `LB_RESULT_BAD_CONFIG`.

@@ -345,7 +345,7 @@ mod tests {
     use core::net::Ipv4Addr;
     use lb_core::wire::{MacAddr, VxlanEncap};
 
-    /// 802.1Q (vid 10) IPv4 TCP SYN 1.2.3.4:50000 -> 20.50.60.10:80 (the seed's walk).
+    /// 802.1Q (vid 10) IPv4 TCP SYN 1.2.3.4:50000 -> 20.50.60.10:80 (as in Azure's packet walk).
     fn syn() -> Vec<u8> {
         let mut f = vec![0u8; 58];
         f[..12].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
