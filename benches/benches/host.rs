@@ -23,21 +23,14 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use etherparse::PacketBuilder;
-use lb_core::config::*;
+use lb_core::config::LoadBalancer;
 use lb_core::paths::{HostAgent, HostNode, HostVerdict, Mux, ReturnPath, Verdict};
 use lb_core::tables::maglev::mix64;
-use lb_core::wire::{parse_flow_key, MacAddr};
+use lb_core::wire::parse_flow_key;
+use lb_fixtures::*;
 
-const HEADROOM: usize = 128;
 const PROBES: usize = 4096;
 const PAYLOAD: &[u8] = &[0x5a; 32];
-const VIP: Ipv4Addr = Ipv4Addr::new(20, 50, 60, 10);
-const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
-const SNAT_IP: Ipv4Addr = Ipv4Addr::new(20, 50, 60, 20);
-const MUX_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 5, 10);
-const HOST: Ipv4Addr = Ipv4Addr::new(172, 16, 10, 20);
-const GATEWAY: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 /// SNAT ports per backend: the 4 IPv4 backends together hold more than PROBES connections.
 const SNAT_PORTS: u32 = 2048;
 
@@ -51,60 +44,10 @@ fn sizes() -> Vec<usize> {
     }
 }
 
-fn rule(name: &str, frontend: usize, pool: usize) -> Rule {
-    Rule {
-        name: name.into(),
-        frontend,
-        pool,
-        probe: None,
-        protocol: Protocol::Tcp,
-        frontend_port: 80,
-        backend_port: 8080,
-        load_distribution: LoadDistribution::Default,
-        floating_ip: false,
-        idle_timeout_minutes: 4,
-        tcp_reset: false,
-        disable_outbound_snat: true,
-    }
-}
-
 /// Four IPv4 and two IPv6 backends, all on the benchmarked host (the MUX's backend tag picks one),
 /// HTTP on each VIP with port translation, and an outbound rule for the IPv4 pool.
 fn config() -> LoadBalancer {
-    let backend = |name: String, address: IpAddr| Backend { name, address, host: IpAddr::V4(HOST), weight: 1 };
-    LoadBalancer {
-        name: "bench".into(),
-        frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::V4(VIP), internal: false },
-            Frontend { name: "Public6".into(), address: IpAddr::V6(VIP6), internal: false },
-            Frontend { name: "Outbound".into(), address: IpAddr::V4(SNAT_IP), internal: false },
-        ],
-        pools: vec![
-            Pool {
-                name: "web4".into(),
-                vni: 0x1001,
-                backends: (0..4u8).map(|i| backend(format!("vm{i}"), Ipv4Addr::new(10, 0, 1, 4 + i).into())).collect(),
-            },
-            Pool {
-                name: "web6".into(),
-                vni: 0x1003,
-                backends: (0..2u16)
-                    .map(|i| backend(format!("vm6-{i}"), Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + i).into()))
-                    .collect(),
-            },
-        ],
-        rules: vec![rule("http", 0, 0), rule("http6", 1, 1)],
-        outbound_rules: vec![OutboundRule {
-            name: "outbound".into(),
-            frontends: vec![2],
-            pool: 0,
-            protocol: Protocol::All,
-            allocated_outbound_ports: Some(SNAT_PORTS),
-            idle_timeout_minutes: 4,
-            tcp_reset: false,
-        }],
-        ..LoadBalancer::default()
-    }
+    one_host(4, 2, SNAT_PORTS)
 }
 
 fn mux(flows: usize) -> Mux {
@@ -113,18 +56,11 @@ fn mux(flows: usize) -> Mux {
 
 fn host(connections: usize, return_path: ReturnPath) -> HostAgent {
     let node = HostNode {
-        mac: MacAddr([2, 0, 0, 0, 10, 20]),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::V4(HOST),
-        muxes: vec![IpAddr::V4(MUX_IP)],
-        return_path,
-        ttl: 64,
-        mtu: 9000,
         hash_seed: 42,
         // Two entries a connection, and room to spare: no connection is evicted.
         flow_capacity: 2 * connections + connections / 2,
         snat_quarantine_secs: 0,
-        reset_on_snat_exhaustion: false,
+        ..host_node(HOST_A, return_path)
     };
     HostAgent::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
 }
@@ -143,20 +79,7 @@ fn client(i: usize) -> (IpAddr, u16) {
 
 /// A TCP frame (`syn`: a SYN, else an ACK carrying `PAYLOAD`), in a buffer with headroom.
 fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 5, 10]);
-    let b = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
-        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
-        _ => unreachable!("mixed IP versions"),
-    };
-    let b = b.tcp(sport, dport, 1000, 65535);
-    let mut frame = vec![0u8; HEADROOM];
-    if syn {
-        b.syn().write(&mut frame, &[]).unwrap();
-    } else {
-        b.ack(5000).write(&mut frame, PAYLOAD).unwrap();
-    }
-    frame
+    with_headroom(&frame(src, sport, dst, dport, Some(syn), if syn { &[] } else { PAYLOAD }))
 }
 
 /// What the MUX sends to the host for a client frame (the whole buffer is the VxLAN frame).
@@ -177,7 +100,7 @@ struct Flows {
 impl Flows {
     fn new(n: usize) -> Flows {
         let mut m = mux(n);
-        let vip = |c: IpAddr| if c.is_ipv4() { IpAddr::V4(VIP) } else { IpAddr::V6(VIP6) };
+        let vip = |c: IpAddr| if c.is_ipv4() { IpAddr::from(VIP) } else { IpAddr::from(VIP6) };
         let syns = (0..n)
             .map(|i| {
                 let (c, p) = client(i);
@@ -304,7 +227,7 @@ fn snat_new(c: &mut Criterion) {
     // PROBES connections, each from one of the 4 IPv4 backends to a distinct remote end.
     let frames: Vec<Vec<u8>> = (0..PROBES)
         .map(|i| {
-            let dip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + (i % 4) as u8));
+            let dip = v4((i % 4) as u8);
             let remote = IpAddr::V4(Ipv4Addr::new(93, 184, (i >> 8) as u8, i as u8));
             tcp(dip, 10_000 + (i / 4) as u16, remote, 443, true)
         })

@@ -5,17 +5,18 @@
 //! prints Melem/s = Mpps next to the time per batch.
 
 use std::hint::black_box;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lb_benches::{etherparse_tuple, fold_tuple, lb_core_tuple, smoltcp_tuple};
 use lb_core::wire::vxlan::decapsulate;
-use lb_core::wire::{parse_flow_key, MacAddr, VxlanEncap};
+use lb_core::wire::{parse_flow_key, VxlanEncap};
+use lb_fixtures::{tunnel_to_host_a, HOST_MAC, MUX_MAC};
 use lb_testkit::{MixConfig, TrafficGenerator};
 
 /// The flow-key comparison runs on two batches of the same realistic mix:
 /// - `hot`: 256 frames whose header lines stay in L1/L2 across iterations: the parsers' own cost;
-/// - `cold`: 1024 frames of IMIX sizes (about 600 KiB, larger than this machine's per-core L2), so
+/// - `cold`: 1024 frames of IMIX sizes (about 600 KiB, larger than a typical per-core L2), so
 ///   every frame's first cache line comes from L3, as a frame fresh from the NIC does. This one is
 ///   dominated by memory latency, not by the parser.
 const HOT: usize = 256;
@@ -67,22 +68,11 @@ fn flow_key(c: &mut Criterion) {
 }
 
 fn vxlan(c: &mut Criterion) {
-    let mux = MacAddr([2, 0, 0, 0, 5, 10]);
-    let host = MacAddr([2, 0, 0, 0, 10, 20]);
-    let v4 = VxlanEncap::new(
-        mux,
-        host,
-        Ipv4Addr::new(172, 16, 5, 10).into(),
-        Ipv4Addr::new(172, 16, 10, 20).into(),
-        42,
-        64,
-        9000,
-    )
-    .unwrap();
+    let v4 = tunnel_to_host_a(42, 9000);
     let v6 = |zero| {
         VxlanEncap::new(
-            mux,
-            host,
+            MUX_MAC,
+            HOST_MAC,
             Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 5, 10).into(),
             Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 10, 20).into(),
             42,

@@ -24,17 +24,7 @@ pub fn lb_core_tuple(frame: &[u8]) -> Option<Tuple5> {
     Some(Tuple5 { src: k.src_addr, dst: k.dst_addr, protocol: k.protocol, src_port: k.src_port, dst_port: k.dst_port })
 }
 
-/// The MUX node every bench runs (underlay 172.16.5.10 behind the gateway 02:00:00:00:00:01), with
-/// room for `flows` flows.
+/// The MUX node every bench runs (lb-fixtures' MUX, hash seed 42), with room for `flows` flows.
 pub fn mux_node(flows: usize) -> lb_core::paths::MuxNode {
-    lb_core::paths::MuxNode {
-        mac: lb_core::wire::MacAddr([2, 0, 0, 0, 5, 10]),
-        gateway_mac: lb_core::wire::MacAddr([2, 0, 0, 0, 0, 1]),
-        underlay: std::net::Ipv4Addr::new(172, 16, 5, 10).into(),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 42,
-        flow_capacity: flows,
-        maglev_size: 65_537,
-    }
+    lb_core::paths::MuxNode { flow_capacity: flows, ..lb_fixtures::mux_node(42) }
 }

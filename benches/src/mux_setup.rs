@@ -1,11 +1,12 @@
 //! The MUX benches' setup, shared by `benches/mux.rs` (criterion) and `examples/mux_min.rs`
 //! (the minimum of many short samples, for a shared VM, and a fixed workload for callgrind).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
-use lb_core::config::*;
+use lb_core::config::LoadBalancer;
 use lb_core::paths::{BurstFrame, Mux, Verdict};
 use lb_core::wire::parse_flow_key;
+use lb_fixtures::{backend, ha_ports, v4, v6, Connection, Floating, LbBuilder};
 use lb_testkit::{MixConfig, TrafficGenerator, VIPS_V4, VIPS_V6};
 
 /// Headroom before every frame, for the outer headers.
@@ -18,47 +19,23 @@ pub const PROBES: usize = 4096;
 /// The load balancer every MUX bench runs: every VIP of lb-testkit's generator with an HA-ports
 /// rule onto one of two pools (IPv4 and IPv6 members) of 32 members each.
 pub fn config() -> LoadBalancer {
-    let mut lb = LoadBalancer { name: "bench".into(), ..LoadBalancer::default() };
-    for (i, v) in VIPS_V4.iter().map(|&a| IpAddr::V4(a)).chain(VIPS_V6.iter().map(|&a| IpAddr::V6(a))).enumerate() {
-        lb.frontends.push(Frontend { name: format!("vip{i}"), address: v, internal: false });
-    }
-    let pool = |name: &str, v6: bool, vni: u32| Pool {
-        name: name.into(),
-        vni,
-        backends: (0..32u16)
-            .map(|b| Backend {
-                name: format!("{name}-{b}"),
-                address: if v6 {
-                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 4 + b))
-                } else {
-                    IpAddr::V4(Ipv4Addr::new(10, 0, 1, 4 + b as u8))
-                },
-                host: IpAddr::V4(Ipv4Addr::new(172, 16, 10, 20 + b as u8)),
-                weight: 1,
-            })
-            .collect(),
-    };
-    lb.pools = vec![pool("web4", false, 100), pool("web6", true, 101)];
-    // Every VIP takes every protocol and port (HA ports), so that the whole mix is balanced.
-    for f in 0..lb.frontends.len() {
-        lb.rules.push(Rule {
-            name: format!("ha{f}"),
-            frontend: f,
-            pool: usize::from(f >= VIPS_V4.len()),
-            probe: None,
-            protocol: Protocol::All,
-            frontend_port: 0,
-            backend_port: 0,
-            load_distribution: LoadDistribution::Default,
-            // Two VIPs sending every port to one pool need floating IP (the backends could not
-            // tell their connections apart otherwise); the first of each IP version goes without.
-            floating_ip: f % VIPS_V4.len() != 0,
-            idle_timeout_minutes: 30,
-            tcp_reset: false,
-            disable_outbound_snat: false,
+    let vips = VIPS_V4.iter().map(|&a| IpAddr::V4(a)).chain(VIPS_V6.iter().map(|&a| IpAddr::V6(a)));
+    let mut b = vips.enumerate().fold(LbBuilder::new("bench"), |b, (i, v)| b.frontend(&format!("vip{i}"), v));
+    for (name, ipv6, vni) in [("web4", false, 100), ("web6", true, 101)] {
+        let members = (0..32u8).map(|m| {
+            let dip = if ipv6 { v6(m) } else { v4(m) };
+            backend(format!("{name}-{m}"), dip, Ipv4Addr::new(172, 16, 10, 20 + m))
         });
+        b = b.pool(name, vni, members);
     }
-    lb
+    // Every VIP takes every protocol and port (HA ports), so that the whole mix is balanced.
+    for f in 0..VIPS_V4.len() + VIPS_V6.len() {
+        let r = ha_ports(&format!("ha{f}"), f, usize::from(f >= VIPS_V4.len())).idle_minutes(30);
+        // Two VIPs sending every port to one pool need floating IP (the backends could not tell
+        // their connections apart otherwise); the first of each IP version goes without.
+        b = b.rule(if f % VIPS_V4.len() != 0 { r.floating_ip() } else { r });
+    }
+    b.build()
 }
 
 /// A MUX of [`config`] with room for `flows` flows and the probe frames' own.
