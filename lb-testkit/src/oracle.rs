@@ -51,9 +51,7 @@ pub fn etherparse_tuple(frame: &[u8]) -> Option<Tuple5> {
 /// hand; IPv6 extension headers are walked with its generic extension-header view.
 #[inline(always)]
 pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
-    use smoltcp::wire::{
-        EthernetFrame, IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, TcpPacket, UdpPacket,
-    };
+    use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let mut ethertype = u16::from(eth.ethertype());
     let mut l3 = eth.payload();
@@ -65,7 +63,7 @@ pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
     }
     let mut t = Tuple5::default();
     // A first fragment holds only part of the datagram a UDP length field describes.
-    let mut first_fragment = false;
+    let first_fragment;
     let (proto, l4) = match ethertype {
         0x0800 => {
             let ip = Ipv4Packet::new_checked(l3).ok()?;
@@ -82,41 +80,17 @@ pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
             let ip = Ipv6Packet::new_checked(l3).ok()?;
             t.src = ip.src_addr().octets();
             t.dst = ip.dst_addr().octets();
-            let mut nh = ip.next_header();
-            let mut p = ip.payload();
-            for _ in 0..8 {
-                match nh {
-                    IpProtocol::HopByHop
-                    | IpProtocol::Ipv6Route
-                    | IpProtocol::Ipv6Opts
-                    | IpProtocol::Ipv6Frag
-                    | IpProtocol::IpSecAh => {
-                        let e = Ipv6ExtHeader::new_checked(p).ok()?;
-                        // The Fragment header is always 8 bytes (its second byte is reserved, not a
-                        // length); AH counts its length in 4-byte words, minus 2 (RFC 4302).
-                        let len = match nh {
-                            IpProtocol::Ipv6Frag => 8,
-                            IpProtocol::IpSecAh => (usize::from(e.header_len()) + 2) * 4,
-                            _ => (usize::from(e.header_len()) + 1) * 8,
-                        };
-                        let mut later = false;
-                        if nh == IpProtocol::Ipv6Frag {
-                            let f = Ipv6FragmentHeader::new_checked(e.payload()).ok()?;
-                            later = f.frag_offset() != 0;
-                            first_fragment = f.more_frags();
-                        }
-                        nh = e.next_header();
-                        p = p.get(len..)?;
-                        if later {
-                            t.protocol = u8::from(nh);
-                            return Some(t);
-                        }
-                    }
-                    _ => break,
+            match smoltcp_ipv6_extensions(ip.next_header(), ip.payload())? {
+                Ipv6Walk::Later(nh) => {
+                    t.protocol = u8::from(nh);
+                    return Some(t);
+                }
+                Ipv6Walk::Upper(nh, p, first) => {
+                    first_fragment = first;
+                    t.protocol = u8::from(nh);
+                    (nh, p)
                 }
             }
-            t.protocol = u8::from(nh);
-            (nh, p)
         }
         _ => return None,
     };
@@ -136,4 +110,53 @@ pub fn smoltcp_tuple(frame: &[u8]) -> Option<Tuple5> {
         _ => {}
     }
     Some(t)
+}
+
+/// Where the IPv6 extension headers of [`smoltcp_tuple`] lead.
+enum Ipv6Walk<'a> {
+    /// A later fragment, of this upper-layer protocol (no L4 header follows).
+    Later(smoltcp::wire::IpProtocol),
+    /// The upper-layer protocol, what follows the headers, and whether a Fragment header made it
+    /// a first fragment.
+    Upper(smoltcp::wire::IpProtocol, &'a [u8], bool),
+}
+
+/// Walks up to 8 IPv6 extension headers (Hop-by-Hop, Routing, Destination Options, Fragment, AH)
+/// from next header `nh` at the front of `payload`, with smoltcp's generic extension-header view.
+#[inline(always)]
+fn smoltcp_ipv6_extensions(mut nh: smoltcp::wire::IpProtocol, payload: &[u8]) -> Option<Ipv6Walk<'_>> {
+    use smoltcp::wire::{IpProtocol, Ipv6ExtHeader, Ipv6FragmentHeader};
+    let mut p = payload;
+    let mut first_fragment = false;
+    for _ in 0..8 {
+        match nh {
+            IpProtocol::HopByHop
+            | IpProtocol::Ipv6Route
+            | IpProtocol::Ipv6Opts
+            | IpProtocol::Ipv6Frag
+            | IpProtocol::IpSecAh => {
+                let e = Ipv6ExtHeader::new_checked(p).ok()?;
+                // The Fragment header is always 8 bytes (its second byte is reserved, not a
+                // length); AH counts its length in 4-byte words, minus 2 (RFC 4302).
+                let len = match nh {
+                    IpProtocol::Ipv6Frag => 8,
+                    IpProtocol::IpSecAh => (usize::from(e.header_len()) + 2) * 4,
+                    _ => (usize::from(e.header_len()) + 1) * 8,
+                };
+                let mut later = false;
+                if nh == IpProtocol::Ipv6Frag {
+                    let f = Ipv6FragmentHeader::new_checked(e.payload()).ok()?;
+                    later = f.frag_offset() != 0;
+                    first_fragment = f.more_frags();
+                }
+                nh = e.next_header();
+                p = p.get(len..)?;
+                if later {
+                    return Some(Ipv6Walk::Later(nh));
+                }
+            }
+            _ => break,
+        }
+    }
+    Some(Ipv6Walk::Upper(nh, p, first_fragment))
 }
