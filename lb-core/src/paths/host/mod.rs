@@ -1,0 +1,464 @@
+//! The SLB host agent: the half of the load balancer that runs beside the backends (the Host Agent
+//! of the Ananta paper, SIGCOMM 2013), with the inbound NAT, floating IP, outbound rules and TCP
+//! reset on idle that Azure Load Balancer's public documentation describes
+//! (<https://learn.microsoft.com/azure/load-balancer/outbound-rules>,
+//! <https://learn.microsoft.com/azure/load-balancer/load-balancer-floating-ip>,
+//! <https://learn.microsoft.com/azure/load-balancer/load-balancer-tcp-reset>).
+//!
+//! - From the fabric ([`HostAgent::from_fabric`], in `fabric.rs`): a VxLAN frame from a MUX is
+//!   decapsulated in place, its VNI and backend tag (which backend the MUX chose; several of one
+//!   pool may run on one host) checked, the flow recorded, and the inner frame DNATed
+//!   (VIP:frontendPort → DIP:backendPort, checksums updated incrementally) or, with floating IP,
+//!   delivered with the VIP untouched. Replies to SNAT connections come the same way and are
+//!   translated back to the backend's own address and port.
+//! - From a backend ([`HostAgent::from_backend`], in `backend.rs`): a response of a recorded flow is
+//!   reverse-NATed (DIP:backendPort → VIP:frontendPort) and sent back through a MUX (VxLAN) or
+//!   straight to the client (Direct Server Return), as the node is configured. A connection the
+//!   backend opens is SNATed to a port of its own block on an outbound frontend address (see
+//!   [`crate::config::snat`]). Anything else is dropped and counted: nothing leaves with a private
+//!   source address.
+//! - Timers ([`HostAgent::expire`], in `expiry.rs`): idle flows are removed, their SNAT ports
+//!   released (they come back after a quarantine), and, where the rule asks for TCP reset, a RST
+//!   goes to both ends with the sequence numbers the flow last showed.
+//! - Reconfiguration ([`HostAgent::update`], in `update.rs`): established connections follow their
+//!   backend and frontend into the new configuration; the rest are flushed.
+//!
+//! Every connection has two entries in the flow table, one per direction, each naming the other's
+//! slot; a packet refreshes both (no second hash). `connection.rs` keeps the pair. SNAT ports are
+//! shared between TCP connections to different destinations once a block has no fresh port left; a
+//! UDP flow always takes a port of its own (one port per UDP 5-tuple, never shared while in use).
+//!
+//! Fragments: a first fragment records how its datagram was translated; later fragments (no ports)
+//! get the same address translation from that record. ICMP errors (fragmentation needed, packet too
+//! big, unreachable) are found by the connection they quote and translated like it, in the outer
+//! header and in the quote, so path MTU discovery works through the NAT in both directions. Both
+//! are in `related.rs`.
+
+mod backend;
+mod connection;
+mod expiry;
+mod fabric;
+mod related;
+mod update;
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+use self::fabric::Tunnel;
+use super::listen::{addr16, Vips};
+use super::mux::Traffic;
+use crate::config::{ConfigError, LoadBalancer, SnatGrant};
+use crate::tables::snat::{SnatAllocator, SnatCounters, SnatError};
+use crate::tables::{FlowTable, FlowTableError, FlowTuple, FlowValue};
+use crate::wire::vxlan::decapsulate;
+use crate::wire::{FlowKey, IpVersion, MacAddr, VxlanEncap};
+
+/// How responses and SNAT connections leave the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnPath {
+    /// VxLAN to a MUX, which strips the tunnel and forwards to the client (the default of a node's
+    /// JSON configuration: the MUX sees both directions of every connection).
+    ViaMux,
+    /// Straight to the fabric router, with the VIP as source (Direct Server Return).
+    Direct,
+}
+
+/// This host: its addresses and knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNode {
+    /// MAC of the host's fabric port.
+    pub mac: MacAddr,
+    /// MAC of the fabric router.
+    pub gateway_mac: MacAddr,
+    /// The host's underlay address (where MUXes tunnel to).
+    pub underlay: IpAddr,
+    /// Underlay addresses of the MUXes that take responses back (one is picked by flow hash).
+    pub muxes: Vec<IpAddr>,
+    /// How responses leave.
+    pub return_path: ReturnPath,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Underlay MTU.
+    pub mtu: u16,
+    /// Flow hash seed.
+    pub hash_seed: u64,
+    /// Flow-table capacity (each connection takes two entries).
+    pub flow_capacity: usize,
+    /// Seconds a released SNAT port waits before it is handed out again.
+    pub snat_quarantine_secs: u32,
+    /// When a backend's SNAT ports are exhausted, answer its SYN with a RST (else drop it).
+    pub reset_on_snat_exhaustion: bool,
+}
+
+/// Why a host agent refuses a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// Invalid configuration.
+    Config(ConfigError),
+    /// A tunnel to a MUX could not be built.
+    Tunnel(crate::wire::WireError),
+    /// The flow table could not be allocated.
+    FlowTable(FlowTableError),
+    /// The SNAT blocks could not be laid out.
+    Snat(SnatError),
+    /// `ReturnPath::ViaMux` with no MUX address.
+    NoMux,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Config(e) => write!(f, "configuration: {e}"),
+            HostError::Tunnel(e) => write!(f, "tunnel to a MUX: {e}"),
+            HostError::FlowTable(e) => write!(f, "flow table: {e:?}"),
+            HostError::Snat(e) => write!(f, "SNAT: {e}"),
+            HostError::NoMux => f.write_str("return path via MUX but no MUX address"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for HostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HostError::Config(e) => Some(e),
+            HostError::Tunnel(e) => Some(e),
+            HostError::FlowTable(e) => Some(e),
+            HostError::Snat(e) => Some(e),
+            HostError::NoMux => None,
+        }
+    }
+}
+
+/// Why the host agent dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HostDrop {
+    /// Did not parse (outer or inner).
+    Malformed = 0,
+    /// A tunnel frame not addressed to this host.
+    NotForThisHost = 1,
+    /// The VNI or backend tag names no backend of this host.
+    UnknownBackend = 2,
+    /// To a VIP, but no rule matches its protocol and port, and no flow.
+    NoRule = 3,
+    /// From a backend, matching no flow and no outbound rule (never sent with a private source).
+    NoFlow = 4,
+    /// The backend's SNAT ports are exhausted.
+    SnatExhausted = 5,
+    /// A later fragment whose first fragment was not seen.
+    FragmentUnknown = 6,
+    /// Not enough headroom or over the MTU for the tunnel to a MUX.
+    Encap = 7,
+    /// An ICMP error whose quoted packet belongs to no connection of this host.
+    IcmpUntranslated = 8,
+    /// A new connection found no room for both its entries (the flow table is too small for the
+    /// load: its `evicted` counter moves too).
+    FlowTableFull = 9,
+}
+
+/// Number of [`HostDrop`] reasons.
+pub const HOST_DROPS: usize = 10;
+
+impl HostDrop {
+    /// Every reason, in counter order (`HostCounters::drops[r as usize]`).
+    pub const ALL: [HostDrop; HOST_DROPS] = [
+        HostDrop::Malformed,
+        HostDrop::NotForThisHost,
+        HostDrop::UnknownBackend,
+        HostDrop::NoRule,
+        HostDrop::NoFlow,
+        HostDrop::SnatExhausted,
+        HostDrop::FragmentUnknown,
+        HostDrop::Encap,
+        HostDrop::IcmpUntranslated,
+        HostDrop::FlowTableFull,
+    ];
+
+    /// The reason's name in reports and metrics, NUL-terminated for the C ABI.
+    pub fn c_name(self) -> &'static core::ffi::CStr {
+        match self {
+            HostDrop::Malformed => c"malformed",
+            HostDrop::NotForThisHost => c"not_for_this_host",
+            HostDrop::UnknownBackend => c"unknown_backend",
+            HostDrop::NoRule => c"no_rule",
+            HostDrop::NoFlow => c"no_flow",
+            HostDrop::SnatExhausted => c"snat_exhausted",
+            HostDrop::FragmentUnknown => c"fragment_unknown",
+            HostDrop::Encap => c"encap",
+            HostDrop::IcmpUntranslated => c"icmp_untranslated",
+            HostDrop::FlowTableFull => c"flow_table_full",
+        }
+    }
+
+    /// The reason's name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or("")
+    }
+}
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostVerdict {
+    /// Hand `buf[start..start + len]` to local backend `backend` (see [`HostAgent::local_backends`]).
+    Deliver {
+        /// Local backend index.
+        backend: usize,
+        /// Frame start.
+        start: usize,
+        /// Frame length.
+        len: usize,
+    },
+    /// Send `buf[start..start + len]` on the fabric port.
+    Transmit {
+        /// Frame start.
+        start: usize,
+        /// Frame length.
+        len: usize,
+    },
+    /// Drop it.
+    Drop(HostDrop),
+}
+
+/// Where a frame the host agent makes on its own (a TCP reset) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEgress {
+    /// To a local backend.
+    Backend(usize),
+    /// On the fabric port.
+    Fabric,
+}
+
+/// The host agent's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostCounters {
+    /// Frames from MUXes delivered to backends (load-balanced and NAT rules).
+    pub inbound: Traffic,
+    /// Responses sent back towards clients.
+    pub responses: Traffic,
+    /// Frames of backend-initiated connections sent out with an SNAT address.
+    pub snat_out: Traffic,
+    /// Replies to them delivered back to the backends.
+    pub snat_in: Traffic,
+    /// Per local backend: frames delivered to it.
+    pub backends: Vec<Traffic>,
+    /// TCP resets sent (idle timeout, SNAT exhaustion).
+    pub resets: u64,
+    /// Connections torn down because a reconfiguration removed what they used.
+    pub flushed: u64,
+    /// Per [`HostDrop`].
+    pub drops: [u64; HOST_DROPS],
+}
+
+/// Which direction an entry stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum HostFlowKind {
+    /// Unused.
+    #[default]
+    None = 0,
+    /// Client → VIP (as it arrives from a MUX).
+    Inbound = 1,
+    /// Backend → client (as the backend sends it).
+    Response = 2,
+    /// Backend → remote, a connection the backend opened.
+    SnatOut = 3,
+    /// Remote → SNAT address and port.
+    SnatIn = 4,
+    /// A fragmented datagram's record.
+    Fragment = 5,
+}
+
+/// [`HostFlow::flags`]: the backend sees the VIP as destination (floating IP).
+const FLOATING: u8 = 1;
+/// [`HostFlow::flags`]: the rule asks for a RST to both ends when the connection times out.
+const RESET: u8 = 2;
+/// [`HostFlow::flags`]: [`HostFlow::seq`] holds a sequence number this direction sent.
+const SEQ_SEEN: u8 = 4;
+/// [`HostFlow::flags`]: [`HostFlow::ack`] holds an acknowledgment this direction sent.
+const ACK_SEEN: u8 = 8;
+/// Fragment record: rewrite the source (else the destination).
+const FRAG_SRC: u8 = 16;
+/// Fragment record of an SNAT connection's datagram (counted as SNAT traffic).
+const FRAG_SNAT: u8 = 32;
+/// This entry's direction has sent a FIN.
+const FIN_SEEN: u8 = 64;
+/// [`HostFlow::peer`] of an entry without a pair (a fragment record, or the first entry of a pair
+/// while the second is inserted).
+const NO_PEER: u32 = u32::MAX;
+
+/// What the host agent stores with each flow entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HostFlow {
+    /// Direction.
+    pub kind: HostFlowKind,
+    /// Floating IP, TCP reset, sequence tracking.
+    pub flags: u8,
+    /// Local backend index.
+    pub local: u16,
+    /// Frontend index (the VIP, or the SNAT address).
+    pub frontend: u16,
+    /// Inbound: backend port; Response: frontend port; SNAT: the SNAT port.
+    pub port: u16,
+    /// SnatIn: the backend's own source port; Inbound: the frontend port.
+    pub orig_port: u16,
+    /// SNAT allocator block.
+    pub block: u16,
+    /// Slot of the other direction's entry.
+    pub peer: u32,
+    /// Next sequence number of this direction's sender.
+    pub seq: u32,
+    /// Last acknowledgment number this direction's sender sent.
+    pub ack: u32,
+}
+
+impl FlowValue for HostFlow {
+    const TRACK_REMOVALS: bool = true;
+}
+
+/// A backend of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBackend {
+    /// Pool index.
+    pub pool: usize,
+    /// Member index.
+    pub member: usize,
+    /// Its address (DIP).
+    pub address: IpAddr,
+    /// The tag MUXes stamp for it.
+    pub tag: u32,
+    addr: (IpVersion, [u8; 16]),
+    /// Its SNAT blocks (allocator block indices).
+    blocks: Vec<usize>,
+    /// Its MAC and VLAN (outermost tag), as its frames last opened or answered a connection: where
+    /// a TCP reset the host agent makes for it goes (a broadcast MAC, until it has sent one; a
+    /// guest's stack drops a TCP segment it was not addressed).
+    link: Option<(MacAddr, Option<u16>)>,
+}
+
+/// One core's host agent.
+pub struct HostAgent {
+    node: HostNode,
+    lb: LoadBalancer,
+    vips: Vips,
+    locals: Vec<LocalBackend>,
+    grants: Vec<SnatGrant>,
+    /// The (block, port) pairs of `grants` a listener on the same address claims, reserved in
+    /// `snat` (they never go to SNAT).
+    claims: Vec<(usize, u16)>,
+    snat: SnatAllocator,
+    /// Per pool, per MUX.
+    tunnels: Vec<Vec<VxlanEncap>>,
+    flows: FlowTable<HostFlow>,
+    counters: HostCounters,
+    /// The flow-table bucket the next expiry sweep starts at.
+    cursor: usize,
+    underlay: (IpVersion, [u8; 16]),
+}
+
+impl HostAgent {
+    /// Builds the host agent of `node` for a validated configuration.
+    pub fn new(node: HostNode, lb: LoadBalancer) -> Result<Self, HostError> {
+        Self::with_flow_memory(node, lb, |_, _| {})
+    }
+
+    /// [`HostAgent::new`], handing the flow table's memory to `prepare` before it is first written
+    /// (see [`FlowTable::with_capacity_prepared`]).
+    pub fn with_flow_memory(
+        node: HostNode,
+        lb: LoadBalancer,
+        prepare: impl FnOnce(*const u8, usize),
+    ) -> Result<Self, HostError> {
+        let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(HostError::FlowTable)?;
+        let mut h = HostAgent {
+            lb: LoadBalancer::default(),
+            vips: Vips::default(),
+            locals: Vec::new(),
+            grants: Vec::new(),
+            claims: Vec::new(),
+            snat: SnatAllocator::new(&[], node.snat_quarantine_secs).map_err(HostError::Snat)?,
+            tunnels: Vec::new(),
+            flows,
+            counters: HostCounters::default(),
+            cursor: 0,
+            underlay: addr16(node.underlay),
+            node,
+        };
+        h.update(lb)?;
+        Ok(h)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LoadBalancer {
+        &self.lb
+    }
+
+    /// The backends of this host, in local index order.
+    pub fn local_backends(&self) -> &[LocalBackend] {
+        &self.locals
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &HostCounters {
+        &self.counters
+    }
+
+    /// The SNAT allocator's counters (allocations, sharing, releases, exhaustion).
+    pub fn snat_counters(&self) -> SnatCounters {
+        self.snat.counters()
+    }
+
+    /// SNAT ports in use by local backend `local`, over all its blocks.
+    pub fn snat_ports_in_use(&self, local: usize) -> u32 {
+        self.locals.get(local).map_or(0, |l| l.blocks.iter().map(|&b| self.snat.ports_in_use(b)).sum())
+    }
+
+    /// The flow table (counters, size).
+    pub fn flows(&self) -> &FlowTable<HostFlow> {
+        &self.flows
+    }
+
+    /// A frame from a port that carries both sides (a single-port program, a C appliance that does
+    /// not say): a VxLAN frame addressed to this host, or sent by one of its MUXes, is fabric
+    /// traffic (refused as not for this host when it is for another); anything else comes from a
+    /// backend.
+    /// The tunnel is decapsulated once, whichever way the frame goes.
+    pub fn from_either(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> HostVerdict {
+        let tunnel = start
+            .checked_add(len)
+            .and_then(|end| buf.get(start..end))
+            .and_then(|f| decapsulate(f).ok())
+            .filter(|d| addr16(d.outer_dst) == self.underlay || self.node.muxes.contains(&d.outer_src))
+            .map(|d| Tunnel::of(start, &d));
+        let v = match tunnel {
+            Some(t) => self.tunnelled(buf, t, now),
+            None => self.backend_frame(buf, start, len, now),
+        };
+        self.settle(now);
+        self.count(v)
+    }
+
+    /// Counts a drop under its reason; returns the verdict.
+    fn count(&mut self, v: HostVerdict) -> HostVerdict {
+        if let HostVerdict::Drop(r) = v {
+            self.counters.drops[r as usize] += 1;
+        }
+        v
+    }
+}
+
+/// The hash of a stored tuple (the same function as [`FlowKey::hash`]).
+fn tuple_hash(t: &FlowTuple, seed: u64) -> u32 {
+    let k = FlowKey {
+        src_addr: t.src,
+        dst_addr: t.dst,
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        protocol: t.protocol,
+        ip_version: if t.version & 0x7f == 4 { IpVersion::V4 } else { IpVersion::V6 },
+        ..FlowKey::default()
+    };
+    k.hash(seed)
+}
