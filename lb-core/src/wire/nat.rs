@@ -1295,6 +1295,32 @@ mod tests {
         let key = parse_flow_key(out).unwrap();
         assert!(key.is_icmp_error());
         check_with_smoltcp(out, &key);
+        let quote = check_icmp_message(out, &key);
+        let q = etherparse::LaxPacketHeaders::from_ip(quote).unwrap();
+        let ip_len = match q.net.as_ref().unwrap() {
+            etherparse::NetHeaders::Ipv4(h, _) => {
+                assert_eq!(h.header_checksum, h.calc_header_checksum(), "etherparse: quoted IPv4 header checksum");
+                assert!(smoltcp::wire::Ipv4Packet::new_unchecked(quote).verify_checksum(), "smoltcp: quoted IPv4");
+                assert_eq!((v4(h.source), v4(h.destination)), (quoted_src, quoted_dst));
+                h.header_len()
+            }
+            etherparse::NetHeaders::Ipv6(h, _) => {
+                assert_eq!((h.source, h.destination), (quoted_src, quoted_dst));
+                IPV6_HEADER_LEN
+            }
+            etherparse::NetHeaders::Arp(_) => panic!("not IP"),
+        };
+        let v6 = key.ip_version == IpVersion::V6;
+        check_quoted_transport(&q, &quote[ip_len..], v6, (quoted_src, quoted_dst), ports);
+        // This crate's parser finds the translated quote.
+        let quoted = crate::wire::flow::quoted_flow_key(out, &key).unwrap();
+        assert_eq!((quoted.src_addr, quoted.dst_addr), (quoted_src, quoted_dst));
+        assert_eq!((quoted.src_port, quoted.dst_port), ports);
+    }
+
+    /// The outer ICMP message of error `out` (parsed as `key`): its checksum, by etherparse and by
+    /// this crate's checksum code. Returns what it quotes.
+    fn check_icmp_message<'a>(out: &'a [u8], key: &FlowKey) -> &'a [u8] {
         let p = SlicedPacket::from_ethernet(out).unwrap();
         let (outer_src, outer_dst) = (key.src_addr, key.dst_addr);
         let quote = match p.transport.unwrap() {
@@ -1316,23 +1342,19 @@ mod tests {
             0
         };
         assert_eq!(checksum::finish(checksum::combine(pseudo, checksum::sum(msg))), 0, "ICMP checksum");
+        quote
+    }
 
-        let q = etherparse::LaxPacketHeaders::from_ip(quote).unwrap();
-        let ip_len = match q.net.as_ref().unwrap() {
-            etherparse::NetHeaders::Ipv4(h, _) => {
-                assert_eq!(h.header_checksum, h.calc_header_checksum(), "etherparse: quoted IPv4 header checksum");
-                assert!(smoltcp::wire::Ipv4Packet::new_unchecked(quote).verify_checksum(), "smoltcp: quoted IPv4");
-                assert_eq!((v4(h.source), v4(h.destination)), (quoted_src, quoted_dst));
-                h.header_len()
-            }
-            etherparse::NetHeaders::Ipv6(h, _) => {
-                assert_eq!((h.source, h.destination), (quoted_src, quoted_dst));
-                IPV6_HEADER_LEN
-            }
-            etherparse::NetHeaders::Arp(_) => panic!("not IP"),
-        };
+    /// The quoted transport header `q` of a translated error (`l4`: the quote from its L4 header
+    /// on): its ports and, when the quote holds the whole packet, its checksum.
+    fn check_quoted_transport(
+        q: &etherparse::LaxPacketHeaders<'_>,
+        l4: &[u8],
+        v6: bool,
+        (quoted_src, quoted_dst): ([u8; 16], [u8; 16]),
+        ports: (u16, u16),
+    ) {
         let (s4, d4) = (first4(&quoted_src), first4(&quoted_dst));
-        let v6 = key.ip_version == IpVersion::V6;
         let whole = q.stop_err.is_none()
             && match q.payload {
                 etherparse::LaxPayloadSlice::Tcp { incomplete, .. }
@@ -1370,17 +1392,12 @@ mod tests {
             }
             _ => {
                 // A TCP header cut short of its 20 bytes: the ports are the first 4 bytes.
-                let l4 = &quote[ip_len..];
                 if l4.len() >= 4 && ports != (0, 0) {
                     let got = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
                     assert_eq!(got, ports);
                 }
             }
         }
-        // This crate's parser finds the translated quote.
-        let quoted = crate::wire::flow::quoted_flow_key(out, &key).unwrap();
-        assert_eq!((quoted.src_addr, quoted.dst_addr), (quoted_src, quoted_dst));
-        assert_eq!((quoted.src_port, quoted.dst_port), ports);
     }
 
     /// One ICMP error translation. `inbound`: an error sent to the VIP about a packet the VIP sent
