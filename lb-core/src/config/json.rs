@@ -1,5 +1,7 @@
-//! The seed's resource JSON (camelCase names, `properties` objects, references by `id` whose last
-//! path segment is the referenced resource's name) read into a validated [`LoadBalancer`].
+//! Azure's load balancer resource JSON (`Microsoft.Network/loadBalancers`, as the REST API
+//! reference "Load Balancers - Create Or Update" shows it: camelCase names, `properties` objects,
+//! references by `id` whose last path segment is the referenced resource's name) read into a
+//! validated [`LoadBalancer`].
 //!
 //! Two fields the Azure resource leaves to other resources are part of a backend address here:
 //! `hostAddress` (the underlay address of the host that runs the backend, where the MUX tunnels
@@ -75,8 +77,9 @@ struct PoolProps {
     vni: Option<u32>,
     #[serde(default)]
     load_balancer_backend_addresses: Vec<Resource<BackendProps>>,
-    /// Members named by their NICs' IP configurations (the seed's pool "Structure"): resources
-    /// this model cannot look up, so a pool given that way is refused rather than loaded empty.
+    /// Members named by their NICs' IP configurations (Azure Load Balancer: "Backend pool
+    /// management", configuring a pool by NIC): resources this model cannot look up, so a pool
+    /// given that way is refused rather than loaded empty.
     #[serde(rename = "backendIPConfigurations", default)]
     backend_ip_configurations: Vec<serde::de::IgnoredAny>,
 }
@@ -221,6 +224,36 @@ impl Ctx<'_> {
         s.parse().map_err(|_| self.err(field, format!("'{s}' is not an IP address")))
     }
 
+    /// A rule's `loadDistribution` (absent: `Default`).
+    fn load_distribution(&self, s: Option<&str>) -> Result<LoadDistribution, ConfigError> {
+        match s.unwrap_or("Default") {
+            "Default" => Ok(LoadDistribution::Default),
+            "SourceIPProtocol" => Ok(LoadDistribution::SourceIpProtocol),
+            "SourceIP" => Ok(LoadDistribution::SourceIp),
+            other => {
+                Err(self.err("loadDistribution", format!("'{other}' is not Default, SourceIP or SourceIPProtocol")))
+            }
+        }
+    }
+
+    /// The (pool, member) an inbound NAT rule's `backendIPConfiguration` names, if any member has
+    /// that name. `.../backendAddressPools/POOL/loadBalancerBackendAddresses/NAME` names its pool;
+    /// a bare backend name must then be unique across pools.
+    fn nat_target(&self, r: &Ref, pools: &[Pool]) -> Result<Option<(usize, usize)>, ConfigError> {
+        let target = r.id.rsplit('/').next().unwrap_or("");
+        let pool_named = r.id.split("/backendAddressPools/").nth(1).and_then(|rest| rest.split('/').next());
+        let mut matches = pools
+            .iter()
+            .enumerate()
+            .filter(|(_, pool)| pool_named.is_none_or(|n| pool.name == n))
+            .filter_map(|(pi, pool)| pool.backends.iter().position(|b| b.name == target).map(|bi| (pi, bi)));
+        let found = matches.next();
+        if matches.next().is_some() {
+            return Err(self.err("backendIPConfiguration", format!("'{target}' is in several pools: name the pool")));
+        }
+        Ok(found)
+    }
+
     fn protocol(&self, s: &str) -> Result<Protocol, ConfigError> {
         match s {
             "Tcp" => Ok(Protocol::Tcp),
@@ -231,11 +264,34 @@ impl Ctx<'_> {
     }
 }
 
-/// Parses the seed's JSON for one load balancer and validates it.
+/// Parses one load balancer's resource JSON and validates it.
+///
+/// Text that is not JSON of the resource's shape gives a [`ConfigErrorKind::Json`] error (resource
+/// kind `loadBalancer`, field `json`); anything else wrong, a [`ConfigErrorKind::Invalid`] one.
 pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
-    let root: Root = serde_json::from_str(text).map_err(|e| err("loadBalancer", "", "json", e.to_string()))?;
+    let root: Root = serde_json::from_str(text).map_err(|e| ConfigError {
+        kind: "loadBalancer",
+        name: String::new(),
+        field: "json",
+        problem: e.to_string(),
+        error_kind: ConfigErrorKind::Json,
+    })?;
     let p = &root.properties;
     let mut lb = LoadBalancer { name: root.name.clone(), ..LoadBalancer::default() };
+    lb.frontends = parse_frontends(p)?;
+    lb.pools = parse_pools(p)?;
+    lb.probes = parse_probes(p)?;
+    lb.rules = parse_rules(p)?;
+    lb.nat_rules = parse_nat_rules(p, &lb.pools)?;
+    lb.nat_pools = parse_nat_pools(p)?;
+    lb.outbound_rules = parse_outbound_rules(p)?;
+    lb.validate()?;
+    Ok(lb)
+}
+
+/// `frontendIPConfigurations`: one address each, private or public.
+fn parse_frontends(p: &RootProps) -> Result<Vec<Frontend>, ConfigError> {
+    let mut frontends = Vec::new();
     for f in &p.frontend_ip_configurations {
         let c = Ctx { kind: "frontendIPConfigurations", name: &f.name };
         let (text, internal) = match (&f.properties.private_ip_address, &f.properties.public_ip_address) {
@@ -246,8 +302,14 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             }
             _ => return Err(c.err("privateIPAddress", "exactly one of privateIPAddress and publicIPAddress.ipAddress")),
         };
-        lb.frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)?, internal });
+        frontends.push(Frontend { name: f.name.clone(), address: c.ip("ipAddress", text)?, internal });
     }
+    Ok(frontends)
+}
+
+/// `backendAddressPools`: members by address and host, VNI by position unless given.
+fn parse_pools(p: &RootProps) -> Result<Vec<Pool>, ConfigError> {
+    let mut pools = Vec::new();
     for (i, pool) in p.backend_address_pools.iter().enumerate() {
         let c = Ctx { kind: "backendAddressPools", name: &pool.name };
         if !pool.properties.backend_ip_configurations.is_empty() {
@@ -266,8 +328,14 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
                 weight: b.properties.weight,
             });
         }
-        lb.pools.push(Pool { name: pool.name.clone(), vni: pool.properties.vni.unwrap_or(4096 + i as u32), backends });
+        pools.push(Pool { name: pool.name.clone(), vni: pool.properties.vni.unwrap_or(4096 + i as u32), backends });
     }
+    Ok(pools)
+}
+
+/// `probes`.
+fn parse_probes(p: &RootProps) -> Result<Vec<Probe>, ConfigError> {
+    let mut probes = Vec::new();
     for pr in &p.probes {
         let c = Ctx { kind: "probes", name: &pr.name };
         let protocol = match pr.properties.protocol.as_str() {
@@ -276,7 +344,7 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             "Https" => ProbeProtocol::Https,
             other => return Err(c.err("protocol", format!("'{other}' is not Tcp, Http or Https"))),
         };
-        lb.probes.push(Probe {
+        probes.push(Probe {
             name: pr.name.clone(),
             protocol,
             port: c.port("port", pr.properties.port)?,
@@ -286,10 +354,16 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
                 .map_err(|_| c.err("numberOfProbes", "must be 1..=100"))?,
         });
     }
+    Ok(probes)
+}
+
+/// `loadBalancingRules`.
+fn parse_rules(p: &RootProps) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules = Vec::new();
     for r in &p.load_balancing_rules {
         let c = Ctx { kind: "loadBalancingRules", name: &r.name };
         let q = &r.properties;
-        lb.rules.push(Rule {
+        rules.push(Rule {
             name: r.name.clone(),
             frontend: c.index(
                 "frontendIPConfiguration",
@@ -301,41 +375,24 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             protocol: c.protocol(&q.protocol)?,
             frontend_port: c.port("frontendPort", q.frontend_port)?,
             backend_port: c.port("backendPort", q.backend_port)?,
-            load_distribution: match q.load_distribution.as_deref().unwrap_or("Default") {
-                "Default" => LoadDistribution::Default,
-                "SourceIPProtocol" => LoadDistribution::SourceIpProtocol,
-                "SourceIP" => LoadDistribution::SourceIp,
-                other => {
-                    return Err(
-                        c.err("loadDistribution", format!("'{other}' is not Default, SourceIP or SourceIPProtocol"))
-                    )
-                }
-            },
+            load_distribution: c.load_distribution(q.load_distribution.as_deref())?,
             floating_ip: q.connection.enable_floating_ip,
             idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
             tcp_reset: q.connection.enable_tcp_reset,
             disable_outbound_snat: q.disable_outbound_snat,
         });
     }
+    Ok(rules)
+}
+
+/// `inboundNatRules`, whose targets are members of `pools`.
+fn parse_nat_rules(p: &RootProps, pools: &[Pool]) -> Result<Vec<NatRule>, ConfigError> {
+    let mut nat_rules = Vec::new();
     for r in &p.inbound_nat_rules {
         let c = Ctx { kind: "inboundNatRules", name: &r.name };
         let q = &r.properties;
-        // `.../backendAddressPools/POOL/loadBalancerBackendAddresses/NAME` names its pool; a bare
-        // backend name must then be unique across pools.
-        let id = &q.backend_ip_configuration.id;
-        let target = id.rsplit('/').next().unwrap_or("");
-        let pool_named = id.split("/backendAddressPools/").nth(1).and_then(|rest| rest.split('/').next());
-        let mut matches = lb
-            .pools
-            .iter()
-            .enumerate()
-            .filter(|(_, pool)| pool_named.is_none_or(|n| pool.name == n))
-            .filter_map(|(pi, pool)| pool.backends.iter().position(|b| b.name == target).map(|bi| (pi, bi)));
-        let found = matches.next();
-        if matches.next().is_some() {
-            return Err(c.err("backendIPConfiguration", format!("'{target}' is in several pools: name the pool")));
-        }
-        lb.nat_rules.push(NatRule {
+        let found = c.nat_target(&q.backend_ip_configuration, pools)?;
+        nat_rules.push(NatRule {
             name: r.name.clone(),
             frontend: c.index(
                 "frontendIPConfiguration",
@@ -353,10 +410,16 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             tcp_reset: q.connection.enable_tcp_reset,
         });
     }
+    Ok(nat_rules)
+}
+
+/// `inboundNatPools`.
+fn parse_nat_pools(p: &RootProps) -> Result<Vec<NatPool>, ConfigError> {
+    let mut nat_pools = Vec::new();
     for r in &p.inbound_nat_pools {
         let c = Ctx { kind: "inboundNatPools", name: &r.name };
         let q = &r.properties;
-        lb.nat_pools.push(NatPool {
+        nat_pools.push(NatPool {
             name: r.name.clone(),
             frontend: c.index(
                 "frontendIPConfiguration",
@@ -373,6 +436,12 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             tcp_reset: q.connection.enable_tcp_reset,
         });
     }
+    Ok(nat_pools)
+}
+
+/// `outboundRules`.
+fn parse_outbound_rules(p: &RootProps) -> Result<Vec<OutboundRule>, ConfigError> {
+    let mut outbound_rules = Vec::new();
     for r in &p.outbound_rules {
         let c = Ctx { kind: "outboundRules", name: &r.name };
         let q = &r.properties;
@@ -381,7 +450,7 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             .iter()
             .map(|f| c.index("frontendIPConfigurations", f, &p.frontend_ip_configurations))
             .collect::<Result<Vec<_>, _>>()?;
-        lb.outbound_rules.push(OutboundRule {
+        outbound_rules.push(OutboundRule {
             name: r.name.clone(),
             frontends,
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
@@ -391,6 +460,5 @@ pub fn from_json(text: &str) -> Result<LoadBalancer, ConfigError> {
             tcp_reset: q.enable_tcp_reset,
         });
     }
-    lb.validate()?;
-    Ok(lb)
+    Ok(outbound_rules)
 }

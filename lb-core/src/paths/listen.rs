@@ -8,6 +8,9 @@ use core::net::IpAddr;
 use crate::config::{LoadBalancer, Protocol};
 use crate::tables::maglev::mix64;
 use crate::tables::FlowTuple;
+use crate::wire::vxlan::address_hash;
+// The tag belongs to the VxLAN wire format; both data paths name it from here.
+pub use crate::wire::vxlan::backend_tag;
 use crate::wire::{FlowKey, HashFields, IpVersion};
 
 /// What a listener leads to.
@@ -304,20 +307,9 @@ impl Target {
     }
 }
 
-/// A backend's Maglev identity: its address, so every MUX agrees without coordination.
+/// A backend's Maglev identity: a hash of its address, so every MUX agrees without coordination.
 pub(crate) fn backend_id(a: IpAddr) -> u64 {
-    let o = match a {
-        IpAddr::V4(v) => u128::from(u32::from(v)),
-        IpAddr::V6(v) => u128::from(v),
-    };
-    mix64((o as u64) ^ mix64((o >> 64) as u64))
-}
-
-/// The 24-bit tag a MUX stamps in the VxLAN header to name a backend to its host (never 0): derived
-/// from the backend's address, so MUX and host agree without coordination and a tag survives
-/// reconfiguration as long as the backend keeps its address.
-pub fn backend_tag(a: IpAddr) -> u32 {
-    ((backend_id(a) >> 40) as u32 & 0x00ff_ffff).max(1)
+    address_hash(a)
 }
 
 /// Marks the flow-table entries that remember a fragmented datagram rather than a connection.

@@ -25,7 +25,7 @@ pub use ipv6::{Ipv6Header, Ipv6Packet, Ipv6Repr};
 pub use nat::{rewrite, rewrite_quoted, Side, TcpResetRepr};
 pub use tcp::{TcpFlags, TcpHeader, TcpSegment};
 pub use udp::{UdpDatagram, UdpHeader, UdpRepr};
-pub use vxlan::{VxlanDecap, VxlanEncap, VxlanHeader, VxlanPacket, VXLAN_PORT};
+pub use vxlan::{backend_tag, VxlanDecap, VxlanEncap, VxlanHeader, VxlanPacket, VXLAN_PORT};
 
 /// IP protocol numbers this crate understands.
 pub mod ip_proto {

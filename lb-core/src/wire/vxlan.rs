@@ -47,12 +47,41 @@ impl VxlanHeader {
     pub fn vni(&self) -> u32 {
         u32::from_be_bytes([0, self.vni[0], self.vni[1], self.vni[2]])
     }
-    /// The 24 bits of the first reserved field, where a MUX names the backend it chose (the seed's
-    /// "VxLAN header: flow metadata"; 0 = none). RFC 7348 receivers ignore reserved bits.
+    /// The 24 bits of the first reserved field, where a MUX names the backend it chose (0 = none;
+    /// see [`backend_tag`]). RFC 7348, section 5, has receivers ignore the reserved fields, so a
+    /// VTEP that knows nothing of the tag still decapsulates the packet.
     #[inline(always)]
     pub fn backend_tag(&self) -> u32 {
         u32::from_be_bytes([0, self.reserved1[0], self.reserved1[1], self.reserved1[2]])
     }
+}
+
+/// A 64-bit hash of an address that every node computes alike, with no coordination: the MUX's
+/// Maglev table names a backend by it, and [`backend_tag`] takes 24 of its bits.
+pub(crate) fn address_hash(a: IpAddr) -> u64 {
+    let o = match a {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    };
+    splitmix64(o as u64 ^ splitmix64((o >> 64) as u64))
+}
+
+/// The SplitMix64 finalizer (the same mixer as `tables::maglev::mix64`; the wire layer imports
+/// nothing from the layers above it).
+#[inline(always)]
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The 24-bit tag a MUX stamps in the VxLAN header's first reserved field
+/// ([`VxlanEncap::with_backend_tag`]) to name a backend to its host, never 0 (0 means no tag).
+/// Derived from the backend's address, so MUX and host agree without coordination and a tag
+/// survives reconfiguration as long as the backend keeps its address. Two backends of one pool on
+/// one host must not share a tag (configuration validation refuses that).
+pub fn backend_tag(a: IpAddr) -> u32 {
+    ((address_hash(a) >> 40) as u32 & MAX_VNI).max(1)
 }
 
 /// A checked view of a VxLAN packet (the UDP payload): header + inner Ethernet frame.
@@ -437,7 +466,7 @@ mod tests {
     const MUX_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x05, 0x0a]);
     const HOST_MAC: MacAddr = MacAddr([0x02, 0x00, 0x00, 0x00, 0x0a, 0x14]);
 
-    /// Inner frame: 1.2.3.4:50000 -> 20.50.60.10:80 SYN (the seed's walk), untagged.
+    /// Inner frame: a client's SYN, 1.2.3.4:50000 -> 20.50.60.10:80, untagged.
     fn inner() -> [u8; 54] {
         let mut f = [0u8; 54];
         f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
@@ -461,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_walk_encapsulation_bytes() {
+    fn encapsulation_bytes_of_a_client_syn() {
         let mut buf = [0u8; 128 + 54];
         buf[128..].copy_from_slice(&inner());
         let start = v4_tunnel().encapsulate(&mut buf, 128, 54, 0xdead_beef).unwrap();
@@ -505,6 +534,10 @@ mod tests {
         assert_eq!((d.vni, d.backend_tag), (0x1234, 0xab_cdef));
         assert_eq!(decapsulate_general(&buf[start..]).map(|d| d.backend_tag), Ok(0xab_cdef));
         assert!(v4_tunnel().with_backend_tag(1 << 24).is_err());
+        // MUXes and hosts of different builds must derive the same tags: these values are fixed.
+        let tags = ["10.0.1.4", "10.0.1.5", "0.0.0.0", "fd00::1", "2001:db8::42"]
+            .map(|a| backend_tag(a.parse::<IpAddr>().unwrap()));
+        assert_eq!(tags, [0x85_9d11, 0x4a_523b, 1, 0xfa_27f3, 0x9a_590a]);
     }
 
     #[test]
