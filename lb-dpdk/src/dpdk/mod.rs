@@ -75,6 +75,27 @@ const MIN_MBUFS: u32 = 8191;
 const POOL_CACHE: u32 = 256;
 /// Bytes a frame may have beyond the MTU: Ethernet header, two VLAN tags, and a CRC some drivers keep.
 const L2_OVERHEAD: u32 = 14 + 8 + 4;
+/// Frame bytes an mbuf holds at least (DPDK's default data room) and at most (a 9,000-byte jumbo
+/// frame with its tags and a tunnel).
+const MIN_FRAME_ROOM: u32 = 2048;
+const MAX_FRAME_ROOM: u32 = crate::port::MAX_FRAME as u32;
+
+/// Frame bytes an mbuf holds: the largest frame the ports receive (`max_rx_pktlen`, which virtual
+/// devices such as net_af_packet set to 1518), within [`MIN_FRAME_ROOM`] and [`MAX_FRAME_ROOM`].
+fn frame_room(rx: &sys::rte_eth_dev_info, tx: &sys::rte_eth_dev_info) -> u32 {
+    rx.max_rx_pktlen.max(tx.max_rx_pktlen).clamp(MIN_FRAME_ROOM, MAX_FRAME_ROOM)
+}
+
+/// The MTU a port is given: the node's, within what the device takes (its `min_mtu`..`max_mtu`,
+/// and a frame of that MTU within its `max_rx_pktlen` and the mbufs' `frame_room`).
+fn port_mtu(info: &sys::rte_eth_dev_info, node_mtu: u32, frame_room: u32) -> Option<u32> {
+    if info.max_mtu < info.min_mtu {
+        return None;
+    }
+    let frame_max = info.max_rx_pktlen.min(frame_room).saturating_sub(L2_OVERHEAD);
+    let most = u32::from(info.max_mtu).min(frame_max).max(u32::from(info.min_mtu));
+    Some(node_mtu.clamp(u32::from(info.min_mtu), most))
+}
 
 /// The EAL initialises once per process.
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -472,6 +493,7 @@ fn configure_port(
     info: &sys::rte_eth_dev_info,
     pool: NonNull<sys::rte_mempool>,
     mtu: u32,
+    frame_room: u32,
 ) -> Result<String, String> {
     let port = plan.id;
     let mut conf = sys::rte_eth_conf::default();
@@ -486,12 +508,12 @@ fn configure_port(
     }
     // The port's MTU (DPDK keeps it in rxmode, for sending too): a transmit-only port sends the
     // encapsulated frames, and at the default 1500 a driver that enforces it would drop larger ones.
-    if info.max_mtu >= info.min_mtu {
-        conf.rxmode.mtu = mtu.clamp(u32::from(info.min_mtu), u32::from(info.max_mtu));
-        if conf.rxmode.mtu < mtu {
+    if let Some(port_mtu) = port_mtu(info, mtu, frame_room) {
+        conf.rxmode.mtu = port_mtu;
+        if port_mtu < mtu {
             eprintln!(
-                "lb-dpdk: port {port}: MTU {} (the device's most), below the node's {mtu}: larger frames may be dropped",
-                conf.rxmode.mtu
+                "lb-dpdk: port {port}: MTU {port_mtu} (the device's most), below the node's {mtu}: larger frames \
+                 may be dropped"
             );
         }
     }
@@ -629,8 +651,11 @@ fn setup(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mu
     }
 
     let mtu = u32::from(cfg.role.mtu());
-    // The frame after DPDK's headroom; the engine puts tunnel headers into the headroom.
-    let data_room = (sys::RTE_PKTMBUF_HEADROOM + mtu + L2_OVERHEAD).min(u32::from(u16::MAX));
+    // The frame after DPDK's headroom (the engine puts tunnel headers into the headroom): as large
+    // as the largest frame the ports receive, whatever the node's MTU, so that a frame the device
+    // takes is never cut.
+    let frame_room = frame_room(&rx_info, &tx_info);
+    let data_room = sys::RTE_PKTMBUF_HEADROOM + frame_room;
     let ports = if tx_port == rx_port { 1 } else { 2 };
     let need = u32::from(queues) * ports * (u32::from(RX_DESC) + u32::from(TX_DESC))
         + u32::from(queues) * (POOL_CACHE + BURST as u32)
@@ -655,7 +680,7 @@ fn setup(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mu
     for plan in &plans {
         let info = if plan.id == rx_port { &rx_info } else { &tx_info };
         dpdk.ports.push(plan.id);
-        let line = configure_port(plan, info, pool, mtu)?;
+        let line = configure_port(plan, info, pool, mtu, frame_room)?;
         eprintln!("lb-dpdk: {line}");
     }
 
@@ -706,7 +731,24 @@ fn setup(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mu
 
 #[cfg(test)]
 mod tests {
-    use super::{ns_per_tick, ticks_to_ns};
+    use super::{ns_per_tick, port_mtu, sys, ticks_to_ns, MAX_FRAME_ROOM};
+
+    #[test]
+    fn port_mtu_fits_the_device() {
+        let info = |min_mtu: u16, max_mtu: u16, max_rx_pktlen: u32| sys::rte_eth_dev_info {
+            min_mtu,
+            max_mtu,
+            max_rx_pktlen,
+            ..Default::default()
+        };
+        // net_af_packet: max_mtu 65535 but frames of at most 1518 bytes.
+        assert_eq!(port_mtu(&info(68, 65535, 1518), 9000, 2048), Some(1518 - 26));
+        // A jumbo-capable NIC takes the node's MTU.
+        assert_eq!(port_mtu(&info(68, 9600, 9728), 9000, MAX_FRAME_ROOM), Some(9000));
+        // A node MTU below the device's least is raised to it; a device without MTU bounds is left.
+        assert_eq!(port_mtu(&info(1280, 9000, 9728), 576, MAX_FRAME_ROOM), Some(1280));
+        assert_eq!(port_mtu(&info(1, 0, 9728), 9000, MAX_FRAME_ROOM), None);
+    }
 
     #[test]
     fn tsc_ticks_become_nanoseconds() {
