@@ -4,8 +4,9 @@
 //! connections, replies to SNAT ports, ICMP errors, fragments), optionally mutated, time moving on
 //! (small steps and large jumps) and `expire` with random budgets.
 //!
-//! Topology (as `lb-core/tests/host.rs`): the agent runs on host A, which holds two IPv4 backends and
-//! one IPv6 backend (host B holds one of each, so the MUX's backend tag and `NotForThisHost` matter).
+//! Topology (lb-fixtures' `two_hosts_scarce_snat`: the host tests' `two_hosts` with SNAT ports to run
+//! out of): the agent runs on host A, which holds two IPv4 backends and one IPv6 backend (host B
+//! holds one of each, so the MUX's backend tag and `NotForThisHost` matter).
 //! IPv4 and IPv6 VIPs with port translation (80 → 8080), floating IP (81), UDP (53, 54 floating);
 //! outbound rules with only 8 ports per backend (IPv4: over two addresses, so a backend can have two
 //! blocks; IPv6: TCP only), so that blocks run dry, TCP shares ports and UDP is refused.
@@ -43,26 +44,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use lb_core::config::*;
 use lb_core::paths::host::{HostEgress, HostFlowKind};
 use lb_core::paths::{backend_tag, HostAgent, HostNode, HostVerdict, Mux, MuxNode, ReturnPath, Verdict};
 use lb_core::tables::FlowSlot;
 use lb_core::wire::vxlan::decapsulate;
-use lb_core::wire::{checksum, ip_proto, parse_flow_key, FlowKey, Fragment, IpVersion, MacAddr, TcpFlags, VxlanEncap};
+use lb_core::wire::{checksum, ip_proto, parse_flow_key, FlowKey, Fragment, IpVersion, TcpFlags, VxlanEncap};
+use lb_fixtures::*;
 use libfuzzer_sys::fuzz_target;
 
-const HEADROOM: usize = 128;
-const VIP: [u8; 4] = [20, 50, 60, 10];
-const SNAT_IP: [u8; 4] = [20, 50, 60, 20];
-const SNAT_IP2: [u8; 4] = [20, 50, 60, 21];
-const VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-const SNAT_IP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20];
-const MUX_IP: [u8; 4] = [172, 16, 5, 10];
-const HOST_A: [u8; 4] = [172, 16, 10, 20];
-const HOST_B: [u8; 4] = [172, 16, 10, 21];
-const MUX_MAC: MacAddr = MacAddr([2, 0, 0, 0, 5, 10]);
-const HOST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 10, 20]);
-const GATEWAY: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 const PORTS_PER_BACKEND: u32 = 8;
 /// The longest idle timeout of the configuration is 4 minutes; every entry is gone this long after it
 /// was last seen (the flow table's limit is 255 minutes).
@@ -142,102 +131,6 @@ impl<'a> Reader<'a> {
         let (a, b) = self.0.split_at(n.min(self.0.len()));
         self.0 = b;
         a
-    }
-}
-
-fn backend(name: &str, address: IpAddr, host: [u8; 4]) -> Backend {
-    Backend { name: name.into(), address, host: IpAddr::from(host), weight: 1 }
-}
-
-fn dip4(i: u8) -> [u8; 4] {
-    [10, 0, 1, 4 + i]
-}
-
-fn dip6(i: u8) -> [u8; 16] {
-    let mut a = [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    a[15] = 4 + i;
-    a
-}
-
-fn rule(name: &str, frontend: usize, pool: usize, protocol: Protocol, port: u16, backend_port: u16) -> Rule {
-    Rule {
-        name: name.into(),
-        frontend,
-        pool,
-        probe: None,
-        protocol,
-        frontend_port: port,
-        backend_port,
-        load_distribution: LoadDistribution::Default,
-        floating_ip: port == backend_port && port != 53,
-        idle_timeout_minutes: 4,
-        tcp_reset: port != 81,
-        disable_outbound_snat: true,
-    }
-}
-
-fn config() -> LoadBalancer {
-    LoadBalancer {
-        name: "lb".into(),
-        frontends: vec![
-            Frontend { name: "Public".into(), address: IpAddr::from(VIP), internal: false },
-            Frontend { name: "Public6".into(), address: IpAddr::from(VIP6), internal: false },
-            Frontend { name: "Outbound".into(), address: IpAddr::from(SNAT_IP), internal: false },
-            Frontend { name: "Outbound2".into(), address: IpAddr::from(SNAT_IP2), internal: false },
-            Frontend { name: "Outbound6".into(), address: IpAddr::from(SNAT_IP6), internal: false },
-        ],
-        pools: vec![
-            Pool {
-                name: "Web".into(),
-                vni: 0x1001,
-                backends: vec![
-                    backend("vm0", IpAddr::from(dip4(0)), HOST_A),
-                    backend("vm1", IpAddr::from(dip4(1)), HOST_A),
-                    backend("vm2", IpAddr::from(dip4(2)), HOST_B),
-                ],
-            },
-            Pool {
-                name: "Web6".into(),
-                vni: 0x1003,
-                backends: vec![
-                    backend("vm0-6", IpAddr::from(dip6(0)), HOST_A),
-                    backend("vm2-6", IpAddr::from(dip6(2)), HOST_B),
-                ],
-            },
-        ],
-        probes: vec![],
-        rules: vec![
-            rule("HTTP", 0, 0, Protocol::Tcp, 80, 8080),
-            rule("HTTP-Floating", 0, 0, Protocol::Tcp, 81, 81),
-            rule("DNS", 0, 0, Protocol::Udp, 53, 53),
-            rule("DNS-Floating", 0, 0, Protocol::Udp, 54, 54),
-            rule("HTTP6", 1, 1, Protocol::Tcp, 80, 8080),
-            rule("HTTP6-Floating", 1, 1, Protocol::Tcp, 81, 81),
-            rule("DNS6", 1, 1, Protocol::Udp, 53, 53),
-            rule("DNS6-Floating", 1, 1, Protocol::Udp, 54, 54),
-        ],
-        nat_rules: vec![],
-        nat_pools: vec![],
-        outbound_rules: vec![
-            OutboundRule {
-                name: "Outbound".into(),
-                frontends: vec![2, 3],
-                pool: 0,
-                protocol: Protocol::All,
-                allocated_outbound_ports: Some(PORTS_PER_BACKEND),
-                idle_timeout_minutes: 4,
-                tcp_reset: true,
-            },
-            OutboundRule {
-                name: "Outbound6".into(),
-                frontends: vec![4],
-                pool: 1,
-                protocol: Protocol::Tcp,
-                allocated_outbound_ports: Some(PORTS_PER_BACKEND),
-                idle_timeout_minutes: 4,
-                tcp_reset: false,
-            },
-        ],
     }
 }
 
@@ -599,35 +492,15 @@ fn checksums_ok(frame: &[u8], k: &FlowKey) -> Result<(), &'static str> {
 
 impl World {
     fn new(flags: u8) -> World {
-        let lb = config();
+        let lb = two_hosts_scarce_snat(PORTS_PER_BACKEND);
         let plan = lb.snat_plan().expect("SNAT plan");
-        let mux = Mux::new(
-            MuxNode {
-                mac: MUX_MAC,
-                gateway_mac: GATEWAY,
-                underlay: IpAddr::from(MUX_IP),
-                ttl: 64,
-                mtu: 9000,
-                hash_seed: 7,
-                flow_capacity: 256,
-                maglev_size: 251,
-            },
-            lb.clone(),
-        )
-        .expect("MUX");
+        let mux = Mux::new(MuxNode { flow_capacity: 256, maglev_size: 251, ..mux_node(7) }, lb.clone()).expect("MUX");
         let direct = flags & 1 != 0;
         let node = HostNode {
-            mac: HOST_MAC,
-            gateway_mac: GATEWAY,
-            underlay: IpAddr::from(HOST_A),
-            muxes: vec![IpAddr::from(MUX_IP)],
-            return_path: if direct { ReturnPath::Direct } else { ReturnPath::ViaMux },
-            ttl: 64,
-            mtu: 9000,
-            hash_seed: 7,
             flow_capacity: [8, 16, 64, 1000][usize::from((flags >> 4) & 3)],
             snat_quarantine_secs: [0, 5, 60, 86_400][usize::from((flags >> 2) & 3)],
             reset_on_snat_exhaustion: flags & 2 != 0,
+            ..host_node(HOST_A, if direct { ReturnPath::Direct } else { ReturnPath::ViaMux })
         };
         let host = HostAgent::new(node, lb.clone()).expect("host agent");
         let locals = host
