@@ -91,7 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seeds_timeline() {
+    fn a_backend_probed_every_15_s_goes_down_and_comes_back() {
         // numberOfProbes 2, probes every 15 s: VM2 fails at T+15 and T+30, recovers at T+45, T+60.
         let mut vm2 = ProbeState::new(2);
         assert_eq!(vm2.record(true), Transition::None); // T+0
