@@ -70,6 +70,21 @@ fn props<'a>(v: &'a mut Value, coll: &str, i: usize) -> &'a mut Value {
     &mut v["properties"][coll][i]["properties"]
 }
 
+/// Loads `file` with `value` at `path` below the `properties` of item `i` of `coll` (`/` between
+/// keys and array indices), expecting refusal.
+fn refuse_field(file: &str, coll: &str, i: usize, path: &str, value: Value) -> ConfigError {
+    refuse(file, |v| {
+        let mut at = props(v, coll, i);
+        for key in path.split('/') {
+            at = match key.parse::<usize>() {
+                Ok(n) => &mut at[n],
+                Err(_) => &mut at[key],
+            };
+        }
+        *at = value;
+    })
+}
+
 fn collection<'a>(v: &'a mut Value, coll: &str) -> &'a mut Vec<Value> {
     v["properties"][coll].as_array_mut().unwrap()
 }
@@ -371,49 +386,95 @@ fn unknown_pool_reference() {
     assert_names(&e, "inboundNatPools", "SSH-Pool", "backendAddressPool");
 }
 
+/// One field set to a value out of bounds, or naming nothing: the error names the resource and the
+/// field (`kind` and `name` of the resource reported, which may be another than the one edited).
 #[test]
-fn unknown_probe_reference() {
-    let e = refuse(BASIC, |v| {
-        props(v, "loadBalancingRules", 0)["probe"]["id"] = json!(".../probes/TCP-Probe-80");
-    });
-    assert_names(&e, "loadBalancingRules", "HTTPRule", "probe");
-}
-
-#[test]
-fn unknown_nat_rule_backend() {
-    let e = refuse(NAT_POOL, |v| {
-        props(v, "inboundNatRules", 1)["backendIPConfiguration"]["id"] =
-            json!(".../networkInterfaces/VM9-NIC/ipConfigurations/ipconfig1");
-    });
-    assert_names(&e, "inboundNatRules", "SSH-to-VM2", "backendIPConfiguration");
+fn one_field_out_of_bounds_is_refused_by_name() {
+    let cases: [(&str, &str, usize, &str, Value, &str, &str, &str); 12] = [
+        // An unknown probe; an unknown NAT rule backend.
+        (
+            BASIC,
+            "loadBalancingRules",
+            0,
+            "probe/id",
+            json!(".../probes/TCP-Probe-80"),
+            "loadBalancingRules",
+            "HTTPRule",
+            "probe",
+        ),
+        (
+            NAT_POOL,
+            "inboundNatRules",
+            1,
+            "backendIPConfiguration/id",
+            json!(".../networkInterfaces/VM9-NIC/ipConfigurations/ipconfig1"),
+            "inboundNatRules",
+            "SSH-to-VM2",
+            "backendIPConfiguration",
+        ),
+        // A backend address or name used twice in a pool.
+        (
+            BASIC,
+            "backendAddressPools",
+            0,
+            "loadBalancerBackendAddresses/2/properties/ipAddress",
+            json!("10.0.1.4"),
+            "backendAddressPools",
+            "WebServers",
+            "ipAddress",
+        ),
+        (
+            NAT_POOL,
+            "backendAddressPools",
+            0,
+            "loadBalancerBackendAddresses/3/name",
+            json!("VM1"),
+            "backendAddressPools",
+            "VMSSPool",
+            "name",
+        ),
+        // Port 0 outside HA ports, for a rule's frontend and backend, a NAT rule's backend, a probe
+        // and a NAT pool's range start.
+        (BASIC, "loadBalancingRules", 0, "frontendPort", json!(0), "loadBalancingRules", "HTTPRule", "frontendPort"),
+        (BASIC, "loadBalancingRules", 0, "backendPort", json!(0), "loadBalancingRules", "HTTPRule", "backendPort"),
+        (NAT_POOL, "inboundNatRules", 0, "backendPort", json!(0), "inboundNatRules", "SSH-to-VM1", "backendPort"),
+        (BASIC, "probes", 0, "port", json!(0), "probes", "HTTPHealthProbe", "port"),
+        (
+            NAT_POOL,
+            "inboundNatPools",
+            0,
+            "frontendPortRangeStart",
+            json!(0),
+            "inboundNatPools",
+            "SSH-Pool",
+            "frontendPortRangeStart",
+        ),
+        // A probe's interval and count; a VNI beyond 24 bits (RFC 7348).
+        (BASIC, "probes", 0, "intervalInSeconds", json!(4), "probes", "HTTPHealthProbe", "intervalInSeconds"),
+        (BASIC, "probes", 0, "numberOfProbes", json!(0), "probes", "HTTPHealthProbe", "numberOfProbes"),
+        (BASIC, "backendAddressPools", 0, "vni", json!(1 << 24), "backendAddressPools", "WebServers", "vni"),
+    ];
+    for (file, coll, i, path, value, kind, name, field) in cases {
+        let e = refuse_field(file, coll, i, path, value);
+        assert_names(&e, kind, name, field);
+    }
 }
 
 #[test]
 fn port_out_of_range() {
-    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 1)["frontendPort"] = json!(70000));
+    let e = refuse_field(BASIC, "loadBalancingRules", 1, "frontendPort", json!(70000));
     assert_names(&e, "loadBalancingRules", "HTTPSRule", "frontendPort");
     assert!(e.problem.contains("70000"), "{e}");
 
-    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["backendPort"] = json!(70000));
-    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendPort");
-
-    let e = refuse(BASIC, |v| props(v, "probes", 0)["port"] = json!(70000));
-    assert_names(&e, "probes", "HTTPHealthProbe", "port");
-
-    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeEnd"] = json!(70000));
-    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeEnd");
-
-    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["frontendPort"] = json!(70000));
-    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "frontendPort");
-}
-
-#[test]
-fn port_zero_outside_ha_ports() {
-    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["frontendPort"] = json!(0));
-    assert_names(&e, "loadBalancingRules", "HTTPRule", "frontendPort");
-
-    let e = refuse(BASIC, |v| props(v, "probes", 0)["port"] = json!(0));
-    assert_names(&e, "probes", "HTTPHealthProbe", "port");
+    for (file, coll, i, field, name) in [
+        (BASIC, "loadBalancingRules", 0, "backendPort", "HTTPRule"),
+        (BASIC, "probes", 0, "port", "HTTPHealthProbe"),
+        (NAT_POOL, "inboundNatPools", 0, "frontendPortRangeEnd", "SSH-Pool"),
+        (NAT_POOL, "inboundNatRules", 0, "frontendPort", "SSH-to-VM1"),
+    ] {
+        let e = refuse_field(file, coll, i, field, json!(70000));
+        assert_names(&e, coll, name, field);
+    }
 }
 
 #[test]
@@ -560,15 +621,6 @@ fn duplicate_names() {
 
     let e = refuse(BASIC, |v| copy_as(v, "probes", 1, ""));
     assert_names(&e, "probes", "", "name");
-}
-
-#[test]
-fn duplicate_backend_address() {
-    let e = refuse(BASIC, |v| {
-        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][2]["properties"]["ipAddress"] =
-            json!("10.0.1.4");
-    });
-    assert_names(&e, "backendAddressPools", "WebServers", "ipAddress");
 }
 
 #[test]
@@ -727,38 +779,9 @@ fn http_probe_without_request_path() {
     assert_eq!((lb.probes[0].protocol, lb.probes[0].request_path.as_deref()), (ProbeProtocol::Tcp, None));
 }
 
-#[test]
-fn probe_interval_and_count() {
-    let e = refuse(BASIC, |v| props(v, "probes", 0)["intervalInSeconds"] = json!(4));
-    assert_names(&e, "probes", "HTTPHealthProbe", "intervalInSeconds");
-
-    let e = refuse(BASIC, |v| props(v, "probes", 0)["numberOfProbes"] = json!(0));
-    assert_names(&e, "probes", "HTTPHealthProbe", "numberOfProbes");
-}
-
-#[test]
-fn vni_above_24_bits() {
-    let e = refuse(BASIC, |v| props(v, "backendAddressPools", 0)["vni"] = json!(1 << 24));
-    assert_names(&e, "backendAddressPools", "WebServers", "vni");
-}
-
 // ---------------------------------------------------------------------------------------------
-// Refusals found missing while these tests were written, now made.
+// Refusals of resources that conflict with one another
 // ---------------------------------------------------------------------------------------------
-
-#[test]
-fn backend_port_zero_names_backend_port() {
-    let e = refuse(BASIC, |v| props(v, "loadBalancingRules", 0)["backendPort"] = json!(0));
-    assert_names(&e, "loadBalancingRules", "HTTPRule", "backendPort");
-    let e = refuse(NAT_POOL, |v| props(v, "inboundNatRules", 0)["backendPort"] = json!(0));
-    assert_names(&e, "inboundNatRules", "SSH-to-VM1", "backendPort");
-}
-
-#[test]
-fn nat_pool_start_zero_names_start() {
-    let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["frontendPortRangeStart"] = json!(0));
-    assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendPortRangeStart");
-}
 
 #[test]
 fn ip_version_mismatch_outside_load_balancing_rules() {
@@ -805,14 +828,6 @@ fn outbound_rules_sharing_a_frontend_exhaust_it() {
         collection(v, "outboundRules").push(second);
     });
     assert_names(&e, "outboundRules", "OutboundRule2", "allocatedOutboundPorts");
-}
-
-#[test]
-fn duplicate_backend_names() {
-    let e = refuse(NAT_POOL, |v| {
-        props(v, "backendAddressPools", 0)["loadBalancerBackendAddresses"][3]["name"] = json!("VM1");
-    });
-    assert_names(&e, "backendAddressPools", "VMSSPool", "name");
 }
 
 #[test]
