@@ -2,6 +2,7 @@
 //! → VIP and rule → flow or Maglev → VxLAN to the backend's host) and the host agent (VxLAN from a
 //! MUX → NAT → backend; backend → reverse NAT or SNAT → MUX or client).
 
+mod drops;
 pub mod host;
 mod listen;
 pub mod mux;

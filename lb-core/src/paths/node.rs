@@ -65,7 +65,7 @@ pub enum DropCause {
 }
 
 impl DropCause {
-    /// The reason's index in its role's counters ([`Node::drop_reasons`]).
+    /// The reason's index in its role's counters ([`Node::drops`]).
     pub fn index(self) -> usize {
         match self {
             DropCause::Mux(r) => r as usize,

@@ -41,6 +41,7 @@ mod fabric;
 mod related;
 mod update;
 
+use crate::paths::drops::drop_reasons;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -131,70 +132,30 @@ impl std::error::Error for HostError {
     }
 }
 
-/// Why the host agent dropped a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum HostDrop {
-    /// Did not parse (outer or inner).
-    Malformed = 0,
-    /// A tunnel frame not addressed to this host.
-    NotForThisHost = 1,
-    /// The VNI or backend tag names no backend of this host.
-    UnknownBackend = 2,
-    /// To a VIP, but no rule matches its protocol and port, and no flow.
-    NoRule = 3,
-    /// From a backend, matching no flow and no outbound rule (never sent with a private source).
-    NoFlow = 4,
-    /// The backend's SNAT ports are exhausted.
-    SnatExhausted = 5,
-    /// A later fragment whose first fragment was not seen.
-    FragmentUnknown = 6,
-    /// Not enough headroom or over the MTU for the tunnel to a MUX.
-    Encap = 7,
-    /// An ICMP error whose quoted packet belongs to no connection of this host.
-    IcmpUntranslated = 8,
-    /// A new connection found no room for both its entries (the flow table is too small for the
-    /// load: its `evicted` counter moves too).
-    FlowTableFull = 9,
-}
-
-/// Number of [`HostDrop`] reasons.
-pub const HOST_DROPS: usize = 10;
-
-impl HostDrop {
-    /// Every reason, in counter order (`HostCounters::drops[r as usize]`).
-    pub const ALL: [HostDrop; HOST_DROPS] = [
-        HostDrop::Malformed,
-        HostDrop::NotForThisHost,
-        HostDrop::UnknownBackend,
-        HostDrop::NoRule,
-        HostDrop::NoFlow,
-        HostDrop::SnatExhausted,
-        HostDrop::FragmentUnknown,
-        HostDrop::Encap,
-        HostDrop::IcmpUntranslated,
-        HostDrop::FlowTableFull,
-    ];
-
-    /// The reason's name in reports and metrics, NUL-terminated for the C ABI.
-    pub fn c_name(self) -> &'static core::ffi::CStr {
-        match self {
-            HostDrop::Malformed => c"malformed",
-            HostDrop::NotForThisHost => c"not_for_this_host",
-            HostDrop::UnknownBackend => c"unknown_backend",
-            HostDrop::NoRule => c"no_rule",
-            HostDrop::NoFlow => c"no_flow",
-            HostDrop::SnatExhausted => c"snat_exhausted",
-            HostDrop::FragmentUnknown => c"fragment_unknown",
-            HostDrop::Encap => c"encap",
-            HostDrop::IcmpUntranslated => c"icmp_untranslated",
-            HostDrop::FlowTableFull => c"flow_table_full",
-        }
-    }
-
-    /// The reason's name in reports and metrics.
-    pub fn name(self) -> &'static str {
-        self.c_name().to_str().unwrap_or("")
+drop_reasons! {
+    /// Why the host agent dropped a frame.
+    pub enum HostDrop, HOST_DROPS {
+        /// Did not parse (outer or inner).
+        Malformed = 0 => "malformed",
+        /// A tunnel frame not addressed to this host.
+        NotForThisHost = 1 => "not_for_this_host",
+        /// The VNI or backend tag names no backend of this host.
+        UnknownBackend = 2 => "unknown_backend",
+        /// To a VIP, but no rule matches its protocol and port, and no flow.
+        NoRule = 3 => "no_rule",
+        /// From a backend, matching no flow and no outbound rule (never sent with a private source).
+        NoFlow = 4 => "no_flow",
+        /// The backend's SNAT ports are exhausted.
+        SnatExhausted = 5 => "snat_exhausted",
+        /// A later fragment whose first fragment was not seen.
+        FragmentUnknown = 6 => "fragment_unknown",
+        /// Not enough headroom or over the MTU for the tunnel to a MUX.
+        Encap = 7 => "encap",
+        /// An ICMP error whose quoted packet belongs to no connection of this host.
+        IcmpUntranslated = 8 => "icmp_untranslated",
+        /// A new connection found no room for both its entries (the flow table is too small for the
+        /// load: its `evicted` counter moves too).
+        FlowTableFull = 9 => "flow_table_full",
     }
 }
 
