@@ -3,11 +3,11 @@
 //! summary counts must match what the generator says it wrote.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use lb_core::wire::{MacAddr, VxlanEncap};
+use lb_core::wire::VxlanEncap;
 use lb_testkit::{FragmentKind, GeneratedFrame, MixConfig, TrafficGenerator};
 
 const VXLAN_FRAMES: usize = 40;
@@ -93,16 +93,7 @@ fn expected_line(n: usize, f: &GeneratedFrame) -> (String, Vec<String>) {
 }
 
 fn tunnel() -> VxlanEncap {
-    VxlanEncap::new(
-        MacAddr([2, 0, 0, 0, 5, 10]),
-        MacAddr([2, 0, 0, 0, 10, 20]),
-        Ipv4Addr::new(172, 16, 5, 10).into(),
-        Ipv4Addr::new(172, 16, 10, 20).into(),
-        0x00ab_cdef,
-        64,
-        9000,
-    )
-    .unwrap()
+    lb_fixtures::tunnel_to_host_a(0x00ab_cdef, 9000)
 }
 
 #[test]

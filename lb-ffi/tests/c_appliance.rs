@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_core::config::node;
 use lb_core::paths::{Mux, Verdict};
+use lb_fixtures::vxlan_from_mux;
 use lb_testkit::{MixConfig, TrafficGenerator};
 
 const FRAMES: usize = 3000;
@@ -216,16 +216,8 @@ fn c_appliance_matches_the_rust_mux() {
 
 /// `outer` is a VxLAN frame over IPv4 to one of `hosts` with one of `vnis`, around `inner`.
 fn check_vxlan(outer: &[u8], inner: &[u8], hosts: &BTreeSet<IpAddr>, vnis: &BTreeSet<u32>) {
-    let p = SlicedPacket::from_ethernet(outer).expect("outer frame parses");
-    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("outer IPv4") };
-    assert_eq!(ip.header().source(), [172, 16, 5, 10]);
-    assert!(hosts.contains(&IpAddr::from(ip.header().destination())), "{:?}", ip.header().destination());
-    assert_eq!(ip.header().to_header().calc_header_checksum(), ip.header().header_checksum());
-    let Some(TransportSlice::Udp(u)) = &p.transport else { panic!("outer UDP") };
-    assert_eq!(u.destination_port(), 4789);
-    assert!(u.source_port() >= 49152);
-    let vx = u.payload();
-    assert_eq!(vx[0], 0x08, "VNI-valid flag");
-    assert!(vnis.contains(&u32::from_be_bytes([0, vx[4], vx[5], vx[6]])));
-    assert!(&vx[8..] == inner, "inner frame unchanged");
+    let t = vxlan_from_mux(outer);
+    assert!(hosts.contains(&IpAddr::from(t.dst)), "{:?}", t.dst);
+    assert!(vnis.contains(&t.vni));
+    assert!(t.inner == inner, "inner frame unchanged");
 }
