@@ -69,18 +69,10 @@ fn flow_key(c: &mut Criterion) {
 
 fn vxlan(c: &mut Criterion) {
     let v4 = tunnel_to_host_a(42, 9000);
+    let (mux6, host6) = (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 5, 10), Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 10, 20));
     let v6 = |zero| {
-        VxlanEncap::new(
-            MUX_MAC,
-            HOST_MAC,
-            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 5, 10).into(),
-            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 10, 20).into(),
-            42,
-            64,
-            9000,
-        )
-        .unwrap()
-        .with_zero_ipv6_udp_checksum(zero)
+        let t = VxlanEncap::new(MUX_MAC, HOST_MAC, mux6.into(), host6.into(), 42, 64, 9000).unwrap();
+        t.with_zero_ipv6_udp_checksum(zero)
     };
     let v6_zero = v6(true);
     let v6_csum = v6(false);

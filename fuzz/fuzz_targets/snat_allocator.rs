@@ -127,6 +127,24 @@ fn display(e: &SnatError) {
     assert!(!s.is_empty());
 }
 
+/// Runs `op` on `a` and checks its result against `expect`; a refused `op` must leave `a` as it was
+/// (compared on a clone when `compare`: cloning is O(ports)).
+fn checked(
+    a: &mut SnatAllocator,
+    compare: bool,
+    expect: Result<(), SnatError>,
+    (what, k, port): (&str, usize, u16),
+    op: impl FnOnce(&mut SnatAllocator) -> Result<(), SnatError>,
+) -> Result<(), SnatError> {
+    let before = (expect.is_err() && compare).then(|| a.clone());
+    let got = op(a);
+    assert_eq!(got, expect, "{what} of port {port} in block {k}");
+    if let Some(before) = before {
+        assert!(*a == before, "a refused {what} changed the allocator");
+    }
+    got
+}
+
 /// Every observable of `a` against the model.
 fn check_all(a: &SnatAllocator, models: &[Model], counters: &SnatCounters) {
     assert_eq!(a.counters(), *counters);
@@ -352,12 +370,8 @@ fuzz_target!(|data: &[u8]| {
                 if matches!(op, Op::ReleaseInUse) {
                     assert_eq!(expect, Ok(()));
                 }
-                let before = (expect.is_err() && total <= CLONE_LIMIT).then(|| a.clone());
-                let got = a.release(k, port, now);
-                assert_eq!(got, expect, "release of port {port} in block {k}");
-                if let Some(before) = before {
-                    assert!(a == before, "a refused release changed the allocator");
-                }
+                let got =
+                    checked(&mut a, total <= CLONE_LIMIT, expect, ("release", k, port), |a| a.release(k, port, now));
                 if let Err(e) = got {
                     display(&e);
                     continue;
@@ -386,12 +400,7 @@ fuzz_target!(|data: &[u8]| {
                         _ => Err(SnatError::NotFree { block: k, port }),
                     },
                 };
-                let before = (expect.is_err() && total <= CLONE_LIMIT).then(|| a.clone());
-                let got = a.reserve(k, port);
-                assert_eq!(got, expect, "reserve of port {port} in block {k}");
-                if let Some(before) = before {
-                    assert!(a == before, "a refused reserve changed the allocator");
-                }
+                let got = checked(&mut a, total <= CLONE_LIMIT, expect, ("reserve", k, port), |a| a.reserve(k, port));
                 if let Err(e) = got {
                     display(&e);
                     continue;

@@ -338,21 +338,21 @@ fn inbound_nat_pool() {
 
 #[test]
 fn unknown_frontend_reference() {
-    let e = refuse(BASIC, |v| {
-        props(v, "loadBalancingRules", 0)["frontendIPConfiguration"]["id"] =
-            json!("/subscriptions/.../loadBalancers/WebLB/frontendIPConfigurations/NoSuchFrontend");
-    });
+    let e = refuse_field(
+        BASIC,
+        "loadBalancingRules",
+        0,
+        "frontendIPConfiguration/id",
+        json!("/subscriptions/.../loadBalancers/WebLB/frontendIPConfigurations/NoSuchFrontend"),
+    );
     assert_names(&e, "loadBalancingRules", "HTTPRule", "frontendIPConfiguration");
     assert!(e.problem.contains("NoSuchFrontend"), "{e}");
 
-    let e = refuse(OUTBOUND, |v| {
-        props(v, "outboundRules", 0)["frontendIPConfigurations"][1]["id"] = json!(".../frontendIPConfigurations/Gone");
-    });
+    let gone = json!(".../frontendIPConfigurations/Gone");
+    let e = refuse_field(OUTBOUND, "outboundRules", 0, "frontendIPConfigurations/1/id", gone.clone());
     assert_names(&e, "outboundRules", "OutboundRule", "frontendIPConfigurations");
 
-    let e = refuse(NAT_POOL, |v| {
-        props(v, "inboundNatPools", 0)["frontendIPConfiguration"]["id"] = json!(".../frontendIPConfigurations/Gone");
-    });
+    let e = refuse_field(NAT_POOL, "inboundNatPools", 0, "frontendIPConfiguration/id", gone);
     assert_names(&e, "inboundNatPools", "SSH-Pool", "frontendIPConfiguration");
 }
 
@@ -370,20 +370,14 @@ fn outbound_rule_frontend_listed_twice() {
 
 #[test]
 fn unknown_pool_reference() {
-    let e = refuse(BASIC, |v| {
-        props(v, "loadBalancingRules", 1)["backendAddressPool"]["id"] = json!(".../backendAddressPools/ApiServers");
-    });
-    assert_names(&e, "loadBalancingRules", "HTTPSRule", "backendAddressPool");
-
-    let e = refuse(OUTBOUND, |v| {
-        props(v, "outboundRules", 0)["backendAddressPool"]["id"] = json!(".../backendAddressPools/Gone");
-    });
-    assert_names(&e, "outboundRules", "OutboundRule", "backendAddressPool");
-
-    let e = refuse(NAT_POOL, |v| {
-        props(v, "inboundNatPools", 0)["backendAddressPool"]["id"] = json!(".../backendAddressPools/Gone");
-    });
-    assert_names(&e, "inboundNatPools", "SSH-Pool", "backendAddressPool");
+    for (file, coll, i, pool, name) in [
+        (BASIC, "loadBalancingRules", 1, "ApiServers", "HTTPSRule"),
+        (OUTBOUND, "outboundRules", 0, "Gone", "OutboundRule"),
+        (NAT_POOL, "inboundNatPools", 0, "Gone", "SSH-Pool"),
+    ] {
+        let e = refuse_field(file, coll, i, "backendAddressPool/id", json!(format!(".../backendAddressPools/{pool}")));
+        assert_names(&e, coll, name, "backendAddressPool");
+    }
 }
 
 /// One field set to a value out of bounds, or naming nothing: the error names the resource and the

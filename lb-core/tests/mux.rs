@@ -73,8 +73,9 @@ fn unhealthy_backend_keeps_its_flows_but_gets_no_new_ones() {
     }
     assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::None);
     assert_eq!(mux.report_probe(0, 0, 1, true).unwrap(), Transition::CameUp);
-    let back =
-        (2000..2600u32).filter(|&i| run(&mut mux, &tcp4(client4(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1]).count();
+    let back = (2000..2600u32)
+        .filter(|&i| run(&mut mux, &tcp4(client4(i), 50000, VIP, 80, true)).unwrap() == HOSTS[1])
+        .count();
     assert!(back > 100, "the recovered backend takes new flows again ({back})");
     assert!(mux.report_probe(0, 0, 9, true).is_err());
 }
@@ -372,8 +373,9 @@ fn reconfiguration_keeps_established_flows() {
     for (f, h) in frames.iter().zip(&before) {
         assert_eq!(run(&mut mux, f).as_ref(), Ok(h), "established flow moved by an update");
     }
-    let new_host =
-        (1000..1600u32).filter(|&i| run(&mut mux, &tcp4(client4(i), 42000, VIP, 80, true)).unwrap() == HOSTS[3]).count();
+    let new_host = (1000..1600u32)
+        .filter(|&i| run(&mut mux, &tcp4(client4(i), 42000, VIP, 80, true)).unwrap() == HOSTS[3])
+        .count();
     assert!(new_host > 80, "the added backend takes new flows ({new_host})");
     let mut bad = web_app();
     bad.rules[0].pool = 9;

@@ -1063,13 +1063,19 @@ fn health_http_probe_moves_new_flows() {
 
 // --- SIGHUP reloads, SIGTERM stops ------------------------------------------------------------------
 
-#[test]
-fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
-    let dir = TempDir::new("reload");
+/// A scratch directory `name` with a MUX node file of two backends; returns it, the node file and
+/// the three backends a reload brings in (the two and one more).
+fn reload_setup(name: &str) -> (TempDir, PathBuf, [(&'static str, &'static str, &'static str); 3]) {
+    let dir = TempDir::new(name);
     let two = [("b1", "127.0.0.2", "172.16.10.20"), ("b2", "127.0.0.3", "172.16.10.21")];
-    let three = [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")];
     let config = dir.join("node.json");
     std::fs::write(&config, mux_node(small_lb(&two, None))).unwrap();
+    (dir, config, [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")])
+}
+
+#[test]
+fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
+    let (dir, config, three) = reload_setup("reload");
     let (mut p, maddr, _, _) = start_pcap_with_metrics(&dir, &config, &new_flows(1, 10), &["--no-probes", "--linger"]);
     let has = |m: &BTreeMap<String, f64>, b: &str| backend_sample(m, "lb_backend_packets_total", b).is_some();
     let m = wait_metrics(&mut p, maddr, "10 frames in", |m| m.get("lb_rx_frames_total") == Some(&10.0));
@@ -1129,11 +1135,7 @@ fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
 
 #[test]
 fn sighup_moves_only_new_flows() {
-    let dir = TempDir::new("reload-flows");
-    let two = [("b1", "127.0.0.2", "172.16.10.20"), ("b2", "127.0.0.3", "172.16.10.21")];
-    let three = [two[0], two[1], ("b3", "127.0.0.4", "172.16.10.22")];
-    let config = dir.join("node.json");
-    std::fs::write(&config, mux_node(small_lb(&two, None))).unwrap();
+    let (dir, config, three) = reload_setup("reload-flows");
     let (mut p, maddr, input, output) = start_pcap_with_metrics(&dir, &config, &[], &["--pcap-follow", "--no-probes"]);
     let rx = |m: &BTreeMap<String, f64>| m.get("lb_rx_frames_total").copied();
     append_pcap(&input, &new_flows(1, 200), 1_700_000_000);

@@ -32,6 +32,17 @@ pub struct LbBuilder {
     lb: LoadBalancer,
 }
 
+/// Builder methods that append one resource to one collection of the load balancer.
+macro_rules! push {
+    ($($(#[$doc:meta])* $method:ident($t:ty) => $field:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $method(mut self, item: $t) -> Self {
+            self.lb.$field.push(item);
+            self
+        }
+    )*};
+}
+
 impl LbBuilder {
     /// An empty load balancer named `name`.
     pub fn new(name: &str) -> Self {
@@ -56,34 +67,17 @@ impl LbBuilder {
         self
     }
 
-    /// Adds a health probe.
-    pub fn probe(mut self, probe: Probe) -> Self {
-        self.lb.probes.push(probe);
-        self
-    }
-
-    /// Adds a load-balancing rule.
-    pub fn rule(mut self, rule: Rule) -> Self {
-        self.lb.rules.push(rule);
-        self
-    }
-
-    /// Adds an inbound NAT rule.
-    pub fn nat_rule(mut self, rule: NatRule) -> Self {
-        self.lb.nat_rules.push(rule);
-        self
-    }
-
-    /// Adds an inbound NAT pool.
-    pub fn nat_pool(mut self, pool: NatPool) -> Self {
-        self.lb.nat_pools.push(pool);
-        self
-    }
-
-    /// Adds an outbound rule.
-    pub fn outbound(mut self, rule: OutboundRule) -> Self {
-        self.lb.outbound_rules.push(rule);
-        self
+    push! {
+        /// Adds a health probe.
+        probe(Probe) => probes;
+        /// Adds a load-balancing rule.
+        rule(Rule) => rules;
+        /// Adds an inbound NAT rule.
+        nat_rule(NatRule) => nat_rules;
+        /// Adds an inbound NAT pool.
+        nat_pool(NatPool) => nat_pools;
+        /// Adds an outbound rule.
+        outbound(OutboundRule) => outbound_rules;
     }
 
     /// The load balancer, unvalidated.
