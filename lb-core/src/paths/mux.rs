@@ -15,6 +15,7 @@
 //! a backend sent from the VIP are steered by the flow they quote, reversed: they reach the backend
 //! that owns the connection.
 
+use crate::paths::drops::drop_reasons;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -120,58 +121,24 @@ impl std::error::Error for MuxError {
     }
 }
 
-/// Why a frame was dropped. Every drop has one, and a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DropReason {
-    /// The frame did not parse (see [`WireError`]).
-    Malformed = 0,
-    /// Its destination is no VIP of this MUX.
-    NoVip = 1,
-    /// The VIP has no rule for its protocol and port.
-    NoRule = 2,
-    /// The rule's pool has no healthy backend (or a NAT pool port has no member).
-    NoBackend = 3,
-    /// A later fragment whose first fragment was not seen.
-    FragmentUnknown = 4,
-    /// Not enough headroom, or the encapsulated frame would exceed the underlay MTU.
-    Encap = 5,
-    /// A frame a host sent back through this MUX whose inner source is no VIP (a MUX relays only
-    /// what its VIPs send, so it is no open relay).
-    NotFromVip = 6,
-}
-
-/// Number of [`DropReason`]s.
-pub const DROP_REASONS: usize = 7;
-
-impl DropReason {
-    /// Every reason, in counter order (`MuxCounters::drops[r as usize]`).
-    pub const ALL: [DropReason; DROP_REASONS] = [
-        DropReason::Malformed,
-        DropReason::NoVip,
-        DropReason::NoRule,
-        DropReason::NoBackend,
-        DropReason::FragmentUnknown,
-        DropReason::Encap,
-        DropReason::NotFromVip,
-    ];
-
-    /// The reason's name in reports and metrics, NUL-terminated for the C ABI.
-    pub fn c_name(self) -> &'static core::ffi::CStr {
-        match self {
-            DropReason::Malformed => c"malformed",
-            DropReason::NoVip => c"no_vip",
-            DropReason::NoRule => c"no_rule",
-            DropReason::NoBackend => c"no_backend",
-            DropReason::FragmentUnknown => c"fragment_unknown",
-            DropReason::Encap => c"encap",
-            DropReason::NotFromVip => c"not_from_vip",
-        }
-    }
-
-    /// The reason's name in reports and metrics.
-    pub fn name(self) -> &'static str {
-        self.c_name().to_str().unwrap_or("")
+drop_reasons! {
+    /// Why a frame was dropped. Every drop has one, and a counter.
+    pub enum DropReason, DROP_REASONS {
+        /// The frame did not parse (see [`WireError`]).
+        Malformed = 0 => "malformed",
+        /// Its destination is no VIP of this MUX.
+        NoVip = 1 => "no_vip",
+        /// The VIP has no rule for its protocol and port.
+        NoRule = 2 => "no_rule",
+        /// The rule's pool has no healthy backend (or a NAT pool port has no member).
+        NoBackend = 3 => "no_backend",
+        /// A later fragment whose first fragment was not seen.
+        FragmentUnknown = 4 => "fragment_unknown",
+        /// Not enough headroom, or the encapsulated frame would exceed the underlay MTU.
+        Encap = 5 => "encap",
+        /// A frame a host sent back through this MUX whose inner source is no VIP (a MUX relays only
+        /// what its VIPs send, so it is no open relay).
+        NotFromVip = 6 => "not_from_vip",
     }
 }
 

@@ -112,7 +112,7 @@ impl fmt::Display for HostError {
         match self {
             HostError::Config(e) => write!(f, "configuration: {e}"),
             HostError::Tunnel(e) => write!(f, "tunnel to a MUX: {e}"),
-            HostError::FlowTable(e) => write!(f, "flow table: {e:?}"),
+            HostError::FlowTable(e) => write!(f, "flow table: {e}"),
             HostError::Snat(e) => write!(f, "SNAT: {e}"),
             HostError::NoMux => f.write_str("return path via MUX but no MUX address"),
         }
