@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora fuzz/corpus/<target>/seed-* (kept in git; libFuzzer's own finds are not).
+"""Writes the fuzz targets' seed corpora fuzz/corpus/<target>/seed-* (kept in git; libFuzzer's own finds are not).
 
 Run from anywhere: python3 fuzz/gen_seeds.py. Only the standard library is used. The encap_decap
 seeds follow the input layout documented at the top of fuzz_targets/encap_decap.rs, the

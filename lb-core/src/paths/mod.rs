@@ -1,6 +1,7 @@
-//! The data paths of the seed, as plain functions over frames and the tables: the MUX (client frame
-//! → VIP and rule → flow or Maglev → VxLAN to the backend's host) and the host agent (VxLAN from a
-//! MUX → NAT → backend; backend → reverse NAT or SNAT → MUX or client).
+//! The data paths of Ananta (SIGCOMM 2013), as plain functions over frames and the tables: the MUX
+//! (client frame → VIP and rule → flow or Maglev → VxLAN to the backend's host) and the host agent
+//! (VxLAN from a MUX → NAT → backend; backend → reverse NAT or SNAT → MUX or client). [`Node`] drives
+//! either behind one interface.
 
 mod drops;
 pub mod host;
