@@ -380,11 +380,16 @@ fn unknown_pool_reference() {
     }
 }
 
+/// A field edit and the refusal it gives: file, collection, item, path below the item's properties
+/// and value; then the kind, name and field the error names.
+type Refusal = (&'static str, &'static str, usize, &'static str, Value, &'static str, &'static str, &'static str);
+
 /// One field set to a value out of bounds, or naming nothing: the error names the resource and the
 /// field (`kind` and `name` of the resource reported, which may be another than the one edited).
 #[test]
 fn one_field_out_of_bounds_is_refused_by_name() {
-    let cases: [(&str, &str, usize, &str, Value, &str, &str, &str); 12] = [
+    // (file, collection, item, path below its properties, value; kind, name, field named)
+    let cases: [Refusal; 12] = [
         // An unknown probe; an unknown NAT rule backend.
         (
             BASIC,
