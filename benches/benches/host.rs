@@ -55,13 +55,10 @@ fn mux(flows: usize) -> Mux {
 }
 
 fn host(connections: usize, return_path: ReturnPath) -> HostAgent {
-    let node = HostNode {
-        hash_seed: 42,
-        // Two entries a connection, and room to spare: no connection is evicted.
-        flow_capacity: 2 * connections + connections / 2,
-        snat_quarantine_secs: 0,
-        ..host_node(HOST_A, return_path)
-    };
+    // Two entries a connection, and room to spare: no connection is evicted.
+    let mut node =
+        HostNode { snat_quarantine_secs: 0, ..host_node_flows(HOST_A, return_path, 2 * connections + connections / 2) };
+    node.base.hash_seed = 42;
     HostAgent::with_flow_memory(node, config(), lb_core::mem::huge_pages).unwrap()
 }
 

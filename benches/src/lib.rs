@@ -26,5 +26,5 @@ pub fn lb_core_tuple(frame: &[u8]) -> Option<Tuple5> {
 
 /// The MUX node every bench runs (lb-fixtures' MUX, hash seed 42), with room for `flows` flows.
 pub fn mux_node(flows: usize) -> lb_core::paths::MuxNode {
-    lb_core::paths::MuxNode { flow_capacity: flows, ..lb_fixtures::mux_node(42) }
+    lb_fixtures::mux_node_flows(42, flows)
 }

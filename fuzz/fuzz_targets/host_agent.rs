@@ -494,13 +494,13 @@ impl World {
     fn new(flags: u8) -> World {
         let lb = two_hosts_scarce_snat(PORTS_PER_BACKEND);
         let plan = lb.snat_plan().expect("SNAT plan");
-        let mux = Mux::new(MuxNode { flow_capacity: 256, maglev_size: 251, ..mux_node(7) }, lb.clone()).expect("MUX");
+        let mux = Mux::new(MuxNode { maglev_size: 251, ..mux_node_flows(7, 256) }, lb.clone()).expect("MUX");
         let direct = flags & 1 != 0;
+        let flows = [8, 16, 64, 1000][usize::from((flags >> 4) & 3)];
         let node = HostNode {
-            flow_capacity: [8, 16, 64, 1000][usize::from((flags >> 4) & 3)],
             snat_quarantine_secs: [0, 5, 60, 86_400][usize::from((flags >> 2) & 3)],
             reset_on_snat_exhaustion: flags & 2 != 0,
-            ..host_node(HOST_A, if direct { ReturnPath::Direct } else { ReturnPath::ViaMux })
+            ..host_node_flows(HOST_A, if direct { ReturnPath::Direct } else { ReturnPath::ViaMux }, flows)
         };
         let host = HostAgent::new(node, lb.clone()).expect("host agent");
         let locals = host

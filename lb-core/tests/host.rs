@@ -287,8 +287,7 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
     for (reset, capacity) in [(true, 100_000), (false, 100_000), (true, 6)] {
         let mut lb = two_hosts(1024);
         lb.rules[0].tcp_reset = reset;
-        let mut h =
-            HostAgent::new(HostNode { flow_capacity: capacity, ..host_node(HOST_A, ReturnPath::ViaMux) }, lb).unwrap();
+        let mut h = HostAgent::new(host_node_flows(HOST_A, ReturnPath::ViaMux, capacity), lb).unwrap();
         let (backend, dip) = deliver_syn(&mut h, &outer);
         // The client's SYN had seq 1000. The backend answers SYN-ACK seq 5000 ack 1001; the client
         // sends "hello" at seq 1001 (ack 5001): each end now expects 1006 and 5001.
@@ -471,8 +470,7 @@ fn snat_connections_a_reload_flushes_give_their_ports_back() {
 #[test]
 fn snat_exhaustion_can_answer_a_syn_with_a_reset_and_disturbs_nothing_allocated() {
     let lb = two_hosts(8);
-    let node =
-        HostNode { flow_capacity: 1000, reset_on_snat_exhaustion: true, ..host_node(HOST_A, ReturnPath::Direct) };
+    let node = HostNode { reset_on_snat_exhaustion: true, ..host_node_flows(HOST_A, ReturnPath::Direct, 1000) };
     let mut h = HostAgent::new(node, lb).unwrap();
     let dst = IpAddr::from([1, 1, 1, 1]);
     let mut ports = Vec::new();
@@ -844,7 +842,7 @@ fn retunnel(outer: &[u8], inner: &[u8]) -> Vec<u8> {
 fn a_flow_table_too_small_never_leaks_or_double_frees_a_port() {
     // 8 flows of capacity: new connections keep evicting old ones (and sometimes their own first
     // entry). Whatever is evicted releases its port exactly once.
-    let node = HostNode { flow_capacity: 8, snat_quarantine_secs: 0, ..host_node(HOST_A, ReturnPath::Direct) };
+    let node = HostNode { snat_quarantine_secs: 0, ..host_node_flows(HOST_A, ReturnPath::Direct, 8) };
     let mut h = HostAgent::new(node, two_hosts(64)).unwrap();
     for i in 0..400u32 {
         let tcp = i % 3 == 0;

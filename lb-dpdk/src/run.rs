@@ -254,10 +254,7 @@ fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, S
         return Err(format!("node settings changed ({}): they take a restart", changed.join(", ")));
     }
     let mut trial = new.clone();
-    match &mut trial.role {
-        NodeRole::Mux(m) => m.flow_capacity = 1,
-        NodeRole::Host(h) => h.flow_capacity = 1,
-    }
+    trial.role.base_mut().flow_capacity = 1;
     new_node(&trial)?;
     Ok(new.lb)
 }
@@ -273,25 +270,25 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     };
     match (&a.role, &b.role) {
         (NodeRole::Mux(a), NodeRole::Mux(b)) => {
-            field("mac", a.mac != b.mac);
-            field("gatewayMac", a.gateway_mac != b.gateway_mac);
-            field("underlay", a.underlay != b.underlay);
-            field("ttl", a.ttl != b.ttl);
-            field("mtu", a.mtu != b.mtu);
-            field("hashSeed", a.hash_seed != b.hash_seed);
-            field("flowCapacity", a.flow_capacity != b.flow_capacity);
+            field("mac", a.base.mac != b.base.mac);
+            field("gatewayMac", a.base.gateway_mac != b.base.gateway_mac);
+            field("underlay", a.base.underlay != b.base.underlay);
+            field("ttl", a.base.ttl != b.base.ttl);
+            field("mtu", a.base.mtu != b.base.mtu);
+            field("hashSeed", a.base.hash_seed != b.base.hash_seed);
+            field("flowCapacity", a.base.flow_capacity != b.base.flow_capacity);
             field("maglevSize", a.maglev_size != b.maglev_size);
         }
         (NodeRole::Host(a), NodeRole::Host(b)) => {
-            field("mac", a.mac != b.mac);
-            field("gatewayMac", a.gateway_mac != b.gateway_mac);
-            field("underlay", a.underlay != b.underlay);
+            field("mac", a.base.mac != b.base.mac);
+            field("gatewayMac", a.base.gateway_mac != b.base.gateway_mac);
+            field("underlay", a.base.underlay != b.base.underlay);
             field("muxes", a.muxes != b.muxes);
             field("returnPath", a.return_path != b.return_path);
-            field("ttl", a.ttl != b.ttl);
-            field("mtu", a.mtu != b.mtu);
-            field("hashSeed", a.hash_seed != b.hash_seed);
-            field("flowCapacity", a.flow_capacity != b.flow_capacity);
+            field("ttl", a.base.ttl != b.base.ttl);
+            field("mtu", a.base.mtu != b.base.mtu);
+            field("hashSeed", a.base.hash_seed != b.base.hash_seed);
+            field("flowCapacity", a.base.flow_capacity != b.base.flow_capacity);
             field("snatQuarantineSeconds", a.snat_quarantine_secs != b.snat_quarantine_secs);
             field("resetOnSnatExhaustion", a.reset_on_snat_exhaustion != b.reset_on_snat_exhaustion);
         }

@@ -1,10 +1,11 @@
 //! Node settings: a MUX on [`MUX_IP`] and a host agent on any host of the fabric, both behind the
 //! router [`GATEWAY`], with an underlay MTU of 9000 (jumbo frames leave room for the 50 bytes of
 //! VxLAN over IPv4, RFC 7348). Change a setting with struct update syntax:
-//! `MuxNode { flow_capacity: 256, ..mux_node(7) }`.
+//! `MuxNode { maglev_size: 251, ..mux_node_flows(7, 256) }`.
 
 use core::net::IpAddr;
 
+use lb_core::config::NodeBase;
 use lb_core::paths::{HostNode, MuxNode, ReturnPath};
 use lb_core::wire::VxlanEncap;
 
@@ -14,33 +15,51 @@ use crate::addr::*;
 /// prime, M = 65537), hashing with `hash_seed`.
 pub fn mux_node(hash_seed: u64) -> MuxNode {
     MuxNode {
-        mac: MUX_MAC,
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(MUX_IP),
-        ttl: 64,
-        mtu: 9000,
-        hash_seed,
-        flow_capacity: 100_000,
+        base: NodeBase {
+            mac: MUX_MAC,
+            gateway_mac: GATEWAY,
+            underlay: IpAddr::from(MUX_IP),
+            ttl: 64,
+            mtu: 9000,
+            hash_seed,
+            flow_capacity: 100_000,
+        },
         maglev_size: 65_537,
     }
+}
+
+/// [`mux_node`] with room for `flows` flows.
+pub fn mux_node_flows(hash_seed: u64, flows: usize) -> MuxNode {
+    let mut node = mux_node(hash_seed);
+    node.base.flow_capacity = flows;
+    node
 }
 
 /// The host agent of the host at `addr`, behind the MUX at [`MUX_IP`]: room for 100,000 flows, SNAT
 /// ports quarantined 60 s after use, SNAT exhaustion answered by a drop.
 pub fn host_node(addr: [u8; 4], return_path: ReturnPath) -> HostNode {
     HostNode {
-        mac: host_mac(addr),
-        gateway_mac: GATEWAY,
-        underlay: IpAddr::from(addr),
+        base: NodeBase {
+            mac: host_mac(addr),
+            gateway_mac: GATEWAY,
+            underlay: IpAddr::from(addr),
+            ttl: 64,
+            mtu: 9000,
+            hash_seed: 7,
+            flow_capacity: 100_000,
+        },
         muxes: vec![IpAddr::from(MUX_IP)],
         return_path,
-        ttl: 64,
-        mtu: 9000,
-        hash_seed: 7,
-        flow_capacity: 100_000,
         snat_quarantine_secs: 60,
         reset_on_snat_exhaustion: false,
     }
+}
+
+/// [`host_node`] with room for `flows` flow entries (two a connection).
+pub fn host_node_flows(addr: [u8; 4], return_path: ReturnPath, flows: usize) -> HostNode {
+    let mut node = host_node(addr, return_path);
+    node.base.flow_capacity = flows;
+    node
 }
 
 /// The VxLAN tunnel from the MUX to host A with `vni`, over an underlay of `mtu`.

@@ -4,7 +4,7 @@
 use core::net::IpAddr;
 
 use lb_core::config::*;
-use lb_core::paths::{HostAgent, HostNode, HostVerdict, Mux, ReturnPath, Verdict};
+use lb_core::paths::{HostAgent, HostVerdict, Mux, ReturnPath, Verdict};
 
 use crate::*;
 
@@ -106,7 +106,7 @@ fn two_hosts_scarce_snat_gives_blocks_on_three_addresses() {
 fn one_host_puts_every_backend_on_host_a() {
     let lb = one_host(4, 2, 2048);
     assert_eq!(lb.validate(), Ok(()));
-    let node = HostNode { flow_capacity: 1000, ..host_node(HOST_A, ReturnPath::Direct) };
+    let node = host_node_flows(HOST_A, ReturnPath::Direct, 1000);
     let h = HostAgent::new(node, lb).unwrap();
     assert_eq!(h.local_backends().len(), 6);
 }

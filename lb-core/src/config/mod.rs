@@ -18,9 +18,11 @@ use core::net::IpAddr;
 pub mod json;
 #[cfg(feature = "std")]
 pub mod node;
+pub mod settings;
 pub mod snat;
 mod validate;
 
+pub use settings::{HostNode, MuxNode, NodeBase, NodeRole, ReturnPath};
 pub use snat::{SnatGrant, SnatPlan, SnatSource};
 
 /// The largest pool the Standard SKU allows (Azure: "Azure subscription and service limits").

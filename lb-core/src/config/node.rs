@@ -27,8 +27,8 @@ use std::vec::Vec;
 use serde::Deserialize;
 
 use super::json::from_json;
+use super::settings::{HostNode, MuxNode, NodeBase, NodeRole, ReturnPath};
 use super::{ConfigError, LoadBalancer};
-use crate::paths::{HostNode, MuxNode, NodeRole, ReturnPath};
 use crate::wire::MacAddr;
 
 /// Which data path a node runs.
@@ -168,23 +168,15 @@ fn load_balancer(j: &NodeJson, dir: &Path) -> Result<LoadBalancer, NodeError> {
 }
 
 /// The settings both roles share.
-struct Common {
-    mac: MacAddr,
-    gateway_mac: MacAddr,
-    ttl: u8,
-    mtu: u16,
-    hash_seed: u64,
-    flow_capacity: usize,
-}
-
-fn common_settings(j: &NodeJson) -> Result<Common, NodeError> {
+fn base_settings(j: &NodeJson) -> Result<NodeBase, NodeError> {
     let flow_capacity = j.flow_capacity.unwrap_or(1_000_000);
     if flow_capacity == 0 {
         return Err(NodeError::Field("flowCapacity", "at least 1".into()));
     }
-    Ok(Common {
+    Ok(NodeBase {
         mac: mac("mac", &j.mac)?,
         gateway_mac: mac("gatewayMac", &j.gateway_mac)?,
+        underlay: j.underlay,
         ttl: j.ttl.unwrap_or(64),
         mtu: j.mtu.unwrap_or(9000),
         hash_seed: j.hash_seed.unwrap_or(42),
@@ -193,21 +185,11 @@ fn common_settings(j: &NodeJson) -> Result<Common, NodeError> {
 }
 
 fn mux_settings(j: &NodeJson) -> Result<MuxNode, NodeError> {
-    let c = common_settings(j)?;
-    Ok(MuxNode {
-        mac: c.mac,
-        gateway_mac: c.gateway_mac,
-        underlay: j.underlay,
-        ttl: c.ttl,
-        mtu: c.mtu,
-        hash_seed: c.hash_seed,
-        flow_capacity: c.flow_capacity,
-        maglev_size: j.maglev_size.unwrap_or(crate::tables::DEFAULT_TABLE_SIZE),
-    })
+    Ok(MuxNode { base: base_settings(j)?, maglev_size: j.maglev_size.unwrap_or(crate::tables::DEFAULT_TABLE_SIZE) })
 }
 
 fn host_settings(j: NodeJson) -> Result<HostNode, NodeError> {
-    let c = common_settings(&j)?;
+    let base = base_settings(&j)?;
     let return_path = match j.return_path.unwrap_or(ReturnPathJson::Mux) {
         ReturnPathJson::Mux => ReturnPath::ViaMux,
         ReturnPathJson::Direct => ReturnPath::Direct,
@@ -226,15 +208,9 @@ fn host_settings(j: NodeJson) -> Result<HostNode, NodeError> {
         ));
     }
     Ok(HostNode {
-        mac: c.mac,
-        gateway_mac: c.gateway_mac,
-        underlay: j.underlay,
+        base,
         muxes: j.muxes,
         return_path,
-        ttl: c.ttl,
-        mtu: c.mtu,
-        hash_seed: c.hash_seed,
-        flow_capacity: c.flow_capacity,
         snat_quarantine_secs,
         reset_on_snat_exhaustion: j.reset_on_snat_exhaustion.unwrap_or(false),
     })
@@ -253,7 +229,7 @@ mod tests {
         let c = load(&examples().join("demo-mux.node.json")).unwrap();
         assert_eq!(c.kind(), Role::Mux);
         let NodeRole::Mux(mux) = &c.role else { panic!("{:?}", c.role) };
-        assert_eq!(mux.mac, MacAddr([2, 0, 0, 0, 5, 0x0a]));
+        assert_eq!(mux.base.mac, MacAddr([2, 0, 0, 0, 5, 0x0a]));
         assert_eq!(mux.maglev_size, crate::tables::DEFAULT_TABLE_SIZE);
         assert_eq!(c.lb.name, "DemoLB");
     }

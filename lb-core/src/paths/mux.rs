@@ -30,30 +30,10 @@ use crate::tables::{
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{
-    ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError,
-    VXLAN_PORT,
+    ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, VxlanEncap, WireError, VXLAN_PORT,
 };
 
-/// This MUX node: its own addresses and the knobs of its tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MuxNode {
-    /// MAC of the port the MUX transmits on.
-    pub mac: MacAddr,
-    /// MAC of the next hop towards the hosts (the fabric router).
-    pub gateway_mac: MacAddr,
-    /// The MUX's underlay address (the outer source).
-    pub underlay: IpAddr,
-    /// Outer TTL / hop limit.
-    pub ttl: u8,
-    /// Underlay IP MTU.
-    pub mtu: u16,
-    /// Seed of every flow hash; the same on every MUX of a deployment.
-    pub hash_seed: u64,
-    /// Concurrent flows this core tracks.
-    pub flow_capacity: usize,
-    /// Maglev table size (a prime).
-    pub maglev_size: u32,
-}
+pub use crate::config::settings::MuxNode;
 
 /// Why a configuration or an API call is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -373,7 +353,7 @@ impl Mux {
         // The table size is the node's, whatever the configuration: refused here, not at the first
         // configuration whose rules build a table.
         MaglevTable::check(&[], node.maglev_size).map_err(MuxError::Maglev)?;
-        let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
+        let flows = FlowTable::with_capacity_prepared(node.base.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
         let mut mux = Mux {
             lb: LoadBalancer::default(),
             vips: Vips::default(),
@@ -391,7 +371,7 @@ impl Mux {
             burst_keys: alloc::vec![FlowKey::default(); BURST],
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
-            underlay: addr16(node.underlay),
+            underlay: addr16(node.base.underlay),
             node,
         };
         mux.update(lb)?;
@@ -449,13 +429,13 @@ impl Mux {
                     }
                     None => {
                         let t = VxlanEncap::new(
-                            self.node.mac,
-                            self.node.gateway_mac,
-                            self.node.underlay,
+                            self.node.base.mac,
+                            self.node.base.gateway_mac,
+                            self.node.base.underlay,
                             b.host,
                             pool.vni,
-                            self.node.ttl,
-                            self.node.mtu,
+                            self.node.base.ttl,
+                            self.node.base.mtu,
                         )
                         .and_then(|t| t.with_backend_tag(key.2))
                         .map_err(|e| MuxError::Tunnel(b.host, e))?;
@@ -685,7 +665,7 @@ impl Mux {
     /// that the misses of a burst overlap instead of being paid one after another).
     pub fn process_burst(&mut self, frames: &mut [impl BurstFrame], now: u32, out: &mut [Verdict]) {
         let n = frames.len().min(out.len());
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         // Each key is parsed straight into its slot and read from there by the later passes (no
         // copy of a freshly written key, which would stall on its narrow stores). The slots live
         // in the MUX, taken out for the burst so that steering can borrow the MUX; they are always
@@ -758,7 +738,7 @@ impl Mux {
     #[inline(always)]
     fn classify(&self, buf: &[u8], start: usize, len: usize) -> Option<(FlowKey, u32)> {
         let k = start.checked_add(len).and_then(|end| buf.get(start..end)).and_then(|f| parse_flow_key(f).ok())?;
-        Some((k, k.hash(self.node.hash_seed)))
+        Some((k, k.hash(self.node.base.hash_seed)))
     }
 
     #[inline(always)]
@@ -908,7 +888,7 @@ impl Mux {
         key_hash: u32,
         now: u32,
     ) -> Verdict {
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         let icmp_error = key.is_icmp_error();
         let (flow, hash) = if icmp_error {
             let quoted = buf.get(start..start + len).map(|frame| quoted_flow_key(frame, key));
@@ -960,7 +940,7 @@ impl Mux {
     /// A first fragment leaves the record its later fragments, which carry no ports, are steered
     /// by (once a datagram: a retransmitted first fragment finds it there).
     fn record_first_fragment(&mut self, flow: &FlowKey, value: MuxFlow, now: u32) {
-        let (t, h) = fragment_record(flow, self.node.hash_seed);
+        let (t, h) = fragment_record(flow, self.node.base.hash_seed);
         match self.flows.lookup(&t, h, now) {
             // The identification came round again (a sender numbers its datagrams to a destination
             // from one counter): the new datagram's later fragments follow the new first fragment.
@@ -1007,7 +987,7 @@ impl Mux {
     /// The hash a rule balances `flow` (5-tuple hash `hash`) by: its distribution mode's fields.
     #[inline(always)]
     fn rule_hash(&self, rule: &crate::config::Rule, flow: &FlowKey, hash: u32) -> u32 {
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         match rule.load_distribution {
             LoadDistribution::Default => hash,
             LoadDistribution::SourceIpProtocol => flow.hash_fields(HashFields::ThreeTuple, seed),
@@ -1119,8 +1099,8 @@ impl Mux {
         if self.vips.find(k.ip_version, &k.src_addr).is_none() {
             return Verdict::Drop(DropReason::NotFromVip);
         }
-        inner[..6].copy_from_slice(&self.node.gateway_mac.0);
-        inner[6..12].copy_from_slice(&self.node.mac.0);
+        inner[..6].copy_from_slice(&self.node.base.gateway_mac.0);
+        inner[6..12].copy_from_slice(&self.node.base.mac.0);
         self.counters.relayed.add(inner_len, false);
         Verdict::Forward { start: inner_at, len: inner_len }
     }
@@ -1235,13 +1215,15 @@ mod tests {
 
     fn mux(ports: &[u16]) -> Mux {
         let node = MuxNode {
-            mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            gateway_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            underlay: Ipv4Addr::new(172, 16, 5, 10).into(),
-            ttl: 64,
-            mtu: 9000,
-            hash_seed: 1,
-            flow_capacity: 1000,
+            base: crate::config::NodeBase {
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                gateway_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+                underlay: Ipv4Addr::new(172, 16, 5, 10).into(),
+                ttl: 64,
+                mtu: 9000,
+                hash_seed: 1,
+                flow_capacity: 1000,
+            },
             maglev_size: 251,
         };
         Mux::new(node, config(ports)).unwrap()

@@ -9,38 +9,12 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostNode, HostVerdict};
-use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict, BURST};
+use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostVerdict};
+use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, Traffic, Verdict, BURST};
 use crate::config::LoadBalancer;
 use crate::tables::Health;
 
-/// The settings of one node, by role: what it is and its own addresses and table sizes (the load
-/// balancer it serves is given beside them).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeRole {
-    /// A MUX.
-    Mux(MuxNode),
-    /// A host agent.
-    Host(HostNode),
-}
-
-impl NodeRole {
-    /// The node's underlay IP MTU.
-    pub fn mtu(&self) -> u16 {
-        match self {
-            NodeRole::Mux(m) => m.mtu,
-            NodeRole::Host(h) => h.mtu,
-        }
-    }
-
-    /// `"mux"` or `"host"`, as node files name the roles.
-    pub fn name(&self) -> &'static str {
-        match self {
-            NodeRole::Mux(_) => "mux",
-            NodeRole::Host(_) => "host",
-        }
-    }
-}
+pub use crate::config::settings::NodeRole;
 
 /// Where a frame handed to a host agent comes from (a MUX takes frames from one side only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -650,7 +650,7 @@ fn setup(args: &DpdkOptions, cfg: &NodeConfig, stop: &Arc<AtomicBool>, dpdk: &mu
         );
     }
 
-    let mtu = u32::from(cfg.role.mtu());
+    let mtu = u32::from(cfg.role.base().mtu);
     // The frame after DPDK's headroom (the engine puts tunnel headers into the headroom): as large
     // as the largest frame the ports receive, whatever the node's MTU, so that a frame the device
     // takes is never cut.

@@ -45,7 +45,7 @@ impl HostAgent {
         let Ok(key) = parse_flow_key(frame) else {
             return HostVerdict::Drop(HostDrop::Malformed);
         };
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         let hash = key.hash(seed);
         if key.fragment == Fragment::Later {
             let related = self.later_fragment(frame, &key, now);
@@ -216,7 +216,7 @@ impl HostAgent {
     /// An SNAT port for a new connection of local backend `local`: a fresh port of one of its blocks
     /// serving the protocol, else (TCP) a port in use whose connections all go elsewhere.
     fn allocate(&mut self, local: usize, key: &FlowKey, now: u32) -> Option<(usize, u16)> {
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         for &b in &self.locals[local].blocks {
             let g = &self.grants[b];
             if !g.protocol.matches(key.protocol) {
@@ -251,7 +251,7 @@ impl HostAgent {
             return HostVerdict::Drop(HostDrop::Malformed);
         };
         let rst = TcpResetRepr {
-            src_mac: self.node.mac,
+            src_mac: self.node.base.mac,
             dst_mac: MacAddr([
                 buf[start + 6],
                 buf[start + 7],
@@ -292,8 +292,8 @@ impl HostAgent {
                 let Some(f) = buf.get_mut(start..start + len).filter(|f| f.len() >= 12) else {
                     return HostVerdict::Drop(HostDrop::Malformed);
                 };
-                f[..6].copy_from_slice(&self.node.gateway_mac.0);
-                f[6..12].copy_from_slice(&self.node.mac.0);
+                f[..6].copy_from_slice(&self.node.base.gateway_mac.0);
+                f[6..12].copy_from_slice(&self.node.base.mac.0);
                 HostVerdict::Transmit { start, len }
             }
             ReturnPath::ViaMux => {

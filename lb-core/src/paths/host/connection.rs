@@ -24,7 +24,7 @@ impl HostAgent {
         self.settle(now);
         let sa = self.flows.insert(a, a_hash, tcp_flags, HostFlow { peer: NO_PEER, ..a_value }, idle, now);
         self.settle(now);
-        let b_hash = tuple_hash(b, self.node.hash_seed);
+        let b_hash = tuple_hash(b, self.node.base.hash_seed);
         let b_flags = if tcp_flags & TcpFlags::SYN != 0 { TcpFlags::SYN } else { 0 };
         let sb = self.flows.insert(b, b_hash, b_flags, HostFlow { peer: sa.to_index(), ..b_value }, idle, now);
         // The second insert evicted the first (a full bucket pair): settling releases what the

@@ -72,7 +72,7 @@ impl HostAgent {
                 continue;
             }
             let pool = self.locals.get(usize::from(e.value.local)).map_or(0, |l| l.pool);
-            let hash = tuple_hash(&e.tuple, self.node.hash_seed);
+            let hash = tuple_hash(&e.tuple, self.node.base.hash_seed);
             match self.egress(&mut buf, RST_HEADROOM, n, pool, hash, Leg::Reset) {
                 HostVerdict::Transmit { start, len } => emit(HostEgress::Fabric, &buf[start..start + len]),
                 _ => self.counters.resets -= 1,
@@ -98,10 +98,10 @@ impl HostAgent {
         let (dst_mac, vlan) = match (to_backend, backend_link) {
             (true, Some(link)) => link,
             (true, None) => (MacAddr([0xff; 6]), None),
-            (false, _) => (self.node.gateway_mac, None),
+            (false, _) => (self.node.base.gateway_mac, None),
         };
         let rst = TcpResetRepr {
-            src_mac: self.node.mac,
+            src_mac: self.node.base.mac,
             dst_mac,
             vlan,
             src: ip(&e.tuple.dst),

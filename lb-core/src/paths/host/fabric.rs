@@ -65,7 +65,7 @@ impl HostAgent {
         let Ok(key) = parse_flow_key(inner) else {
             return HostVerdict::Drop(HostDrop::Malformed);
         };
-        let seed = self.node.hash_seed;
+        let seed = self.node.base.hash_seed;
         if key.fragment == Fragment::Later {
             return match self.later_fragment(inner, &key, now) {
                 Ok((local, snat)) => self.deliver(local, t.at, t.len, snat),

@@ -55,42 +55,7 @@ use crate::tables::{FlowTable, FlowTableError, FlowTuple, FlowValue};
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{FlowKey, IpVersion, MacAddr, VxlanEncap};
 
-/// How responses and SNAT connections leave the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReturnPath {
-    /// VxLAN to a MUX, which strips the tunnel and forwards to the client (the default of a node's
-    /// JSON configuration: the MUX sees both directions of every connection).
-    ViaMux,
-    /// Straight to the fabric router, with the VIP as source (Direct Server Return).
-    Direct,
-}
-
-/// This host: its addresses and knobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostNode {
-    /// MAC of the host's fabric port.
-    pub mac: MacAddr,
-    /// MAC of the fabric router.
-    pub gateway_mac: MacAddr,
-    /// The host's underlay address (where MUXes tunnel to).
-    pub underlay: IpAddr,
-    /// Underlay addresses of the MUXes that take responses back (one is picked by flow hash).
-    pub muxes: Vec<IpAddr>,
-    /// How responses leave.
-    pub return_path: ReturnPath,
-    /// Outer TTL.
-    pub ttl: u8,
-    /// Underlay MTU.
-    pub mtu: u16,
-    /// Flow hash seed.
-    pub hash_seed: u64,
-    /// Flow-table capacity (each connection takes two entries).
-    pub flow_capacity: usize,
-    /// Seconds a released SNAT port waits before it is handed out again.
-    pub snat_quarantine_secs: u32,
-    /// When a backend's SNAT ports are exhausted, answer its SYN with a RST (else drop it).
-    pub reset_on_snat_exhaustion: bool,
-}
+pub use crate::config::settings::{HostNode, ReturnPath};
 
 /// Why a host agent refuses a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,7 +297,8 @@ impl HostAgent {
         lb: LoadBalancer,
         prepare: impl FnOnce(*const u8, usize),
     ) -> Result<Self, HostError> {
-        let flows = FlowTable::with_capacity_prepared(node.flow_capacity, prepare).map_err(HostError::FlowTable)?;
+        let flows =
+            FlowTable::with_capacity_prepared(node.base.flow_capacity, prepare).map_err(HostError::FlowTable)?;
         let mut h = HostAgent {
             lb: LoadBalancer::default(),
             vips: Vips::default(),
@@ -344,7 +310,7 @@ impl HostAgent {
             flows,
             counters: HostCounters::default(),
             cursor: 0,
-            underlay: addr16(node.underlay),
+            underlay: addr16(node.base.underlay),
             node,
         };
         h.update(lb)?;

@@ -25,7 +25,7 @@ impl HostAgent {
     ) -> Result<(usize, bool), HostDrop> {
         let quoted = quoted_flow_key(frame, key).map_err(|_| HostDrop::Malformed)?;
         let t = FlowTuple::from(&quoted.reversed());
-        let slot = self.flows.lookup(&t, tuple_hash(&t, self.node.hash_seed), now);
+        let slot = self.flows.lookup(&t, tuple_hash(&t, self.node.base.hash_seed), now);
         self.settle(now);
         let v = slot.map(|s| self.flows.entry(s).value).ok_or(HostDrop::IcmpUntranslated)?;
         let local = usize::from(v.local);
@@ -55,7 +55,7 @@ impl HostAgent {
         // Whatever this packet's own lookup or touch removed is settled before an insert can evict
         // another entry (two removals of one pair before settling would release its port twice).
         self.settle(now);
-        let (t, h) = fragment_record(key, self.node.hash_seed);
+        let (t, h) = fragment_record(key, self.node.base.hash_seed);
         let found = self.flows.lookup(&t, h, now);
         self.settle(now);
         let mut flags = v.flags & FLOATING;
@@ -90,7 +90,7 @@ impl HostAgent {
         key: &FlowKey,
         now: u32,
     ) -> Result<(usize, bool), HostDrop> {
-        let (t, h) = fragment_record(key, self.node.hash_seed);
+        let (t, h) = fragment_record(key, self.node.base.hash_seed);
         let at = self.flows.lookup(&t, h, now).ok_or(HostDrop::FragmentUnknown)?;
         let v = self.flows.touch(at, 0, now).value;
         let local = usize::from(v.local);

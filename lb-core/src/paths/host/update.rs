@@ -67,7 +67,7 @@ impl HostAgent {
             return Err(HostError::NoMux);
         }
         let plan = lb.snat_plan().map_err(HostError::Config)?;
-        let (locals, grants) = local_backends(&lb, &plan, self.node.underlay);
+        let (locals, grants) = local_backends(&lb, &plan, self.node.base.underlay);
         let (vips, _) = build_vips(&lb);
         let claims = listener_claims(&grants, &vips);
         let same_snat = grants == self.grants
@@ -91,19 +91,19 @@ impl HostAgent {
 
     /// The tunnels to the MUXes: per pool of `lb` (its VNI), per MUX.
     fn tunnels_for(&self, lb: &LoadBalancer) -> Result<Vec<Vec<VxlanEncap>>, HostError> {
-        let me = self.node.underlay;
+        let me = self.node.base.underlay;
         let mut tunnels = Vec::with_capacity(lb.pools.len());
         for pool in &lb.pools {
             let mut per_mux = Vec::with_capacity(self.node.muxes.len());
             for &m in &self.node.muxes {
                 let t = VxlanEncap::new(
-                    self.node.mac,
-                    self.node.gateway_mac,
+                    self.node.base.mac,
+                    self.node.base.gateway_mac,
                     me,
                     m,
                     pool.vni,
-                    self.node.ttl,
-                    self.node.mtu,
+                    self.node.base.ttl,
+                    self.node.base.mtu,
                 )
                 .map_err(HostError::Tunnel)?;
                 per_mux.push(t);
