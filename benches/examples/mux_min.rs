@@ -66,7 +66,7 @@ fn main() -> Result<(), String> {
     let best = times[0];
     let quartile = |q: usize| times[(times.len() - 1) * q / 4];
     // The mean is what a program's own average (lb-dpdk's engine time) compares with. The
-    // quartiles show the VM's state: on the EPYC VM a process runs either fast or about 1.4x
+    // quartiles show the machine's state: on a shared VM a process may run either fast or much
     // slower, for its whole life or for seconds at a time (other tenants), so a minimum and a
     // median far apart say the run straddled both.
     println!(
