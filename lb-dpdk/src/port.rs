@@ -41,4 +41,22 @@ pub trait Port {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }
+    /// A descriptor that polls readable when frames wait (a live port's socket), so that an idle
+    /// worker sleeps in `poll(2)` instead of spinning a core; `None` for ports that are polled.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+/// Which frames a live port takes from the kernel; everything else stays with the kernel (ARP,
+/// ND, routing protocols, SSH, the node's own traffic, health probes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Every frame to these addresses (a MUX's VIPs).
+    pub addresses: Vec<std::net::IpAddr>,
+    /// VxLAN (UDP 4789) to these addresses (the node's underlay address).
+    pub tunnel_endpoints: Vec<std::net::IpAddr>,
+    /// A backend side: every IPv4 and IPv6 frame except those to these addresses (the host's own,
+    /// its MUXes' underlay addresses: health probes' answers) and ARP and ND.
+    pub all_except: Option<Vec<std::net::IpAddr>>,
 }
