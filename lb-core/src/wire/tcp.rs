@@ -164,6 +164,52 @@ impl TcpRepr {
     }
 }
 
+/// TCP option kinds (RFC 9293, 3.2).
+pub mod option {
+    /// End of option list.
+    pub const END: u8 = 0;
+    /// No operation (padding).
+    pub const NOP: u8 = 1;
+    /// Maximum segment size (4 bytes: kind, length, MSS).
+    pub const MSS: u8 = 2;
+}
+
+/// Lowers the MSS option of the TCP segment `segment` (its header and options at least) to `mss`
+/// in place, updating the checksum incrementally (RFC 1624); an MSS already at or below `mss`, and
+/// a segment without the option, are left alone. Returns the MSS the segment announced if it was
+/// lowered. A malformed option list (a length past the header, a length below 2) stops the walk
+/// with the segment untouched.
+pub fn clamp_mss(segment: &mut [u8], mss: u16) -> Option<u16> {
+    let header_len = usize::from(*segment.get(12)? >> 4) * 4;
+    let options = segment.get(TCP_HEADER_LEN..header_len)?;
+    let mut i = 0;
+    while i < options.len() {
+        match options[i] {
+            option::END => return None,
+            option::NOP => i += 1,
+            kind => {
+                let len = usize::from(*options.get(i + 1)?);
+                if len < 2 || i + len > options.len() {
+                    return None;
+                }
+                if kind == option::MSS && len == 4 {
+                    let at = TCP_HEADER_LEN + i + 2;
+                    let old = u16::from_be_bytes([segment[at], segment[at + 1]]);
+                    if old <= mss {
+                        return None;
+                    }
+                    segment[at..at + 2].copy_from_slice(&mss.to_be_bytes());
+                    let check = u16::from_be_bytes([segment[16], segment[17]]);
+                    segment[16..18].copy_from_slice(&checksum::update16(check, old, mss).to_be_bytes());
+                    return Some(old);
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +259,30 @@ mod tests {
         let mut b = SYN;
         b[12] = 0x40;
         assert_eq!(TcpSegment::new_checked(&b[..]).err(), Some(WireError::BadDataOffset(4)));
+    }
+
+    #[test]
+    fn mss_is_lowered_never_raised_with_the_checksum() {
+        let mut b = SYN;
+        TcpSegment::new_checked(&mut b[..]).unwrap().fill_checksum(pseudo());
+        let mut raised = b;
+        assert_eq!(clamp_mss(&mut raised, 1500), None, "1460 is not raised");
+        assert_eq!(raised, b);
+        assert_eq!(clamp_mss(&mut b, 1400), Some(1460));
+        assert_eq!(&b[20..24], &[2, 4, 0x05, 0x78]);
+        assert!(TcpSegment::new_checked(&b[..]).unwrap().verify_checksum(pseudo()));
+        // The MSS after NOPs and another option; a broken list is left alone.
+        let mut late = SYN;
+        late[20..24].copy_from_slice(&[1, 1, 1, 1]);
+        late[36..40].copy_from_slice(&[2, 4, 0x23, 0x28]);
+        assert_eq!(clamp_mss(&mut late, 1440), Some(9000));
+        let mut broken = SYN;
+        broken[24..26].copy_from_slice(&[4, 0]);
+        broken[20..24].copy_from_slice(&[1, 1, 1, 1]);
+        assert_eq!(clamp_mss(&mut broken, 1000), None);
+        assert_eq!(clamp_mss(&mut [0u8; 20], 1000), None, "no options");
+        let mut cut = SYN;
+        assert_eq!(clamp_mss(&mut cut[..30], 1000), None, "cut short");
     }
 
     #[test]

@@ -222,6 +222,40 @@ impl VxlanEncap {
         Ok(self)
     }
 
+    /// The outer destination MAC: the next hop towards the peer.
+    #[inline(always)]
+    pub fn dst_mac(&self) -> MacAddr {
+        let t = &self.template;
+        MacAddr([t[0], t[1], t[2], t[3], t[4], t[5]])
+    }
+
+    /// Changes the next hop: frames this tunnel encapsulates from now on leave for `mac` (the
+    /// template is edited in place; nothing else changes).
+    pub fn set_dst_mac(&mut self, mac: MacAddr) {
+        self.template[..6].copy_from_slice(&mac.0);
+    }
+
+    /// Whether the outer destination MAC is set (not 00:00:00:00:00:00, a next hop not known yet).
+    #[inline(always)]
+    pub fn has_next_hop(&self) -> bool {
+        self.template[..6] != [0; 6]
+    }
+
+    /// The largest inner frame's IP packet that fits, after an inner Ethernet header with `vlans`
+    /// tags: the underlay MTU less the tunnel's overhead (50 bytes over IPv4, 70 over IPv6, counting
+    /// the inner Ethernet header) and 4 bytes a tag. What a "fragmentation needed" or "packet too
+    /// big" error reports as the MTU of the path through this tunnel.
+    pub fn inner_mtu(&self, vlans: usize) -> u16 {
+        let overhead = self.outer_len + vlans * super::ethernet::VLAN_TAG_LEN;
+        usize::from(self.mtu).saturating_sub(overhead) as u16
+    }
+
+    /// Whether an inner frame of `frame_len` bytes fits the underlay MTU once encapsulated.
+    #[inline(always)]
+    pub fn fits(&self, frame_len: usize) -> bool {
+        (self.outer_len - ETHERNET_HEADER_LEN).saturating_add(frame_len) <= usize::from(self.mtu)
+    }
+
     /// Bytes of headroom a frame needs in front of it.
     pub fn outer_len(&self) -> usize {
         self.outer_len
@@ -589,6 +623,25 @@ mod tests {
             1500,
         );
         assert_eq!(v.err(), Some(WireError::FieldOverflow(Layer::Vxlan)));
+        // 1500 less 50: the largest inner IP packet, 4 bytes less a tag; what fits is what encapsulates.
+        assert_eq!((t.inner_mtu(0), t.inner_mtu(1), t.inner_mtu(2)), (1450, 1446, 1442));
+        assert!(t.fits(1464) && !t.fits(1465));
+    }
+
+    #[test]
+    fn next_hop_is_rewritten_in_the_template() {
+        let mut t = v4_tunnel();
+        assert_eq!(t.dst_mac(), HOST_MAC);
+        assert!(t.has_next_hop());
+        let hop = MacAddr([2, 0, 0, 0, 0, 0x77]);
+        t.set_dst_mac(hop);
+        let mut buf = [0u8; 50 + 54];
+        buf[50..].copy_from_slice(&inner());
+        let start = t.encapsulate(&mut buf, 50, 54, 9).unwrap();
+        assert_eq!(&buf[start..start + 6], &hop.0);
+        assert_eq!(&buf[start + 6..start + 12], &MUX_MAC.0, "the source stays");
+        t.set_dst_mac(MacAddr::default());
+        assert!(!t.has_next_hop());
     }
 
     #[test]
