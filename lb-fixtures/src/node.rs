@@ -36,7 +36,7 @@ pub fn mux_node_flows(hash_seed: u64, flows: usize) -> MuxNode {
 }
 
 /// The host agent of the host at `addr`, behind the MUX at [`MUX_IP`]: room for 100,000 flows, SNAT
-/// ports quarantined 60 s after use, SNAT exhaustion answered by a drop.
+/// ports quarantined 60 s after use, SNAT exhaustion answered by a drop, no MSS clamping.
 pub fn host_node(addr: [u8; 4], return_path: ReturnPath) -> HostNode {
     HostNode {
         base: NodeBase {
@@ -52,6 +52,7 @@ pub fn host_node(addr: [u8; 4], return_path: ReturnPath) -> HostNode {
         return_path,
         snat_quarantine_secs: 60,
         reset_on_snat_exhaustion: false,
+        mss_clamp: None,
     }
 }
 

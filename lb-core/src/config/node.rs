@@ -4,16 +4,18 @@
 //! ```text
 //! {
 //!   "role": "mux",                      // or "host"
-//!   "mac": "02:00:00:00:05:0a",         // this node's port
-//!   "gatewayMac": "02:00:00:00:00:01",  // the fabric router
+//!   "mac": "02:00:00:00:05:0a",         // this node's port (absent: the fabric interface's)
+//!   "gatewayMac": "02:00:00:00:00:01",  // the fabric router (absent: learnt from the kernel)
 //!   "underlay": "172.16.5.10",          // this node's underlay address
 //!   "muxes": ["172.16.5.10"],           // host: the MUXes responses go back through
 //!   "returnPath": "mux",                // host: "mux" or "direct" (DSR)
+//!   "interfaces": {"fabric": "eth0", "backends": ["tap0"]},  // the live ports' interfaces
 //!   "loadBalancerFile": "basic-web-app.json"   // or "loadBalancer": { ... } inline
 //! }
 //! ```
 //! Optional: `hashSeed` (42), `flowCapacity` (1,000,000), `maglevSize` (65537), `ttl` (64), `mtu`
-//! (9000), `snatQuarantineSeconds` (60, at most 86,400), `resetOnSnatExhaustion` (false). A relative
+//! (9000), `snatQuarantineSeconds` (60, at most 86,400), `resetOnSnatExhaustion` (false),
+//! `mssClamp` (host: none; 536 to 9,000), `mac`, `gatewayMac`, `interfaces`. A relative
 //! `loadBalancerFile` is read from the node file's directory.
 
 use std::borrow::ToOwned;
@@ -27,7 +29,9 @@ use std::vec::Vec;
 use serde::Deserialize;
 
 use super::json::from_json;
-use super::settings::{HostNode, MuxNode, NodeBase, NodeRole, ReturnPath};
+use super::settings::{
+    HostNode, MuxNode, NodeBase, NodeRole, ReturnPath, MSS_CLAMP_MAX, MSS_CLAMP_MIN, MSS_CLAMP_MIN_IPV6,
+};
 use super::{ConfigError, LoadBalancer};
 use crate::wire::MacAddr;
 
@@ -52,8 +56,8 @@ enum ReturnPathJson {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NodeJson {
     role: Role,
-    mac: String,
-    gateway_mac: String,
+    mac: Option<String>,
+    gateway_mac: Option<String>,
     underlay: IpAddr,
     #[serde(default)]
     muxes: Vec<IpAddr>,
@@ -65,8 +69,27 @@ struct NodeJson {
     mtu: Option<u16>,
     snat_quarantine_seconds: Option<u32>,
     reset_on_snat_exhaustion: Option<bool>,
+    mss_clamp: Option<u16>,
+    interfaces: Option<InterfacesJson>,
     load_balancer: Option<serde_json::Value>,
     load_balancer_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InterfacesJson {
+    fabric: String,
+    #[serde(default)]
+    backends: Vec<String>,
+}
+
+/// The Linux interfaces a node's live ports run on (the node file's `interfaces`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interfaces {
+    /// The interface to the fabric (the underlay, the router).
+    pub fabric: String,
+    /// A host agent's interfaces to its backends (none on a MUX).
+    pub backends: Vec<String>,
 }
 
 /// A loaded, validated configuration.
@@ -76,6 +99,16 @@ pub struct NodeConfig {
     pub role: NodeRole,
     /// The load balancer.
     pub lb: LoadBalancer,
+    /// The node file has no `mac`: the program takes the fabric interface's MAC and puts it in
+    /// the role's `base.mac` (00:00:00:00:00:00 until then) before it builds the node.
+    pub mac_from_interface: bool,
+    /// The node file has no `gatewayMac`: the program learns the next hops from the kernel's
+    /// routing and neighbour tables (`Node::set_gateway_mac`, `Node::set_next_hop`); until then
+    /// the gateway MAC is 00:00:00:00:00:00 and frames that would leave for it are dropped as
+    /// `no_next_hop`.
+    pub gateway_from_kernel: bool,
+    /// The interfaces of the live ports, if the node file names them.
+    pub interfaces: Option<Interfaces>,
 }
 
 impl NodeConfig {
@@ -145,13 +178,33 @@ pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
 /// Parses a node file's text; a relative `loadBalancerFile` is read from `dir`; `name` names the
 /// text in errors.
 pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeError> {
-    let j: NodeJson = serde_json::from_str(text).map_err(|e| NodeError::Json(name.to_owned(), e))?;
+    let mut j: NodeJson = serde_json::from_str(text).map_err(|e| NodeError::Json(name.to_owned(), e))?;
     let lb = load_balancer(&j, dir)?;
+    let interfaces = interfaces(&mut j)?;
+    let (mac_from_interface, gateway_from_kernel) = (j.mac.is_none(), j.gateway_mac.is_none());
     let role = match j.role {
         Role::Mux => NodeRole::Mux(mux_settings(&j)?),
         Role::Host => NodeRole::Host(host_settings(j)?),
     };
-    Ok(NodeConfig { role, lb })
+    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces })
+}
+
+/// The live ports' interfaces: a fabric interface, and a host agent's backends' interfaces.
+fn interfaces(j: &mut NodeJson) -> Result<Option<Interfaces>, NodeError> {
+    let Some(i) = j.interfaces.take() else { return Ok(None) };
+    if i.fabric.is_empty() || i.backends.iter().any(String::is_empty) {
+        return Err(NodeError::Field("interfaces", "an interface name is empty".into()));
+    }
+    if j.role == Role::Mux && !i.backends.is_empty() {
+        return Err(NodeError::Field("interfaces", "a MUX has no backend interfaces".into()));
+    }
+    if i.backends.contains(&i.fabric) {
+        return Err(NodeError::Field(
+            "interfaces",
+            format!("'{}' is both the fabric and a backend interface", i.fabric),
+        ));
+    }
+    Ok(Some(Interfaces { fabric: i.fabric, backends: i.backends }))
 }
 
 /// The load balancer, inline or from its own file.
@@ -173,9 +226,10 @@ fn base_settings(j: &NodeJson) -> Result<NodeBase, NodeError> {
     if flow_capacity == 0 {
         return Err(NodeError::Field("flowCapacity", "at least 1".into()));
     }
+    let unknown = MacAddr::default();
     Ok(NodeBase {
-        mac: mac("mac", &j.mac)?,
-        gateway_mac: mac("gatewayMac", &j.gateway_mac)?,
+        mac: j.mac.as_deref().map_or(Ok(unknown), |m| mac("mac", m))?,
+        gateway_mac: j.gateway_mac.as_deref().map_or(Ok(unknown), |m| mac("gatewayMac", m))?,
         underlay: j.underlay,
         ttl: j.ttl.unwrap_or(64),
         mtu: j.mtu.unwrap_or(9000),
@@ -185,6 +239,9 @@ fn base_settings(j: &NodeJson) -> Result<NodeBase, NodeError> {
 }
 
 fn mux_settings(j: &NodeJson) -> Result<MuxNode, NodeError> {
+    if j.mss_clamp.is_some() {
+        return Err(NodeError::Field("mssClamp", "a host agent's setting: a MUX does not clamp the MSS".into()));
+    }
     Ok(MuxNode { base: base_settings(j)?, maglev_size: j.maglev_size.unwrap_or(crate::tables::DEFAULT_TABLE_SIZE) })
 }
 
@@ -207,12 +264,22 @@ fn host_settings(j: NodeJson) -> Result<HostNode, NodeError> {
             alloc::format!("at most {} (a day)", crate::tables::snat::MAX_QUARANTINE_SECS),
         ));
     }
+    if let Some(mss) = j.mss_clamp.filter(|m| !(MSS_CLAMP_MIN..=MSS_CLAMP_MAX).contains(m)) {
+        return Err(NodeError::Field(
+            "mssClamp",
+            format!(
+                "{mss} is outside {MSS_CLAMP_MIN}..={MSS_CLAMP_MAX} (IPv6 segments are clamped to no less than \
+                 {MSS_CLAMP_MIN_IPV6})"
+            ),
+        ));
+    }
     Ok(HostNode {
         base,
         muxes: j.muxes,
         return_path,
         snat_quarantine_secs,
         reset_on_snat_exhaustion: j.reset_on_snat_exhaustion.unwrap_or(false),
+        mss_clamp: j.mss_clamp,
     })
 }
 
@@ -269,5 +336,52 @@ mod tests {
         assert!(matches!(parse(both, &dir, Path::new("t")), Err(NodeError::Field("loadBalancer", _))));
         let missing = both.replace(r#","loadBalancer":{}"#, "");
         assert!(matches!(parse(&missing, &dir, Path::new("t")), Err(NodeError::Io(..))));
+    }
+
+    #[test]
+    fn macs_interfaces_and_the_mss_clamp() {
+        let dir = examples();
+        let lb = std::fs::read_to_string(dir.join("basic-web-app.json")).unwrap();
+        let file = |role: &str, fields: &str| {
+            format!(
+                r#"{{"role":"{role}","underlay":"172.16.10.21","muxes":["172.16.5.10"]{fields},"loadBalancer":{lb}}}"#
+            )
+        };
+        let load = |text: &str| parse(text, &dir, Path::new("t"));
+        // An old node file: both MACs given, no interfaces, no clamp.
+        let old = load(&file("host", r#","mac":"02:00:00:00:0a:14","gatewayMac":"02:00:00:00:00:01""#)).unwrap();
+        assert!(!old.mac_from_interface && !old.gateway_from_kernel && old.interfaces.is_none());
+        assert_eq!(old.role.base().gateway_mac, MacAddr([2, 0, 0, 0, 0, 1]));
+        let NodeRole::Host(h) = &old.role else { panic!() };
+        assert_eq!(h.mss_clamp, None);
+        // Neither MAC: both unknown until the program sets them.
+        let live = load(&file("host", r#","interfaces":{"fabric":"eth0","backends":["tap0","tap1"]},"mssClamp":1440"#))
+            .unwrap();
+        assert!(live.mac_from_interface && live.gateway_from_kernel);
+        assert_eq!((live.role.base().mac, live.role.base().gateway_mac), (MacAddr::default(), MacAddr::default()));
+        let want = Interfaces { fabric: "eth0".into(), backends: std::vec!["tap0".into(), "tap1".into()] };
+        assert_eq!(live.interfaces, Some(want));
+        let NodeRole::Host(h) = &live.role else { panic!() };
+        assert_eq!(h.mss_clamp, Some(1440));
+        let mux = load(&file("mux", r#","interfaces":{"fabric":"eth0"}"#)).unwrap();
+        assert_eq!(mux.interfaces.unwrap().backends, Vec::<String>::new());
+        // Refused, by field.
+        for (role, fields, field) in [
+            ("mux", r#","interfaces":{"fabric":"eth0","backends":["tap0"]}"#, "interfaces"),
+            ("host", r#","interfaces":{"fabric":"eth0","backends":["eth0"]}"#, "interfaces"),
+            ("host", r#","interfaces":{"fabric":""}"#, "interfaces"),
+            ("host", r#","mssClamp":535"#, "mssClamp"),
+            ("host", r#","mssClamp":9001"#, "mssClamp"),
+            ("mux", r#","mssClamp":1440"#, "mssClamp"),
+            ("host", r#","gatewayMac":"02:00:00:00:00""#, "gatewayMac"),
+        ] {
+            match load(&file(role, fields)) {
+                Err(NodeError::Field(f, _)) => assert_eq!(f, field, "{fields}"),
+                other => panic!("{fields}: {other:?}"),
+            }
+        }
+        assert!(matches!(load(&file("host", r#","interfaces":{"backends":[]}"#)), Err(NodeError::Json(..))));
+        assert!(load(&file("host", r#","mssClamp":536"#)).is_ok());
+        assert!(load(&file("host", r#","mssClamp":9000"#)).is_ok());
     }
 }

@@ -12,7 +12,11 @@ use crate::wire::MacAddr;
 pub struct NodeBase {
     /// MAC of the node's fabric port.
     pub mac: MacAddr,
-    /// MAC of the next hop towards the fabric (the router).
+    /// MAC of the next hop towards the fabric (the router): the default next hop, for underlay
+    /// peers without one of their own (see `Node::set_next_hop`), a MUX's relayed responses and
+    /// a host agent's Direct Server Return frames and resets. 00:00:00:00:00:00 while unknown (a
+    /// node file without `gatewayMac`, until the program sets it): frames that would leave for it
+    /// are dropped as `no_next_hop`.
     pub gateway_mac: MacAddr,
     /// The node's underlay address (a MUX's outer source; where MUXes tunnel to a host).
     pub underlay: IpAddr,
@@ -58,7 +62,21 @@ pub struct HostNode {
     pub snat_quarantine_secs: u32,
     /// When a backend's SNAT ports are exhausted, answer its SYN with a RST (else drop it).
     pub reset_on_snat_exhaustion: bool,
+    /// Lower the MSS option of TCP SYNs and SYN-ACKs crossing the host agent, both ways, to this
+    /// (Ananta clamps to 1440 so that tunnelled segments fit the underlay); `None`: leave it. In
+    /// [`MSS_CLAMP_MIN`]`..=`[`MSS_CLAMP_MAX`]; IPv6 segments are clamped to at least
+    /// [`MSS_CLAMP_MIN_IPV6`].
+    pub mss_clamp: Option<u16>,
 }
+
+/// The lowest MSS clamp: 536, the MSS every IPv4 host accepts (RFC 9293 3.7.1, the 576-byte
+/// datagram less 40 bytes of headers).
+pub const MSS_CLAMP_MIN: u16 = 536;
+/// The highest MSS clamp: a jumbo frame's payload.
+pub const MSS_CLAMP_MAX: u16 = 9000;
+/// The lowest MSS an IPv6 segment is clamped to: 1220, the IPv6 minimum MTU (1280, RFC 8200 5)
+/// less 60 bytes of headers; a lower clamp applies to IPv4 only.
+pub const MSS_CLAMP_MIN_IPV6: u16 = 1220;
 
 /// The settings of one node, by role.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,9 +28,11 @@ use crate::tables::{
     FlowProbe, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
 };
 use crate::wire::flow::quoted_flow_key;
+use crate::wire::icmp::TooBigRepr;
 use crate::wire::vxlan::decapsulate;
 use crate::wire::{
-    ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, VxlanEncap, WireError, VXLAN_PORT,
+    ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError,
+    VXLAN_PORT,
 };
 
 pub use crate::config::settings::MuxNode;
@@ -119,6 +121,10 @@ drop_reasons! {
         /// A frame a host sent back through this MUX whose inner source is no VIP (a MUX relays only
         /// what its VIPs send, so it is no open relay).
         NotFromVip = 6 => "not_from_vip",
+        /// The next hop is not known yet: the tunnel's peer has no MAC of its own and the node no
+        /// gateway MAC (a node file without `gatewayMac`, before the program learned it), or the
+        /// program set 00:00:00:00:00:00. Nothing leaves with a zero destination MAC.
+        NoNextHop = 7 => "no_next_hop",
     }
 }
 
@@ -171,6 +177,10 @@ pub struct MuxCounters {
     /// Frames hosts sent back through this MUX (responses, SNAT connections), decapsulated and
     /// forwarded towards the client.
     pub relayed: Traffic,
+    /// Client frames too big for the tunnel once encapsulated, answered with an ICMPv4
+    /// "fragmentation needed" or ICMPv6 "packet too big" error (path MTU discovery, RFC 1191 and
+    /// RFC 8201) instead of being dropped.
+    pub too_big: u64,
     /// Per [`DropReason`].
     pub drops: [u64; DROP_REASONS],
 }
@@ -331,6 +341,11 @@ pub struct Mux {
     counters: MuxCounters,
     snat: SnatPlan,
     underlay: (crate::wire::IpVersion, [u8; 16]),
+    /// The next hops the program set, by underlay peer (see [`Mux::set_next_hop`]); the others go
+    /// to the gateway MAC.
+    next_hops: Vec<(IpAddr, MacAddr)>,
+    /// Every tunnel has a next hop (checked once per configuration or next hop, not per packet).
+    hops_known: bool,
 }
 
 /// No (VIP, listener or counter) pair: a listener index whose listener is not in the configuration
@@ -372,6 +387,8 @@ impl Mux {
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
             underlay: addr16(node.base.underlay),
+            next_hops: Vec::new(),
+            hops_known: false,
             node,
         };
         mux.update(lb)?;
@@ -408,7 +425,60 @@ impl Mux {
         self.listener_ids = listener_ids;
         self.listener_route = listener_route;
         self.counter_listener = counter_listener;
+        self.hops_known = self.tunnels.iter().all(VxlanEncap::has_next_hop);
         Ok(())
+    }
+
+    /// The underlay addresses of the hosts this MUX tunnels to (each once, in the order their
+    /// tunnels were built): those of the configuration in force and those established flows still
+    /// go to. The program resolves each one's next hop and hands it to [`Mux::set_next_hop`].
+    pub fn underlay_peers(&self) -> Vec<IpAddr> {
+        let mut peers: Vec<IpAddr> = Vec::new();
+        for &(host, _, _) in &self.tunnel_keys {
+            if !peers.contains(&host) {
+                peers.push(host);
+            }
+        }
+        peers
+    }
+
+    /// Frames tunnelled to `peer` leave for `mac` from now on: the tunnels' prebuilt outer headers
+    /// are rewritten in place, and tunnels built later (by [`Mux::update`]) take it too.
+    /// 00:00:00:00:00:00 says the next hop is unknown: frames to `peer` are dropped as
+    /// [`DropReason::NoNextHop`] until it is known.
+    pub fn set_next_hop(&mut self, peer: IpAddr, mac: MacAddr) {
+        match self.next_hops.iter_mut().find(|(p, _)| *p == peer) {
+            Some(hop) => hop.1 = mac,
+            None => self.next_hops.push((peer, mac)),
+        }
+        self.apply_next_hops();
+    }
+
+    /// Forgets `peer`'s own next hop: frames to it go to the gateway MAC again.
+    pub fn clear_next_hop(&mut self, peer: IpAddr) {
+        self.next_hops.retain(|(p, _)| *p != peer);
+        self.apply_next_hops();
+    }
+
+    /// The default next hop: for peers without one of their own and for the responses this MUX
+    /// relays towards clients.
+    pub fn set_gateway_mac(&mut self, mac: MacAddr) {
+        self.node.base.gateway_mac = mac;
+        self.apply_next_hops();
+    }
+
+    /// The MAC frames to `peer` leave for.
+    fn next_hop(&self, peer: IpAddr) -> MacAddr {
+        self.next_hops.iter().find(|(p, _)| *p == peer).map_or(self.node.base.gateway_mac, |&(_, mac)| mac)
+    }
+
+    /// Rewrites every tunnel's destination MAC to its peer's next hop.
+    fn apply_next_hops(&mut self) {
+        for i in 0..self.tunnels.len() {
+            let mac = self.next_hop(self.tunnel_keys[i].0);
+            self.tunnels[i].set_dst_mac(mac);
+        }
+        self.hops_known = self.tunnels.iter().all(VxlanEncap::has_next_hop);
     }
 
     /// The tunnels `lb` needs: those in force, whose indices established flows name, and one more
@@ -430,7 +500,7 @@ impl Mux {
                     None => {
                         let t = VxlanEncap::new(
                             self.node.base.mac,
-                            self.node.base.gateway_mac,
+                            self.next_hop(b.host),
                             self.node.base.underlay,
                             b.host,
                             pool.vni,
@@ -1064,12 +1134,16 @@ impl Mux {
         let Some(t) = self.tunnels.get(usize::from(tunnel)) else {
             return Verdict::Drop(DropReason::NoBackend);
         };
+        if !self.hops_known && !t.has_next_hop() {
+            return Verdict::Drop(DropReason::NoNextHop);
+        }
         match t.encapsulate(buf, start, len, hash) {
             Ok(outer) => {
                 self.counters.vips[vip].add(len, false);
                 self.counters.snat_replies.add(len, false);
                 Verdict::Forward { start: outer, len: len + t.outer_len() }
             }
+            Err(WireError::MtuExceeded { .. }) => self.too_big(buf, start, len, tunnel),
             Err(_) => Verdict::Drop(DropReason::Encap),
         }
     }
@@ -1099,6 +1173,9 @@ impl Mux {
         if self.vips.find(k.ip_version, &k.src_addr).is_none() {
             return Verdict::Drop(DropReason::NotFromVip);
         }
+        if self.node.base.gateway_mac == MacAddr::default() {
+            return Verdict::Drop(DropReason::NoNextHop);
+        }
         inner[..6].copy_from_slice(&self.node.base.gateway_mac.0);
         inner[6..12].copy_from_slice(&self.node.base.mac.0);
         self.counters.relayed.add(inner_len, false);
@@ -1121,6 +1198,9 @@ impl Mux {
         let Some(t) = self.tunnels.get(usize::from(tunnel)) else {
             return Verdict::Drop(DropReason::NoBackend);
         };
+        if !self.hops_known && !t.has_next_hop() {
+            return Verdict::Drop(DropReason::NoNextHop);
+        }
         match t.encapsulate(buf, start, len, hash) {
             Ok(outer) => {
                 self.counters.vips[vip].add(len, new_flow);
@@ -1133,9 +1213,60 @@ impl Mux {
                 }
                 Verdict::Forward { start: outer, len: len + t.outer_len() }
             }
+            Err(WireError::MtuExceeded { .. }) => self.too_big(buf, start, len, tunnel),
             Err(_) => Verdict::Drop(DropReason::Encap),
         }
     }
+
+    /// A client's frame too big for `tunnel` once encapsulated: turned, in place, into the ICMP
+    /// error that tells the client the path's MTU (RFC 1191, RFC 8201), back to the MAC the frame
+    /// came from, from the VIP it was sent to. The MTU is the underlay's less the tunnel's overhead
+    /// and the frame's VLAN tags. No error about an ICMP error or a later fragment (RFC 1122
+    /// 3.2.2, RFC 4443 2.4 (e)), nor about an IPv4 packet without DF, which the sender lets routers
+    /// fragment: those are dropped as [`DropReason::Encap`].
+    #[cold]
+    #[inline(never)]
+    fn too_big(&mut self, buf: &mut [u8], start: usize, len: usize, tunnel: u16) -> Verdict {
+        let Some(t) = self.tunnels.get(usize::from(tunnel)) else {
+            return Verdict::Drop(DropReason::Encap);
+        };
+        let Some(key) = buf.get(start..start + len).and_then(|f| parse_flow_key(f).ok()) else {
+            return Verdict::Drop(DropReason::Encap);
+        };
+        let mtu = t.inner_mtu(usize::from(key.vlan_count));
+        match too_big_error(buf, start, len, &key, key.dst_ip(), mtu, &self.node.base) {
+            Some((at, n)) => {
+                self.counters.too_big += 1;
+                Verdict::Forward { start: at, len: n }
+            }
+            None => Verdict::Drop(DropReason::Encap),
+        }
+    }
+}
+
+/// Turns the frame at `buf[start..start + len]` (parsed as `key`) into the ICMP error saying it
+/// did not fit `mtu`, from `src`, to the packet's source, back to the MAC it came from, from the
+/// node's; returns where the error frame lies. `None` (the frame untouched) for what gets no
+/// error: an ICMP error, a later fragment, an IPv4 packet without DF, a frame without the headroom.
+pub(crate) fn too_big_error(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    key: &FlowKey,
+    src: IpAddr,
+    mtu: u16,
+    node: &crate::config::NodeBase,
+) -> Option<(usize, usize)> {
+    let l3 = usize::from(key.l3_offset);
+    if key.is_icmp_error() || key.fragment == Fragment::Later {
+        return None;
+    }
+    if key.ip_version == crate::wire::IpVersion::V4 && buf.get(start + l3 + 6)? & 0x40 == 0 {
+        return None;
+    }
+    let back_to = MacAddr(buf.get(start + 6..start + 12)?.try_into().ok()?);
+    let error = TooBigRepr { src_mac: node.mac, dst_mac: back_to, src, mtu, hop_limit: node.ttl };
+    error.emit_in_place(buf, start, len, l3).ok()
 }
 
 /// Every listener's resource, in counter order (load-balancing rules, NAT rules, NAT pools).
@@ -1169,7 +1300,6 @@ impl Balancer {
 mod tests {
     use super::*;
     use crate::config::{Backend, Frontend, Pool, Protocol, Rule};
-    use crate::wire::MacAddr;
     use core::net::Ipv4Addr;
 
     const HEADROOM: usize = 128;

@@ -13,6 +13,7 @@ use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostVerdict};
 use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, Traffic, Verdict, BURST};
 use crate::config::LoadBalancer;
 use crate::tables::Health;
+use crate::wire::MacAddr;
 
 pub use crate::config::settings::NodeRole;
 
@@ -179,6 +180,9 @@ pub struct NodeTotals {
     pub snat_ports_in_use: u64,
     /// TCP resets sent (host agent).
     pub tcp_resets: u64,
+    /// ICMPv4 "fragmentation needed" and ICMPv6 "packet too big" errors sent for frames too big
+    /// for a tunnel: a MUX's to clients, a host agent's to its backends.
+    pub icmp_too_big: u64,
 }
 
 /// One backend's line in a node's report.
@@ -335,6 +339,66 @@ impl Node {
         }
     }
 
+    /// The underlay addresses this node tunnels to, each once: a MUX's hosts (those of the
+    /// configuration in force and those its established flows still go to), a host agent's MUXes.
+    /// The program resolves each one's next hop from the kernel's routing and neighbour tables and
+    /// hands it to [`Node::set_next_hop`]; the list changes with [`Node::update`].
+    pub fn underlay_peers(&self) -> Vec<IpAddr> {
+        match &self.path {
+            Path::Mux { mux, .. } => mux.underlay_peers(),
+            Path::Host(h) => h.underlay_peers(),
+        }
+    }
+
+    /// Frames tunnelled to `peer` leave with destination MAC `mac`: the prebuilt tunnels are
+    /// rewritten in place (nothing per packet), and the next hop is kept across [`Node::update`]
+    /// for the tunnels it builds. 00:00:00:00:00:00 marks the next hop unknown: frames to `peer`
+    /// are dropped as `no_next_hop` until it is set again. A peer that is none of this node's is
+    /// remembered for when a configuration makes it one.
+    pub fn set_next_hop(&mut self, peer: IpAddr, mac: MacAddr) {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.set_next_hop(peer, mac),
+            Path::Host(h) => h.set_next_hop(peer, mac),
+        }
+    }
+
+    /// Forgets `peer`'s own next hop ([`Node::set_next_hop`]): frames to it go to the gateway MAC
+    /// again.
+    pub fn clear_next_hop(&mut self, peer: IpAddr) {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.clear_next_hop(peer),
+            Path::Host(h) => h.clear_next_hop(peer),
+        }
+    }
+
+    /// The default next hop (the node settings' `gateway_mac`): for underlay peers without one of
+    /// their own, a MUX's relayed responses towards clients, a host agent's Direct Server Return
+    /// frames and the resets it sends towards the fabric. 00:00:00:00:00:00 marks it unknown.
+    pub fn set_gateway_mac(&mut self, mac: MacAddr) {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.set_gateway_mac(mac),
+            Path::Host(h) => h.set_gateway_mac(mac),
+        }
+    }
+
+    /// The addresses of a host agent's local backends (each once), whose MACs the program may
+    /// look up in the kernel's neighbour table for [`Node::set_backend_mac`]; none on a MUX.
+    pub fn local_backend_addresses(&self) -> Vec<IpAddr> {
+        match &self.path {
+            Path::Mux { .. } => Vec::new(),
+            Path::Host(h) => h.local_backend_addresses(),
+        }
+    }
+
+    /// Frames a host agent delivers to the backend at `address` are addressed to `mac` from now on
+    /// (from the node's MAC), until the backend's own frames show another; kept across
+    /// [`Node::update`]. Nothing on a MUX.
+    pub fn set_backend_mac(&mut self, address: IpAddr, mac: MacAddr) {
+        if let Path::Host(h) = &mut self.path {
+            h.set_backend_mac(address, mac);
+        }
+    }
+
     /// Records one result of probe `probe` for member `member` of pool `pool` (a MUX's health
     /// state machine); [`Node::apply_probes`] then rebuilds what changed. A host agent does not
     /// steer by health.
@@ -384,6 +448,7 @@ impl Node {
                     forwarded_bytes: t.bytes + retired.bytes + k.relayed.bytes,
                     new_flows: t.new_flows + retired.new_flows,
                     flows,
+                    icmp_too_big: k.too_big,
                     ..NodeTotals::default()
                 }
             }
@@ -394,6 +459,7 @@ impl Node {
                     flows: h.flows().len() as u64,
                     snat_ports_in_use: (0..h.local_backends().len()).map(|l| u64::from(h.snat_ports_in_use(l))).sum(),
                     tcp_resets: k.resets,
+                    icmp_too_big: k.too_big,
                     ..NodeTotals::default()
                 };
                 for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {

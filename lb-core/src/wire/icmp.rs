@@ -319,9 +319,8 @@ mod tests {
         let f = &mut b[60..];
         f[..12].copy_from_slice(&[2, 0, 0, 0, 5, 10, 2, 0, 0, 0, 0, 9]);
         f[12..18].copy_from_slice(&[0x81, 0x00, 0x00, 0x07, 0x08, 0x00]);
-        f[18..38].copy_from_slice(&[
-            0x45, 0, 0x05, 0xdc, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 1, 20, 50, 60, 10,
-        ]);
+        f[18..38]
+            .copy_from_slice(&[0x45, 0, 0x05, 0xdc, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 1, 20, 50, 60, 10]);
         for (i, x) in f[38..].iter_mut().enumerate() {
             *x = i as u8;
         }

@@ -5,9 +5,10 @@
 //! outbound rules). Nothing else leaves: no frame goes out with a backend's private address.
 
 use super::{tuple_hash, HostAgent, HostDrop, HostFlow, HostFlowKind, HostVerdict, ReturnPath, RESET};
+use crate::paths::mux::too_big_error;
 use crate::tables::{FlowSlot, FlowTuple};
 use crate::wire::nat::{rewrite, Side, TcpResetRepr};
-use crate::wire::{ip_proto, parse_flow_key, FlowKey, Fragment, MacAddr, TcpFlags};
+use crate::wire::{ip_proto, parse_flow_key, FlowKey, Fragment, IpVersion, MacAddr, TcpFlags};
 
 /// Which counter an egress frame moves.
 #[derive(Clone, Copy)]
@@ -56,7 +57,12 @@ impl HostAgent {
             return self.egress_related(buf, start, len, hash, related);
         }
         let tuple = FlowTuple::from(&key);
+        let too_big = len > self.max_frame && self.node.return_path == ReturnPath::ViaMux;
         if let Some(slot) = self.flows.lookup(&tuple, hash, now) {
+            let v = self.flows.entry(slot).value;
+            if too_big && matches!(v.kind, HostFlowKind::Response | HostFlowKind::SnatOut) {
+                return self.too_big(buf, start, len, &key, usize::from(v.local));
+            }
             return match self.reverse_nat(slot, frame, &key, now) {
                 Ok((pool, leg)) => self.egress(buf, start, len, pool, hash, leg),
                 Err(d) => HostVerdict::Drop(d),
@@ -67,6 +73,12 @@ impl HostAgent {
         let tcp = key.protocol == ip_proto::TCP;
         if !opens_connection(&key) {
             return HostVerdict::Drop(HostDrop::NoFlow);
+        }
+        if too_big {
+            return match self.snat_local(&key) {
+                Some(local) => self.too_big(buf, start, len, &key, local),
+                None => HostVerdict::Drop(HostDrop::NoFlow),
+            };
         }
         let got = match self.take_snat_port(&key, now) {
             Ok(got) => got,
@@ -80,7 +92,7 @@ impl HostAgent {
                 return HostVerdict::Drop(HostDrop::SnatExhausted);
             }
         };
-        self.locals[got.local].link = Some(link);
+        self.learn_link(got.local, link);
         let Some((slot, out, faddr)) = self.insert_snat_pair(&key, tuple, hash, got, now) else {
             return HostVerdict::Drop(HostDrop::FlowTableFull);
         };
@@ -92,6 +104,7 @@ impl HostAgent {
         if rewrite(frame, &key, Side::Src, &faddr, got.port).is_err() {
             return HostVerdict::Drop(HostDrop::Malformed);
         }
+        self.clamp_mss(frame, &key);
         self.record_first_fragment(&key, &out, Side::Src, now);
         let pool = self.locals[got.local].pool;
         let v = self.egress(buf, start, len, pool, hash, Leg::Snat);
@@ -137,21 +150,23 @@ impl HostAgent {
             HostFlowKind::SnatOut => Leg::Snat,
             _ => return Err(HostDrop::NoFlow),
         };
-        let Some(l) = self.locals.get_mut(usize::from(v.local)) else {
+        let local = usize::from(v.local);
+        let Some(l) = self.locals.get(local) else {
             return Err(HostDrop::UnknownBackend);
         };
+        let pool = l.pool;
         // Only from the backend's own side of its connection (a frame that matched the client's
         // side is not the backend's).
         if key.tcp_flags & TcpFlags::SYN != 0 || l.link.is_none() {
-            l.link = Some(link_of(frame, key));
+            self.learn_link(local, link_of(frame, key));
         }
-        let pool = l.pool;
         let Some(vip) = self.vips.get(usize::from(v.frontend)).map(|f| f.addr) else {
             return Err(HostDrop::NoFlow);
         };
         if rewrite(frame, key, Side::Src, &vip, v.port).is_err() {
             return Err(HostDrop::Malformed);
         }
+        self.clamp_mss(frame, key);
         self.record_first_fragment(key, &v, Side::Src, now);
         Ok((pool, leg))
     }
@@ -174,6 +189,41 @@ impl HostAgent {
             refused.get_or_insert(local);
         }
         Err(refused)
+    }
+
+    /// The local backend that would open an SNAT connection for the packet `key`: one at its source
+    /// address with a port block for its protocol.
+    fn snat_local(&self, key: &FlowKey) -> Option<usize> {
+        self.locals.iter().position(|l| {
+            l.addr == (key.ip_version, key.src_addr)
+                && l.blocks.iter().any(|b| self.grants.get(*b).is_some_and(|g| g.protocol.matches(key.protocol)))
+        })
+    }
+
+    /// A backend's packet (parsed as `key`, of a connection of local backend `local`) too big for
+    /// the tunnel to a MUX: turned, in place, into the ICMP error that tells the backend the
+    /// path's MTU (the underlay's less the tunnel's overhead and the frame's VLAN tags; RFC 1191,
+    /// RFC 8201), quoting its packet as it sent it, back to its MAC. The source is the host's
+    /// underlay address, the node that found the packet too big, as a router on the path would
+    /// send it; when the backend's packet is of the other IP version, its destination (the client
+    /// or remote). Either is an address the backend does not own (Linux drops a packet from one of
+    /// its own addresses as a martian, and a floating-IP backend owns the VIP) and routes through
+    /// this host (strict reverse-path filtering accepts it); the kernel finds the socket by the
+    /// quote, whatever the source. What gets no error (an IPv4 packet without DF, ...) is dropped
+    /// as [`HostDrop::Encap`].
+    #[cold]
+    #[inline(never)]
+    fn too_big(&mut self, buf: &mut [u8], start: usize, len: usize, key: &FlowKey, local: usize) -> HostVerdict {
+        let mtu = self.max_frame.saturating_sub(usize::from(key.l3_offset)).min(usize::from(u16::MAX)) as u16;
+        let underlay = self.node.base.underlay;
+        let src = if underlay.is_ipv4() == (key.ip_version == IpVersion::V4) { underlay } else { key.dst_ip() };
+        match too_big_error(buf, start, len, key, src, mtu, &self.node.base) {
+            Some((at, n)) => {
+                self.counters.too_big += 1;
+                HostVerdict::Deliver { backend: local, start: at, len: n }
+            }
+            None => HostVerdict::Drop(HostDrop::Encap),
+        }
     }
 
     /// Records both entries of a new SNAT connection (the backend's direction and the remote's
@@ -292,6 +342,9 @@ impl HostAgent {
                 let Some(f) = buf.get_mut(start..start + len).filter(|f| f.len() >= 12) else {
                     return HostVerdict::Drop(HostDrop::Malformed);
                 };
+                if self.node.base.gateway_mac == MacAddr::default() {
+                    return HostVerdict::Drop(HostDrop::NoNextHop);
+                }
                 f[..6].copy_from_slice(&self.node.base.gateway_mac.0);
                 f[6..12].copy_from_slice(&self.node.base.mac.0);
                 HostVerdict::Transmit { start, len }
@@ -301,6 +354,9 @@ impl HostAgent {
                     return HostVerdict::Drop(HostDrop::Encap);
                 };
                 let t = &per_mux[((u64::from(hash) * per_mux.len() as u64) >> 32) as usize];
+                if !self.hops_known && !t.has_next_hop() {
+                    return HostVerdict::Drop(HostDrop::NoNextHop);
+                }
                 match t.encapsulate(buf, start, len, hash) {
                     Ok(outer) => HostVerdict::Transmit { start: outer, len: len + t.outer_len() },
                     Err(_) => return HostVerdict::Drop(HostDrop::Encap),

@@ -5,7 +5,8 @@
 
 use super::backend::Leg;
 use super::{
-    tuple_hash, HostAgent, HostEgress, HostFlow, HostFlowKind, HostVerdict, ACK_SEEN, NO_PEER, RESET, SEQ_SEEN,
+    tuple_hash, HostAgent, HostDrop, HostEgress, HostFlow, HostFlowKind, HostVerdict, ACK_SEEN, NO_PEER, RESET,
+    SEQ_SEEN,
 };
 use crate::tables::{FlowEntry, FlowSlot, TcpState};
 use crate::wire::nat::TcpResetRepr;
@@ -75,6 +76,10 @@ impl HostAgent {
             let hash = tuple_hash(&e.tuple, self.node.base.hash_seed);
             match self.egress(&mut buf, RST_HEADROOM, n, pool, hash, Leg::Reset) {
                 HostVerdict::Transmit { start, len } => emit(HostEgress::Fabric, &buf[start..start + len]),
+                HostVerdict::Drop(HostDrop::NoNextHop) => {
+                    self.counters.resets -= 1;
+                    self.counters.drops[HostDrop::NoNextHop as usize] += 1;
+                }
                 _ => self.counters.resets -= 1,
             }
         }

@@ -68,13 +68,13 @@ impl HostAgent {
         let seed = self.node.base.hash_seed;
         if key.fragment == Fragment::Later {
             return match self.later_fragment(inner, &key, now) {
-                Ok((local, snat)) => self.deliver(local, t.at, t.len, snat),
+                Ok((local, snat)) => self.deliver(inner, local, t.at, snat),
                 Err(d) => HostVerdict::Drop(d),
             };
         }
         if key.is_icmp_error() {
             return match self.icmp_error(inner, &key, Side::Dst, now) {
-                Ok((local, snat)) => self.deliver(local, t.at, t.len, snat),
+                Ok((local, snat)) => self.deliver(inner, local, t.at, snat),
                 Err(d) => HostVerdict::Drop(d),
             };
         }
@@ -106,8 +106,9 @@ impl HostAgent {
         if rewrite(inner, key, Side::Dst, &addr, port).is_err() {
             return HostVerdict::Drop(HostDrop::Malformed);
         }
+        self.clamp_mss(inner, key);
         self.record_first_fragment(key, &e.value, Side::Dst, now);
-        self.deliver(local, t.at, t.len, snat)
+        self.deliver(inner, local, t.at, snat)
     }
 
     /// A packet of no recorded flow: a new connection to a VIP, if a rule of this host's backends
@@ -169,8 +170,9 @@ impl HostAgent {
         if rewrite(inner, key, Side::Dst, &dst, backend_port).is_err() {
             return HostVerdict::Drop(HostDrop::Malformed);
         }
+        self.clamp_mss(inner, key);
         self.record_first_fragment(key, &inbound, Side::Dst, now);
-        let v = self.deliver(local, t.at, t.len, false);
+        let v = self.deliver(inner, local, t.at, false);
         self.counters.inbound.new_flows += 1;
         if let Some(c) = self.counters.backends.get_mut(local) {
             c.new_flows += 1;
@@ -191,8 +193,17 @@ impl HostAgent {
         candidates.next().is_none().then_some(first)
     }
 
-    /// Hands a translated frame to local backend `local`, counted as inbound or SNAT traffic.
-    fn deliver(&mut self, local: usize, start: usize, len: usize, snat: bool) -> HostVerdict {
+    /// Hands the translated frame `frame`, at `start` in its buffer, to local backend `local`,
+    /// counted as inbound or SNAT traffic. Once the backend's MAC is known (its own frames, or the
+    /// program's [`HostAgent::set_backend_mac`]), the frame is addressed to it, from this host's
+    /// MAC: it came with the MACs of the client's side, which a backend's stack drops as meant
+    /// for another host. Its VLAN tags stay.
+    fn deliver(&mut self, frame: &mut [u8], local: usize, start: usize, snat: bool) -> HostVerdict {
+        let len = frame.len();
+        if let (Some((mac, _)), Some(macs)) = (self.locals.get(local).and_then(|l| l.link), frame.get_mut(..12)) {
+            macs[..6].copy_from_slice(&mac.0);
+            macs[6..].copy_from_slice(&self.node.base.mac.0);
+        }
         if snat {
             self.counters.snat_in.add(len, false);
         } else {

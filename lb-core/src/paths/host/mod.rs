@@ -52,10 +52,12 @@ use super::mux::Traffic;
 use crate::config::{ConfigError, LoadBalancer, SnatGrant};
 use crate::tables::snat::{SnatAllocator, SnatCounters, SnatError};
 use crate::tables::{FlowTable, FlowTableError, FlowTuple, FlowValue};
-use crate::wire::vxlan::decapsulate;
-use crate::wire::{FlowKey, IpVersion, MacAddr, VxlanEncap};
+use crate::wire::ethernet::ETHERNET_HEADER_LEN;
+use crate::wire::tcp::clamp_mss;
+use crate::wire::vxlan::{decapsulate, OUTER_LEN_V4, OUTER_LEN_V6};
+use crate::wire::{ip_proto, FlowKey, Fragment, IpVersion, MacAddr, TcpFlags, VxlanEncap};
 
-pub use crate::config::settings::{HostNode, ReturnPath};
+pub use crate::config::settings::{HostNode, ReturnPath, MSS_CLAMP_MAX, MSS_CLAMP_MIN, MSS_CLAMP_MIN_IPV6};
 
 /// Why a host agent refuses a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,8 @@ pub enum HostError {
     Snat(SnatError),
     /// `ReturnPath::ViaMux` with no MUX address.
     NoMux,
+    /// An MSS clamp outside [`MSS_CLAMP_MIN`]`..=`[`MSS_CLAMP_MAX`].
+    MssClamp(u16),
 }
 
 impl fmt::Display for HostError {
@@ -80,6 +84,9 @@ impl fmt::Display for HostError {
             HostError::FlowTable(e) => write!(f, "flow table: {e}"),
             HostError::Snat(e) => write!(f, "SNAT: {e}"),
             HostError::NoMux => f.write_str("return path via MUX but no MUX address"),
+            HostError::MssClamp(mss) => {
+                write!(f, "MSS clamp {mss} outside {MSS_CLAMP_MIN}..={MSS_CLAMP_MAX}")
+            }
         }
     }
 }
@@ -92,7 +99,7 @@ impl std::error::Error for HostError {
             HostError::Tunnel(e) => Some(e),
             HostError::FlowTable(e) => Some(e),
             HostError::Snat(e) => Some(e),
-            HostError::NoMux => None,
+            HostError::NoMux | HostError::MssClamp(_) => None,
         }
     }
 }
@@ -121,6 +128,10 @@ drop_reasons! {
         /// A new connection found no room for both its entries (the flow table is too small for the
         /// load: its `evicted` counter moves too).
         FlowTableFull = 9 => "flow_table_full",
+        /// The next hop is not known yet: the MUX's tunnel has no MAC of its own and the node no
+        /// gateway MAC, or a Direct Server Return frame finds no gateway MAC (a node file without
+        /// `gatewayMac`, before the program learned it). Nothing leaves with a zero destination MAC.
+        NoNextHop = 10 => "no_next_hop",
     }
 }
 
@@ -173,6 +184,10 @@ pub struct HostCounters {
     pub resets: u64,
     /// Connections torn down because a reconfiguration removed what they used.
     pub flushed: u64,
+    /// Backends' packets too big for the tunnel to a MUX, answered with an ICMPv4 "fragmentation
+    /// needed" or ICMPv6 "packet too big" error to the backend (path MTU discovery, RFC 1191 and
+    /// RFC 8201) instead of being dropped.
+    pub too_big: u64,
     /// Per [`HostDrop`].
     pub drops: [u64; HOST_DROPS],
 }
@@ -258,9 +273,10 @@ pub struct LocalBackend {
     addr: (IpVersion, [u8; 16]),
     /// Its SNAT blocks (allocator block indices).
     blocks: Vec<usize>,
-    /// Its MAC and VLAN (outermost tag), as its frames last opened or answered a connection: where
-    /// a TCP reset the host agent makes for it goes (a broadcast MAC, until it has sent one; a
-    /// guest's stack drops a TCP segment it was not addressed).
+    /// Its MAC and VLAN (outermost tag), as its frames last opened or answered a connection, or
+    /// its MAC as the program last set it ([`HostAgent::set_backend_mac`]): where frames delivered
+    /// to it are addressed, and where a TCP reset the host agent makes for it goes (a broadcast
+    /// MAC, until one is known; a guest's stack drops a TCP segment it was not addressed).
     link: Option<(MacAddr, Option<u16>)>,
 }
 
@@ -282,6 +298,17 @@ pub struct HostAgent {
     /// The flow-table bucket the next expiry sweep starts at.
     cursor: usize,
     underlay: (IpVersion, [u8; 16]),
+    /// The largest frame a tunnel to a MUX takes: the underlay MTU less the outer IP, UDP and
+    /// VxLAN headers.
+    max_frame: usize,
+    /// The next hops the program set, by MUX (see [`HostAgent::set_next_hop`]); the others go to
+    /// the gateway MAC.
+    next_hops: Vec<(IpAddr, MacAddr)>,
+    /// Every tunnel has a next hop (checked once per configuration or next hop, not per packet).
+    hops_known: bool,
+    /// Backends' MACs the program set (see [`HostAgent::set_backend_mac`]), kept for backends a
+    /// later configuration adds.
+    backend_macs: Vec<(IpAddr, MacAddr)>,
 }
 
 impl HostAgent {
@@ -297,8 +324,15 @@ impl HostAgent {
         lb: LoadBalancer,
         prepare: impl FnOnce(*const u8, usize),
     ) -> Result<Self, HostError> {
+        if let Some(mss) = node.mss_clamp.filter(|m| !(MSS_CLAMP_MIN..=MSS_CLAMP_MAX).contains(m)) {
+            return Err(HostError::MssClamp(mss));
+        }
         let flows =
             FlowTable::with_capacity_prepared(node.base.flow_capacity, prepare).map_err(HostError::FlowTable)?;
+        let outer_ip = match node.base.underlay {
+            IpAddr::V4(_) => OUTER_LEN_V4,
+            IpAddr::V6(_) => OUTER_LEN_V6,
+        } - ETHERNET_HEADER_LEN;
         let mut h = HostAgent {
             lb: LoadBalancer::default(),
             vips: Vips::default(),
@@ -311,6 +345,10 @@ impl HostAgent {
             counters: HostCounters::default(),
             cursor: 0,
             underlay: addr16(node.base.underlay),
+            max_frame: usize::from(node.base.mtu).saturating_sub(outer_ip),
+            next_hops: Vec::new(),
+            hops_known: false,
+            backend_macs: Vec::new(),
             node,
         };
         h.update(lb)?;
@@ -330,6 +368,102 @@ impl HostAgent {
     /// The counters.
     pub fn counters(&self) -> &HostCounters {
         &self.counters
+    }
+
+    /// The underlay addresses of this host's MUXes (each once): the peers whose next hops the
+    /// program resolves and hands to [`HostAgent::set_next_hop`].
+    pub fn underlay_peers(&self) -> Vec<IpAddr> {
+        let mut peers: Vec<IpAddr> = Vec::new();
+        for &m in &self.node.muxes {
+            if !peers.contains(&m) {
+                peers.push(m);
+            }
+        }
+        peers
+    }
+
+    /// Frames tunnelled to MUX `peer` leave for `mac` from now on: the tunnels' prebuilt outer
+    /// headers are rewritten in place, and those a reconfiguration builds take it too.
+    /// 00:00:00:00:00:00 says the next hop is unknown: frames to `peer` are dropped as
+    /// [`HostDrop::NoNextHop`] until it is known.
+    pub fn set_next_hop(&mut self, peer: IpAddr, mac: MacAddr) {
+        match self.next_hops.iter_mut().find(|(p, _)| *p == peer) {
+            Some(hop) => hop.1 = mac,
+            None => self.next_hops.push((peer, mac)),
+        }
+        self.apply_next_hops();
+    }
+
+    /// Forgets `peer`'s own next hop: frames to it go to the gateway MAC again.
+    pub fn clear_next_hop(&mut self, peer: IpAddr) {
+        self.next_hops.retain(|(p, _)| *p != peer);
+        self.apply_next_hops();
+    }
+
+    /// The default next hop: for MUXes without one of their own, Direct Server Return frames and
+    /// the resets that leave towards the fabric.
+    pub fn set_gateway_mac(&mut self, mac: MacAddr) {
+        self.node.base.gateway_mac = mac;
+        self.apply_next_hops();
+    }
+
+    /// The MAC frames to `peer` leave for.
+    pub(super) fn next_hop(&self, peer: IpAddr) -> MacAddr {
+        self.next_hops.iter().find(|(p, _)| *p == peer).map_or(self.node.base.gateway_mac, |&(_, mac)| mac)
+    }
+
+    /// Rewrites every tunnel's destination MAC to its MUX's next hop.
+    fn apply_next_hops(&mut self) {
+        let hops: Vec<MacAddr> = self.node.muxes.iter().map(|&m| self.next_hop(m)).collect();
+        for per_mux in &mut self.tunnels {
+            for (t, &mac) in per_mux.iter_mut().zip(&hops) {
+                t.set_dst_mac(mac);
+            }
+        }
+        self.hops_known = self.tunnels.iter().flatten().all(VxlanEncap::has_next_hop);
+    }
+
+    /// The addresses of this host's backends (each once), whose MACs the program may look up and
+    /// hand to [`HostAgent::set_backend_mac`].
+    pub fn local_backend_addresses(&self) -> Vec<IpAddr> {
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for l in &self.locals {
+            if !addresses.contains(&l.address) {
+                addresses.push(l.address);
+            }
+        }
+        addresses
+    }
+
+    /// Frames delivered to the backend at `address` are addressed to `mac` from now on (from this
+    /// host's MAC), as are the resets the host agent makes for it; a frame the backend sends later
+    /// teaches its MAC again. Kept for a backend at that address a later configuration adds.
+    pub fn set_backend_mac(&mut self, address: IpAddr, mac: MacAddr) {
+        match self.backend_macs.iter_mut().find(|(a, _)| *a == address) {
+            Some(known) => known.1 = mac,
+            None => self.backend_macs.push((address, mac)),
+        }
+        for l in self.locals.iter_mut().filter(|l| l.address == address) {
+            l.link = Some((mac, l.link.and_then(|(_, vlan)| vlan)));
+        }
+    }
+
+    /// The MAC the program set for the backend at `address`.
+    pub(super) fn backend_mac(&self, address: IpAddr) -> Option<MacAddr> {
+        self.backend_macs.iter().find(|(a, _)| *a == address).map(|&(_, mac)| mac)
+    }
+
+    /// Records the MAC and VLAN local backend `local`'s own frames come from, for every local
+    /// backend at its address (a backend in several pools is one local backend of each).
+    pub(super) fn learn_link(&mut self, local: usize, link: (MacAddr, Option<u16>)) {
+        let Some(l) = self.locals.get(local) else { return };
+        if l.link == Some(link) {
+            return;
+        }
+        let address = l.address;
+        for l in self.locals.iter_mut().filter(|l| l.address == address) {
+            l.link = Some(link);
+        }
     }
 
     /// The SNAT allocator's counters (allocations, sharing, releases, exhaustion).
@@ -365,6 +499,29 @@ impl HostAgent {
         };
         self.settle(now);
         self.count(v)
+    }
+
+    /// Lowers the MSS option of a SYN or SYN-ACK (`frame`, parsed as `key`) to the node's clamp;
+    /// any other packet costs one test of its flags.
+    #[inline(always)]
+    pub(super) fn clamp_mss(&self, frame: &mut [u8], key: &FlowKey) {
+        if key.tcp_flags & TcpFlags::SYN != 0 {
+            self.clamp_syn(frame, key);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn clamp_syn(&self, frame: &mut [u8], key: &FlowKey) {
+        let Some(mss) = self.node.mss_clamp else { return };
+        if key.protocol != ip_proto::TCP || key.fragment == Fragment::Later || key.is_icmp_error() {
+            return;
+        }
+        let mss = if key.ip_version == IpVersion::V6 { mss.max(MSS_CLAMP_MIN_IPV6) } else { mss };
+        let (o, n) = (usize::from(key.l4_offset), usize::from(key.l4_len));
+        if let Some(segment) = frame.get_mut(o..o + n) {
+            clamp_mss(segment, mss);
+        }
     }
 
     /// Counts a drop under its reason; returns the verdict.

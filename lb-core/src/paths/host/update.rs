@@ -98,7 +98,7 @@ impl HostAgent {
             for &m in &self.node.muxes {
                 let t = VxlanEncap::new(
                     self.node.base.mac,
-                    self.node.base.gateway_mac,
+                    self.next_hop(m),
                     me,
                     m,
                     pool.vni,
@@ -142,9 +142,13 @@ impl HostAgent {
                 l.link = l.link.or(o.link);
             }
         }
+        for l in next.locals.iter_mut().filter(|l| l.link.is_none()) {
+            l.link = self.backend_mac(l.address).map(|mac| (mac, None));
+        }
         self.locals = next.locals;
         self.vips = next.vips;
         self.tunnels = next.tunnels;
+        self.hops_known = self.tunnels.iter().flatten().all(VxlanEncap::has_next_hop);
         self.lb = next.lb;
     }
 
