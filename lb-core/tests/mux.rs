@@ -5,8 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use etherparse::{PacketBuilder, VlanId};
 use lb_core::config::*;
-use lb_core::paths::{DropReason, Mux, MuxError, MuxNode, Verdict};
+use lb_core::paths::{Action, DropCause, DropReason, Mux, MuxError, MuxNode, Node, NodeRole, Side, Verdict};
 use lb_core::tables::{Health, Transition};
+use lb_core::wire::{MacAddr, VxlanEncap};
 use lb_fixtures::*;
 
 /// Runs a frame through the MUX; returns the host it was tunnelled to (or the drop reason).
@@ -585,4 +586,196 @@ fn drop_reasons_are_listed_in_counter_order_with_their_names() {
     }
     assert_eq!(DropReason::NotFromVip.name(), "not_from_vip");
     assert_eq!(DropReason::Encap.name(), "encap");
+}
+
+/// The outer destination MAC and host of a frame the MUX tunnelled, or the drop reason.
+fn hop(mux: &mut Mux, frame: &[u8]) -> Result<([u8; 6], [u8; 4]), DropReason> {
+    let mut buf = with_headroom(frame);
+    match mux.process(&mut buf, HEADROOM, frame.len(), 1000) {
+        Verdict::Forward { start, len } => {
+            let outer = &buf[start..start + len];
+            assert_eq!(&outer[6..12], &MUX_MAC.0, "from the MUX's own MAC");
+            Ok((outer[..6].try_into().unwrap(), vxlan_from_mux(outer).dst))
+        }
+        Verdict::Drop(r) => Err(r),
+    }
+}
+
+/// Hosts get frames for 300 clients, new ones from client `from` on and established ones below
+/// it; per host, the destination MACs their tunnels used.
+fn hops(node: &mut Node, from: u32) -> std::collections::HashMap<[u8; 4], std::collections::HashSet<[u8; 6]>> {
+    let mut seen: std::collections::HashMap<_, std::collections::HashSet<_>> = Default::default();
+    for i in from.saturating_sub(150)..from + 150 {
+        let (mac, host) = hop(node.mux().unwrap(), &tcp4(client4(i), 40000, VIP, 80, true)).unwrap();
+        seen.entry(host).or_default().insert(mac);
+    }
+    seen
+}
+
+#[test]
+fn tunnels_leave_for_the_next_hop_the_program_set_and_keep_it_across_updates() {
+    let mut node = Node::new(NodeRole::Mux(mux_node(1)), web_app()).unwrap();
+    let peers: std::collections::HashSet<IpAddr> = node.underlay_peers().into_iter().collect();
+    assert_eq!(peers, HOSTS.iter().map(|&h| IpAddr::from(h)).collect(), "every host a pool member runs on");
+    assert_eq!(node.underlay_peers().len(), 4, "each once");
+    assert!(node.local_backend_addresses().is_empty(), "a MUX has no local backends");
+    let only = |mac: MacAddr| std::collections::HashSet::from([mac.0]);
+    for (host, macs) in hops(&mut node, 0) {
+        assert_eq!(macs, only(GATEWAY), "host {host:?}: the gateway, before any next hop");
+    }
+    let (hop1, hop_new, gateway2) =
+        (MacAddr([2, 0, 0, 0, 0x77, 1]), MacAddr([2, 0, 0, 0, 0x77, 2]), MacAddr([2, 0, 0, 0, 0, 2]));
+    node.set_next_hop(IpAddr::from(HOSTS[1]), hop1);
+    // A peer this configuration does not have yet: remembered for the tunnels a later one builds.
+    let new_host = [172, 16, 10, 30];
+    node.set_next_hop(IpAddr::from(new_host), hop_new);
+    let seen = hops(&mut node, 150);
+    assert_eq!(seen.len(), 3, "three web servers on three hosts");
+    for (host, macs) in &seen {
+        assert_eq!(macs, &only(if *host == HOSTS[1] { hop1 } else { GATEWAY }), "host {host:?}");
+    }
+    // A configuration with a web server on a new host: established flows and new tunnels alike.
+    let mut lb = web_app();
+    lb.pools[0].backends.push(backend("vm3", v4(3), new_host));
+    node.update(lb).unwrap();
+    assert!(node.underlay_peers().contains(&IpAddr::from(new_host)));
+    let seen = hops(&mut node, 300);
+    assert_eq!(seen.len(), 4, "the new host takes new flows: {seen:?}");
+    for (host, macs) in &seen {
+        let want = match *host {
+            h if h == HOSTS[1] => hop1,
+            h if h == new_host => hop_new,
+            _ => GATEWAY,
+        };
+        assert_eq!(macs, &only(want), "host {host:?} after the update");
+    }
+    // A new gateway moves the peers without a next hop of their own; a cleared next hop falls back.
+    node.set_gateway_mac(gateway2);
+    node.clear_next_hop(IpAddr::from(new_host));
+    for (host, macs) in hops(&mut node, 450) {
+        assert_eq!(macs, only(if host == HOSTS[1] { hop1 } else { gateway2 }), "host {host:?}");
+    }
+}
+
+#[test]
+fn without_a_next_hop_nothing_leaves_with_a_zero_mac() {
+    let mut node = MuxNode { ..mux_node(1) };
+    node.base.gateway_mac = MacAddr::default();
+    let mut mux = Mux::new(node, web_app()).unwrap();
+    let frames: Vec<Vec<u8>> = (0..60).map(|i| tcp4(client4(i), 40000, VIP, 80, true)).collect();
+    for f in &frames {
+        assert_eq!(hop(&mut mux, f), Err(DropReason::NoNextHop));
+    }
+    assert_eq!(mux.counters().drops[DropReason::NoNextHop as usize], 60);
+    assert_eq!(DropReason::NoNextHop.name(), "no_next_hop");
+    // One host's next hop known: its frames leave, the others' still wait.
+    let hop1 = MacAddr([2, 0, 0, 0, 0x77, 1]);
+    mux.set_next_hop(IpAddr::from(HOSTS[0]), hop1);
+    let mut sent = 0;
+    for f in &frames {
+        match hop(&mut mux, f) {
+            Ok((mac, host)) => {
+                assert_eq!((mac, host), (hop1.0, HOSTS[0]));
+                sent += 1;
+            }
+            Err(r) => assert_eq!(r, DropReason::NoNextHop),
+        }
+    }
+    assert!((5..55).contains(&sent), "{sent}");
+    // A response a host sends back through the MUX needs the gateway too.
+    let response = tcp4(VIP, 80, client4(1), 40000, false);
+    let back =
+        VxlanEncap::new(HOST_MAC, MUX_MAC, IpAddr::from(HOST_A), IpAddr::from(MUX_IP), 0x1001, 64, 9000).unwrap();
+    let relay = |mux: &mut Mux| {
+        let mut buf = with_headroom(&response);
+        let start = back.encapsulate(&mut buf, HEADROOM, response.len(), 7).unwrap();
+        let len = HEADROOM + response.len() - start;
+        match mux.process(&mut buf, start, len, 1000) {
+            Verdict::Forward { start, len } => Ok(buf[start..start + len].to_vec()),
+            Verdict::Drop(r) => Err(r),
+        }
+    };
+    assert_eq!(relay(&mut mux), Err(DropReason::NoNextHop));
+    mux.set_gateway_mac(GATEWAY);
+    let relayed = relay(&mut mux).unwrap();
+    assert_eq!((&relayed[..6], &relayed[6..12]), (&GATEWAY.0[..], &MUX_MAC.0[..]));
+    for f in &frames {
+        let (mac, host) = hop(&mut mux, f).unwrap();
+        assert_eq!(mac, if host == HOSTS[0] { hop1.0 } else { GATEWAY.0 });
+    }
+}
+
+/// Runs a frame through the MUX, expecting an ICMP "too big" error back.
+fn expect_too_big(mux: &mut Mux, frame: &[u8]) -> TooBig {
+    let mut buf = with_headroom(frame);
+    match mux.process(&mut buf, HEADROOM, frame.len(), 1000) {
+        Verdict::Forward { start, len } => too_big(&buf[start..start + len]),
+        v => panic!("an ICMP error, not {v:?}"),
+    }
+}
+
+#[test]
+fn a_frame_too_big_for_the_tunnel_is_answered_with_fragmentation_needed_or_packet_too_big() {
+    // An underlay of 1500 bytes: an untagged inner IP packet of 1450 bytes fits, 1451 does not.
+    let mut mux = Mux::new(mux_node_mtu(1, 1500), web_app()).unwrap();
+    let client = IpAddr::from(client4(7));
+    let vip = IpAddr::from(VIP);
+    assert!(run(&mut mux, &sized_frame(client, 40000, vip, 80, Some(true), 1450)).is_ok());
+    let big = sized_frame(client, 40000, vip, 80, Some(false), 1451);
+    let e = expect_too_big(&mut mux, &big);
+    assert_eq!(e.macs, (CLIENT_MAC, MUX_MAC.0), "back to the MAC it came from, from the MUX");
+    assert!(e.vlans.is_empty());
+    assert_eq!((e.src, e.dst, e.hop_limit), (vip, client, 64), "from the VIP, to the client");
+    assert_eq!(e.mtu, 1450, "1500 less the 50 bytes of VxLAN over IPv4");
+    assert_eq!(e.ip_len, 576, "no larger than every host accepts");
+    assert_eq!(e.quote, big[14..14 + 548], "the offending packet from its IP header, cut to fit");
+    assert_eq!(mux.counters().too_big, 1);
+    assert_eq!(mux.counters().drops[DropReason::Encap as usize], 0);
+    // Without DF the sender lets routers fragment: still a drop, no error.
+    let mut no_df = big.clone();
+    clear_dont_fragment(&mut no_df);
+    assert_eq!(run(&mut mux, &no_df), Err(DropReason::Encap));
+    assert_eq!(mux.counters().too_big, 1);
+    // Behind an 802.1Q tag the inner frame has 4 bytes less for its packet.
+    let tagged = |ip_len: usize| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, MUX_MAC.0)
+            .single_vlan(VlanId::try_new(7).unwrap())
+            .ipv4(client4(8), VIP, 64)
+            .udp(40000, 53)
+            .write(&mut f, &vec![0x5a; ip_len - 28])
+            .unwrap();
+        f
+    };
+    assert!(run(&mut mux, &tagged(1446)).is_ok());
+    let e = expect_too_big(&mut mux, &tagged(1447));
+    assert_eq!((e.vlans, e.mtu, e.ip_len), (vec![7], 1446, 576), "the tag kept, its 4 bytes taken off");
+    assert_eq!(e.dst, IpAddr::from(client4(8)));
+    // IPv6: "packet too big", up to the IPv6 minimum MTU.
+    let client6 = lb_fixtures::client(7, true);
+    let big6 = sized_frame(client6, 40000, IpAddr::from(VIP6), 80, Some(true), 1451);
+    let e = expect_too_big(&mut mux, &big6);
+    assert_eq!((e.src, e.dst, e.mtu, e.ip_len), (IpAddr::from(VIP6), client6, 1450, 1280));
+    assert_eq!(e.quote, big6[14..14 + 1232]);
+    assert_eq!(e.macs, (CLIENT_MAC, MUX_MAC.0));
+    // Over an IPv6 underlay the tunnel takes 70 bytes.
+    let mut v6_node = mux_node_mtu(1, 1500);
+    v6_node.base.underlay = IpAddr::from([0xfd00u16, 0, 0, 0, 0, 0, 5, 10]);
+    let mut lb = web_app();
+    for p in &mut lb.pools {
+        for (i, b) in p.backends.iter_mut().enumerate() {
+            b.host = IpAddr::from([0xfd00u16, 0, 0, 0, 0, 0, 10, 20 + i as u16]);
+        }
+    }
+    let mut mux6 = Mux::new(v6_node, lb).unwrap();
+    let e = expect_too_big(&mut mux6, &sized_frame(client, 40000, vip, 80, Some(true), 1431));
+    assert_eq!(e.mtu, 1430);
+    assert_eq!(mux6.counters().too_big, 1);
+    let mut node = Node::new(NodeRole::Mux(mux_node_mtu(1, 1500)), web_app()).unwrap();
+    let mut buf = with_headroom(&big);
+    let mut frames = [(&mut buf[..], HEADROOM, big.len())];
+    let mut out = [Action::Drop(DropCause::Mux(DropReason::Malformed))];
+    node.process_burst(&mut frames, Side::Either, 1000, &mut out);
+    assert!(matches!(out[0], Action::Transmit { .. }), "{out:?}");
+    assert_eq!(node.totals().icmp_too_big, 1);
 }

@@ -138,3 +138,114 @@ pub fn vxlan_from_mux(outer: &[u8]) -> Tunnel<'_> {
         inner: &vx[8..],
     }
 }
+
+/// A [`frame`] whose IP packet is `ip_len` bytes long (headers included; the payload is filler):
+/// what does or does not fit a tunnel over an underlay of some MTU.
+pub fn sized_frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, tcp: Option<bool>, ip_len: usize) -> Vec<u8> {
+    let headers = if src.is_ipv4() { 20 } else { 40 } + if tcp.is_some() { 20 } else { 8 };
+    let payload: Vec<u8> = (0..ip_len - headers).map(|i| i as u8).collect();
+    frame(src, sport, dst, dport, tcp, &payload)
+}
+
+/// Clears the Don't Fragment bit of an untagged IPv4 frame (etherparse sets it) and writes its
+/// header checksum again: a packet routers may fragment.
+pub fn clear_dont_fragment(f: &mut [u8]) {
+    let (mut h, _) = etherparse::Ipv4Header::from_slice(&f[14..]).expect("IPv4 header");
+    h.dont_fragment = false;
+    h.header_checksum = h.calc_header_checksum();
+    f[14..34].copy_from_slice(&h.to_bytes());
+}
+
+/// A TCP SYN from `src` to `dst` announcing MSS `mss` (sequence number 1000), or, with `ack`, a
+/// SYN-ACK acknowledging it (sequence number 5000).
+pub fn syn_with_mss(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, ack: Option<u32>, mss: u16) -> Vec<u8> {
+    use etherparse::TcpOptionElement::{MaximumSegmentSize, Noop, WindowScale};
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, MUX_MAC.0);
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed versions"),
+    };
+    let b = b.tcp(sport, dport, if ack.is_some() { 5000 } else { 1000 }, 65535).syn();
+    let b = match ack {
+        Some(a) => b.ack(a),
+        None => b,
+    };
+    let b = b.options(&[Noop, WindowScale(7), MaximumSegmentSize(mss)]).expect("TCP options");
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// The MSS option of a TCP frame, read with etherparse (`None`: the segment has none).
+pub fn mss_of(frame: &[u8]) -> Option<u16> {
+    let p = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("TCP") };
+    t.options_iterator().find_map(|o| match o {
+        Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+        _ => None,
+    })
+}
+
+/// What an independent parser reads in an ICMPv4 "fragmentation needed" or ICMPv6 "packet too
+/// big" error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooBig {
+    /// Ethernet destination and source.
+    pub macs: ([u8; 6], [u8; 6]),
+    /// The VLAN ids of the frame, outermost first.
+    pub vlans: Vec<u16>,
+    /// The error's source and destination addresses.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// TTL or hop limit.
+    pub hop_limit: u8,
+    /// The IP packet's length (IPv4 total length; IPv6 40 + payload length).
+    pub ip_len: usize,
+    /// The MTU the error reports.
+    pub mtu: u32,
+    /// The quoted packet, from its IP header.
+    pub quote: Vec<u8>,
+}
+
+/// Reads an ICMP "too big" error with etherparse, asserting its type and code, the IPv4 header
+/// checksum, DF on IPv4, and the ICMP checksum (ICMPv6: with the pseudo-header).
+pub fn too_big(frame: &[u8]) -> TooBig {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type, LinkSlice};
+    let p = SlicedPacket::from_ethernet(frame).expect("frame parses");
+    let Some(LinkSlice::Ethernet2(eth)) = &p.link else { panic!("Ethernet II") };
+    let macs = (eth.destination(), eth.source());
+    let vlans = p.vlan_ids().iter().map(|v| v.value()).collect();
+    let (src, dst, hop_limit, ip_len) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.calc_header_checksum(), h.header_checksum, "IPv4 header checksum");
+            assert!(h.dont_fragment, "the error is an atomic datagram");
+            (IpAddr::from(h.source), IpAddr::from(h.destination), h.time_to_live, usize::from(h.total_len))
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header().to_header();
+            (IpAddr::from(h.source), IpAddr::from(h.destination), h.hop_limit, 40 + usize::from(h.payload_length))
+        }
+        _ => panic!("IP frame"),
+    };
+    let (mtu, quote) = match &p.transport {
+        Some(TransportSlice::Icmpv4(i)) => {
+            assert_eq!(i.icmp_type().calc_checksum(i.payload()), i.checksum(), "ICMPv4 checksum");
+            let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) =
+                i.icmp_type()
+            else {
+                panic!("fragmentation needed: {:?}", i.icmp_type())
+            };
+            (u32::from(next_hop_mtu), i.payload().to_vec())
+        }
+        Some(TransportSlice::Icmpv6(i)) => {
+            let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else { panic!("ICMPv6 over IPv6") };
+            assert!(i.is_checksum_valid(s.octets(), d.octets()), "ICMPv6 checksum");
+            let Icmpv6Type::PacketTooBig { mtu } = i.icmp_type() else { panic!("packet too big: {:?}", i.icmp_type()) };
+            (mtu, i.payload().to_vec())
+        }
+        _ => panic!("ICMP"),
+    };
+    TooBig { macs, vlans, src, dst, hop_limit, ip_len, mtu, quote }
+}

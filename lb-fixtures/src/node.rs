@@ -68,3 +68,17 @@ pub fn tunnel_to_host_a(vni: u32, mtu: u16) -> VxlanEncap {
     VxlanEncap::new(MUX_MAC, HOST_MAC, IpAddr::from(MUX_IP), IpAddr::from(HOST_A), vni, 64, mtu)
         .expect("a tunnel between two IPv4 underlay addresses")
 }
+
+/// [`mux_node`] over an underlay of `mtu` bytes (1500: what fits a tunnel is 50 bytes less).
+pub fn mux_node_mtu(hash_seed: u64, mtu: u16) -> MuxNode {
+    let mut node = mux_node(hash_seed);
+    node.base.mtu = mtu;
+    node
+}
+
+/// [`host_node`] over an underlay of `mtu` bytes.
+pub fn host_node_mtu(addr: [u8; 4], return_path: ReturnPath, mtu: u16) -> HostNode {
+    let mut node = host_node(addr, return_path);
+    node.base.mtu = mtu;
+    node
+}
