@@ -4,11 +4,73 @@
 //! `src/dpdk/shim.h` (the DPDK headers plus the shim's declarations) into `$OUT_DIR/dpdk_sys.rs`;
 //! cc compiles `src/dpdk/shim.c`, which wraps DPDK's `static inline` functions (bursts, mbuf
 //! allocation, `rte_errno`, the lcore id, the TSC) as real functions Rust can call.
+//!
+//! Always, it compiles the AF_XDP port's XDP program (`bpf/steer.c`) with clang into
+//! `$OUT_DIR/steer.o`, which `src/afxdp.rs` embeds (see [`xdp`]).
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    xdp::build();
     #[cfg(feature = "dpdk")]
     dpdk::build();
+}
+
+/// The XDP program: `clang -O2 -g -target bpf -I/usr/include/<multiarch> -c bpf/steer.c`. Without
+/// clang (or when the compile fails) the crate still builds: a cargo warning says why, cfg
+/// `lb_no_xdp` is set and the AF_XDP port refuses to start with that reason (`--live afpacket`
+/// still works). `LB_XDP_REQUIRED=1` turns that into a build failure (release builds, CI).
+mod xdp {
+    use std::env;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    const SRC: &str = "bpf/steer.c";
+
+    /// Debian's multiarch include directory (`asm/types.h` lives there; `-target bpf` does not
+    /// look in it by itself): `gcc -dumpmachine`, else the host's triple without its vendor.
+    fn multiarch() -> String {
+        if let Ok(out) = Command::new("gcc").arg("-dumpmachine").output() {
+            let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if out.status.success() && !s.is_empty() {
+                return s;
+            }
+        }
+        let host = env::var("HOST").unwrap_or_default();
+        host.replacen("-unknown-", "-", 1)
+    }
+
+    fn unavailable(reason: &str) {
+        if env::var("LB_XDP_REQUIRED").is_ok_and(|v| v == "1") {
+            eprintln!("lb-dpdk build: the XDP program cannot be built: {reason}");
+            std::process::exit(1);
+        }
+        println!("cargo:warning=lb-dpdk: the AF_XDP port is left out ({reason}); install clang (Debian: apt-get install clang) or use `--live afpacket`");
+        println!("cargo:rustc-cfg=lb_no_xdp");
+        println!("cargo:rustc-env=LB_NO_XDP_REASON={}", reason.replace(['\n', '\r'], " "));
+    }
+
+    pub fn build() {
+        println!("cargo::rustc-check-cfg=cfg(lb_no_xdp)");
+        println!("cargo:rerun-if-changed={SRC}");
+        println!("cargo:rerun-if-env-changed=CLANG");
+        println!("cargo:rerun-if-env-changed=LB_XDP_REQUIRED");
+        let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
+        let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("steer.o");
+        let include = format!("-I/usr/include/{}", multiarch());
+        let run = Command::new(&clang)
+            .args(["-O2", "-g", "-Wall", "-target", "bpf", &include, "-c", SRC, "-o"])
+            .arg(&out)
+            .output();
+        match run {
+            Err(e) => unavailable(&format!("{clang} cannot be run: {e}")),
+            Ok(o) if !o.status.success() => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                let first = err.lines().find(|l| l.contains("error")).unwrap_or("no message");
+                unavailable(&format!("{clang} failed on {SRC}: {first}"))
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(feature = "dpdk")]

@@ -18,6 +18,10 @@ mod worker;
 #[allow(unsafe_code)]
 mod dpdk;
 mod pcap;
+#[allow(dead_code, unsafe_code)]
+mod afxdp;
+#[allow(dead_code, unsafe_code)]
+mod afpacket;
 
 mod inspect;
 mod metrics;
