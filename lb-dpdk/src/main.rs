@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 // Layers, each using only those listed before it: counters and the port trait; the poll loop;
 // the ports; the program (probes, metrics, `run`, `inspect`).
+#[allow(dead_code)]
+mod netlink;
 mod port;
 mod stats;
 mod worker;
