@@ -8,7 +8,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use lb_core::config::*;
 use lb_core::paths::host::HostEgress;
-use lb_core::paths::{backend_tag, HostAgent, HostDrop, HostNode, HostVerdict, Mux, ReturnPath, Verdict};
+use lb_core::paths::{
+    backend_tag, HostAgent, HostDrop, HostError, HostNode, HostVerdict, Mux, Node, NodeRole, ReturnPath, Verdict,
+};
+use lb_core::wire::MacAddr;
 use lb_fixtures::*;
 
 const NOW: u32 = 1000;
@@ -997,4 +1000,270 @@ fn a_half_closed_connection_lives_until_both_sides_have_closed() {
     // Both sides closed: the short closing timeout.
     h.expire(NOW + 32 + 11, 1 << 20, |_, _| {});
     assert_eq!(h.flows().len(), 0, "closed both ways: gone after the closing timeout");
+}
+
+/// A backend's own MAC.
+const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 0xbe, 1];
+
+/// A client port whose SYN to `vip`:80 the MUX sends to host A, and the tunnelled SYN (`mss`: with
+/// that MSS option).
+fn syn_to_host_a_at(mux: &mut Mux, client: IpAddr, vip: IpAddr, mss: Option<u16>) -> (u16, Vec<u8>) {
+    (40000..41000u16)
+        .find_map(|p| {
+            let f = match mss {
+                Some(m) => syn_with_mss(client, p, vip, 80, None, m),
+                None => frame(client, p, vip, 80, Some(true), b""),
+            };
+            let (o, h, _) = through_mux(mux, &f);
+            (h == HOST_A).then_some((p, o))
+        })
+        .expect("a client port the MUX sends to host A")
+}
+
+/// A frame from the fabric through the host agent: delivered, with where and to which backend.
+fn delivered(h: &mut HostAgent, outer: &[u8]) -> (usize, Vec<u8>) {
+    let mut buf = outer.to_vec();
+    let n = buf.len();
+    let HostVerdict::Deliver { backend, start, len } = h.from_fabric(&mut buf, 0, n, NOW) else {
+        panic!("not delivered")
+    };
+    (backend, buf[start..start + len].to_vec())
+}
+
+/// A frame from a backend through the host agent, or the drop reason.
+fn from_backend(h: &mut HostAgent, f: &[u8]) -> Result<HostVerdict, HostDrop> {
+    let mut buf = with_headroom(f);
+    match h.from_backend(&mut buf, HEADROOM, f.len(), NOW) {
+        HostVerdict::Drop(r) => Err(r),
+        v => Ok(v),
+    }
+}
+
+#[test]
+fn frames_are_delivered_to_the_backends_mac_once_it_is_known() {
+    let mut mux = mux();
+    let mut node = Node::new(NodeRole::Host(host_node(HOST_A, ReturnPath::ViaMux)), two_hosts(1024)).unwrap();
+    assert_eq!(node.local_backend_addresses(), vec![v4(0), v4(1), v6(0)], "host A's backends, each once");
+    let client = IpAddr::from([198, 18, 9, 9]);
+    let (port, syn) = syn_to_host_a(&mut mux, client);
+    let h = node.host().unwrap();
+    // Before anything is known: as the MUX sent it (today's behaviour).
+    let (backend, f) = delivered(h, &syn);
+    let dip = h.local_backends()[backend].address;
+    assert_eq!((&f[..6], &f[6..12]), (&MUX_MAC.0[..], &CLIENT_MAC[..]), "the client side's MACs");
+    // The backend answers from its own MAC: learnt.
+    let mut synack = frame(dip, 8080, client, port, Some(false), b"");
+    synack[6..12].copy_from_slice(&BACKEND_MAC);
+    assert!(matches!(from_backend(h, &synack), Ok(HostVerdict::Transmit { .. })));
+    let ack = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"hello");
+    let (outer, to, _) = through_mux(&mut mux, &ack);
+    assert_eq!(to, HOST_A);
+    let (_, f) = delivered(h, &outer);
+    assert_eq!((&f[..6], &f[6..12]), (&BACKEND_MAC[..], &HOST_MAC.0[..]), "to the backend, from the host");
+    let s = seen(&f);
+    assert_eq!((s.src, s.dst, s.dport, s.payload.as_slice()), (client, dip, 8080, &b"hello"[..]));
+    // The program's neighbour table says otherwise (the backend moved its interface).
+    let moved = MacAddr([2, 0, 0, 0, 0xbe, 2]);
+    node.set_backend_mac(dip, moved);
+    let (_, f) = delivered(node.host().unwrap(), &outer);
+    assert_eq!((&f[..6], &f[6..12]), (&moved.0[..], &HOST_MAC.0[..]));
+    // Kept across a reload, and for a backend before it ever sent a frame.
+    node.update(two_hosts(1024)).unwrap();
+    let (_, f) = delivered(node.host().unwrap(), &outer);
+    assert_eq!(&f[..6], &moved.0);
+    let other = if dip == v4(0) { v4(1) } else { v4(0) };
+    let other_mac = MacAddr([2, 0, 0, 0, 0xbe, 3]);
+    node.set_backend_mac(other, other_mac);
+    let mut reached_other = false;
+    for c in 1..200u32 {
+        let (p, syn) = syn_to_host_a(&mut mux, IpAddr::from(client4(c)));
+        let (b, f) = delivered(node.host().unwrap(), &syn);
+        let a = node.host().unwrap().local_backends()[b].address;
+        let want = if a == other { other_mac } else { moved };
+        assert_eq!(&f[..6], &want.0, "client {c} port {p} to {a}");
+        reached_other |= a == other;
+    }
+    assert!(reached_other);
+    // The reset path: an idle connection's RST to the backend goes to its MAC.
+    let mut out = Vec::new();
+    let h = node.host().unwrap();
+    h.expire(NOW + 4 * 60 + 10, 1 << 20, |to, f| out.push((to, f.to_vec())));
+    let to_dip: Vec<_> = out
+        .iter()
+        .filter(|(to, f)| matches!(to, HostEgress::Backend(_)) && seen(f).dst == dip && seen(f).dport == 8080)
+        .collect();
+    assert!(!to_dip.is_empty(), "resets to {dip}");
+    for (_, f) in to_dip {
+        assert_eq!(&f[..6], &moved.0, "the reset goes to the backend's MAC");
+        assert!(seen(f).tcp_flags.1, "RST");
+    }
+}
+
+#[test]
+fn responses_leave_for_the_next_hop_the_program_set_and_wait_while_there_is_none() {
+    let mut mux = mux();
+    let mut node = Node::new(NodeRole::Host(host_node(HOST_A, ReturnPath::ViaMux)), two_hosts(1024)).unwrap();
+    assert_eq!(node.underlay_peers(), vec![IpAddr::from(MUX_IP)]);
+    let client = IpAddr::from([198, 18, 9, 10]);
+    let (port, syn) = syn_to_host_a(&mut mux, client);
+    let (backend, _) = delivered(node.host().unwrap(), &syn);
+    let dip = node.host().unwrap().local_backends()[backend].address;
+    let response = frame(dip, 8080, client, port, Some(false), b"response");
+    let out_mac = |node: &mut Node| match from_backend(node.host().unwrap(), &response) {
+        Ok(HostVerdict::Transmit { .. }) => {
+            let mut buf = with_headroom(&response);
+            let HostVerdict::Transmit { start, .. } =
+                node.host().unwrap().from_backend(&mut buf, HEADROOM, response.len(), NOW)
+            else {
+                unreachable!()
+            };
+            assert_eq!(&buf[start + 6..start + 12], &HOST_MAC.0, "from the host's MAC");
+            Ok(<[u8; 6]>::try_from(&buf[start..start + 6]).unwrap())
+        }
+        Ok(v) => panic!("{v:?}"),
+        Err(r) => Err(r),
+    };
+    assert_eq!(out_mac(&mut node), Ok(GATEWAY.0));
+    let hop = MacAddr([2, 0, 0, 0, 0x77, 5]);
+    node.set_next_hop(IpAddr::from(MUX_IP), hop);
+    assert_eq!(out_mac(&mut node), Ok(hop.0));
+    node.update(two_hosts(1024)).unwrap();
+    assert_eq!(out_mac(&mut node), Ok(hop.0), "kept across a reload");
+    // The gateway gone and the MUX's next hop forgotten: nothing leaves, counted.
+    node.set_gateway_mac(MacAddr::default());
+    assert_eq!(out_mac(&mut node), Ok(hop.0), "the MUX's own next hop does not need the gateway");
+    node.clear_next_hop(IpAddr::from(MUX_IP));
+    assert_eq!(out_mac(&mut node), Err(HostDrop::NoNextHop));
+    let drops: Vec<_> = node.drops().filter(|(_, n)| *n > 0).map(|(c, n)| (c.name(), n)).collect();
+    assert_eq!(drops, vec![("no_next_hop", 1)]);
+    let gateway2 = MacAddr([2, 0, 0, 0, 0, 2]);
+    node.set_gateway_mac(gateway2);
+    assert_eq!(out_mac(&mut node), Ok(gateway2.0));
+    // Direct Server Return goes to the gateway; without one it waits.
+    let mut direct = host_node(HOST_A, ReturnPath::Direct);
+    direct.base.gateway_mac = MacAddr::default();
+    let mut h = HostAgent::new(direct, two_hosts(1024)).unwrap();
+    let (backend, _) = delivered(&mut h, &syn);
+    let dip = h.local_backends()[backend].address;
+    let response = frame(dip, 8080, client, port, Some(false), b"response");
+    assert_eq!(from_backend(&mut h, &response), Err(HostDrop::NoNextHop));
+    h.set_gateway_mac(GATEWAY);
+    let mut buf = with_headroom(&response);
+    let HostVerdict::Transmit { start, .. } = h.from_backend(&mut buf, HEADROOM, response.len(), NOW) else { panic!() };
+    assert_eq!((&buf[start..start + 6], &buf[start + 6..start + 12]), (&GATEWAY.0[..], &HOST_MAC.0[..]));
+}
+
+#[test]
+fn a_backends_packet_too_big_for_the_tunnel_gets_the_icmp_error_back() {
+    let mut mux = mux();
+    let mut h = HostAgent::new(host_node_mtu(HOST_A, ReturnPath::ViaMux, 1500), two_hosts(1024)).unwrap();
+    let client = IpAddr::from([198, 18, 9, 11]);
+    let (port, syn) = syn_to_host_a(&mut mux, client);
+    let (backend, _) = delivered(&mut h, &syn);
+    let dip = h.local_backends()[backend].address;
+    let response = |ip_len| {
+        let mut f = sized_frame(dip, 8080, client, port, Some(false), ip_len);
+        f[6..12].copy_from_slice(&BACKEND_MAC);
+        f
+    };
+    assert!(matches!(from_backend(&mut h, &response(1450)), Ok(HostVerdict::Transmit { .. })), "1450 fits");
+    let big = response(1451);
+    let Ok(HostVerdict::Deliver { backend: to, start, len }) = from_backend(&mut h, &big) else { panic!() };
+    assert_eq!(to, backend, "back to the backend that sent it");
+    let mut buf = with_headroom(&big);
+    h.from_backend(&mut buf, HEADROOM, big.len(), NOW);
+    let e = too_big(&buf[start..start + len]);
+    assert_eq!(e.macs, (BACKEND_MAC, HOST_MAC.0));
+    assert_eq!((e.src, e.dst), (IpAddr::from(HOST_A), dip), "from the host's underlay address");
+    assert_eq!((e.mtu, e.ip_len, e.hop_limit), (1450, 576, 64));
+    assert_eq!(e.quote, big[14..14 + 548], "the packet as the backend sent it");
+    assert_eq!(h.counters().too_big, 2);
+    assert_eq!(h.counters().responses.packets, 1, "only the one that fitted went out");
+    // DF clear: dropped as before.
+    let mut no_df = response(1451);
+    clear_dont_fragment(&mut no_df);
+    assert_eq!(from_backend(&mut h, &no_df), Err(HostDrop::Encap));
+    // IPv6 over the IPv4 underlay: the error comes from the address the packet was sent to.
+    let client6 = lb_fixtures::client(11, true);
+    let (port6, syn6) = syn_to_host_a_at(&mut mux, client6, IpAddr::from(VIP6), None);
+    let (_, f) = delivered(&mut h, &syn6);
+    let dip6 = seen(&f).dst;
+    let mut big6 = sized_frame(dip6, 8080, client6, port6, Some(false), 1451);
+    big6[6..12].copy_from_slice(&BACKEND_MAC);
+    let mut buf = with_headroom(&big6);
+    let HostVerdict::Deliver { start, len, .. } = h.from_backend(&mut buf, HEADROOM, big6.len(), NOW) else { panic!() };
+    let e = too_big(&buf[start..start + len]);
+    assert_eq!((e.src, e.dst, e.mtu, e.ip_len), (client6, dip6, 1450, 1280));
+    assert_eq!(e.quote, big6[14..14 + 1232]);
+    // A large first datagram of a new SNAT flow: the error, and no SNAT port taken.
+    let local = h.local_backends().iter().position(|l| l.address == v4(0)).unwrap();
+    let udp = sized_frame(v4(0), 5353, IpAddr::from([93, 184, 216, 34]), 53, None, 1451);
+    let Ok(HostVerdict::Deliver { backend, .. }) = from_backend(&mut h, &udp) else { panic!() };
+    assert_eq!(backend, local);
+    assert_eq!(h.snat_ports_in_use(local), 0);
+    assert_eq!(h.counters().too_big, 4);
+    // Direct Server Return has no tunnel to outgrow.
+    let mut dsr = HostAgent::new(host_node_mtu(HOST_A, ReturnPath::Direct, 1500), two_hosts(1024)).unwrap();
+    delivered(&mut dsr, &syn);
+    assert!(matches!(from_backend(&mut dsr, &response(1451)), Ok(HostVerdict::Transmit { .. })));
+}
+
+#[test]
+fn the_mss_of_syns_and_syn_acks_is_lowered_to_the_clamp_both_ways() {
+    let mut mux = mux();
+    let node = HostNode { mss_clamp: Some(1400), ..host_node(HOST_A, ReturnPath::ViaMux) };
+    let mut h = HostAgent::new(node, two_hosts(1024)).unwrap();
+    let client = IpAddr::from([198, 18, 9, 12]);
+    // The client's SYN, delivered.
+    let (port, syn) = syn_to_host_a_at(&mut mux, client, IpAddr::from(VIP), Some(1460));
+    let (_, f) = delivered(&mut h, &syn);
+    let s = seen(&f);
+    assert_eq!(mss_of(&f), Some(1400), "lowered");
+    let dip = s.dst;
+    // The backend's SYN-ACK, out through the MUX.
+    let out = |h: &mut HostAgent, mux: &mut Mux, f: &[u8]| {
+        let mut buf = with_headroom(f);
+        let HostVerdict::Transmit { start, len } = h.from_backend(&mut buf, HEADROOM, f.len(), NOW) else {
+            panic!("sent")
+        };
+        to_client(mux, &buf[start..start + len], ReturnPath::ViaMux, HOST_A)
+    };
+    let back = out(&mut h, &mut mux, &syn_with_mss(dip, 8080, client, port, Some(1001), 8960));
+    let s = seen(&back);
+    assert_eq!((s.src, s.sport, s.tcp_flags.0, s.tcp_flags.2), (IpAddr::from(VIP), 80, true, true));
+    assert_eq!(mss_of(&back), Some(1400));
+    // Never raised.
+    let back = out(&mut h, &mut mux, &syn_with_mss(dip, 8080, client, port, Some(1001), 1200));
+    assert_eq!(mss_of(&back), Some(1200));
+    seen(&back);
+    // A connection the backend opens: its SYN, and the SYN-ACK coming back.
+    let remote = IpAddr::from([93, 184, 216, 34]);
+    let syn_out = out(&mut h, &mut mux, &syn_with_mss(v4(0), 33000, remote, 443, None, 1460));
+    let s = seen(&syn_out);
+    assert_eq!((s.src, mss_of(&syn_out)), (IpAddr::from(SNAT_IP), Some(1400)));
+    let reply = syn_with_mss(remote, 443, IpAddr::from(SNAT_IP), s.sport, Some(1001), 1460);
+    let (outer, to, _) = through_mux(&mut mux, &reply);
+    assert_eq!(to, HOST_A);
+    let (_, f) = delivered(&mut h, &outer);
+    let s = seen(&f);
+    assert_eq!((s.dst, s.dport, mss_of(&f)), (v4(0), 33000, Some(1400)));
+    // Segments other than SYNs are not touched.
+    let data = frame(client, port, IpAddr::from(VIP), 80, Some(false), b"data");
+    let (outer, _, _) = through_mux(&mut mux, &data);
+    let (_, f) = delivered(&mut h, &outer);
+    assert_eq!((mss_of(&f), seen(&f).payload), (None, b"data".to_vec()));
+    // IPv6 segments are clamped no lower than 1220; IPv4 ones to 536.
+    let node = HostNode { mss_clamp: Some(536), ..host_node(HOST_A, ReturnPath::ViaMux) };
+    let mut h = HostAgent::new(node, two_hosts(1024)).unwrap();
+    let (_, syn6) = syn_to_host_a_at(&mut mux, lb_fixtures::client(12, true), IpAddr::from(VIP6), Some(1440));
+    let (_, f) = delivered(&mut h, &syn6);
+    seen(&f);
+    assert_eq!(mss_of(&f), Some(1220));
+    let (_, syn4) = syn_to_host_a_at(&mut mux, IpAddr::from([198, 18, 9, 13]), IpAddr::from(VIP), Some(1440));
+    assert_eq!(mss_of(&delivered(&mut h, &syn4).1), Some(536));
+    // Out of bounds: refused.
+    for bad in [535, 9001] {
+        let node = HostNode { mss_clamp: Some(bad), ..host_node(HOST_A, ReturnPath::ViaMux) };
+        assert_eq!(HostAgent::new(node, two_hosts(1024)).err(), Some(HostError::MssClamp(bad)));
+    }
 }
