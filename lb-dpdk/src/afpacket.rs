@@ -439,8 +439,8 @@ pub struct AfPacketPort {
     /// UDP sockets on the tunnel endpoints' port 4789, so that the kernel, which sees the VxLAN
     /// frames too, drops them quietly instead of answering "port unreachable".
     _sinks: Vec<UdpSocket>,
-    /// The fanout group (0: none).
-    group: u16,
+    /// The fanout group (the kernel may pick 0).
+    group: Option<u16>,
     now: u32,
     stats: AfPacketStats,
 }
@@ -482,7 +482,7 @@ impl AfPacketPort {
     ) -> Result<Vec<Self>, String> {
         let (ifindex, mtu) = interface(ifname)?;
         let mut ports = Vec::with_capacity(workers);
-        let mut group = 0u16;
+        let mut group = None;
         for i in 0..workers.max(1) {
             let p = Self::open_one(ifname, ifindex, mtu, ownership, opts, workers > 1, group, i == 0)?;
             group = p.group;
@@ -499,7 +499,7 @@ impl AfPacketPort {
         ownership: &Ownership,
         opts: &AfPacketOptions,
         fanout: bool,
-        group: u16,
+        group: Option<u16>,
         first: bool,
     ) -> Result<Self, String> {
         let page = 4096;
@@ -554,15 +554,15 @@ impl AfPacketPort {
             ifindex,
             max_len,
             _sinks: Vec::new(),
-            group: 0,
+            group: None,
             now: monotonic_secs(),
             stats: AfPacketStats::default(),
         };
         bind(fd, &sockaddr(ifindex, libc::ETH_P_ALL as u16), &format!("binding to {ifname}"))?;
         if fanout {
             // The first socket has the kernel pick a group id no other group uses; the others join it.
-            let type_flags = PACKET_FANOUT_HASH | if group == 0 { PACKET_FANOUT_FLAG_UNIQUEID } else { 0 };
-            let arg = u32::from(group) | (type_flags << 16);
+            let type_flags = PACKET_FANOUT_HASH | if group.is_none() { PACKET_FANOUT_FLAG_UNIQUEID } else { 0 };
+            let arg = u32::from(group.unwrap_or(0)) | (type_flags << 16);
             setopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &arg, "PACKET_FANOUT")?;
             let mut got = 0u32;
             let mut l = 4u32;
@@ -572,7 +572,7 @@ impl AfPacketPort {
             {
                 return Err(os_err("PACKET_FANOUT (group id)"));
             }
-            port.group = got as u16;
+            port.group = Some(got as u16);
         }
         let txfd = port.tx.as_raw_fd();
         if opts.qdisc_bypass {
@@ -585,13 +585,13 @@ impl AfPacketPort {
         eprintln!(
             "lb-dpdk: {ifname}: AF_PACKET (TPACKET_V3 ring of {} KiB{}), the kernel sees its frames too",
             len / 1024,
-            if fanout { format!(", fanout group {}", port.group) } else { String::new() }
+            port.group.map(|g| format!(", fanout group {g}")).unwrap_or_default()
         );
         Ok(port)
     }
 
-    /// The fanout group's id (0 without fanout).
-    pub fn group(&self) -> u16 {
+    /// The fanout group's id (`None` without fanout).
+    pub fn group(&self) -> Option<u16> {
         self.group
     }
 
@@ -826,5 +826,472 @@ impl Port for AfPacketPort {
 
     fn wake_fd(&self) -> Option<RawFd> {
         Some(self.rx.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const SRC4: [u8; 4] = [198, 18, 0, 1];
+    const VIP4: [u8; 4] = [198, 19, 0, 10];
+    const NODE4: [u8; 4] = [198, 18, 0, 2];
+    const SRC6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+    const VIP6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    const NODE6: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn udp4(dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(A, B).ipv4(SRC4, dst, 64).udp(40000, dport).write(&mut v, payload).unwrap();
+        v
+    }
+    fn udp6(dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(A, B).ipv6(SRC6, dst, 64).udp(40000, dport).write(&mut v, payload).unwrap();
+        v
+    }
+    fn tcp4(dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(A, B).ipv4(SRC4, dst, 64).tcp(40000, 80, 7, 1000).write(&mut v, payload).unwrap();
+        v
+    }
+    fn tcp6(dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(A, B).ipv6(SRC6, dst, 64).tcp(40000, 80, 7, 1000).write(&mut v, payload).unwrap();
+        v
+    }
+    fn icmp6(dst: [u8; 16], kind: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(A, B)
+            .ipv6(SRC6, dst, 255)
+            .icmpv6_raw(kind, 0, [0; 4])
+            .write(&mut v, &[0; 16])
+            .unwrap();
+        v
+    }
+    /// `frame` with a VLAN tag `tpid` (VLAN 7) after its MAC addresses.
+    fn tagged(frame: &[u8], tpid: u16) -> Vec<u8> {
+        let mut v = vec![0; frame.len() + 4];
+        restore_vlan(&mut v, frame, tpid, 7);
+        v
+    }
+    fn arp() -> Vec<u8> {
+        let mut v = vec![0xff; 6];
+        v.extend_from_slice(&A);
+        v.extend_from_slice(&[0x08, 0x06]);
+        v.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        v.extend_from_slice(&A);
+        v.extend_from_slice(&SRC4);
+        v.extend_from_slice(&[0; 6]);
+        v.extend_from_slice(&NODE4);
+        v
+    }
+
+    fn fabric() -> Rules {
+        Rules::new(&Ownership {
+            addresses: vec![Ipv4Addr::from(VIP4).into(), Ipv6Addr::from(VIP6).into()],
+            tunnel_endpoints: vec![Ipv4Addr::from(NODE4).into(), Ipv6Addr::from(NODE6).into()],
+            all_except: None,
+        })
+    }
+
+    fn backend() -> Rules {
+        Rules::new(&Ownership {
+            addresses: vec![],
+            tunnel_endpoints: vec![],
+            all_except: Some(vec![Ipv4Addr::from(NODE4).into(), Ipv6Addr::from(NODE6).into()]),
+        })
+    }
+
+    #[test]
+    fn a_fabric_takes_its_vips_and_vxlan_to_its_endpoints_and_nothing_else() {
+        let r = fabric();
+        assert!(r.owns(&udp4(VIP4, 53, b"x"), 0));
+        assert!(r.owns(&tcp4(VIP4, b"x"), 0));
+        assert!(r.owns(&tcp6(VIP6, b"x"), 0));
+        assert!(r.owns(&udp4(NODE4, 4789, &[0; 16]), 0), "VxLAN to the endpoint");
+        assert!(r.owns(&udp6(NODE6, 4789, &[0; 16]), 0));
+        assert!(!r.owns(&udp4(NODE4, 4790, &[0; 16]), 0), "another port to the node");
+        assert!(!r.owns(&tcp4(NODE4, b"x"), 0), "the node's own TCP (BGP, SSH)");
+        assert!(!r.owns(&udp4([198, 18, 0, 3], 4789, &[0; 16]), 0), "VxLAN to another address");
+        assert!(!r.owns(&arp(), 0), "ARP");
+        for nd in 133..=137 {
+            assert!(!r.owns(&icmp6(NODE6, nd), 0), "ND type {nd}");
+            assert!(!r.owns(&icmp6(VIP6, nd), 0), "ND type {nd} to a VIP stays the kernel's");
+        }
+        assert!(r.owns(&icmp6(VIP6, 128), 0), "an echo request to a VIP");
+        assert!(!r.owns(&icmp6(NODE6, 128), 0), "an echo request to the node");
+    }
+
+    #[test]
+    fn vxlan_is_recognised_only_in_a_whole_packet_or_a_first_fragment() {
+        let r = fabric();
+        let mut later = udp4(NODE4, 4789, &[0; 16]);
+        later[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes()); // fragment offset 16 * 8
+        assert!(!r.owns(&later, 0));
+        let mut first = udp4(NODE4, 4789, &[0; 16]);
+        first[14 + 6] = 0x20; // more fragments, offset 0
+        assert!(r.owns(&first, 0));
+        let mut to_vip = udp4(VIP4, 4789, &[0; 16]);
+        to_vip[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+        assert!(r.owns(&to_vip, 0), "every fragment to a VIP");
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_udp_header() {
+        let r = fabric();
+        let plain = udp6(NODE6, 4789, &[0; 16]);
+        // A destination-options header (8 bytes) between IPv6 and UDP.
+        let mut v = plain[..54].to_vec();
+        v[20] = 60;
+        v[18..20].copy_from_slice(&(u16::from_be_bytes([plain[18], plain[19]]) + 8).to_be_bytes());
+        v.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        v.extend_from_slice(&plain[54..]);
+        assert!(r.owns(&v, 0));
+    }
+
+    #[test]
+    fn vlan_tags_are_looked_through_up_to_two() {
+        let r = fabric();
+        let f = udp4(VIP4, 53, b"x");
+        assert!(r.owns(&tagged(&f, 0x8100), 0));
+        assert!(r.owns(&tagged(&tagged(&f, 0x8100), 0x88a8), 0));
+        assert!(r.owns(&tagged(&f, 0x8100), 1), "one tag here, one stripped by the kernel");
+        assert!(!r.owns(&tagged(&tagged(&f, 0x8100), 0x88a8), 1), "a third tag: passed");
+        assert!(!r.owns(&tagged(&tagged(&tagged(&f, 0x8100), 0x8100), 0x88a8), 0));
+        assert!(!r.owns(&tagged(&arp(), 0x8100), 0));
+    }
+
+    #[test]
+    fn a_backend_side_takes_all_ip_but_its_pass_through_addresses_nd_and_group_frames() {
+        let r = backend();
+        assert!(r.owns(&tcp4([198, 18, 9, 9], b"x"), 0), "a backend's reply to a client");
+        assert!(r.owns(&udp6(VIP6, 53, b"x"), 0));
+        assert!(!r.owns(&tcp4(NODE4, b"x"), 0), "to the host itself");
+        assert!(!r.owns(&tcp6(NODE6, b"x"), 0));
+        assert!(!r.owns(&arp(), 0));
+        assert!(!r.owns(&icmp6(VIP6, 135), 0), "ND");
+        let mut bcast = udp4([255, 255, 255, 255], 67, b"dhcp");
+        bcast[..6].copy_from_slice(&[0xff; 6]);
+        assert!(!r.owns(&bcast, 0), "broadcast");
+        let mut mcast = udp6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfb], 5353, b"mdns");
+        mcast[..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 0xfb]);
+        assert!(!r.owns(&mcast, 0), "multicast");
+    }
+
+    #[test]
+    fn short_or_odd_frames_are_not_owned_and_do_not_panic() {
+        let r = fabric();
+        let f = udp4(VIP4, 53, b"x");
+        for n in 0..f.len() {
+            let _ = r.owns(&f[..n], 0);
+        }
+        assert!(!r.owns(&f[..14 + 19], 0), "an IPv4 header cut short");
+        let mut bad_ihl = f.clone();
+        bad_ihl[14] = 0x44;
+        assert!(!r.owns(&bad_ihl, 0));
+        let b = backend();
+        let v6 = udp6(VIP6, 4789, &[0; 16]);
+        for n in 0..v6.len() {
+            let _ = b.owns(&v6[..n], 0);
+        }
+    }
+
+    /// The pseudo-header sum a sender with checksum offload leaves in the field (the kernel's
+    /// `~csum_tcpudp_magic(..)`: the folded sum, not complemented).
+    fn seed(frame: &mut [u8], v4: bool, proto: u8) {
+        let (ip, l4) = if v4 { (14, 34) } else { (14, 54) };
+        let addrs = if v4 { &frame[ip + 12..ip + 20] } else { &frame[ip + 8..ip + 40] };
+        let mut s: u64 = addrs.chunks(2).map(|c| u64::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+        s += u64::from(proto) + (frame.len() - l4) as u64;
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        let at = l4 + if proto == 6 { 16 } else { 6 };
+        frame[at..at + 2].copy_from_slice(&(s as u16).to_be_bytes());
+    }
+
+    #[test]
+    fn partial_checksums_are_completed_as_a_nic_would() {
+        let payload: Vec<u8> = (0..=200u8).collect(); // an odd length
+        for (whole, v4, proto) in [
+            (udp4(VIP4, 53, &payload), true, 17),
+            (udp6(VIP6, 53, &payload), false, 17),
+            (tcp4(VIP4, &payload), true, 6),
+            (tcp6(VIP6, &payload), false, 6),
+            (udp4(VIP4, 53, b""), true, 17),
+        ] {
+            let mut partial = whole.clone();
+            seed(&mut partial, v4, proto);
+            assert_ne!(partial, whole);
+            assert!(complete_checksum(&mut partial));
+            assert_eq!(partial, whole, "etherparse's checksum (v4 {v4}, proto {proto})");
+            let mut zeroed = whole.clone();
+            assert!(fill_checksum(&mut zeroed));
+            assert_eq!(zeroed, whole);
+        }
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_summed_and_tags_are_looked_through() {
+        let whole = udp4(VIP4, 53, b"ab");
+        let mut padded = whole.clone();
+        padded.resize(60, 0xee);
+        seed(&mut padded[..whole.len()], true, 17);
+        assert!(complete_checksum(&mut padded));
+        assert_eq!(&padded[..whole.len()], &whole[..]);
+        let mut t = tagged(&whole, 0x8100);
+        let at = 18 + 20 + 6;
+        t[at..at + 2].copy_from_slice(&[0x12, 0x34]);
+        assert!(fill_checksum(&mut t));
+        assert_eq!(t, tagged(&whole, 0x8100));
+    }
+
+    #[test]
+    fn what_is_not_tcp_or_udp_is_left_as_it_is() {
+        let mut f = icmp6(VIP6, 128);
+        let before = f.clone();
+        assert!(!complete_checksum(&mut f));
+        assert_eq!(f, before);
+        assert!(!complete_checksum(&mut arp()));
+    }
+
+    #[test]
+    fn a_stripped_vlan_tag_is_put_back_after_the_mac_addresses() {
+        let f = udp4(VIP4, 53, b"x");
+        let mut out = vec![0u8; f.len() + 4];
+        assert_eq!(restore_vlan(&mut out, &f, 0x88a8, 0x2007), f.len() + 4);
+        assert_eq!(&out[..12], &f[..12]);
+        assert_eq!(&out[12..16], &[0x88, 0xa8, 0x20, 0x07]);
+        assert_eq!(&out[16..], &f[12..]);
+    }
+}
+
+/// Two network namespaces joined by a veth pair, for the live ports' tests (root only): `peer`
+/// (a kernel sender, 198.18.0.1 and 2001:2:0:1::1) and `node` (the port's, 198.18.0.2 and
+/// 2001:2:0:1::2). The peer routes the test VIPs 198.19.0.10 and 2001:2:0:ff::10, and
+/// 198.18.9.0/24, via the node, as BGP would. Deleted by name when dropped, even after a failed
+/// assertion.
+#[cfg(test)]
+pub(crate) mod lab {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    pub const PEER4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    pub const NODE4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+    /// Routed via the node, owned by nobody in the fabric test (a backend side takes it).
+    pub const FAR4: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 9);
+    pub const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+    pub const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+    pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 0x10);
+    pub const PEER_IF: &str = "lbxpeer0";
+    pub const NODE_IF: &str = "lbxnode0";
+
+    pub struct Lab {
+        pub peer: String,
+        pub node: String,
+    }
+
+    pub fn sh(args: &[&str]) -> Result<String, String> {
+        let o = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+        if !o.status.success() {
+            return Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    impl Lab {
+        /// The namespaces `lbx<pid><tag>p` and `lbx<pid><tag>n`.
+        pub fn new(tag: &str) -> Lab {
+            // SAFETY: reads the effective user id.
+            assert_eq!(unsafe { libc::geteuid() }, 0, "the live-port tests need root (network namespaces)");
+            let base = format!("lbx{}{tag}", std::process::id());
+            let lab = Lab { peer: format!("{base}p"), node: format!("{base}n") };
+            let (p, n) = (lab.peer.as_str(), lab.node.as_str());
+            for ns in [p, n] {
+                let _ = sh(&["ip", "netns", "del", ns]);
+                sh(&["ip", "netns", "add", ns]).unwrap();
+            }
+            let steps: &[&[&str]] = &[
+                &["ip", "-n", p, "link", "add", PEER_IF, "type", "veth", "peer", "name", NODE_IF, "netns", n],
+                &["ip", "-n", p, "addr", "add", "198.18.0.1/24", "dev", PEER_IF],
+                &["ip", "-n", n, "addr", "add", "198.18.0.2/24", "dev", NODE_IF],
+                &["ip", "-n", p, "addr", "add", "2001:2:0:1::1/64", "dev", PEER_IF, "nodad"],
+                &["ip", "-n", n, "addr", "add", "2001:2:0:1::2/64", "dev", NODE_IF, "nodad"],
+                &["ip", "-n", p, "link", "set", PEER_IF, "up"],
+                &["ip", "-n", n, "link", "set", NODE_IF, "up"],
+                &["ip", "-n", p, "link", "set", "lo", "up"],
+                &["ip", "-n", n, "link", "set", "lo", "up"],
+                &["ip", "-n", p, "route", "add", "198.19.0.10/32", "via", "198.18.0.2"],
+                &["ip", "-n", p, "route", "add", "198.18.9.0/24", "via", "198.18.0.2"],
+                &["ip", "-n", p, "route", "add", "2001:2:0:ff::10/128", "via", "2001:2:0:1::2"],
+            ];
+            for s in steps {
+                sh(s).unwrap();
+            }
+            lab
+        }
+
+        /// Moves the calling thread into namespace `ns` (sockets it opens live there).
+        pub fn enter(ns: &str) {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            // SAFETY: setns on a namespace file we hold open; it affects this thread only.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {ns}");
+        }
+
+        /// The peer's kernel sends `count` datagrams to each of `dsts` (port 7777) from a
+        /// thread in the peer namespace and waits up to 5 s for as many answers; returns the
+        /// sources it heard from.
+        pub fn peer_sends(&self, dsts: Vec<IpAddr>, count: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+            let ns = self.peer.clone();
+            std::thread::spawn(move || {
+                Lab::enter(&ns);
+                let s4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let s6 = UdpSocket::bind("[::]:0").unwrap();
+                let mut want = 0;
+                for d in &dsts {
+                    let s = if d.is_ipv4() { &s4 } else { &s6 };
+                    for i in 0..count {
+                        s.send_to(format!("ping {i}").as_bytes(), (*d, 7777)).unwrap();
+                        want += 1;
+                    }
+                }
+                let mut heard = Vec::new();
+                let end = Instant::now() + Duration::from_secs(5);
+                let mut buf = [0u8; 2048];
+                while heard.len() < want && Instant::now() < end {
+                    for s in [&s4, &s6] {
+                        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                        if let Ok((_, from)) = s.recv_from(&mut buf) {
+                            heard.push(from);
+                        }
+                    }
+                }
+                heard
+            })
+        }
+
+        /// Whether the node's kernel answers a ping from the peer (IPv4 needs ARP, IPv6 ND).
+        pub fn ping(&self, dst: &str) -> bool {
+            sh(&["ip", "netns", "exec", &self.peer, "ping", "-c", "1", "-W", "2", dst]).is_ok()
+        }
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            for ns in [&self.peer, &self.node] {
+                let _ = sh(&["ip", "netns", "del", ns]);
+            }
+        }
+    }
+
+    /// Turns a UDP request to port 7777 into its answer, in place: MACs, addresses and ports
+    /// swapped, the checksum computed in full (the request's may be partial). False if the frame
+    /// is not such a request.
+    pub fn answer(frame: &mut [u8]) -> bool {
+        let v4 = frame.len() >= 42 && frame[12..14] == [8, 0];
+        let v6 = frame.len() >= 62 && frame[12..14] == [0x86, 0xdd];
+        let (addrs, alen, l4) = if v4 && frame[23] == 17 {
+            (26, 4, 14 + usize::from(frame[14] & 15) * 4)
+        } else if v6 && frame[20] == 17 {
+            (22, 16, 54)
+        } else {
+            return false;
+        };
+        if frame.len() < l4 + 8 || frame[l4 + 2..l4 + 4] != 7777u16.to_be_bytes() {
+            return false;
+        }
+        for i in 0..6 {
+            frame.swap(i, 6 + i);
+        }
+        for i in 0..alen {
+            frame.swap(addrs + i, addrs + alen + i);
+        }
+        for i in 0..2 {
+            frame.swap(l4 + i, l4 + 2 + i);
+        }
+        super::fill_checksum(frame)
+    }
+}
+
+#[cfg(test)]
+mod live {
+    use super::lab::*;
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Valid TCP/UDP checksum (as its receiver would check it).
+    fn checksum_ok(frame: &[u8]) -> bool {
+        let mut f = frame.to_vec();
+        fill_checksum(&mut f) && f == frame
+    }
+
+    #[test]
+    #[ignore = "root: network namespaces (cargo test -p lb-dpdk -- --ignored afpacket)"]
+    fn afpacket_takes_owned_frames_answers_them_and_leaves_arp_and_nd_to_the_kernel() {
+        let lab = Lab::new("p");
+        Lab::enter(&lab.node);
+        let own = Ownership { addresses: vec![VIP4.into(), VIP6.into()], ..Default::default() };
+        let mut ports = AfPacketPort::open_group(NODE_IF, 2, &own, &AfPacketOptions::default()).unwrap();
+        assert!(ports[0].group().is_some());
+        assert_eq!(ports[0].group(), ports[1].group());
+        let sender = lab.peer_sends(vec![VIP4.into(), VIP6.into()], 3);
+        let (mut got, mut answered) = (Vec::new(), 0);
+        let end = Instant::now() + Duration::from_secs(5);
+        while answered < 6 && Instant::now() < end {
+            for p in ports.iter_mut() {
+                let mut rx = Vec::new();
+                p.rx_burst(&mut rx, 32);
+                let mut tx = Vec::new();
+                for mut b in rx {
+                    let (buf, start, len) = b.parts();
+                    let f = &mut buf[start..start + len];
+                    got.push(f.to_vec());
+                    assert!(checksum_ok(f), "a frame taken has a complete checksum");
+                    if answer(f) {
+                        tx.push(b);
+                    } else {
+                        p.recycle(b);
+                    }
+                }
+                let n = tx.len();
+                assert_eq!(p.tx_burst(&mut tx), n);
+                answered += n;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let heard = sender.join().unwrap();
+        assert_eq!(answered, 6, "frames taken: {}", got.len());
+        assert_eq!(heard.len(), 6, "answers the peer's kernel accepted: {heard:?}");
+        assert!(heard.iter().all(|a| a.ip() == IpAddr::from(VIP4) || a.ip() == IpAddr::from(VIP6)));
+        let s: Vec<_> = ports.iter_mut().map(|p| p.stats()).collect();
+        let total = |f: fn(&AfPacketStats) -> u64| s.iter().map(f).sum::<u64>();
+        assert_eq!(total(|s| s.taken), 6, "{s:?}");
+        assert!(total(|s| s.not_owned) > 0, "ARP and ND were seen and left alone: {s:?}");
+        assert!(total(|s| s.csum_completed) > 0, "veth senders leave checksums partial: {s:?}");
+        // The kernel still has ARP, ND and its own addresses.
+        assert!(lab.ping("198.18.0.2"));
+        assert!(lab.ping("2001:2:0:1::2"));
+        // A reload: the VIPs are no longer owned.
+        for p in ports.iter_mut() {
+            p.update_ownership(&Ownership::default());
+        }
+        let sender = lab.peer_sends(vec![VIP4.into()], 1);
+        let end = Instant::now() + Duration::from_millis(300);
+        let mut rx = Vec::new();
+        while Instant::now() < end {
+            for p in ports.iter_mut() {
+                p.rx_burst(&mut rx, 32);
+            }
+        }
+        assert!(rx.is_empty());
+        assert!(sender.join().unwrap().is_empty());
     }
 }
