@@ -8,22 +8,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// Layers, each using only those listed before it: counters and the port trait; the poll loop;
-// the ports; the program (probes, metrics, `run`, `inspect`).
+// Layers, each using only those listed before it: the kernel's tables, counters and the port
+// trait; the poll loop; the ports; the program (the live ports' control, probes, metrics, `run`,
+// `inspect`).
 #[allow(dead_code)]
 mod netlink;
 mod port;
 mod stats;
 mod worker;
 // The only module with unsafe code: the DPDK bindings and what uses them.
+#[allow(dead_code, unsafe_code)]
+mod afpacket;
+#[allow(dead_code, unsafe_code)]
+mod afxdp;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 mod dpdk;
 mod pcap;
-#[allow(dead_code, unsafe_code)]
-mod afxdp;
-#[allow(dead_code, unsafe_code)]
-mod afpacket;
+
+#[allow(dead_code)]
+mod live;
 
 mod inspect;
 mod metrics;

@@ -12,7 +12,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter, RawPcapPac
 use pcap_file::{DataLink, PcapError, TsResolution};
 
 use crate::port::{BurstFrame, FrameBuf, Port, HEADROOM, MAX_FRAME};
-use crate::worker::{new_node, poll_loop, worker_pair, Workers};
+use crate::worker::{new_node, poll_loop, worker_pair, PortInfo, Workers};
 
 /// A heap buffer of the pcap port.
 pub struct HeapBuf {
@@ -282,8 +282,9 @@ pub fn start(
     let t = std::thread::Builder::new()
         .name("lb-worker-0".into())
         .spawn(move || {
-            let ran =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&mut engine, &mut port, &link)));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                poll_loop(&mut engine, std::slice::from_mut(&mut port), &[PortInfo::SINGLE], &link)
+            }));
             if ran.is_err() {
                 eprintln!("lb-dpdk: the worker panicked: stopping");
                 link.failed.store(true, Ordering::Relaxed);

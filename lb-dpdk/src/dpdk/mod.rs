@@ -31,7 +31,7 @@ use lb_core::config::node::NodeConfig;
 use lb_core::paths::{Node, NodeRole};
 
 use crate::port::{BurstFrame, FrameBuf, Port, HEADROOM};
-use crate::worker::{new_node, poll_loop, worker_pair, WorkerHandle, WorkerLink, Workers, BURST};
+use crate::worker::{new_node, poll_loop, worker_pair, PortInfo, WorkerHandle, WorkerLink, Workers, BURST};
 
 /// What `lb-dpdk run --dpdk` takes of its options.
 #[derive(Debug, Clone)]
@@ -360,7 +360,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        poll_loop(&mut self.engine, &mut self.port, &self.link);
+        poll_loop(&mut self.engine, std::slice::from_mut(&mut self.port), &[PortInfo::SINGLE], &self.link);
         if self.port.unusable > 0 {
             eprintln!(
                 "lb-dpdk: worker {}: {} received frames dropped (could not be made one writable segment)",
