@@ -153,21 +153,22 @@ def check_download(c):
     for rp in ("mux", "direct"):
         c.dp.set_return_path(rp)
         r0 = backend_retrans(c)
-        m0 = link_stats(c.t.ns("mux"), "fab0")["tx_packets"]
+        m0 = link_stats(c.t.ns("mux"), "fab0")["tx_bytes"]
         r = c.client("download", "--host", T.VIP_WEB4, "--port", 80, "--mb", mb, "--source", T.CLIENT_V4[0],
                      seconds=180)
         retrans = backend_retrans(c) - r0
-        mux_tx = link_stats(c.t.ns("mux"), "fab0")["tx_packets"] - m0
+        mux_tx = link_stats(c.t.ns("mux"), "fab0")["tx_bytes"] - m0
         segments = (mb << 20) // T.MSS_CLAMP
-        limit = max(200, segments // 100)
-        # Through the MUX every data segment leaves the MUX again; with DSR only the client's ACKs do.
-        path_ok = mux_tx >= segments * 0.9 if rp == "mux" else mux_tx < segments * 0.6
+        limit = max(200, int(segments * c.a.max_retrans_pct / 100))
+        # Through the MUX every byte of the reply leaves the MUX again; with DSR only the client's
+        # ACKs do. Bytes, not frames: the kernel stand-in's VxLAN device merges segments (GRO).
+        path_ok = mux_tx >= (mb << 20) * 0.9 if rp == "mux" else mux_tx < (mb << 20) * 0.2
         good = r["ok"] and retrans <= limit and path_ok
         lines.append("%-6s %d MB from %s (port %s): %s, %.1fs, %.0f Mbit/s, sender retransmissions %d (limit %d), "
-                     "MUX sent %d frames%s" % (
+                     "MUX sent %.1f MB%s" % (
                          rp, mb, r.get("backend"), r.get("sport"), "SHA-256 matches" if r.get("sha_ok") else
                          "FAILED: %s" % (r.get("error") or "digest differs, %s bytes" % r.get("bytes")),
-                         r["seconds"], r["mbit_s"], retrans, limit, mux_tx, "" if path_ok else "  <-- not the %s path" % rp))
+                         r["seconds"], r["mbit_s"], retrans, limit, mux_tx / 1048576.0, "" if path_ok else "  <-- not the %s path" % rp))
         ok = ok and good
     c.dp.set_return_path("mux")
     return ok, lines
@@ -196,7 +197,9 @@ def check_health(c):
     victim = "B11"
     interval, count = PROBE_INTERVAL, PROBE_COUNT
     down_limit = interval * count + 1.5
-    up_limit = interval * 2 + 3.0
+    # Two successes bring it back: the next probe comes up to one interval after the restart, the
+    # second one later; an interval more covers the server's start and the probes' phase.
+    up_limit = interval * 3 + 1.0
     total = 4 + down_limit + 4 + 3 + up_limit + 4
     if c.deadline.left() < total + 30:
         raise Skip("not enough time left before the deadline (%.0fs)" % c.deadline.left())
@@ -354,6 +357,9 @@ def main():
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--outbound", type=int, default=1000)
     p.add_argument("--download-mb", type=int, default=200)
+    p.add_argument("--max-retrans-pct", type=float, default=2.0,
+                   help="the download's sender retransmissions, at most this share of its segments (default 2%%):"
+                        " veth drops a burst beyond the receive backlog (1,000 frames) of a CPU")
     p.add_argument("--flood-count", type=int, default=300000)
     p.add_argument("--flood-seconds", type=float, default=30)
     p.add_argument("--idle-seconds", type=int, default=20,

@@ -107,6 +107,8 @@ def cmd_http(a):
             except (OSError, ValueError, KeyError) as e:
                 with lock:
                     state["failed"].append(str(e))
+            if a.gap:
+                time.sleep(a.gap)
 
     t0 = time.monotonic()
     ths = [threading.Thread(target=worker) for _ in range(a.parallel)]
@@ -533,6 +535,7 @@ def main():
     c.add_argument("--sources")
     c.add_argument("--parallel", type=int, default=16)
     c.add_argument("--timeout", type=float, default=5.0)
+    c.add_argument("--gap", type=float, default=0, help="pause of each worker between requests (demo pace)")
     c = add("udp")
     c.add_argument("--host", required=True)
     c.add_argument("--port", type=int, default=53)

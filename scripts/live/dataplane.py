@@ -260,6 +260,7 @@ table ip6 lbt {
         self.set_return_path(return_path)
 
     def stop(self):
+        self.report = self.counters()
         self.t.procs.stop("standin-prober")
         t = self.t
         run(["ip", "-n", t.ns("mux"), "link", "del", "vx0"], check=False, quiet=True)
@@ -281,7 +282,7 @@ table ip6 lbt {
         log("stand-in down")
 
     def final_report(self):
-        return self.counters()
+        return getattr(self, "report", "")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -479,7 +480,7 @@ class HAProxy:
     def start(self):
         servers = lambda port: "\n".join("  server %s %s:%d" % (b[0], b[3], port) for b in BACKENDS)  # noqa: E731
         cfg = """global
-  maxconn 40000
+  maxconn 8000
 defaults
   mode tcp
   timeout connect 5s

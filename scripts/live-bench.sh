@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The live benchmark, on one set of network namespaces: lb-dpdk (MUX and host agents, AF_XDP by
+# default), the kernel stand-in (VxLAN device and nftables DNAT) and HAProxy in TCP mode, one after
+# the other, to the same backends. Per data plane: new connections a second (wrk), one and eight TCP
+# streams (iperf3), the data plane's CPU time a packet and the machine's. Prints a table.
+#
+#   sudo scripts/live-bench.sh [SECONDS]           # each measurement SECONDS long (default 10)
+#   BENCH_MODE=afpacket sudo scripts/live-bench.sh
+#   BENCH_ONLY=standin,haproxy sudo scripts/live-bench.sh   # without lb-dpdk
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+SECONDS_EACH="${1:-10}"
+ONLY="${BENCH_ONLY:-standin,haproxy,lb}"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "live-bench.sh: needs root (network namespaces, XDP)" >&2
+    exit 1
+fi
+# shellcheck source=scripts/cpu.sh
+. scripts/cpu.sh
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
+missing=()
+for pair in ip:iproute2 ethtool:ethtool nft:nftables conntrack:conntrack wrk:wrk iperf3:iperf3 haproxy:haproxy \
+    curl:curl python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+[ "${#missing[@]}" -gt 0 ] && apt_install "${missing[@]}"
+case ",$ONLY," in
+*,lb,*)
+    if [ -z "${LB_DPDK:-}" ]; then
+        ensure_c_tools
+        echo "==> cargo build --release -p lb-dpdk"
+        cargo build --release -p lb-dpdk
+    fi
+    ;;
+esac
+exec python3 scripts/live/bench.py --mode "${BENCH_MODE:-afxdp}" --seconds "$SECONDS_EACH" --only "$ONLY"
