@@ -233,6 +233,11 @@ typedef struct lb_counters {
    TCP resets sent (host agent).
    */
   uint64_t tcp_resets;
+  /*
+   ICMP "fragmentation needed" / "packet too big" errors sent for packets that no longer fit
+   the underlay after VxLAN.
+   */
+  uint64_t icmp_too_big;
 } lb_counters;
 
 #ifdef __cplusplus

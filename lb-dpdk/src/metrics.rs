@@ -36,6 +36,11 @@ pub fn render(s: &Stats) -> String {
     counter("tx_frames_total", "Frames transmitted or delivered.", s.tx);
     counter("tx_failed_total", "Frames the port could not send (freed).", s.tx_failed);
     counter("tcp_resets_total", "TCP resets sent (idle timeout, SNAT exhaustion).", s.resets);
+    counter(
+        "icmp_too_big_total",
+        "ICMP fragmentation-needed / packet-too-big errors sent for packets too large for the tunnel.",
+        s.too_big,
+    );
     let _ = writeln!(
         o,
         "# HELP lb_engine_seconds_total Time the data path spent on received frames (polling and I/O excluded).\n\

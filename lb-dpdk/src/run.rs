@@ -18,6 +18,7 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
+use crate::live::{Live, LivePort};
 use crate::pcap::AtEnd;
 use crate::stats::Stats;
 use crate::worker::{new_node, Control, WorkerHandle, Workers};
@@ -29,14 +30,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// Read frames from this pcap (the pure-Rust port, the default).
-    #[arg(long, required_unless_present = "dpdk")]
+    #[arg(long, required_unless_present_any = ["dpdk", "live"])]
     pub pcap_in: Option<PathBuf>,
     /// Write transmitted frames to this pcap.
-    #[arg(long, required_unless_present = "dpdk")]
+    #[arg(long, required_unless_present_any = ["dpdk", "live"])]
     pub pcap_out: Option<PathBuf>,
     /// Use DPDK (EAL arguments after `--`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     pub dpdk: bool,
+    /// Run on the Linux interfaces the node file names (`interfaces`): AF_XDP, or AF_PACKET where
+    /// BPF cannot be loaded. The kernel keeps every frame the load balancer does not own.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "afxdp", conflicts_with_all = ["pcap_in", "pcap_out"])]
+    pub live: Option<LiveKind>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
@@ -72,6 +77,16 @@ pub struct RunArgs {
     pub eal: Vec<String>,
 }
 
+/// A live port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LiveKind {
+    /// AF_XDP sockets behind an XDP program that takes only the load balancer's frames.
+    Afxdp,
+    /// AF_PACKET rings (TPACKET_V3, fanout): where BPF cannot be loaded; the kernel sees every
+    /// frame too.
+    Afpacket,
+}
+
 impl RunArgs {
     /// What the DPDK port takes of the options.
     #[cfg(feature = "dpdk")]
@@ -88,7 +103,7 @@ impl RunArgs {
 
 /// `lb-dpdk run`.
 pub fn main(args: &RunArgs) -> ExitCode {
-    let cfg = match node::load(&args.config) {
+    let cfg = match load(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lb-dpdk: {e}");
@@ -107,14 +122,14 @@ pub fn main(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let workers = match start_workers(args, &cfg, &stop) {
+    let (workers, live) = match start_workers(args, &cfg, &stop) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("lb-dpdk: {e}");
             return ExitCode::from(1);
         }
     };
-    let code = control_plane(args, cfg, &stop, &reload, &workers.handles);
+    let code = control_plane(args, cfg, live, &stop, &reload, &workers.handles);
     stop.store(true, Ordering::Relaxed);
     for join in workers.joins {
         join();
@@ -129,11 +144,25 @@ pub fn main(args: &RunArgs) -> ExitCode {
     code
 }
 
+/// The node file, with the fabric interface's MAC when the file gives none and the port is live.
+fn load(args: &RunArgs) -> Result<NodeConfig, String> {
+    let mut cfg = node::load(&args.config).map_err(|e| e.to_string())?;
+    if args.live.is_some() {
+        crate::live::take_interface_mac(&mut cfg)?;
+    }
+    Ok(cfg)
+}
+
 /// Starts the workers on the port the options name.
-fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<Workers, String> {
+fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Option<Live>), String> {
+    match args.live {
+        Some(LiveKind::Afxdp) => return start_live::<crate::afxdp::AfXdpPort>(cfg, stop),
+        Some(LiveKind::Afpacket) => return start_live::<crate::afpacket::AfPacketPort>(cfg, stop),
+        None => {}
+    }
     if args.dpdk {
         #[cfg(feature = "dpdk")]
-        return crate::dpdk::start(&args.dpdk_options(), cfg, stop);
+        return crate::dpdk::start(&args.dpdk_options(), cfg, stop).map(|w| (w, None));
         #[cfg(not(feature = "dpdk"))]
         return Err("this build has no DPDK support: rebuild with `--features dpdk`".into());
     }
@@ -145,7 +174,11 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
         (false, true) => AtEnd::Wait,
         (false, false) => AtEnd::Finish,
     };
-    crate::pcap::start(input, output, at_end, cfg, stop)
+    crate::pcap::start(input, output, at_end, cfg, stop).map(|w| (w, None))
+}
+
+fn start_live<P: LivePort>(cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Option<Live>), String> {
+    crate::live::start::<P>(cfg, stop).map(|(w, l)| (w, Some(l)))
 }
 
 fn sum(handles: &[WorkerHandle]) -> Stats {
@@ -162,6 +195,7 @@ fn sum(handles: &[WorkerHandle]) -> Stats {
 fn control_plane(
     args: &RunArgs,
     cfg: NodeConfig,
+    mut live: Option<Live>,
     stop: &Arc<AtomicBool>,
     reload: &Arc<AtomicBool>,
     workers: &[WorkerHandle],
@@ -189,7 +223,7 @@ fn control_plane(
             break;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            match node::load(&args.config).map_err(|e| e.to_string()).and_then(|new| check_reload(&cfg, new)) {
+            match load(args).and_then(|new| check_reload(&cfg, new)) {
                 Ok(new) => {
                     eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
                     // The old probers' results name members by their place in the old configuration:
@@ -200,6 +234,9 @@ fn control_plane(
                     }
                     forward_probes(&probe_rx, workers);
                     lb = new.clone();
+                    if let Some(l) = &mut live {
+                        l.reload(&lb);
+                    }
                     generation += 1;
                     let shared = Arc::new(new);
                     for w in workers {
@@ -213,6 +250,9 @@ fn control_plane(
             }
         }
         forward_probes(&probe_rx, workers);
+        if let Some(l) = &mut live {
+            l.refresh(&cfg, &lb, workers);
+        }
         let interval = Duration::from_secs(args.status_interval.max(1));
         if last_status.elapsed() >= interval {
             let total = sum(workers);
@@ -268,6 +308,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
             changed.push(name);
         }
     };
+    field("interfaces", a.interfaces != b.interfaces);
     match (&a.role, &b.role) {
         (NodeRole::Mux(a), NodeRole::Mux(b)) => {
             field("mac", a.base.mac != b.base.mac);
@@ -291,6 +332,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
             field("flowCapacity", a.base.flow_capacity != b.base.flow_capacity);
             field("snatQuarantineSeconds", a.snat_quarantine_secs != b.snat_quarantine_secs);
             field("resetOnSnatExhaustion", a.reset_on_snat_exhaustion != b.reset_on_snat_exhaustion);
+            field("mssClamp", a.mss_clamp != b.mss_clamp);
         }
         _ => field("role", true),
     }
@@ -332,7 +374,11 @@ pub fn status_line(now: &Stats, before: &Stats, over: Duration, up: Duration) ->
 /// The final report: counters, drops by reason, and the per-backend distribution with a bar each.
 pub fn print_summary(s: &Stats, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "frames in {}, out {}, tx failed {}, dropped {}", s.rx, s.tx, s.tx_failed, s.dropped())?;
-    writeln!(out, "flows {}, snat ports in use {}, tcp resets {}", s.flows, s.snat_ports, s.resets)?;
+    writeln!(
+        out,
+        "flows {}, snat ports in use {}, tcp resets {}, icmp too big {}",
+        s.flows, s.snat_ports, s.resets, s.too_big
+    )?;
     if let Some(ns) = s.ns_per_frame(&Stats::default()) {
         writeln!(out, "engine time {ns:.1} ns a frame (the data path alone, polling and I/O excluded)")?;
     }

@@ -33,6 +33,9 @@ pub struct Stats {
     pub snat_ports: u64,
     /// TCP resets sent (host role).
     pub resets: u64,
+    /// ICMP "fragmentation needed" / "packet too big" errors sent for packets that no longer fit the
+    /// underlay after VxLAN.
+    pub too_big: u64,
 }
 
 impl Stats {
@@ -80,6 +83,7 @@ impl Stats {
         self.flows += o.flows;
         self.snat_ports += o.snat_ports;
         self.resets += o.resets;
+        self.too_big += o.too_big;
     }
 
     /// Total drops.
@@ -112,6 +116,7 @@ impl Stats {
             flows: totals.flows,
             snat_ports: totals.snat_ports_in_use,
             resets: totals.tcp_resets,
+            too_big: totals.icmp_too_big,
             ..Stats::default()
         }
     }

@@ -134,6 +134,9 @@ pub struct lb_counters {
     pub snat_ports_in_use: u64,
     /// TCP resets sent (host agent).
     pub tcp_resets: u64,
+    /// ICMP "fragmentation needed" / "packet too big" errors sent for packets that no longer fit
+    /// the underlay after VxLAN.
+    pub icmp_too_big: u64,
 }
 
 /// An opaque MUX or host-agent instance. Create it with [`lb_instance_new`], free it with
@@ -593,6 +596,7 @@ pub unsafe extern "C" fn lb_counters_get(inst: *mut lb_instance, out: *mut lb_co
             flows: t.flows,
             snat_ports_in_use: t.snat_ports_in_use,
             tcp_resets: t.tcp_resets,
+            icmp_too_big: t.icmp_too_big,
             ..lb_counters::default()
         };
         for (cause, n) in i.node.drops() {

@@ -54,7 +54,8 @@ int main(int argc, char **argv) {
     CHECK_STR(lb_result_name(12345), "unknown result code");
     CHECK_STR(lb_drop_reason_name(LB_ROLE_MUX, 0), "malformed");
     CHECK_STR(lb_drop_reason_name(LB_ROLE_MUX, 5), "encap");
-    CHECK(lb_drop_reason_name(LB_ROLE_MUX, 7) == NULL);
+    CHECK_STR(lb_drop_reason_name(LB_ROLE_MUX, 7), "no_next_hop");
+    CHECK(lb_drop_reason_name(LB_ROLE_MUX, 8) == NULL);
     CHECK_STR(lb_drop_reason_name(LB_ROLE_HOST, 8), "icmp_untranslated");
     CHECK(lb_drop_reason_name(LB_ROLE_HOST, LB_MAX_DROP_REASONS) == NULL);
     CHECK(lb_drop_reason_name(0, 0) == NULL);

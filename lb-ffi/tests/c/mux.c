@@ -109,10 +109,11 @@ int main(void) {
     CHECK_EQ(c.forwarded_bytes, 3 * 54);
     CHECK_EQ(c.new_flows, 2);
     CHECK_EQ(c.flows, 2);
-    CHECK_EQ(c.drop_reasons, 7);
+    CHECK_EQ(c.drop_reasons, 8);
     CHECK_EQ(c.drops[1], 2); /* no_vip */
     CHECK_EQ(c.drops[2], 1); /* no_rule */
-    CHECK_EQ(c.drops[0] + c.drops[3] + c.drops[4] + c.drops[5] + c.drops[6], 0);
+    CHECK_EQ(c.drops[0] + c.drops[3] + c.drops[4] + c.drops[5] + c.drops[6] + c.drops[7], 0);
+    CHECK_EQ(c.icmp_too_big, 0);
     for (i = c.drop_reasons; i < LB_MAX_DROP_REASONS; i++) {
         CHECK_EQ(c.drops[i], 0);
     }
