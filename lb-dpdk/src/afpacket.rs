@@ -23,7 +23,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::port::{BurstFrame, FrameBuf, Ownership, Port, HEADROOM, MAX_FRAME};
 
@@ -431,6 +432,10 @@ pub struct AfPacketPort {
     block: usize,
     cursor: Option<(u32, usize)>,
     rules: Rules,
+    /// The interface's ownership, shared by its ports, and the generation of it `rules` follow.
+    shared: Arc<Interface>,
+    rules_generation: u64,
+    queue: u32,
     pool: Vec<PacketBuf>,
     ifname: String,
     ifindex: i32,
@@ -464,31 +469,87 @@ fn monotonic_secs() -> u32 {
     ts.tv_sec as u32
 }
 
+/// What the ports of one interface share: its fanout group and its ownership.
+struct Interface {
+    /// The group's id, once its first socket has joined (the kernel picks it).
+    group: Mutex<Option<u16>>,
+    ownership: Mutex<Ownership>,
+    /// Bumped by each change of `ownership`: the ports' rx_burst compare it (a relaxed load a
+    /// burst) and copy the rules when it moved.
+    generation: AtomicU64,
+}
+
+/// An interface: its network namespace and its index.
+type IfKey = (u64, i32);
+
+/// The interfaces this process has AF_PACKET ports on.
+static INTERFACES: Mutex<Vec<(IfKey, Weak<Interface>)>> = Mutex::new(Vec::new());
+
+impl Interface {
+    fn set(&self, ownership: &Ownership) -> Result<(), String> {
+        *self.ownership.lock().map_err(|_| "poisoned")? = ownership.clone();
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+}
+
 impl AfPacketPort {
-    /// One port taking every owned frame of `ifname` (no fanout).
-    pub fn open(ifname: &str, ownership: &Ownership) -> Result<Self, String> {
-        let mut v = Self::open_group(ifname, 1, ownership, &AfPacketOptions::default())?;
-        Ok(v.remove(0))
+    /// The workers to run on `ifname`: one per receive queue of the device (the same count as
+    /// the AF_XDP port's, see [`crate::afxdp::queues`]); the fanout group spreads the flows.
+    pub fn queues(ifname: &str) -> u32 {
+        crate::afxdp::queues(ifname)
     }
 
-    /// `workers` ports on `ifname`, one per worker, sharing its frames by a hash of their flow
-    /// (PACKET_FANOUT_HASH: both directions of a flow to one worker; IP fragments other than the
-    /// first hash on the addresses alone, so they may reach another worker than the first).
+    /// Opens worker `queue`'s port on `ifname` with the default options.
+    pub fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String> {
+        Self::open_with(ifname, queue, ownership, &AfPacketOptions::default())
+    }
+
+    /// Opens a port on `ifname` for worker `queue` (a name in messages: AF_PACKET has no queue
+    /// of its own). The ports of one interface join one fanout group (PACKET_FANOUT_HASH: both
+    /// directions of a flow to one worker; IP fragments but the first hash on their addresses
+    /// alone, so they may reach another worker), and own the same frames.
+    pub fn open_with(ifname: &str, queue: u32, ownership: &Ownership, opts: &AfPacketOptions) -> Result<Self, String> {
+        let (ifindex, mtu) = interface(ifname)?;
+        let key = (crate::afxdp::netns_id(), ifindex);
+        let shared = {
+            let mut list = INTERFACES.lock().map_err(|_| "the AF_PACKET registry is poisoned")?;
+            list.retain(|(_, w)| w.strong_count() > 0);
+            match list.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade()) {
+                Some(i) => {
+                    if *i.ownership.lock().map_err(|_| "poisoned")? != *ownership {
+                        return Err(format!("{ifname}: its ports must own the same frames"));
+                    }
+                    i
+                }
+                None => {
+                    let i = Arc::new(Interface {
+                        group: Mutex::new(None),
+                        ownership: Mutex::new(ownership.clone()),
+                        generation: AtomicU64::new(0),
+                    });
+                    list.push((key, Arc::downgrade(&i)));
+                    i
+                }
+            }
+        };
+        // Held while the socket joins, so that the first one's group is the others'.
+        let mut group = shared.group.lock().map_err(|_| "poisoned")?;
+        let first = group.is_none();
+        let port = Self::open_one(ifname, ifindex, mtu, queue, ownership, opts, *group, first, shared.clone())?;
+        *group = port.group;
+        drop(group);
+        Ok(port)
+    }
+
+    /// `workers` ports on `ifname`, one per worker (see [`AfPacketPort::open_with`]).
     pub fn open_group(
         ifname: &str,
         workers: usize,
         ownership: &Ownership,
         opts: &AfPacketOptions,
     ) -> Result<Vec<Self>, String> {
-        let (ifindex, mtu) = interface(ifname)?;
-        let mut ports = Vec::with_capacity(workers);
-        let mut group = None;
-        for i in 0..workers.max(1) {
-            let p = Self::open_one(ifname, ifindex, mtu, ownership, opts, workers > 1, group, i == 0)?;
-            group = p.group;
-            ports.push(p);
-        }
-        Ok(ports)
+        (0..workers.max(1) as u32).map(|q| Self::open_with(ifname, q, ownership, opts)).collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -496,11 +557,12 @@ impl AfPacketPort {
         ifname: &str,
         ifindex: i32,
         mtu: usize,
+        queue: u32,
         ownership: &Ownership,
         opts: &AfPacketOptions,
-        fanout: bool,
         group: Option<u16>,
         first: bool,
+        shared: Arc<Interface>,
     ) -> Result<Self, String> {
         let page = 4096;
         if !opts.block_size.is_power_of_two() || opts.block_size < page || opts.blocks == 0 {
@@ -549,6 +611,9 @@ impl AfPacketPort {
             block: 0,
             cursor: None,
             rules: Rules::new(ownership),
+            rules_generation: shared.generation.load(Ordering::Acquire),
+            shared,
+            queue,
             pool: Vec::new(),
             ifname: ifname.to_owned(),
             ifindex,
@@ -559,7 +624,7 @@ impl AfPacketPort {
             stats: AfPacketStats::default(),
         };
         bind(fd, &sockaddr(ifindex, libc::ETH_P_ALL as u16), &format!("binding to {ifname}"))?;
-        if fanout {
+        {
             // The first socket has the kernel pick a group id no other group uses; the others join it.
             let type_flags = PACKET_FANOUT_HASH | if group.is_none() { PACKET_FANOUT_FLAG_UNIQUEID } else { 0 };
             let arg = u32::from(group.unwrap_or(0)) | (type_flags << 16);
@@ -582,22 +647,34 @@ impl AfPacketPort {
         if first {
             port._sinks = sinks(ifname, &ownership.tunnel_endpoints);
         }
-        eprintln!(
-            "lb-dpdk: {ifname}: AF_PACKET (TPACKET_V3 ring of {} KiB{}), the kernel sees its frames too",
-            len / 1024,
-            port.group.map(|g| format!(", fanout group {g}")).unwrap_or_default()
-        );
         Ok(port)
     }
 
-    /// The fanout group's id (`None` without fanout).
+    /// One line on how the port runs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} worker {}: AF_PACKET, TPACKET_V3 ring of {} KiB{}; the kernel sees these frames too",
+            self.ifname,
+            self.queue,
+            self.block_size * self.blocks / 1024,
+            self.group.map(|g| format!(", fanout group {g}")).unwrap_or_default()
+        )
+    }
+
+    /// The fanout group's id.
     pub fn group(&self) -> Option<u16> {
         self.group
     }
 
-    /// Changes the frames the port takes (a reload).
-    pub fn update_ownership(&mut self, ownership: &Ownership) {
-        self.rules = Rules::new(ownership);
+    /// Changes the frames the interface's ports take (a reload): each follows at its next burst.
+    pub fn update_ownership(&self, ownership: &Ownership) -> Result<(), String> {
+        self.shared.set(ownership)
+    }
+
+    /// A handle that changes the frames the interface's ports take, for the control plane.
+    pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |o: &Ownership| shared.set(o)
     }
 
     /// The port's counters (with the kernel's ring drops, read and added up here).
@@ -735,6 +812,26 @@ impl AfPacketPort {
     }
 }
 
+impl crate::live::LivePort for AfPacketPort {
+    const NAME: &'static str = "afpacket";
+
+    fn queues(ifname: &str) -> u32 {
+        AfPacketPort::queues(ifname)
+    }
+
+    fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String> {
+        AfPacketPort::open(ifname, queue, ownership)
+    }
+
+    fn describe(&self) -> String {
+        AfPacketPort::describe(self)
+    }
+
+    fn ownership_handle(&self) -> crate::live::SetOwnership {
+        Box::new(AfPacketPort::ownership_handle(self))
+    }
+}
+
 /// Binds UDP sockets to port 4789 of the tunnel endpoints, with the smallest receive buffer: the
 /// kernel then queues a datagram or two and drops the rest silently, instead of sending an ICMP
 /// "port unreachable" for every VxLAN frame the port takes.
@@ -762,6 +859,13 @@ impl Port for AfPacketPort {
 
     fn rx_burst(&mut self, out: &mut Vec<PacketBuf>, max: usize) -> usize {
         self.now = monotonic_secs();
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.rules_generation {
+            if let Ok(o) = self.shared.ownership.lock() {
+                self.rules = Rules::new(&o);
+                self.rules_generation = generation;
+            }
+        }
         let mut got = 0;
         while got < max {
             let (left, off) = match self.cursor {
@@ -1110,6 +1214,12 @@ pub(crate) mod lab {
     impl Lab {
         /// The namespaces `lbx<pid><tag>p` and `lbx<pid><tag>n`.
         pub fn new(tag: &str) -> Lab {
+            Lab::with_queues(tag, 1)
+        }
+
+        /// The same with `queues` rx and tx queues on each end of the veth pair.
+        pub fn with_queues(tag: &str, queues: u32) -> Lab {
+            let q = queues.to_string();
             // SAFETY: reads the effective user id.
             assert_eq!(unsafe { libc::geteuid() }, 0, "the live-port tests need root (network namespaces)");
             let base = format!("lbx{}{tag}", std::process::id());
@@ -1120,7 +1230,29 @@ pub(crate) mod lab {
                 sh(&["ip", "netns", "add", ns]).unwrap();
             }
             let steps: &[&[&str]] = &[
-                &["ip", "-n", p, "link", "add", PEER_IF, "type", "veth", "peer", "name", NODE_IF, "netns", n],
+                &[
+                    "ip",
+                    "-n",
+                    p,
+                    "link",
+                    "add",
+                    PEER_IF,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    NODE_IF,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                    "netns",
+                    n,
+                ],
                 &["ip", "-n", p, "addr", "add", "198.18.0.1/24", "dev", PEER_IF],
                 &["ip", "-n", n, "addr", "add", "198.18.0.2/24", "dev", NODE_IF],
                 &["ip", "-n", p, "addr", "add", "2001:2:0:1::1/64", "dev", PEER_IF, "nodad"],
@@ -1280,9 +1412,7 @@ mod live {
         assert!(lab.ping("198.18.0.2"));
         assert!(lab.ping("2001:2:0:1::2"));
         // A reload: the VIPs are no longer owned.
-        for p in ports.iter_mut() {
-            p.update_ownership(&Ownership::default());
-        }
+        ports[1].update_ownership(&Ownership::default()).unwrap();
         let sender = lab.peer_sends(vec![VIP4.into()], 1);
         let end = Instant::now() + Duration::from_millis(300);
         let mut rx = Vec::new();

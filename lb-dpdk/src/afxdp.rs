@@ -161,7 +161,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// The network namespace of the calling thread (an interface index names an interface only
 /// within one).
-fn netns_id() -> u64 {
+pub(crate) fn netns_id() -> u64 {
     std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0)
 }
 
@@ -740,7 +740,6 @@ impl AfXdpPort {
         };
         port.refill();
         port.attachment.set_socket(queue, fd)?;
-        eprintln!("lb-dpdk: {}", port.describe());
         Ok(port)
     }
 
@@ -789,6 +788,17 @@ impl AfXdpPort {
     /// queue of the interface follows.
     pub fn update_ownership(&self, ownership: &Ownership) -> Result<(), String> {
         self.attachment.update(ownership)
+    }
+
+    /// A handle that changes the frames the interface's program takes, for the control plane.
+    pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
+        let a = self.attachment.clone();
+        move |o: &Ownership| a.update(o)
+    }
+
+    /// The rx queues of `ifname` (see [`queues`]).
+    pub fn queues(ifname: &str) -> u32 {
+        queues(ifname)
     }
 
     /// Whether the worker may sleep in `poll(2)` on [`Port::wake_fd`]: false while the tx ring
@@ -1021,6 +1031,26 @@ impl Port for AfXdpPort {
     }
 }
 
+impl crate::live::LivePort for AfXdpPort {
+    const NAME: &'static str = "afxdp";
+
+    fn queues(ifname: &str) -> u32 {
+        queues(ifname)
+    }
+
+    fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String> {
+        AfXdpPort::open(ifname, queue, ownership)
+    }
+
+    fn describe(&self) -> String {
+        AfXdpPort::describe(self)
+    }
+
+    fn ownership_handle(&self) -> crate::live::SetOwnership {
+        Box::new(AfXdpPort::ownership_handle(self))
+    }
+}
+
 impl Drop for AfXdpPort {
     fn drop(&mut self) {
         self.attachment.unset_socket(self.queue);
@@ -1031,5 +1061,219 @@ impl Drop for AfXdpPort {
         }
         // Then the rings and the socket close (field order), the UMEM is released, and the last
         // port of the interface detaches the program (Attachment's drop).
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_frame_has_the_headroom_the_data_path_needs() {
+        assert_eq!(UMEM_HEADROOM, 0, "the kernel's 256 bytes hold the 128 the data path needs");
+        assert_eq!(RX_OFFSET, 256);
+        assert_eq!(MAX_RX_FRAME, 3840);
+        // Where the kernel puts a frame, it stays.
+        assert_eq!(rx_place(RX_OFFSET, 1514), Some(RX_OFFSET));
+        assert_eq!(rx_place(RX_OFFSET, MAX_RX_FRAME), Some(RX_OFFSET));
+        assert_eq!(rx_place(HEADROOM, 1514), Some(HEADROOM));
+        // Too close to the chunk's start: moved to HEADROOM, if it fits behind it.
+        assert_eq!(rx_place(0, 1514), Some(HEADROOM));
+        assert_eq!(rx_place(64, FRAME_SIZE - HEADROOM), Some(HEADROOM));
+        assert_eq!(rx_place(0, FRAME_SIZE - HEADROOM + 1), None);
+    }
+
+    #[test]
+    fn descriptors_map_to_their_chunks() {
+        assert_eq!(chunk_of(0), 0);
+        assert_eq!(chunk_of(256), 0);
+        assert_eq!(chunk_of(4095), 0);
+        assert_eq!(chunk_of(4096 * 7 + 256), 4096 * 7);
+        // A frame the data path moved (encapsulation) is sent from the same chunk.
+        let rx = 4096 * 3 + RX_OFFSET as u64;
+        let tx = rx - 50;
+        assert_eq!(chunk_of(tx), chunk_of(rx));
+        // A VxLAN-over-IPv6 prefix (70 bytes) fits in front of a frame in every case.
+        const { assert!(HEADROOM >= 70) };
+    }
+
+    #[test]
+    fn ownership_beyond_the_maps_is_refused() {
+        let a = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0xc613_0000 + i));
+        let mut o = Ownership { addresses: (0..MAX_OWNED as u32).map(a).collect(), ..Default::default() };
+        assert!(check_ownership(&o).is_ok());
+        o.addresses.push(a(MAX_OWNED as u32));
+        assert!(check_ownership(&o).is_err());
+        let o = Ownership { all_except: Some((0..=MAX_PASS as u32).map(a).collect()), ..Default::default() };
+        assert!(check_ownership(&o).is_err());
+    }
+
+    #[cfg(lb_no_xdp)]
+    #[test]
+    fn without_the_program_the_port_says_what_to_install_and_what_else_to_run() {
+        let e = AfXdpPort::open("lo", 0, &Ownership::default()).err().unwrap();
+        assert!(e.contains("clang") && e.contains("--live afpacket"), "{e}");
+    }
+
+    #[test]
+    fn a_veth_less_name_has_one_queue_at_least() {
+        assert_eq!(queues("lbx-no-such-if0"), 1);
+        assert!(queues("lo") >= 1);
+    }
+}
+
+#[cfg(all(test, not(lb_no_xdp)))]
+mod live {
+    use super::*;
+    use crate::afpacket::lab::*;
+    use std::time::{Duration, Instant};
+
+    /// Runs the port until `want` requests were answered (in place, from their own chunks, or
+    /// with tx_copy every other time) or 5 s passed; returns how many were answered.
+    fn serve(port: &mut AfXdpPort, want: usize) -> usize {
+        let mut answered = 0;
+        let end = Instant::now() + Duration::from_secs(5);
+        while answered < want && Instant::now() < end {
+            let mut rx = Vec::new();
+            if port.rx_burst(&mut rx, 32) == 0 {
+                let mut p = libc::pollfd { fd: port.wake_fd().unwrap(), events: libc::POLLIN, revents: 0 };
+                if port.may_sleep() {
+                    // SAFETY: one pollfd.
+                    unsafe { libc::poll(&mut p, 1, 10) };
+                }
+                continue;
+            }
+            let mut tx = Vec::new();
+            for mut b in rx {
+                let (buf, start, len) = b.parts();
+                assert!(start >= HEADROOM, "headroom before a received frame");
+                let f = &mut buf[start..start + len];
+                if !answer(f) {
+                    port.recycle(b);
+                } else if answered % 2 == 1 {
+                    let copy = f.to_vec();
+                    port.recycle(b);
+                    assert!(port.tx_copy(&copy));
+                    answered += 1;
+                } else {
+                    tx.push(b);
+                    answered += 1;
+                }
+            }
+            let n = tx.len();
+            assert_eq!(port.tx_burst(&mut tx), n);
+        }
+        answered
+    }
+
+    #[test]
+    #[ignore = "root: network namespaces and XDP (cargo test -p lb-dpdk -- --ignored afxdp)"]
+    fn afxdp_takes_owned_frames_answers_them_and_leaves_arp_and_nd_to_the_kernel() {
+        let lab = Lab::new("x");
+        Lab::enter(&lab.node);
+        assert_eq!(queues(NODE_IF), 1);
+        let own = Ownership { addresses: vec![VIP4.into(), VIP6.into()], ..Default::default() };
+        let mut port = AfXdpPort::open(NODE_IF, 0, &own).unwrap();
+        assert!(!port.zero_copy(), "veth: copy mode");
+        let attached = sh(&["ip", "-d", "link", "show", NODE_IF]).unwrap();
+        assert!(attached.contains("prog/xdp"), "{attached}");
+        let sender = lab.peer_sends(vec![VIP4.into(), VIP6.into()], 3);
+        assert_eq!(serve(&mut port, 6), 6);
+        let heard = sender.join().unwrap();
+        assert_eq!(heard.len(), 6, "answers the peer's kernel accepted: {heard:?}");
+        // The kernel still has ARP, ND and its own addresses.
+        assert!(lab.ping("198.18.0.2"));
+        assert!(lab.ping("2001:2:0:1::2"));
+        let c = port.xdp_counters();
+        assert_eq!(c.redirected, 6, "{c:?}");
+        assert!(c.passed > 0, "ARP, ND and pings passed: {c:?}");
+        let s = port.stats();
+        assert_eq!((s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs), (0, 0, 0), "{s:?}");
+
+        // A backend side: everything but the node's own addresses, ARP and ND.
+        let backend = Ownership { all_except: Some(vec![NODE4.into(), NODE6.into()]), ..Default::default() };
+        port.update_ownership(&backend).unwrap();
+        let sender = lab.peer_sends(vec![FAR4.into()], 2);
+        assert_eq!(serve(&mut port, 2), 2);
+        assert_eq!(sender.join().unwrap().len(), 2);
+        assert!(lab.ping("198.18.0.2"), "the node's address stays the kernel's");
+        assert!(lab.ping("2001:2:0:1::2"));
+
+        // A second port on the same queue is refused; after the drop, the program is gone.
+        assert!(AfXdpPort::open(NODE_IF, 0, &backend).is_err());
+        drop(port);
+        let detached = sh(&["ip", "-d", "link", "show", NODE_IF]).unwrap();
+        assert!(!detached.contains("prog/xdp"), "{detached}");
+        // And a new port attaches again.
+        let port = AfXdpPort::open(NODE_IF, 0, &own).unwrap();
+        drop(port);
+    }
+
+    #[test]
+    #[ignore = "root: network namespaces and XDP (cargo test -p lb-dpdk -- --ignored afxdp)"]
+    fn afxdp_queues_share_one_program_and_frames_cross_ports() {
+        let lab = Lab::with_queues("q", 2);
+        Lab::enter(&lab.node);
+        assert_eq!(queues(NODE_IF), 2);
+        let own = Ownership { addresses: vec![VIP4.into(), VIP6.into()], ..Default::default() };
+        let busy = AfXdpOptions { busy_poll_us: Some(20), ..Default::default() };
+        let mut ports =
+            [AfXdpPort::open(NODE_IF, 0, &own).unwrap(), AfXdpPort::open_with(NODE_IF, 1, &own, &busy).unwrap()];
+        let other = Ownership { addresses: vec![VIP4.into()], ..Default::default() };
+        assert!(AfXdpPort::open(NODE_IF, 2, &other).is_err(), "one interface, one ownership");
+        let sender = lab.peer_sends(vec![VIP4.into(), VIP6.into()], 4);
+        // Every answer leaves by the other queue's port: a copy from one UMEM into the other.
+        let mut answered = 0;
+        let end = Instant::now() + Duration::from_secs(5);
+        while answered < 8 && Instant::now() < end {
+            for i in 0..2 {
+                let mut rx = Vec::new();
+                ports[i].rx_burst(&mut rx, 32);
+                let mut tx = Vec::new();
+                for mut b in rx {
+                    let (buf, start, len) = b.parts();
+                    if answer(&mut buf[start..start + len]) {
+                        tx.push(b);
+                    } else {
+                        ports[i].recycle(b);
+                    }
+                }
+                let n = tx.len();
+                assert_eq!(ports[1 - i].tx_burst(&mut tx), n);
+                answered += n;
+            }
+        }
+        assert_eq!(answered, 8);
+        assert_eq!(sender.join().unwrap().len(), 8);
+        let copied: u64 = ports.iter().map(|p| p.stats().tx_copied_in).sum();
+        assert_eq!(copied, 8);
+        // The chunks went home: after a few polls, nothing is out.
+        for _ in 0..3 {
+            for p in ports.iter_mut() {
+                p.rx_burst(&mut Vec::new(), 32);
+            }
+        }
+        assert_eq!(ports.iter().map(|p| p.out).sum::<u64>(), 0);
+        let [q0, q1] = ports;
+        drop(q0);
+        assert!(sh(&["ip", "-d", "link", "show", NODE_IF]).unwrap().contains("prog/xdp"), "queue 1 still runs");
+        drop(q1);
+        assert!(!sh(&["ip", "-d", "link", "show", NODE_IF]).unwrap().contains("prog/xdp"));
+    }
+
+    #[test]
+    #[ignore = "root: network namespaces and XDP (cargo test -p lb-dpdk -- --ignored afxdp)"]
+    fn afxdp_runs_with_the_program_in_generic_mode() {
+        let lab = Lab::new("g");
+        Lab::enter(&lab.node);
+        let own = Ownership { addresses: vec![VIP4.into()], ..Default::default() };
+        let opts = AfXdpOptions { attach: AttachMode::Generic, ..Default::default() };
+        let mut port = AfXdpPort::open_with(NODE_IF, 0, &own, &opts).unwrap();
+        assert!(!port.native() && !port.zero_copy());
+        assert!(sh(&["ip", "-d", "link", "show", NODE_IF]).unwrap().contains("xdpgeneric"));
+        let sender = lab.peer_sends(vec![VIP4.into()], 2);
+        assert_eq!(serve(&mut port, 2), 2);
+        assert_eq!(sender.join().unwrap().len(), 2);
+        assert!(lab.ping("198.18.0.2"));
     }
 }
