@@ -672,9 +672,14 @@ impl AfPacketPort {
     }
 
     /// A handle that changes the frames the interface's ports take, for the control plane.
+    /// It does not keep the interface's state alive once its ports are gone.
     pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
-        let shared = self.shared.clone();
-        move |o: &Ownership| shared.set(o)
+        let shared = Arc::downgrade(&self.shared);
+        let ifname = self.ifname.clone();
+        move |o: &Ownership| match shared.upgrade() {
+            Some(s) => s.set(o),
+            None => Err(format!("{ifname}: no AF_PACKET port is open any more")),
+        }
     }
 
     /// The port's counters (with the kernel's ring drops, read and added up here).

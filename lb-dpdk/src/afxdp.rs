@@ -791,9 +791,15 @@ impl AfXdpPort {
     }
 
     /// A handle that changes the frames the interface's program takes, for the control plane.
+    /// It does not keep the program attached: once the interface's ports are gone, it changes
+    /// nothing and says so.
     pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
-        let a = self.attachment.clone();
-        move |o: &Ownership| a.update(o)
+        let a = Arc::downgrade(&self.attachment);
+        let ifname = self.ifname.clone();
+        move |o: &Ownership| match a.upgrade() {
+            Some(a) => a.update(o),
+            None => Err(format!("{ifname}: no AF_XDP port is open any more")),
+        }
     }
 
     /// The rx queues of `ifname` (see [`queues`]).
