@@ -11,12 +11,12 @@ use clap::{Parser, Subcommand};
 // Layers, each using only those listed before it: the kernel's tables, counters and the port
 // trait; the poll loop; the ports; the program (the live ports' control, probes, metrics, `run`,
 // `inspect`).
-#[allow(dead_code)]
 mod netlink;
 mod port;
 mod stats;
 mod worker;
-// The only module with unsafe code: the DPDK bindings and what uses them.
+// The ports are the modules with unsafe code: the DPDK bindings, the AF_XDP rings and the
+// AF_PACKET ring, each behind the port trait.
 #[allow(dead_code, unsafe_code)]
 mod afpacket;
 #[allow(dead_code, unsafe_code)]
@@ -26,7 +26,6 @@ mod afxdp;
 mod dpdk;
 mod pcap;
 
-#[allow(dead_code)]
 mod live;
 
 mod inspect;
