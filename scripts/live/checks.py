@@ -17,7 +17,7 @@ device on the MUX, nftables DNAT on the hosts; see dataplane.py).
             replies or not
   health    a backend's server stopped: no new connection reaches it within intervalInSeconds x
             numberOfProbes, the others never fail, and established connections to the others keep
-            going; restarted, it takes new connections again within 2 x intervalInSeconds
+            going; restarted, it takes new connections again within 3 x intervalInSeconds + 3 s
   idle      an idle connection past its rule's idle timeout gets a TCP reset at both ends
             (--idle-seconds; Azure's smallest timeout is 4 minutes)
   flood     hundreds of thousands of spoofed SYNs at a VIP while 64 established connections transfer:
@@ -199,7 +199,7 @@ def check_health(c):
     down_limit = interval * count + 1.5
     # Two successes bring it back: the next probe comes up to one interval after the restart, the
     # second one later; an interval more covers the server's start and the probes' phase.
-    up_limit = interval * 3 + 1.0
+    up_limit = interval * 3 + 3.0
     total = 4 + down_limit + 4 + 3 + up_limit + 4
     if c.deadline.left() < total + 30:
         raise Skip("not enough time left before the deadline (%.0fs)" % c.deadline.left())
@@ -214,10 +214,12 @@ def check_health(c):
     read_lines(watch, time.monotonic() + 4, ev)
     c.t.stop_backend(victim)
     t_kill = time.time()
+    log("health: %s stopped" % victim)
     read_lines(watch, time.monotonic() + down_limit + 4, ev)
     c.t.start_backend(victim)
     c.t.wait_servers([victim])
     t_restart = time.time()
+    log("health: %s restarted" % victim)
     read_lines(watch, time.monotonic() + up_limit + 4, ev)
     watch.kill()
     watch.wait()
@@ -407,6 +409,7 @@ def main():
             results.append((name, status, lines))
     except KeyboardInterrupt:
         print("interrupted", flush=True)
+        results.append(("interrupted", "FAIL", []))
     except (CommandError, RuntimeError) as e:
         print("FAIL setup (%s): %s" % (a.mode, e), flush=True)
         results.append(("setup", "FAIL", [str(e)]))

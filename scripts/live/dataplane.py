@@ -224,6 +224,7 @@ table ip6 lbt {
                     host = next(b[1] for b in BACKENDS if b[0] == ev["backend"])
                     try:
                         self._host_nft(host)
+                        log("stand-in prober: %s %s, %s's DNAT maps rewritten" % (ev["backend"], ev["event"], host))
                     except CommandError as e:
                         log("stand-in prober: %s" % e)
             time.sleep(0.2)

@@ -28,7 +28,7 @@ after encapsulation: TCP is kept under it by clamping the MSS to 1400 on the hos
 the path-MTU check sends a 1500-byte UDP datagram with DF, which must come back as ICMP
 "fragmentation needed" (MTU 1450).
 
-Checksum offload: `ethtool -K IF tx off` on the veths of the kernel senders (clients, backends,
+Checksum offload: `ethtool -K IF tx off tso off gso off` on the veths of the kernel senders (clients, backends,
 internet server): AF_XDP hands a user-space forwarder frames whose TCP/UDP checksum the sender left
 partial, and it cannot complete them, so the receiver would drop them as checksum errors.
 
@@ -86,6 +86,11 @@ FLOOD_NET4, FLOOD_NET6 = "198.18.200.0/21", "2001:2:0:200::/56"
 PORT_HTTP, PORT_FAST, PORT_UDP, PORT_ECHO, PORT_IPERF = 8080, 8081, 5353, 7007, 5201
 
 
+# The senders' veths: no partial checksums (AF_XDP cannot complete them) and no frames larger than
+# the MTU (GSO super-frames, which AF_PACKET drops as oversize).
+OFFLOADS_OFF = ["tx", "off", "tso", "off", "gso", "off"]
+
+
 def mac(a, b):
     return "02:00:c6:12:%02x:%02x" % (a, b)
 
@@ -128,9 +133,9 @@ class Topology:
         self._sysctls()
         # The senders' veths: a user-space forwarder cannot complete partial checksums (see above).
         for role in ["client", "inet"]:
-            nsrun(self.ns(role), ["ethtool", "-K", "fab0", "tx", "off"], quiet=True)
+            nsrun(self.ns(role), ["ethtool", "-K", "fab0"] + OFFLOADS_OFF, quiet=True)
         for b in BACKENDS:
-            nsrun(self.ns(b[0].lower()), ["ethtool", "-K", "eth0", "tx", "off"], quiet=True)
+            nsrun(self.ns(b[0].lower()), ["ethtool", "-K", "eth0"] + OFFLOADS_OFF, quiet=True)
         if servers:
             self.start_servers()
         log("topology up")
