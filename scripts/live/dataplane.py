@@ -439,7 +439,16 @@ table inet lbguard {
         for role in ("mux", "h1", "h2"):
             m = self.metrics(role)
             keep = sorted((k, v) for k, v in m.items() if v and k[0] != "lb_engine_seconds_total")
-            lines.append("%s: %s" % (role, ", ".join("%s%s=%g" % (k[0][3:], k[1], v) for k, v in keep)))
+
+            def short(name, labels):
+                # lb_drops_total{reason="no_vip"} -> drops[no_vip]; per backend: [pool/backend]
+                name = name[3:].replace("_total", "")
+                if not labels:
+                    return name
+                which = label(labels, "reason") or "%s/%s" % (label(labels, "pool"), label(labels, "backend"))
+                return "%s[%s]" % (name, which)
+
+            lines.append("%s: %s" % (role, ", ".join("%s=%g" % (short(*k), v) for k, v in keep)))
             err = self.t.procs.read("lb-" + role, "err").strip().splitlines()
             if err:
                 lines.append("%s status: %s" % (role, err[-1]))
