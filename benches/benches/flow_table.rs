@@ -6,6 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lb_core::tables::flow::IdleTimeout;
 use lb_core::tables::maglev::mix64;
 use lb_core::tables::{FlowTable, FlowTuple, MuxFlow};
 
@@ -40,7 +41,7 @@ fn hits(c: &mut Criterion) {
         let mut table = FlowTable::with_capacity_prepared(n, lb_core::mem::huge_pages).unwrap();
         for i in 0..n as u64 {
             let (t, h) = tuple(i);
-            table.insert(&t, h, 0x02, MuxFlow { backend: (i % 1000) as u16, listener: 0 }, 4, 0);
+            table.insert(&t, h, 0x02, MuxFlow { backend: (i % 1000) as u16, listener: 0 }, IdleTimeout::default(), 0);
         }
         // Random established flows, as packets of many connections interleave on a link.
         let picks: Vec<(FlowTuple, u32)> = (0..PROBES as u64).map(|i| tuple(mix64(i ^ 0xabc) % n as u64)).collect();

@@ -97,6 +97,11 @@ fn pool_index(lb: &LoadBalancer, name: &str) -> usize {
     lb.pools.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no pool {name}"))
 }
 
+/// An idle timeout of `m` minutes.
+fn minutes(m: u8) -> IdleTimeout {
+    IdleTimeout::from_minutes(m).unwrap()
+}
+
 fn rule<'a>(lb: &'a LoadBalancer, name: &str) -> &'a Rule {
     lb.rules.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name}"))
 }
@@ -105,8 +110,8 @@ fn rule<'a>(lb: &'a LoadBalancer, name: &str) -> &'a Rule {
 // The examples
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn every_example_loads() {
+/// The load balancers of `examples/`.
+fn example_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(examples_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -114,6 +119,12 @@ fn every_example_loads() {
         .filter(|n| n.ends_with(".json") && !n.ends_with(".node.json"))
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn every_example_loads() {
+    let files = example_files();
     for f in [BASIC, THREE_TIER, OUTBOUND, NAT_POOL] {
         assert!(files.iter().any(|x| x == f), "examples/{f} missing: {files:?}");
     }
@@ -122,6 +133,42 @@ fn every_example_loads() {
         assert!(!lb.name.is_empty(), "{f}");
         assert!(!lb.frontends.is_empty() && !lb.pools.is_empty(), "{f}");
         assert_eq!(lb.validate(), Ok(()), "{f}");
+    }
+}
+
+/// The four kinds of resource that take an idle timeout, each as (example, collection, item,
+/// name), and the model's timeout of that item.
+const IDLE_HOLDERS: [(&str, &str, usize, &str); 4] = [
+    (BASIC, "loadBalancingRules", 0, "HTTPRule"),
+    (NAT_POOL, "inboundNatRules", 2, "Metrics-to-VM0"),
+    (NAT_POOL, "inboundNatPools", 0, "SSH-Pool"),
+    (OUTBOUND, "outboundRules", 0, "OutboundRule"),
+];
+
+fn idle_of(lb: &LoadBalancer, coll: &str, i: usize) -> IdleTimeout {
+    match coll {
+        "loadBalancingRules" => lb.rules[i].idle_timeout,
+        "inboundNatRules" => lb.nat_rules[i].idle_timeout,
+        "inboundNatPools" => lb.nat_pools[i].idle_timeout,
+        "outboundRules" => lb.outbound_rules[i].idle_timeout,
+        _ => unreachable!("{coll}"),
+    }
+}
+
+#[test]
+fn examples_read_the_same_through_a_json_round_trip_with_their_idle_timeouts_in_minutes() {
+    for f in &example_files() {
+        let lb = load(f);
+        let v: Value = serde_json::from_str(&text(f)).unwrap();
+        let again = from_json(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        assert_eq!(again, lb, "{f}");
+        for coll in ["loadBalancingRules", "inboundNatRules", "inboundNatPools", "outboundRules"] {
+            let items = v["properties"][coll].as_array().cloned().unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
+                let given = item["properties"]["idleTimeoutInMinutes"].as_u64().map_or(4, |m| m as u8);
+                assert_eq!(idle_of(&lb, coll, i), minutes(given), "{f} {coll} {i}");
+            }
+        }
     }
 }
 
@@ -159,7 +206,7 @@ fn basic_web_app() {
         assert_eq!((r.protocol, r.frontend_port, r.backend_port), (Protocol::Tcp, port, port), "{}", r.name);
         assert_eq!(r.load_distribution, LoadDistribution::Default);
         assert!(r.tcp_reset && !r.floating_ip && !r.disable_outbound_snat && !r.is_ha_ports(), "{}", r.name);
-        assert_eq!(r.idle_timeout_minutes, 4);
+        assert_eq!(r.idle_timeout, minutes(4));
     }
     assert!(lb.nat_rules.is_empty() && lb.nat_pools.is_empty() && lb.outbound_rules.is_empty());
 }
@@ -183,7 +230,7 @@ fn internal_three_tier_with_ha_ports() {
     assert!(!app.is_ha_ports() && !app.floating_ip);
 
     let db = rule(&lb, "DBRule");
-    assert_eq!((db.frontend_port, db.backend_port, db.idle_timeout_minutes), (1433, 1433, 30));
+    assert_eq!((db.frontend_port, db.backend_port, db.idle_timeout), (1433, 1433, minutes(30)));
     assert_eq!(db.load_distribution, LoadDistribution::SourceIp);
     assert!(db.floating_ip && !db.is_ha_ports());
     assert_eq!(lb.probes[db.probe.unwrap()].interval_secs, 5);
@@ -217,7 +264,7 @@ fn outbound_snat() {
     assert_eq!(out.frontends, [frontend_index(&lb, "OutboundFrontend1"), frontend_index(&lb, "OutboundFrontend2")]);
     assert_eq!((out.pool, out.protocol), (0, Protocol::All));
     assert_eq!(out.allocated_outbound_ports, Some(1024));
-    assert_eq!(out.idle_timeout_minutes, 4);
+    assert_eq!(out.idle_timeout, minutes(4));
     assert!(out.tcp_reset);
     // 3 backends × 1024 ports fit in 2 × 64000.
     assert!(1024 * lb.pools[out.pool].backends.len() <= 64_000 * out.frontends.len());
@@ -289,7 +336,7 @@ fn default_outbound_snat_serves_the_protocols_of_its_rules() {
 fn nat_pool_idle_timeout_floating_ip_and_reset() {
     let lb = load(NAT_POOL);
     let np = &lb.nat_pools[0];
-    assert_eq!((np.idle_timeout_minutes, np.floating_ip, np.tcp_reset), (4, false, false), "Azure's defaults");
+    assert_eq!((np.idle_timeout, np.floating_ip, np.tcp_reset), (minutes(4), false, false), "Azure's defaults");
     let lb = accept(NAT_POOL, |v| {
         let p = props(v, "inboundNatPools", 0);
         p["idleTimeoutInMinutes"] = json!(30);
@@ -297,7 +344,7 @@ fn nat_pool_idle_timeout_floating_ip_and_reset() {
         p["enableTcpReset"] = json!(true);
     });
     let np = &lb.nat_pools[0];
-    assert_eq!((np.idle_timeout_minutes, np.floating_ip, np.tcp_reset), (30, true, true));
+    assert_eq!((np.idle_timeout, np.floating_ip, np.tcp_reset), (minutes(30), true, true));
     let e = refuse(NAT_POOL, |v| props(v, "inboundNatPools", 0)["idleTimeoutInMinutes"] = json!(2));
     assert_names(&e, "inboundNatPools", "SSH-Pool", "idleTimeoutInMinutes");
 }
@@ -579,8 +626,58 @@ fn idle_timeout_out_of_range() {
 
     for minutes in [4, 100] {
         let lb = accept(BASIC, |v| props(v, "loadBalancingRules", 0)["idleTimeoutInMinutes"] = json!(minutes));
-        assert_eq!(u32::from(lb.rules[0].idle_timeout_minutes), minutes);
+        assert_eq!(lb.rules[0].idle_timeout.seconds(), minutes * 60);
     }
+}
+
+#[test]
+fn idle_timeout_in_seconds_on_every_kind_of_rule() {
+    for (file, coll, i, name) in IDLE_HOLDERS {
+        // Alone, seconds win over the default 4 minutes.
+        for seconds in [1u8, 5, 127] {
+            let lb = accept(file, |v| {
+                let p = props(v, coll, i);
+                p.as_object_mut().unwrap().remove("idleTimeoutInMinutes");
+                p["idleTimeoutInSeconds"] = json!(seconds);
+            });
+            let idle = idle_of(&lb, coll, i);
+            assert_eq!((idle.seconds(), idle.minutes()), (u32::from(seconds), None), "{coll} {seconds}");
+        }
+        for seconds in [json!(0), json!(128), json!(300), json!(1u64 << 32)] {
+            let e = refuse(file, |v| {
+                let p = props(v, coll, i);
+                p.as_object_mut().unwrap().remove("idleTimeoutInMinutes");
+                p["idleTimeoutInSeconds"] = seconds.clone();
+            });
+            assert_names(&e, coll, name, "idleTimeoutInSeconds");
+            assert_eq!(e.problem, "must be 1..=127", "{coll} {seconds}");
+        }
+        // Both, even Azure's default given explicitly: refused, whichever is in range.
+        for minutes in [4, 30] {
+            let e = refuse(file, |v| {
+                let p = props(v, coll, i);
+                p["idleTimeoutInMinutes"] = json!(minutes);
+                p["idleTimeoutInSeconds"] = json!(5);
+            });
+            assert_names(&e, coll, name, "idleTimeoutInSeconds");
+            assert!(e.problem.contains("idleTimeoutInMinutes"), "{e}");
+        }
+        // Minutes alone keep Azure's bounds and message.
+        let e = refuse(file, |v| props(v, coll, i)["idleTimeoutInMinutes"] = json!(3));
+        assert_names(&e, coll, name, "idleTimeoutInMinutes");
+        assert_eq!(e.problem, "must be 4..=100");
+    }
+}
+
+#[test]
+fn a_model_built_in_code_validates_seconds_and_azures_minutes() {
+    let mut lb = load(BASIC);
+    lb.rules[0].idle_timeout = IdleTimeout::from_seconds(5).unwrap();
+    assert_eq!(lb.validate(), Ok(()));
+    lb.rules[0].idle_timeout = minutes(2);
+    let e = lb.validate().unwrap_err();
+    assert_names(&e, "loadBalancingRules", "HTTPRule", "idleTimeoutInMinutes");
+    assert_eq!(e.problem, "must be 4..=100");
 }
 
 #[test]

@@ -286,10 +286,18 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
     // Find a client port the MUX sends to host A.
     let (port, outer) = syn_to_host_a(&mut mux, client);
     // A table of one bucket (capacity 6) too: then a sweep meets both entries of the connection
-    // at once, and each reset must still go its own way.
-    for (reset, capacity) in [(true, 100_000), (false, 100_000), (true, 6)] {
+    // at once, and each reset must still go its own way. And a timeout of 5 seconds
+    // (`idleTimeoutInSeconds`), as live tests use.
+    let five = IdleTimeout::from_seconds(5).unwrap();
+    for (reset, capacity, idle) in [
+        (true, 100_000, IdleTimeout::default()),
+        (false, 100_000, IdleTimeout::default()),
+        (true, 6, IdleTimeout::default()),
+        (true, 100_000, five),
+    ] {
         let mut lb = two_hosts(1024);
         lb.rules[0].tcp_reset = reset;
+        lb.rules[0].idle_timeout = idle;
         let mut h = HostAgent::new(host_node_flows(HOST_A, ReturnPath::ViaMux, capacity), lb).unwrap();
         let (backend, dip) = deliver_syn(&mut h, &outer);
         // The client's SYN had seq 1000. The backend answers SYN-ACK seq 5000 ack 1001; the client
@@ -309,11 +317,15 @@ fn idle_tcp_flow_gets_a_reset_towards_both_ends_with_tracked_sequence_numbers() 
         fix_tcp_checksum(&mut ack);
         let (mut o, _, _) = through_mux(&mut mux, &ack);
         let n = o.len();
-        assert!(matches!(h.from_fabric(&mut o, 0, n, NOW + 10), HostVerdict::Deliver { .. }));
-        // Four minutes of silence.
+        let acked = NOW + 2;
+        assert!(matches!(h.from_fabric(&mut o, 0, n, acked), HostVerdict::Deliver { .. }));
+        // Silence for exactly the rule's idle timeout: nothing happens yet.
         let mut out = Vec::new();
-        h.expire(NOW + 10 + 4 * 60 + 1, 1 << 20, |to, f| out.push((to, f.to_vec())));
-        assert_eq!(h.flows().len(), 0);
+        h.expire(acked + idle.seconds(), 1 << 20, |to, f| out.push((to, f.to_vec())));
+        assert_eq!((h.flows().len(), out.len()), (2, 0), "{idle}: not before its timeout");
+        // A second more.
+        h.expire(acked + idle.seconds() + 1, 1 << 20, |to, f| out.push((to, f.to_vec())));
+        assert_eq!(h.flows().len(), 0, "{idle}");
         // A late segment of the expired connection from the backend opens nothing (only a SYN
         // does): through SNAT it would reach the client from another address and port.
         let late = frame(dip, 8080, client, port, Some(false), b"late");
@@ -541,7 +553,7 @@ fn snat_connections_survive_a_reload_that_leaves_their_ports_to_their_backend() 
     assert_eq!(h.snat_ports_in_use(0), 20);
     let mut lb = two_hosts(1024);
     lb.pools[0].backends.push(backend("vm3", v4(3), HOST_A));
-    lb.outbound_rules[0].idle_timeout_minutes = 9;
+    lb.outbound_rules[0].idle_timeout = IdleTimeout::from_minutes(9).unwrap();
     h.update(lb).unwrap();
     assert_eq!(h.counters().flushed, 0, "no connection flushed");
     assert_eq!(h.snat_ports_in_use(0), 20, "the new allocator holds their ports");

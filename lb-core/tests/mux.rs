@@ -196,7 +196,7 @@ fn inbound_nat_rule_and_pool_pick_their_member() {
 fn a_nat_pools_connections_idle_out_after_its_own_timeout() {
     for (minutes, kept) in [(4u8, false), (30, true)] {
         let mut cfg = web_app();
-        cfg.nat_pools[0].idle_timeout_minutes = minutes;
+        cfg.nat_pools[0].idle_timeout = IdleTimeout::from_minutes(minutes).unwrap();
         let mut mux = Mux::new(mux_node(1), cfg).unwrap();
         let t0 = 1000;
         for (syn, at) in [(true, t0), (false, t0 + 1)] {

@@ -128,7 +128,7 @@ pub fn rule(
         backend_port,
         load_distribution: LoadDistribution::Default,
         floating_ip: false,
-        idle_timeout_minutes: IDLE_MINUTES,
+        idle_timeout: IdleTimeout::default(),
         tcp_reset: false,
         disable_outbound_snat: false,
     }
@@ -157,7 +157,7 @@ pub fn nat_rule(
         backend_port,
         target,
         floating_ip: false,
-        idle_timeout_minutes: IDLE_MINUTES,
+        idle_timeout: IdleTimeout::default(),
         tcp_reset: false,
     }
 }
@@ -180,7 +180,7 @@ pub fn nat_pool(
         backend_port,
         pool,
         floating_ip: false,
-        idle_timeout_minutes: IDLE_MINUTES,
+        idle_timeout: IdleTimeout::default(),
         tcp_reset: false,
     }
 }
@@ -200,7 +200,7 @@ pub fn outbound_rule(
         pool,
         protocol,
         allocated_outbound_ports: ports_per_backend,
-        idle_timeout_minutes: IDLE_MINUTES,
+        idle_timeout: IdleTimeout::default(),
         tcp_reset: false,
     }
 }
@@ -209,8 +209,11 @@ pub fn outbound_rule(
 pub trait Connection: Sized {
     /// With or without TCP resets on idle timeout (`enableTcpReset`).
     fn tcp_reset(self, on: bool) -> Self;
-    /// With this idle timeout.
+    /// With an idle timeout of `minutes` (`idleTimeoutInMinutes`; panics outside 1..=127, what
+    /// the model holds: 4..=100 validates).
     fn idle_minutes(self, minutes: u8) -> Self;
+    /// With an idle timeout of `seconds` (`idleTimeoutInSeconds`; panics outside 1..=127).
+    fn idle_seconds(self, seconds: u8) -> Self;
 }
 
 /// Floating IP (direct server return with the VIP as destination), for the inbound rules.
@@ -237,7 +240,11 @@ macro_rules! connection {
                 self
             }
             fn idle_minutes(mut self, minutes: u8) -> Self {
-                self.idle_timeout_minutes = minutes;
+                self.idle_timeout = IdleTimeout::from_minutes(minutes).expect("1..=127 minutes");
+                self
+            }
+            fn idle_seconds(mut self, seconds: u8) -> Self {
+                self.idle_timeout = IdleTimeout::from_seconds(seconds).expect("1..=127 seconds");
                 self
             }
         }

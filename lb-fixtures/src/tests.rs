@@ -28,7 +28,8 @@ fn the_builder_numbers_resources_in_order_and_gives_azures_defaults() {
     assert_eq!(lb.pools[0].backends[0], Backend { name: "vm0".into(), address: v4(0), host: HOST_A.into(), weight: 1 });
     let r = &lb.rules[0];
     assert_eq!((r.frontend, r.pool, r.probe, r.load_distribution), (1, 0, None, LoadDistribution::Default));
-    assert_eq!((r.floating_ip, r.tcp_reset, r.disable_outbound_snat, r.idle_timeout_minutes), (false, false, false, 4));
+    assert_eq!((r.floating_ip, r.tcp_reset, r.disable_outbound_snat), (false, false, false));
+    assert_eq!(r.idle_timeout, IdleTimeout::from_minutes(IDLE_MINUTES).unwrap());
     assert_eq!((lb.nat_pools[0].port_start, lb.nat_pools[0].port_end), (3000, 3009));
     assert_eq!(lb.outbound_rules[0].allocated_outbound_ports, None);
     assert_eq!(lb.validate(), Ok(()));
@@ -40,12 +41,14 @@ fn each_setter_changes_its_one_setting() {
     let r = base.clone().probe(2).distribution(LoadDistribution::SourceIp).no_outbound_snat();
     assert_eq!((r.probe, r.load_distribution, r.disable_outbound_snat), (Some(2), LoadDistribution::SourceIp, true));
     let r = base.clone().floating_ip().tcp_reset(true).idle_minutes(30);
-    assert_eq!((r.floating_ip, r.tcp_reset, r.idle_timeout_minutes), (true, true, 30));
-    assert_eq!(Rule { floating_ip: false, tcp_reset: false, idle_timeout_minutes: 4, ..r }, base);
+    assert_eq!((r.floating_ip, r.tcp_reset, r.idle_timeout.minutes()), (true, true, Some(30)));
+    assert_eq!(Rule { floating_ip: false, tcp_reset: false, idle_timeout: IdleTimeout::default(), ..r }, base);
     let h = ha_ports("HA", 0, 0);
     assert_eq!((h.protocol, h.frontend_port, h.backend_port), (Protocol::All, 0, 0));
     let o = outbound_rule("O", &[1, 2], 0, Protocol::Tcp, Some(64)).tcp_reset(true).idle_minutes(9);
-    assert_eq!((o.frontends, o.tcp_reset, o.idle_timeout_minutes), (vec![1, 2], true, 9));
+    assert_eq!((o.frontends, o.tcp_reset, o.idle_timeout.minutes()), (vec![1, 2], true, Some(9)));
+    let n = nat_pool("NP", 0, Protocol::Udp, 3000..=3009, 53, 0).idle_seconds(5);
+    assert_eq!((n.idle_timeout.seconds(), n.idle_timeout.minutes()), (5, None));
 }
 
 #[test]

@@ -9,8 +9,11 @@
 //! frontend gives its address as `publicIPAddress.ipAddress`. An inbound NAT pool names the pool
 //! whose members take its ports (`backendAddressPool`; in Azure the scale set names the NAT pool).
 //! A pool's members are given as `loadBalancerBackendAddresses`: `backendIPConfigurations` (NIC
-//! references) are refused. Fields this model does not use
-//! (`location`, `sku`, `subnet`, `virtualNetwork`, ids of the resources themselves) are ignored.
+//! references) are refused. A load-balancing rule, inbound NAT rule or pool, or outbound rule may
+//! give its idle timeout as `idleTimeoutInSeconds` (1..=127) instead of `idleTimeoutInMinutes`:
+//! tests and short-lived UDP services need timeouts shorter than Azure's 4 minutes. Fields this
+//! model does not use (`location`, `sku`, `subnet`, `virtualNetwork`, ids of the resources
+//! themselves) are ignored.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -116,9 +119,6 @@ fn fifteen() -> u32 {
 fn two() -> u32 {
     2
 }
-fn four() -> u32 {
-    4
-}
 
 /// What load-balancing rules, inbound NAT rules and NAT pools say of their connections.
 #[derive(Deserialize)]
@@ -126,10 +126,22 @@ fn four() -> u32 {
 struct ConnectionProps {
     #[serde(rename = "enableFloatingIP", default)]
     enable_floating_ip: bool,
-    #[serde(default = "four")]
-    idle_timeout_in_minutes: u32,
+    #[serde(flatten)]
+    idle: IdleProps,
     #[serde(default)]
     enable_tcp_reset: bool,
+}
+
+/// A rule's idle timeout: Azure's `idleTimeoutInMinutes`, or this model's `idleTimeoutInSeconds`
+/// (for tests and short-lived UDP services, which cannot wait Azure's 4 minutes at least). Both
+/// are kept as given (absent: `None`), so that giving both is refused, not settled by a default.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdleProps {
+    #[serde(default)]
+    idle_timeout_in_minutes: Option<u64>,
+    #[serde(default)]
+    idle_timeout_in_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -188,8 +200,8 @@ struct OutboundProps {
     protocol: String,
     #[serde(default)]
     enable_tcp_reset: bool,
-    #[serde(default = "four")]
-    idle_timeout_in_minutes: u32,
+    #[serde(flatten)]
+    idle: IdleProps,
     #[serde(default)]
     allocated_outbound_ports: Option<u32>,
 }
@@ -216,8 +228,21 @@ impl Ctx<'_> {
         u16::try_from(v).map_err(|_| self.err(field, format!("{v} is out of range 0..=65535")))
     }
 
-    fn minutes(&self, v: u32) -> Result<u8, ConfigError> {
-        u8::try_from(v).map_err(|_| self.err("idleTimeoutInMinutes", "must be 4..=100"))
+    /// The idle timeout of `idle`: seconds if given alone, else minutes (default 4). Minutes
+    /// one byte cannot hold are refused here, the rest of Azure's bounds by validation (which
+    /// checks a model built in code too), both with the same message.
+    fn idle(&self, idle: &IdleProps) -> Result<IdleTimeout, ConfigError> {
+        match (idle.idle_timeout_in_minutes, idle.idle_timeout_in_seconds) {
+            (Some(_), Some(_)) => Err(self.err("idleTimeoutInSeconds", "not with idleTimeoutInMinutes: give one")),
+            (None, Some(s)) => u8::try_from(s)
+                .ok()
+                .and_then(IdleTimeout::from_seconds)
+                .ok_or_else(|| self.err("idleTimeoutInSeconds", "must be 1..=127")),
+            (m, None) => u8::try_from(m.unwrap_or(4))
+                .ok()
+                .and_then(IdleTimeout::from_minutes)
+                .ok_or_else(|| self.err("idleTimeoutInMinutes", "must be 4..=100")),
+        }
     }
 
     fn ip(&self, field: &'static str, s: &str) -> Result<IpAddr, ConfigError> {
@@ -377,7 +402,7 @@ fn parse_rules(p: &RootProps) -> Result<Vec<Rule>, ConfigError> {
             backend_port: c.port("backendPort", q.backend_port)?,
             load_distribution: c.load_distribution(q.load_distribution.as_deref())?,
             floating_ip: q.connection.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            idle_timeout: c.idle(&q.connection.idle)?,
             tcp_reset: q.connection.enable_tcp_reset,
             disable_outbound_snat: q.disable_outbound_snat,
         });
@@ -406,7 +431,7 @@ fn parse_nat_rules(p: &RootProps, pools: &[Pool]) -> Result<Vec<NatRule>, Config
                 c.err("backendIPConfiguration", format!("unknown backend '{}'", q.backend_ip_configuration.id))
             })?,
             floating_ip: q.connection.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            idle_timeout: c.idle(&q.connection.idle)?,
             tcp_reset: q.connection.enable_tcp_reset,
         });
     }
@@ -432,7 +457,7 @@ fn parse_nat_pools(p: &RootProps) -> Result<Vec<NatPool>, ConfigError> {
             backend_port: c.port("backendPort", q.backend_port)?,
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
             floating_ip: q.connection.enable_floating_ip,
-            idle_timeout_minutes: c.minutes(q.connection.idle_timeout_in_minutes)?,
+            idle_timeout: c.idle(&q.connection.idle)?,
             tcp_reset: q.connection.enable_tcp_reset,
         });
     }
@@ -456,7 +481,7 @@ fn parse_outbound_rules(p: &RootProps) -> Result<Vec<OutboundRule>, ConfigError>
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
             protocol: c.protocol(&q.protocol)?,
             allocated_outbound_ports: q.allocated_outbound_ports,
-            idle_timeout_minutes: c.minutes(q.idle_timeout_in_minutes)?,
+            idle_timeout: c.idle(&q.idle)?,
             tcp_reset: q.enable_tcp_reset,
         });
     }

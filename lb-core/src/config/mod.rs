@@ -22,6 +22,7 @@ pub mod settings;
 pub mod snat;
 mod validate;
 
+pub use crate::tables::flow::IdleTimeout;
 pub use settings::{HostNode, MuxNode, NodeBase, NodeRole, ReturnPath};
 pub use snat::{SnatGrant, SnatPlan, SnatSource};
 
@@ -151,8 +152,9 @@ pub struct Rule {
     pub load_distribution: LoadDistribution,
     /// Deliver with the VIP as destination (Direct Server Return).
     pub floating_ip: bool,
-    /// Idle timeout, 4..=100 minutes.
-    pub idle_timeout_minutes: u8,
+    /// Idle timeout: 4..=100 minutes (`idleTimeoutInMinutes`) or 1..=127 seconds
+    /// (`idleTimeoutInSeconds`).
+    pub idle_timeout: IdleTimeout,
     /// Send RSTs on idle timeout.
     pub tcp_reset: bool,
     /// Do not use this rule's frontend for outbound SNAT.
@@ -183,8 +185,8 @@ pub struct NatRule {
     pub target: (usize, usize),
     /// Floating IP.
     pub floating_ip: bool,
-    /// Idle timeout in minutes.
-    pub idle_timeout_minutes: u8,
+    /// Idle timeout, as for [`Rule::idle_timeout`].
+    pub idle_timeout: IdleTimeout,
     /// TCP reset on idle.
     pub tcp_reset: bool,
 }
@@ -208,8 +210,8 @@ pub struct NatPool {
     pub pool: usize,
     /// Floating IP: the member sees the frontend's address (and port) as the destination.
     pub floating_ip: bool,
-    /// Idle timeout of its connections, minutes.
-    pub idle_timeout_minutes: u8,
+    /// Idle timeout of its connections, as for [`Rule::idle_timeout`].
+    pub idle_timeout: IdleTimeout,
     /// Send TCP resets when one of its connections idles out.
     pub tcp_reset: bool,
 }
@@ -227,8 +229,8 @@ pub struct OutboundRule {
     pub protocol: Protocol,
     /// Ports per backend, a multiple of 8 (`None`: the default table by pool size).
     pub allocated_outbound_ports: Option<u32>,
-    /// Idle timeout in minutes.
-    pub idle_timeout_minutes: u8,
+    /// Idle timeout, as for [`Rule::idle_timeout`].
+    pub idle_timeout: IdleTimeout,
     /// TCP reset on idle.
     pub tcp_reset: bool,
 }

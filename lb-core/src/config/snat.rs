@@ -24,7 +24,7 @@
 
 use alloc::vec::Vec;
 
-use super::{err, ConfigError, LoadBalancer, OutboundRule, Protocol, SNAT_PORTS_PER_ADDRESS};
+use super::{err, ConfigError, IdleTimeout, LoadBalancer, OutboundRule, Protocol, SNAT_PORTS_PER_ADDRESS};
 use crate::tables::snat::{default_ports_per_backend, SNAT_FIRST_PORT};
 
 /// The rule a grant comes from.
@@ -53,8 +53,8 @@ pub struct SnatGrant {
     pub len: u16,
     /// Protocols the grant serves.
     pub protocol: Protocol,
-    /// Idle timeout in minutes of the connections it carries.
-    pub idle_timeout_minutes: u8,
+    /// Idle timeout of the connections it carries.
+    pub idle_timeout: IdleTimeout,
     /// Reset idle TCP connections.
     pub tcp_reset: bool,
 }
@@ -169,7 +169,7 @@ impl LoadBalancer {
                     first: SNAT_FIRST_PORT + (bases[j] + off) as u16,
                     len: len as u16,
                     protocol: r.protocol,
-                    idle_timeout_minutes: r.idle_timeout_minutes,
+                    idle_timeout: r.idle_timeout,
                     tcp_reset: r.tcp_reset,
                 });
                 v += len;
@@ -239,7 +239,7 @@ impl LoadBalancer {
                     first: SNAT_FIRST_PORT + (used[f] + member as u64 * per_backend) as u16,
                     len: per_backend as u16,
                     protocol,
-                    idle_timeout_minutes: r.idle_timeout_minutes,
+                    idle_timeout: r.idle_timeout,
                     tcp_reset: r.tcp_reset,
                 });
             }

@@ -16,8 +16,8 @@ use alloc::vec::Vec;
 use core::net::IpAddr;
 
 use super::{
-    err, Backend, ConfigError, LoadBalancer, NatPool, NatRule, OutboundRule, Pool, Probe, ProbeProtocol, Protocol,
-    Rule, MAX_POOL_SIZE, SNAT_PORTS_PER_ADDRESS,
+    err, Backend, ConfigError, IdleTimeout, LoadBalancer, NatPool, NatRule, OutboundRule, Pool, Probe, ProbeProtocol,
+    Protocol, Rule, MAX_POOL_SIZE, SNAT_PORTS_PER_ADDRESS,
 };
 use crate::wire::vxlan::{backend_tag, MAX_VNI};
 
@@ -149,7 +149,7 @@ impl LoadBalancer {
                     return Err(err(k, &r.name, "probe", "unknown probe"));
                 }
             }
-            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+            idle_ok(k, &r.name, r.idle_timeout)?;
             validate_rule_ports(r)?;
             self.same_version(k, &r.name, "backendAddressPool", r.frontend, r.pool)?;
             claims.push(Claim {
@@ -185,7 +185,7 @@ impl LoadBalancer {
     fn validate_nat_rule(&self, r: &NatRule) -> Result<(), ConfigError> {
         let k = "inboundNatRules";
         self.frontend_ok(k, &r.name, r.frontend)?;
-        idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+        idle_ok(k, &r.name, r.idle_timeout)?;
         if r.protocol == Protocol::All {
             return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
         }
@@ -227,7 +227,7 @@ impl LoadBalancer {
         let k = "inboundNatPools";
         self.frontend_ok(k, &r.name, r.frontend)?;
         self.pool_ok(k, &r.name, r.pool)?;
-        idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+        idle_ok(k, &r.name, r.idle_timeout)?;
         if r.protocol == Protocol::All {
             return Err(err(k, &r.name, "protocol", "Tcp or Udp"));
         }
@@ -259,7 +259,7 @@ impl LoadBalancer {
             for (i, &f) in r.frontends.iter().enumerate() {
                 self.validate_outbound_frontend(r, &r.frontends[..i], f)?;
             }
-            idle_ok(k, &r.name, r.idle_timeout_minutes)?;
+            idle_ok(k, &r.name, r.idle_timeout)?;
             if let Some(n) = r.allocated_outbound_ports {
                 if n == 0 || n % 8 != 0 || u64::from(n) > SNAT_PORTS_PER_ADDRESS {
                     return Err(err(k, &r.name, "allocatedOutboundPorts", "a multiple of 8 in 8..=64000"));
@@ -405,11 +405,13 @@ fn validate_rule_ports(r: &Rule) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn idle_ok(kind: &'static str, name: &str, minutes: u8) -> Result<(), ConfigError> {
-    if (4..=100).contains(&minutes) {
-        Ok(())
-    } else {
-        Err(err(kind, name, "idleTimeoutInMinutes", "must be 4..=100"))
+/// Azure's bounds on a timeout in minutes; one in seconds is 1..=127 by construction.
+fn idle_ok(kind: &'static str, name: &str, idle: IdleTimeout) -> Result<(), ConfigError> {
+    match idle.minutes() {
+        Some(minutes) if !(4..=100).contains(&minutes) => {
+            Err(err(kind, name, "idleTimeoutInMinutes", "must be 4..=100"))
+        }
+        _ => Ok(()),
     }
 }
 

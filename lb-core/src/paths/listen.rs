@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use crate::config::{LoadBalancer, Protocol};
+use crate::config::{IdleTimeout, LoadBalancer, Protocol};
 use crate::tables::maglev::mix64;
 use crate::tables::FlowTuple;
 use crate::wire::vxlan::address_hash;
@@ -262,7 +262,7 @@ pub(crate) struct Delivery {
     /// Port on the backend (`None`: keep the frontend port, as HA ports do).
     pub backend_port: Option<u16>,
     pub floating_ip: bool,
-    pub idle_minutes: u8,
+    pub idle: IdleTimeout,
     pub tcp_reset: bool,
 }
 
@@ -277,7 +277,7 @@ impl Target {
                     member: None,
                     backend_port: (!r.is_ha_ports() && r.backend_port != 0).then_some(r.backend_port),
                     floating_ip: r.floating_ip,
-                    idle_minutes: r.idle_timeout_minutes,
+                    idle: r.idle_timeout,
                     tcp_reset: r.tcp_reset,
                 }
             }
@@ -288,7 +288,7 @@ impl Target {
                     member: Some(n.target.1),
                     backend_port: Some(n.backend_port),
                     floating_ip: n.floating_ip,
-                    idle_minutes: n.idle_timeout_minutes,
+                    idle: n.idle_timeout,
                     tcp_reset: n.tcp_reset,
                 }
             }
@@ -299,7 +299,7 @@ impl Target {
                     member: Some(usize::from(port.wrapping_sub(n.port_start))),
                     backend_port: Some(n.backend_port),
                     floating_ip: n.floating_ip,
-                    idle_minutes: n.idle_timeout_minutes,
+                    idle: n.idle_timeout,
                     tcp_reset: n.tcp_reset,
                 }
             }

@@ -23,7 +23,7 @@ use core::net::IpAddr;
 use super::listen::{
     addr16, backend_id, backend_tag, build_vips, fragment_record, Listener, ListenerIdentity, Target, Vips,
 };
-use crate::config::{LoadBalancer, LoadDistribution, SnatPlan};
+use crate::config::{IdleTimeout, LoadBalancer, LoadDistribution, SnatPlan};
 use crate::tables::{
     FlowProbe, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
 };
@@ -1021,7 +1021,7 @@ impl Mux {
                 self.flows.refresh(at, state, now);
             }
             None => {
-                self.flows.insert(&t, h, 0, value, 4, now);
+                self.flows.insert(&t, h, 0, value, const { IdleTimeout::from_minutes(4).unwrap() }, now);
             }
         }
     }
@@ -1067,18 +1067,18 @@ impl Mux {
 
     /// The backend (tunnel) of a new connection of `flow` that `l` accepts, and the flow's idle
     /// timeout: Maglev by the rule's distribution mode, or the NAT rule's or pool's member.
-    fn choose(&self, l: &Listener, flow: &FlowKey, hash: u32) -> Result<(u16, u8), DropReason> {
+    fn choose(&self, l: &Listener, flow: &FlowKey, hash: u32) -> Result<(u16, IdleTimeout), DropReason> {
         let (pool, member, idle) = match l.target {
             Target::Rule(r) => {
                 let rule = &self.lb.rules[r];
                 let h = self.rule_hash(rule, flow, hash);
                 let b = &self.balancers[self.rule_balancer[r]];
                 let m = b.table.lookup(h).ok_or(DropReason::NoBackend)?;
-                (rule.pool, b.in_table[m], rule.idle_timeout_minutes)
+                (rule.pool, b.in_table[m], rule.idle_timeout)
             }
             Target::NatRule(r) => {
                 let n = &self.lb.nat_rules[r];
-                (n.target.0, n.target.1, n.idle_timeout_minutes)
+                (n.target.0, n.target.1, n.idle_timeout)
             }
             Target::NatPool(p) => {
                 let n = &self.lb.nat_pools[p];
@@ -1086,7 +1086,7 @@ impl Mux {
                 if member >= self.lb.pools[n.pool].backends.len() {
                     return Err(DropReason::NoBackend);
                 }
-                (n.pool, member, n.idle_timeout_minutes)
+                (n.pool, member, n.idle_timeout)
             }
         };
         Ok((self.pools[pool].tunnel[member], idle))
@@ -1315,7 +1315,7 @@ mod tests {
             backend_port: port,
             load_distribution: crate::config::LoadDistribution::Default,
             floating_ip: false,
-            idle_timeout_minutes: 4,
+            idle_timeout: IdleTimeout::default(),
             tcp_reset: false,
             disable_outbound_snat: false,
         };
@@ -1393,7 +1393,14 @@ mod tests {
         let tls: alloc::vec::Vec<_> = (0..40).map(|c| run(&mut m, c, 443, true).unwrap()).collect();
         // A fragment record of an SNAT reply names no listener, and keeps its marker.
         let record = FlowTuple { version: 0x84, src_port: 7, ..FlowTuple::default() };
-        let at = m.flows.insert(&record, 99, 0, MuxFlow { backend: 0, listener: SNAT_REPLY_LISTENER }, 4, 10);
+        let at = m.flows.insert(
+            &record,
+            99,
+            0,
+            MuxFlow { backend: 0, listener: SNAT_REPLY_LISTENER },
+            IdleTimeout::default(),
+            10,
+        );
         m.update(config(&[80, 8080])).unwrap();
         assert_eq!(m.listener_ids.len(), 3, "80, 443 and 8080 have indices");
         m.update(config(&[9090, 80])).unwrap();

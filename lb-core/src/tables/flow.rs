@@ -44,6 +44,75 @@ pub enum TcpState {
     Closing = 3,
 }
 
+/// A flow's idle timeout in the one byte a [`FlowEntry`] keeps for it: minutes (Azure's
+/// `idleTimeoutInMinutes`) or seconds (`idleTimeoutInSeconds`, for tests and short-lived UDP
+/// services, which cannot wait minutes). The high bit says which; the low seven bits hold the
+/// count, 1..=127, so that [`IdleTimeout::seconds`] is a shift, a mask and a multiply, with no
+/// branch on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct IdleTimeout(u8);
+
+impl IdleTimeout {
+    /// The high bit: the count is in seconds.
+    const SECONDS: u8 = 0x80;
+
+    /// Azure's default, 4 minutes.
+    pub const DEFAULT: IdleTimeout = IdleTimeout(4);
+
+    /// `minutes` minutes, if 1..=127 (what one byte holds; a configuration allows 4..=100).
+    pub const fn from_minutes(minutes: u8) -> Option<Self> {
+        if minutes >= 1 && minutes < Self::SECONDS {
+            Some(IdleTimeout(minutes))
+        } else {
+            None
+        }
+    }
+
+    /// `seconds` seconds, if 1..=127.
+    pub const fn from_seconds(seconds: u8) -> Option<Self> {
+        if seconds >= 1 && seconds < Self::SECONDS {
+            Some(IdleTimeout(Self::SECONDS | seconds))
+        } else {
+            None
+        }
+    }
+
+    /// The timeout in seconds: the count times 60 for minutes, times 1 for seconds (the unit is
+    /// computed from the high bit, not chosen by a branch).
+    #[inline(always)]
+    pub const fn seconds(self) -> u32 {
+        let count = (self.0 & !Self::SECONDS) as u32;
+        let in_seconds = (self.0 >> 7) as u32;
+        count * (60 - 59 * in_seconds)
+    }
+
+    /// The count of minutes, if the timeout was given in minutes (validation checks Azure's
+    /// bounds on those).
+    pub const fn minutes(self) -> Option<u8> {
+        if self.0 & Self::SECONDS == 0 {
+            Some(self.0)
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for IdleTimeout {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.minutes() {
+            Some(m) => write!(f, "{m} min"),
+            None => write!(f, "{} s", self.seconds()),
+        }
+    }
+}
+
 /// The 5-tuple as stored: 38 bytes, no padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -130,8 +199,8 @@ pub struct FlowEntry<V = MuxFlow> {
     pub value: V,
     /// TCP state.
     pub state: TcpState,
-    /// Idle timeout in minutes (the rule's `idleTimeoutInMinutes`).
-    pub idle_minutes: u8,
+    /// Idle timeout (the rule's `idleTimeoutInMinutes` or `idleTimeoutInSeconds`).
+    pub idle: IdleTimeout,
     /// Last time a packet was seen, in the caller's seconds.
     pub last_seen: u32,
 }
@@ -330,8 +399,8 @@ fn opening(state: &mut TcpState, tcp_flags: u8) {
 
 /// The deadline of an entry last seen at `now` (see [`Bucket::deadlines`]).
 #[inline(always)]
-fn deadline(state: TcpState, idle_minutes: u8, now: u32) -> u32 {
-    let idle = u32::from(idle_minutes) * 60;
+fn deadline(state: TcpState, idle: IdleTimeout, now: u32) -> u32 {
+    let idle = idle.seconds();
     let limit = match state {
         TcpState::Closing => CLOSING_TIMEOUT_SECS,
         TcpState::SynSeen => idle.min(SYN_TIMEOUT_SECS),
@@ -643,7 +712,7 @@ impl<V: FlowValue> FlowTable<V> {
             if let Some(e) = b.entries.get_mut(i) {
                 e.last_seen = now;
                 e.state = state;
-                b.deadlines[i] = deadline(e.state, e.idle_minutes, now);
+                b.deadlines[i] = deadline(e.state, e.idle, now);
                 b.changed();
             }
         }
@@ -712,15 +781,15 @@ impl<V: FlowValue> FlowTable<V> {
                 e.state = TcpState::Closing;
                 now.wrapping_add(CLOSING_TIMEOUT_SECS)
             } else if e.state == TcpState::Established {
-                now.wrapping_add(u32::from(e.idle_minutes) * 60)
+                now.wrapping_add(e.idle.seconds())
             } else {
                 opening(&mut e.state, tcp_flags);
-                deadline(e.state, e.idle_minutes, now)
+                deadline(e.state, e.idle, now)
             };
         } else {
             // Not TCP: stateless (said here rather than read from the entry, which keeps the
             // closing check out of the common path).
-            bucket.deadlines[i] = deadline(TcpState::Stateless, e.idle_minutes, now);
+            bucket.deadlines[i] = deadline(TcpState::Stateless, e.idle, now);
         }
         changed(&mut bucket.version);
         *e
@@ -756,8 +825,7 @@ impl<V: FlowValue> FlowTable<V> {
         }
     }
 
-    /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle_minutes`
-    /// (1..=255; Azure allows 4..=100). Never fails: when both buckets are full, the entry nearest its
+    /// Creates a flow (after a lookup missed) with `value` and an idle timeout of `idle`. Never fails: when both buckets are full, the entry nearest its
     /// idle deadline goes (an expired one first; else the one that would expire soonest, counted as
     /// evicted), and is kept for [`FlowTable::take_removed`].
     #[inline]
@@ -767,11 +835,11 @@ impl<V: FlowValue> FlowTable<V> {
         hash: u32,
         tcp_flags: u8,
         value: V,
-        idle_minutes: u8,
+        idle: IdleTimeout,
         now: u32,
     ) -> FlowSlot {
         let p = self.probe(hash);
-        self.insert_probed(&p, tuple, tcp_flags, value, idle_minutes, now)
+        self.insert_probed(&p, tuple, tcp_flags, value, idle, now)
     }
 
     /// [`FlowTable::insert`] at a probe already computed for the flow's hash.
@@ -782,7 +850,7 @@ impl<V: FlowValue> FlowTable<V> {
         tuple: &FlowTuple,
         tcp_flags: u8,
         value: V,
-        idle_minutes: u8,
+        idle: IdleTimeout,
         now: u32,
     ) -> FlowSlot {
         let (b1, b2, sig) = (p.b1 as usize, p.b2 as usize, p.sig);
@@ -814,9 +882,9 @@ impl<V: FlowValue> FlowTable<V> {
             TcpState::Established
         };
         bucket.sigs[slot] = sig;
-        bucket.deadlines[slot] = deadline(state, idle_minutes, now);
+        bucket.deadlines[slot] = deadline(state, idle, now);
         bucket.changed();
-        bucket.entries[slot] = FlowEntry { tuple: *tuple, value, state, idle_minutes, last_seen: now };
+        bucket.entries[slot] = FlowEntry { tuple: *tuple, value, state, idle, last_seen: now };
         self.counters.inserts += 1;
         FlowSlot { bucket: b as u32, slot: slot as u8 }
     }
@@ -879,7 +947,7 @@ mod tests {
         for i in 0..500u64 {
             let (tp, h) = tuple(i);
             if i % 2 == 0 {
-                t.insert(&tp, h, TcpFlags::SYN, MuxFlow { backend: i as u16, listener: 0 }, 4, 0);
+                t.insert(&tp, h, TcpFlags::SYN, MuxFlow { backend: i as u16, listener: 0 }, min(4), 0);
             }
         }
         for i in 0..500u64 {
@@ -917,7 +985,7 @@ mod tests {
             match mix64(round) % 7 {
                 0..=2 => {
                     if t.lookup(&tp, h, now).is_none() {
-                        t.insert(&tp, h, TcpFlags::SYN, v, 1, now);
+                        t.insert(&tp, h, TcpFlags::SYN, v, min(1), now);
                     }
                 }
                 3 => {
@@ -981,21 +1049,21 @@ mod tests {
         let (mut pa, mut pb) = (t.probe(hashes[0]), t.probe(hashes[1]));
         assert!(t.prefetch_entry(&mut pa, 0) && t.prefetch_entry(&mut pb, 0));
         assert_eq!(pa.place.map(|p| (p.bucket, p.slot)), pb.place.map(|p| (p.bucket, p.slot)));
-        let a = t.insert_probed(&pa, &flows[0], TcpFlags::SYN, new, 4, 0);
-        let b = t.insert_probed(&pb, &flows[1], TcpFlags::SYN, new, 4, 0);
+        let a = t.insert_probed(&pa, &flows[0], TcpFlags::SYN, new, min(4), 0);
+        let b = t.insert_probed(&pb, &flows[1], TcpFlags::SYN, new, min(4), 0);
         assert_ne!(a, b, "the second insert overwrote the first");
         assert_eq!(t.len(), 2);
         // Fill both buckets, then two more new flows are given the same victim (flow 0, seen first).
         for i in 2..16 {
-            t.insert(&flows[i], hashes[i], TcpFlags::SYN, new, 4, i as u32);
+            t.insert(&flows[i], hashes[i], TcpFlags::SYN, new, min(4), i as u32);
         }
         assert_eq!(t.len(), 16);
         let (mut pc, mut pd) = (t.probe(hashes[16]), t.probe(hashes[17]));
         assert!(t.prefetch_entry(&mut pc, 100) && t.prefetch_entry(&mut pd, 100));
         assert!(pc.place.is_some_and(|p| p.full));
         assert_eq!(pc.place.map(|p| (p.bucket, p.slot)), pd.place.map(|p| (p.bucket, p.slot)));
-        let c = t.insert_probed(&pc, &flows[16], TcpFlags::SYN, new, 4, 100);
-        let d = t.insert_probed(&pd, &flows[17], TcpFlags::SYN, new, 4, 100);
+        let c = t.insert_probed(&pc, &flows[16], TcpFlags::SYN, new, min(4), 100);
+        let d = t.insert_probed(&pd, &flows[17], TcpFlags::SYN, new, min(4), 100);
         assert_ne!(c, d, "the second insert evicted the first");
         assert_eq!((t.len(), t.counters().evicted), (16, 2));
         // The two evicted are the two seen first; every other flow is still there.
@@ -1008,7 +1076,7 @@ mod tests {
         assert!(t.prefetch_entry(&mut pe, 100) && pe.place.is_some_and(|p| p.full));
         let x = t.lookup(&flows[9], hashes[9], 100).unwrap();
         t.touch(x, TcpFlags::RST, 100);
-        let e = t.insert_probed(&pe, &flows[18], TcpFlags::SYN, new, 4, 100);
+        let e = t.insert_probed(&pe, &flows[18], TcpFlags::SYN, new, min(4), 100);
         assert_eq!(e, x, "the new flow takes the slot the RST freed");
         assert_eq!((t.len(), t.counters().evicted), (16, 2));
         assert!(t.lookup(&flows[2], hashes[2], 100).is_some(), "the victim chosen ahead is still there");
@@ -1023,7 +1091,7 @@ mod tests {
         let h = 0x0bad_cafe;
         let (a, b) = (tuple(1).0, tuple(2).0);
         let new = MuxFlow::default();
-        let at_a = t.insert(&a, h, TcpFlags::SYN, new, 4, 0);
+        let at_a = t.insert(&a, h, TcpFlags::SYN, new, min(4), 0);
         // The middle pass sees a's slot match the signature.
         let mut p = t.probe(h);
         assert!(!t.prefetch_entry(&mut p, 0));
@@ -1034,7 +1102,7 @@ mod tests {
         t.remove(at_a);
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
         // b inserted (it may take a's slot): the candidate now holds b.
-        let at_b = t.insert(&b, h, TcpFlags::SYN, new, 4, 0);
+        let at_b = t.insert(&b, h, TcpFlags::SYN, new, min(4), 0);
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
         assert_eq!(t.lookup_probed(&p, &key(&b), 0), Some(at_b));
         // Idle past its timeout (4 minutes): expired, not a hit.
@@ -1056,7 +1124,7 @@ mod tests {
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), None);
         assert_eq!(t.counters().misses, misses + 1, "a miss, counted");
         // The same connection inserted by a preceding packet of the burst: found, not missed.
-        let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), 4, 0);
+        let at = t.insert(&a, h, TcpFlags::SYN, MuxFlow::default(), min(4), 0);
         assert_eq!(t.lookup_probed(&p, &key(&a), 0), Some(at));
     }
 
@@ -1120,7 +1188,7 @@ mod tests {
         let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         let (k, h) = tuple(1);
         assert_eq!(t.lookup(&k, h, 100), None);
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 100);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, min(4), 100);
         assert_eq!(t.entry(at).state, TcpState::SynSeen);
         let at = t.lookup(&k, h, 101).unwrap();
         assert_eq!(t.entry(at).value.backend, 7);
@@ -1131,7 +1199,7 @@ mod tests {
         assert_eq!(t.lookup(&k, h, 103 + CLOSING_TIMEOUT_SECS + 1), None);
         // A client that reuses the 5-tuple for a new connection while the old one is closing: its
         // SYN opens the flow again, with the rule's idle timeout (a retransmitted FIN's ACK does not).
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 150);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, min(4), 150);
         t.touch(at, TcpFlags::FIN | TcpFlags::ACK, 151);
         assert_eq!(t.touch(at, TcpFlags::ACK, 152).state, TcpState::Closing);
         assert_eq!(t.touch(at, TcpFlags::SYN, 153).state, TcpState::SynSeen);
@@ -1141,7 +1209,7 @@ mod tests {
         assert_eq!(t.counters().reset, 1);
         t.counters.reset = 0;
         assert_eq!(t.counters().expired, 1);
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 4, 200);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, min(4), 200);
         t.touch(at, TcpFlags::RST, 201);
         assert_eq!(t.lookup(&k, h, 201), None);
         assert_eq!(t.counters().reset, 1);
@@ -1152,15 +1220,64 @@ mod tests {
         let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         let (k, h) = tuple(3);
         // A SYN alone: SYN_TIMEOUT_SECS, not the rule's 30 minutes.
-        t.insert(&k, h, TcpFlags::SYN, NEW, 30, 0);
+        t.insert(&k, h, TcpFlags::SYN, NEW, min(30), 0);
         assert!(t.lookup(&k, h, SYN_TIMEOUT_SECS).is_some());
         assert!(t.lookup(&k, h, SYN_TIMEOUT_SECS + 1).is_none());
         // Completed, the rule's idle timeout.
-        let at = t.insert(&k, h, TcpFlags::SYN, NEW, 30, 1000);
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, min(30), 1000);
         t.touch(at, TcpFlags::ACK, 1001);
         assert!(t.lookup(&k, h, 1001 + 30 * 60).is_some());
-        // A rule's idle timeout below it still applies (4 minutes is the least, so never here).
-        assert_eq!(deadline(TcpState::SynSeen, 1, 0), 60);
+        // A rule's idle timeout below it still applies (one in seconds, or of 1 minute).
+        assert_eq!(deadline(TcpState::SynSeen, min(1), 0), 60);
+    }
+
+    /// An idle timeout of `m` minutes.
+    fn min(m: u8) -> IdleTimeout {
+        IdleTimeout::from_minutes(m).unwrap()
+    }
+
+    #[test]
+    fn idle_timeout_holds_minutes_or_seconds_in_one_byte() {
+        assert_eq!(core::mem::size_of::<IdleTimeout>(), 1);
+        assert_eq!(IdleTimeout::default(), min(4));
+        assert_eq!(IdleTimeout::default().seconds(), 240);
+        for n in 1..=127u8 {
+            let (m, s) = (min(n), IdleTimeout::from_seconds(n).unwrap());
+            assert_eq!((m.seconds(), m.minutes()), (u32::from(n) * 60, Some(n)));
+            assert_eq!((s.seconds(), s.minutes()), (u32::from(n), None));
+        }
+        for n in [0, 128, 255] {
+            assert_eq!(IdleTimeout::from_minutes(n), None);
+            assert_eq!(IdleTimeout::from_seconds(n), None);
+        }
+        assert_eq!(alloc::format!("{} {}", min(30), IdleTimeout::from_seconds(5).unwrap()), "30 min 5 s");
+    }
+
+    #[test]
+    fn a_flow_with_a_5_second_idle_timeout_expires_after_5_seconds_and_not_before() {
+        let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
+        let five = IdleTimeout::from_seconds(5).unwrap();
+        let (k, h) = tuple(4);
+        let udp = FlowTuple { protocol: 17, ..k };
+        t.insert(&udp, h, 0, NEW, five, 100);
+        assert!(t.lookup(&udp, h, 105).is_some(), "idle exactly 5 s: still alive");
+        assert!(t.lookup(&udp, h, 106).is_none(), "idle 6 s: gone");
+        assert_eq!(t.counters().expired, 1);
+        // TCP: the handshake and the established connection take the rule's 5 s too (below the
+        // SYN timeout), and each packet starts the 5 s again.
+        let at = t.insert(&k, h, TcpFlags::SYN, NEW, five, 200);
+        assert!(t.lookup(&k, h, 205).is_some());
+        t.touch(at, TcpFlags::ACK, 205);
+        assert_eq!(t.entry(at).state, TcpState::Established);
+        assert!(t.lookup(&k, h, 210).is_some(), "5 s after its last packet: still alive");
+        assert!(t.lookup(&k, h, 211).is_none());
+        assert_eq!(t.counters().expired, 2);
+        // The sweep sees the same deadline.
+        t.insert(&udp, h, 0, NEW, five, 300);
+        t.sweep(0, usize::MAX, 305);
+        assert_eq!(t.len(), 1);
+        t.sweep(0, usize::MAX, 306);
+        assert_eq!(t.len(), 0);
     }
 
     #[test]
@@ -1168,7 +1285,7 @@ mod tests {
         let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         let (k, h) = tuple(2);
         let udp = FlowTuple { protocol: 17, ..k };
-        t.insert(&udp, h, 0, NEW, 30, 0);
+        t.insert(&udp, h, 0, NEW, min(30), 0);
         assert!(t.lookup(&udp, h, 30 * 60).is_some(), "idle exactly the timeout: still alive");
         assert!(t.lookup(&udp, h, 30 * 60 + 30 * 60 + 1).is_none());
         assert_eq!(t.counters().expired, 1);
@@ -1181,7 +1298,7 @@ mod tests {
         // Fill to twice the slots: every insert beyond a full bucket evicts, and says so.
         for i in 0..(2 * slots) as u64 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, TcpFlags::SYN, NEW, 4, i as u32);
+            t.insert(&k, h, TcpFlags::SYN, NEW, min(4), i as u32);
         }
         let c = t.counters();
         assert_eq!(c.inserts, 2 * slots as u64);
@@ -1198,7 +1315,7 @@ mod tests {
         let mut t = FlowTable::<MuxFlow>::with_capacity(n).unwrap();
         for i in 0..n as u64 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, TcpFlags::SYN, NEW, 4, 0);
+            t.insert(&k, h, TcpFlags::SYN, NEW, min(4), 0);
         }
         // Two choices keep both buckets from being full at nominal (75%) load.
         assert!(t.counters().evicted * 10_000 <= n as u64, "{:?}", t.counters());
@@ -1246,7 +1363,7 @@ mod tests {
         let mut t = FlowTable::<MuxFlow>::with_capacity(1000).unwrap();
         for i in 0..500 {
             let (k, h) = tuple(i);
-            t.insert(&k, h, 0, NEW, 4, 0);
+            t.insert(&k, h, 0, NEW, min(4), 0);
         }
         let n = t.slots() / BUCKET_SLOTS;
         let c = t.sweep(0, n, 4 * 60 + 1);

@@ -259,7 +259,7 @@ impl HostAgent {
         back.dst = faddr;
         back.dst_port = got.port;
         let back_in = HostFlow { kind: HostFlowKind::SnatIn, ..out };
-        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, out, &back, back_in, g.idle_timeout_minutes, now)?;
+        let slot = self.insert_pair(&tuple, hash, key.tcp_flags, out, &back, back_in, g.idle_timeout, now)?;
         Some((slot, out, faddr))
     }
 

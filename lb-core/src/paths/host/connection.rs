@@ -3,6 +3,7 @@
 //! reset needs, FINs), and releasing what removed entries held.
 
 use super::{tuple_hash, HostAgent, HostFlow, HostFlowKind, ACK_SEEN, FIN_SEEN, NO_PEER, SEQ_SEEN};
+use crate::tables::flow::IdleTimeout;
 use crate::tables::{FlowEntry, FlowSlot, FlowTuple, TcpState};
 use crate::wire::{ip_proto, FlowKey, Fragment, TcpFlags};
 
@@ -18,7 +19,7 @@ impl HostAgent {
         a_value: HostFlow,
         b: &FlowTuple,
         b_value: HostFlow,
-        idle: u8,
+        idle: IdleTimeout,
         now: u32,
     ) -> Option<FlowSlot> {
         self.settle(now);

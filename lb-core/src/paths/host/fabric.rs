@@ -160,8 +160,7 @@ impl HostAgent {
         back.dst = tuple.src;
         back.dst_port = tuple.src_port;
         let response = HostFlow { kind: HostFlowKind::Response, port: key.dst_port, ..inbound };
-        let Some(slot) =
-            self.insert_pair(&tuple, hash, key.tcp_flags, inbound, &back, response, delivery.idle_minutes, now)
+        let Some(slot) = self.insert_pair(&tuple, hash, key.tcp_flags, inbound, &back, response, delivery.idle, now)
         else {
             return HostVerdict::Drop(HostDrop::FlowTableFull);
         };

@@ -5,6 +5,7 @@
 
 use super::{tuple_hash, HostAgent, HostDrop, HostFlow, HostFlowKind, FLOATING, FRAG_SNAT, FRAG_SRC, NO_PEER};
 use crate::paths::listen::fragment_record;
+use crate::tables::flow::IdleTimeout;
 use crate::tables::FlowTuple;
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::nat::{rewrite, rewrite_quoted, Side};
@@ -76,7 +77,7 @@ impl HostAgent {
                 self.flows.refresh(at, state, now);
             }
             None => {
-                self.flows.insert(&t, h, 0, rec, 1, now);
+                self.flows.insert(&t, h, 0, rec, const { IdleTimeout::from_minutes(1).unwrap() }, now);
             }
         }
         self.settle(now);
