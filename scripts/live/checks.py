@@ -350,7 +350,7 @@ def make_dataplane(topo, a):
     binary = a.binary or os.environ.get("LB_DPDK") or os.path.join(REPO, "target", "release", "lb-dpdk")
     if not os.access(binary, os.X_OK):
         raise SystemExit("no lb-dpdk binary at %s (build it, or set LB_DPDK)" % binary)
-    return LbDpdk(topo, a.mode, binary, idle_seconds=a.idle_seconds or None)
+    return LbDpdk(topo, a.mode, binary, idle_seconds=a.idle_seconds or None, probe6=not a.no_probe6)
 
 
 def select(only, skip):
@@ -384,6 +384,9 @@ def main():
     p.add_argument("--flood-seconds", type=float, default=30)
     p.add_argument("--idle-seconds", type=int, default=20,
                    help="the idle-timeout rule's timeout in seconds (0: Azure's 4 minutes)")
+    p.add_argument("--no-probe6", action="store_true",
+                   help="the IPv6 rule without a probe: the MUX probes IPv6 backends from its IPv6 address, whose"
+                        " answers a host agent passes to its kernel only if it knows that address")
     p.add_argument("--prefix", help="namespace prefix (default lbt<pid>-)")
     p.add_argument("--logs", help="keep logs and node files in this directory")
     p.add_argument("--summary", help="append a JSON line with the counts to this file")

@@ -312,14 +312,14 @@ class LbDpdk:
 
     unsupported = {}
 
-    def __init__(self, topo, mode, binary, idle_seconds=None, probes=True, extra_args=None):
+    def __init__(self, topo, mode, binary, idle_seconds=None, probes=True, extra_args=None, probe6=True):
         self.t = topo
         self.mode = mode
         self.name = mode
         self.binary = binary
         self.probes = probes and mode != "dpdk"
         self.extra = extra_args or []
-        self.nodes = write_nodes(os.path.join(topo.logdir, "nodes"), idle_seconds=idle_seconds)
+        self.nodes = write_nodes(os.path.join(topo.logdir, "nodes"), idle_seconds=idle_seconds, probe6=probe6)
         self.return_path = "mux"
         self.reports = {}
 

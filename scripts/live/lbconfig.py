@@ -26,9 +26,9 @@ def rule(name, frontend, pool, protocol, fport, bport, probe="Http", floating=Fa
     if probe:
         p["probe"] = ref("probes", probe)
     if idle_seconds is not None:
-        # Not in Azure's schema, whose smallest idle timeout is 4 minutes: the idle-timeout check
-        # proposes this field so that it runs in seconds. A program that ignores it keeps the
-        # minutes, and the check then says so.
+        # An extension of Azure's schema, whose smallest idle timeout is 4 minutes: the
+        # idle-timeout check runs in seconds. It replaces the minutes (both are refused).
+        del p["idleTimeoutInMinutes"]
         p["idleTimeoutInSeconds"] = idle_seconds
     return {"name": name, "properties": p}
 
@@ -73,7 +73,7 @@ def load_balancer(idle_seconds=None, probe6=True):
     }
 
 
-def write_nodes(directory, idle_seconds=None, flow_capacity=1000000):
+def write_nodes(directory, idle_seconds=None, flow_capacity=1000000, probe6=True):
     """Writes lb.json and the node files; returns {name: path}. The hosts have one file per return
     path: h1.json (through the MUX) and h1-direct.json (Direct Server Return)."""
     os.makedirs(directory, exist_ok=True)
@@ -85,7 +85,7 @@ def write_nodes(directory, idle_seconds=None, flow_capacity=1000000):
             json.dump(obj, f, indent=2)
         paths[name] = path
 
-    dump("lb", load_balancer(idle_seconds))
+    dump("lb", load_balancer(idle_seconds, probe6))
     # mac and gatewayMac are absent: the program takes them from the interface and the kernel.
     dump("mux", {"role": "mux", "underlay": MUX_UNDERLAY, "interfaces": {"fabric": "fab0"},
                  "mtu": MTU, "flowCapacity": flow_capacity, "loadBalancerFile": "lb.json"})
