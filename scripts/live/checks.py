@@ -383,7 +383,7 @@ def main():
     p.add_argument("--flood-count", type=int, default=300000)
     p.add_argument("--flood-seconds", type=float, default=30)
     p.add_argument("--idle-seconds", type=int, default=20,
-                   help="the idle-timeout rule's timeout in seconds (0: Azure's 4 minutes)")
+                   help="the idle-timeout rule's timeout in seconds, 1..127 (idleTimeoutInSeconds; 0: Azure's 4 minutes)")
     p.add_argument("--no-probe6", action="store_true",
                    help="the IPv6 rule without a probe: the MUX probes IPv6 backends from its IPv6 address, whose"
                         " answers a host agent passes to its kernel only if it knows that address")
