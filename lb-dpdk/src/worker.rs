@@ -22,6 +22,8 @@ pub const BURST: usize = lb_core::paths::mux::BURST;
 const UNSET: Action = Action::Drop(DropCause::Mux(DropReason::Malformed));
 /// Flow-table buckets one loop iteration sweeps for idle flows at most.
 const SWEEP_BUDGET: usize = 8;
+/// Buckets an idle loop sweeps at most (about half a megabyte of buckets: tens of microseconds).
+const IDLE_SWEEP_BUDGET: usize = 1024;
 /// Under load the sweep aims to cover the whole flow table once in this many seconds, within
 /// [`SWEEP_BUDGET`] buckets a loop (so a table of tens of millions of flows takes longer): lookups
 /// and inserts expire what they meet anyway, the sweep frees the rest and sends a host's resets.
@@ -183,7 +185,14 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
         let elapsed = now.wrapping_sub(sweep_clock).min(SWEEP_PERIOD_SECS);
         sweep_owed = sweep_owed.saturating_add(sweep_per_sec * elapsed as usize);
         sweep_clock = now;
-        let budget = if received == 0 { SWEEP_BUDGET } else { sweep_owed.min(SWEEP_BUDGET) };
+        // An idle loop of a polled port comes round millions of times a second and sweeps a little
+        // each time; an idle live port's loop sleeps in poll(2) between rounds, so it sweeps what
+        // the period owes, up to IDLE_SWEEP_BUDGET buckets a round.
+        let budget = if received == 0 {
+            sweep_owed.clamp(SWEEP_BUDGET, IDLE_SWEEP_BUDGET)
+        } else {
+            sweep_owed.min(SWEEP_BUDGET)
+        };
         sweep_owed = sweep_owed.saturating_sub(budget);
         if budget > 0 {
             engine.expire(now, budget, |to, f| {
