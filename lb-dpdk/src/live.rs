@@ -87,7 +87,8 @@ fn fabric_ownership(lb: &LoadBalancer, underlay: IpAddr, is_mux: bool) -> Owners
 }
 
 /// The frames a backends' interface takes: all but those to the host itself (its addresses on
-/// every interface the node file names) and to its MUXes (health probes' answers).
+/// every interface the node file names), to its MUXes (health probes' answers) and to the
+/// management addresses of the node file.
 fn backend_ownership(cfg: &NodeConfig) -> Result<Ownership, String> {
     let ifs = cfg.interfaces.as_ref().expect("checked at start");
     let mut keep: Vec<IpAddr> = vec![cfg.role.base().underlay];
@@ -98,6 +99,7 @@ fn backend_ownership(cfg: &NodeConfig) -> Result<Ownership, String> {
     if let NodeRole::Host(h) = &cfg.role {
         keep.extend(&h.muxes);
     }
+    keep.extend(&ifs.management);
     keep.sort();
     keep.dedup();
     Ok(Ownership { all_except: Some(keep), ..Ownership::default() })

@@ -135,7 +135,7 @@ def main():
     p.add_argument("--logs")
     a = p.parse_args()
     T.require_root()
-    topo = T.Topology(a.prefix, logdir=a.logs)
+    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk")
     T.guard(topo)
     rows = []
     try:

@@ -394,7 +394,7 @@ def main():
     T.require_root()
     names = select(a.only, a.skip)
     deadline = Deadline(a.deadline)
-    topo = T.Topology(a.prefix, logdir=a.logs)
+    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk")
     T.guard(topo)
     results = []
     dp = None

@@ -319,24 +319,27 @@ class LbDpdk:
         self.binary = binary
         self.probes = probes and mode != "dpdk"
         self.extra = extra_args or []
-        self.nodes = write_nodes(os.path.join(topo.logdir, "nodes"), idle_seconds=idle_seconds, probe6=probe6)
+        self.nodes = write_nodes(os.path.join(topo.logdir, "nodes"), idle_seconds=idle_seconds, probe6=probe6,
+                                 dpdk_mux=mode == "dpdk")
         self.return_path = "mux"
         self.reports = {}
 
     def _cmd(self, role, node):
         cmd = [self.binary, "run", "--config", node, "--status-interval", "1",
                "--metrics", "127.0.0.1:%d" % METRICS_PORT]
-        if self.mode == "dpdk":
+        # DPDK mode: the MUX on DPDK's net_af_xdp; the host agents, whose backends live behind
+        # interfaces of their own, on the AF_XDP live port.
+        dpdk = self.mode == "dpdk" and role == "mux"
+        if dpdk:
             cmd.insert(2, "--dpdk")
         else:
-            cmd += ["--live", self.mode]
+            cmd += ["--live", "afxdp" if self.mode == "dpdk" else self.mode]
         if role == "mux" and not self.probes:
             cmd.append("--no-probes")
         cmd += self.extra
-        if self.mode == "dpdk":
-            devs = ["fab0"] if role == "mux" else ["fab0", "be0", "be1"]
-            cmd += ["--", "--no-huge", "--no-pci", "-m", "512", "--file-prefix", self.t.prefix + role]
-            cmd += ["--vdev=net_af_xdp%d,iface=%s" % (i, d) for i, d in enumerate(devs)]
+        if dpdk:
+            cmd += ["--", "--no-huge", "--no-pci", "-m", "512", "--file-prefix", self.t.prefix + role,
+                    "--vdev=net_af_xdp0,iface=fab0"]
         return cmd
 
     def _guard(self, on):

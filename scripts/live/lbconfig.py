@@ -3,7 +3,7 @@
 import json
 import os
 
-from topology import (BACKENDS, HOST_UNDERLAY, MSS_CLAMP, MTU, MUX_UNDERLAY, PORT_ECHO, PORT_FAST, PORT_HTTP,
+from topology import (BACKENDS, HOST_UNDERLAY, MSS_CLAMP, MTU, MUX_UNDERLAY, MUX_UNDERLAY6, mac, LINKS, PORT_ECHO, PORT_FAST, PORT_HTTP,
                       PORT_IPERF, PORT_UDP, VIP_BENCH4, VIP_FLOAT4, VIP_OUT4, VIP_WEB4, VIP_WEB6)
 
 PROBE_INTERVAL = 5  # the smallest intervalInSeconds the configuration takes
@@ -73,7 +73,12 @@ def load_balancer(idle_seconds=None, probe6=True):
     }
 
 
-def write_nodes(directory, idle_seconds=None, flow_capacity=1000000, probe6=True):
+# The MUX's fabric veth and the router's end of it (topology.py names them by link number).
+MUX_MAC = mac(LINKS["mux"], 2)
+MUX_GATEWAY_MAC = mac(LINKS["mux"], 1)
+
+
+def write_nodes(directory, idle_seconds=None, flow_capacity=1000000, probe6=True, dpdk_mux=False):
     """Writes lb.json and the node files; returns {name: path}. The hosts have one file per return
     path: h1.json (through the MUX) and h1-direct.json (Direct Server Return)."""
     os.makedirs(directory, exist_ok=True)
@@ -87,12 +92,19 @@ def write_nodes(directory, idle_seconds=None, flow_capacity=1000000, probe6=True
 
     dump("lb", load_balancer(idle_seconds, probe6))
     # mac and gatewayMac are absent: the program takes them from the interface and the kernel.
-    dump("mux", {"role": "mux", "underlay": MUX_UNDERLAY, "interfaces": {"fabric": "fab0"},
-                 "mtu": MTU, "flowCapacity": flow_capacity, "loadBalancerFile": "lb.json"})
+    mux = {"role": "mux", "underlay": MUX_UNDERLAY, "interfaces": {"fabric": "fab0"},
+           "mtu": MTU, "flowCapacity": flow_capacity, "loadBalancerFile": "lb.json"}
+    if dpdk_mux:
+        # DPDK's ports learn nothing from the kernel: the MUX on net_af_xdp is given its MACs.
+        mux.update(mac=MUX_MAC, gatewayMac=MUX_GATEWAY_MAC)
+    dump("mux", mux)
     for h, underlay in HOST_UNDERLAY.items():
         for rp, suffix in (("mux", ""), ("direct", "-direct")):
             dump(h + suffix, {"role": "host", "underlay": underlay,
-                              "interfaces": {"fabric": "fab0", "backends": ["be0", "be1"]},
+                              # The MUX probes the IPv6 backends from its IPv6 address: their
+                              # answers go through the host's kernel, as the IPv4 ones do.
+                              "interfaces": {"fabric": "fab0", "backends": ["be0", "be1"],
+                                             "management": [MUX_UNDERLAY6]},
                               "muxes": [MUX_UNDERLAY], "returnPath": rp, "mssClamp": MSS_CLAMP, "mtu": MTU,
                               "flowCapacity": flow_capacity, "loadBalancerFile": "lb.json"})
     return paths

@@ -63,6 +63,7 @@ LINKS = {"client": 1, "mux": 2, "h1": 3, "h2": 4, "inet": 5}
 CLIENT_V4 = ["198.18.1.%d" % i for i in range(2, 6)]
 CLIENT_V6 = ["2001:2:0:1::%d" % i for i in range(2, 6)]
 MUX_UNDERLAY = "198.18.2.2"
+MUX_UNDERLAY6 = "2001:2:0:2::2"
 HOST_UNDERLAY = {"h1": "198.18.3.2", "h2": "198.18.4.2"}
 INET_V4 = "198.18.5.2"
 INET_V6 = "2001:2:0:5::2"
@@ -103,8 +104,12 @@ class Topology:
     `down()` stops every process by PID and deletes every namespace by name, whatever state the
     build reached."""
 
-    def __init__(self, prefix=None, logdir=None, keep_logs=False):
+    def __init__(self, prefix=None, logdir=None, keep_logs=False, static_neighbours=False):
         self.prefix = prefix or "lbt%d-" % os.getpid()
+        # Permanent neighbour entries only where a data plane takes ARP and ND from the kernel
+        # (DPDK's net_af_xdp program takes every frame); elsewhere the kernels resolve them, and
+        # the load balancer learns its next hops and backends from their tables.
+        self.static_neighbours = static_neighbours
         self.logdir = logdir or tempfile.mkdtemp(prefix=self.prefix)
         os.makedirs(self.logdir, exist_ok=True)
         self.keep_logs = keep_logs or bool(logdir)
@@ -172,13 +177,17 @@ class Topology:
                  "route add default via 2001:2:0:%d::1" % n,
                  "neigh replace 198.18.%d.1 lladdr %s dev fab0 nud permanent" % (n, m_rt),
                  "neigh replace 2001:2:0:%d::1 lladdr %s dev fab0 nud permanent" % (n, m_rt)]
-        ip_batch(node, cmds)
+        ip_batch(node, self._neigh(cmds))
         rcmds = ["addr add 198.18.%d.1/24 dev %s" % (n, rdev),
                  "addr add 2001:2:0:%d::1/64 dev %s nodad" % (n, rdev),
                  "link set %s up" % rdev]
         rcmds += ["neigh replace %s lladdr %s dev %s nud permanent" % (a, m_node, rdev) for a in addrs4]
         rcmds += ["neigh replace %s lladdr %s dev %s nud permanent" % (a, m_node, rdev) for a in addrs6]
-        ip_batch(rt, rcmds)
+        ip_batch(rt, self._neigh(rcmds))
+
+    def _neigh(self, cmds):
+        """`cmds` without the permanent neighbour entries, unless the topology keeps them."""
+        return cmds if self.static_neighbours else [c for c in cmds if not c.startswith("neigh ")]
 
     def _backend_link(self, name, host, idx, v4, v6):
         hn, bn = self.ns(host), self.ns(name.lower())
@@ -186,7 +195,7 @@ class Topology:
         net4, net6 = BACKEND_NET[host]
         m_host, m_be = mac(0x10 + hnum, 0x10 + 2 * idx), mac(0x10 + hnum, 0x11 + 2 * idx)
         dev = "be%d" % idx
-        ip_batch(hn, ["link add %s address %s mtu %d type veth peer name eth0 address %s mtu %d netns %s"
+        ip_batch(hn, self._neigh(["link add %s address %s mtu %d type veth peer name eth0 address %s mtu %d netns %s"
                       % (dev, m_host, MTU, m_be, MTU, bn),
                       # Each backend veth of the host carries the backends' gateway address.
                       "addr add %s.1/32 dev %s" % (net4, dev),
@@ -195,8 +204,8 @@ class Topology:
                       "route add %s/32 dev %s src %s.1" % (v4, dev, net4),
                       "route add %s/128 dev %s" % (v6, dev),
                       "neigh replace %s lladdr %s dev %s nud permanent" % (v4, m_be, dev),
-                      "neigh replace %s lladdr %s dev %s nud permanent" % (v6, m_be, dev)])
-        ip_batch(bn, ["addr add %s/24 dev eth0" % v4,
+                      "neigh replace %s lladdr %s dev %s nud permanent" % (v6, m_be, dev)]))
+        ip_batch(bn, self._neigh(["addr add %s/24 dev eth0" % v4,
                       "addr add %s/64 dev eth0 nodad" % v6,
                       "link set eth0 up",
                       "route add default via %s.1 dev eth0" % net4,
@@ -204,7 +213,7 @@ class Topology:
                       "neigh replace %s.1 lladdr %s dev eth0 nud permanent" % (net4, m_host),
                       "neigh replace %s::1 lladdr %s dev eth0 nud permanent" % (net6, m_host),
                       # The floating-IP rule delivers with the VIP as destination.
-                      "addr add %s/32 dev lo" % VIP_FLOAT4])
+                      "addr add %s/32 dev lo" % VIP_FLOAT4]))
 
     def _sysctls(self):
         fwd = [("net.ipv4.ip_forward", 1), ("net.ipv6.conf.all.forwarding", 1),

@@ -81,6 +81,8 @@ struct InterfacesJson {
     fabric: String,
     #[serde(default)]
     backends: Vec<String>,
+    #[serde(default)]
+    management: Vec<IpAddr>,
 }
 
 /// The Linux interfaces a node's live ports run on (the node file's `interfaces`).
@@ -90,6 +92,10 @@ pub struct Interfaces {
     pub fabric: String,
     /// A host agent's interfaces to its backends (none on a MUX).
     pub backends: Vec<String>,
+    /// Addresses the backends reach through the host's kernel, not the load balancer: besides the
+    /// host's own and its MUXes' underlay addresses, which always are, the other addresses of
+    /// health probers (a MUX probing IPv6 backends from its IPv6 address) and management stations.
+    pub management: Vec<IpAddr>,
 }
 
 /// A loaded, validated configuration.
@@ -204,7 +210,10 @@ fn interfaces(j: &mut NodeJson) -> Result<Option<Interfaces>, NodeError> {
             format!("'{}' is both the fabric and a backend interface", i.fabric),
         ));
     }
-    Ok(Some(Interfaces { fabric: i.fabric, backends: i.backends }))
+    if j.role == Role::Mux && !i.management.is_empty() {
+        return Err(NodeError::Field("interfaces", "management addresses are a host agent's".into()));
+    }
+    Ok(Some(Interfaces { fabric: i.fabric, backends: i.backends, management: i.management }))
 }
 
 /// The load balancer, inline or from its own file.
