@@ -135,7 +135,8 @@ def main():
     p.add_argument("--logs")
     a = p.parse_args()
     T.require_root()
-    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk")
+    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk",
+                      checksum_offload=a.mode == "afpacket")
     T.guard(topo)
     rows = []
     try:

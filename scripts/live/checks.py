@@ -394,7 +394,8 @@ def main():
     T.require_root()
     names = select(a.only, a.skip)
     deadline = Deadline(a.deadline)
-    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk")
+    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk",
+                      checksum_offload=a.mode == "afpacket")
     T.guard(topo)
     results = []
     dp = None

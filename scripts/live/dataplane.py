@@ -355,7 +355,7 @@ class LbDpdk:
             fwd = ""
             if role != "mux":
                 fwd = """
-  chain fwd {
+  chain forward_guard {
     type filter hook forward priority filter; policy accept;
     iifname { "be0", "be1" } ip daddr != %s drop
     iifname { "be0", "be1" } ip6 daddr != 2001:2:0:2::2 drop

@@ -31,10 +31,12 @@ the path-MTU check sends a 1500-byte UDP datagram with DF, which must come back 
 
 Checksum offload: `ethtool -K IF tx off tso off gso off` on the veths of the kernel senders (clients, backends,
 internet server): AF_XDP hands a user-space forwarder frames whose TCP/UDP checksum the sender left
-partial, and it cannot complete them, so the receiver would drop them as checksum errors.
+partial, and it cannot complete them, so the receiver would drop them as checksum errors. With
+AF_PACKET the senders keep their checksum offload (`tx on`, TSO and GSO off): the port completes the
+partial checksums the kernel reports.
 
-Neighbours are static (permanent entries on both ends of every link): a data plane that takes every
-frame of an interface (DPDK's net_af_xdp) then does not starve the kernel of ARP and ND.
+Neighbours are resolved by the kernels (ARP, ND), except with DPDK's net_af_xdp, which takes every
+frame of its interface: then every link has permanent entries at both ends.
 
     topology.py up [--prefix P]     build it and wait (Ctrl-C tears it down)
     topology.py --cleanup PREFIX    delete leftovers of a run: its namespaces and their processes
@@ -104,12 +106,14 @@ class Topology:
     `down()` stops every process by PID and deletes every namespace by name, whatever state the
     build reached."""
 
-    def __init__(self, prefix=None, logdir=None, keep_logs=False, static_neighbours=False):
+    def __init__(self, prefix=None, logdir=None, keep_logs=False, static_neighbours=False, checksum_offload=False):
         self.prefix = prefix or "lbt%d-" % os.getpid()
         # Permanent neighbour entries only where a data plane takes ARP and ND from the kernel
         # (DPDK's net_af_xdp program takes every frame); elsewhere the kernels resolve them, and
         # the load balancer learns its next hops and backends from their tables.
         self.static_neighbours = static_neighbours
+        # The senders' checksum offload stays on (a data plane that completes partial checksums).
+        self.offloads = OFFLOADS_OFF[2:] if checksum_offload else OFFLOADS_OFF
         self.logdir = logdir or tempfile.mkdtemp(prefix=self.prefix)
         os.makedirs(self.logdir, exist_ok=True)
         self.keep_logs = keep_logs or bool(logdir)
@@ -141,9 +145,9 @@ class Topology:
         self._sysctls()
         # The senders' veths: a user-space forwarder cannot complete partial checksums (see above).
         for role in ["client", "inet"]:
-            nsrun(self.ns(role), ["ethtool", "-K", "fab0"] + OFFLOADS_OFF, quiet=True)
+            nsrun(self.ns(role), ["ethtool", "-K", "fab0"] + self.offloads, quiet=True)
         for b in BACKENDS:
-            nsrun(self.ns(b[0].lower()), ["ethtool", "-K", "eth0"] + OFFLOADS_OFF, quiet=True)
+            nsrun(self.ns(b[0].lower()), ["ethtool", "-K", "eth0"] + self.offloads, quiet=True)
         if servers:
             self.start_servers()
         log("topology up")
