@@ -10,6 +10,9 @@
 #   7. scripts/fuzz.sh              (each fuzz target for FUZZ_SECONDS, default 30; skipped if absent)
 #   8. DPDK (feature `dpdk`)        (clippy and the tests of lb-dpdk with the DPDK port, on virtual
 #                                    devices; skipped where `pkg-config` finds no libdpdk, but not in CI)
+#   9. scripts/live-test.sh         (the live tests: real TCP and UDP through AF_XDP, AF_PACKET and
+#                                    DPDK's net_af_xdp in network namespaces; needs root, skipped
+#                                    without it, but not in CI)
 #
 # Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
 # and exits non-zero if any step failed. Installs missing C tools (gcc, g++, binutils) and DPDK
@@ -107,6 +110,10 @@ step_fuzz() {
     bash scripts/fuzz.sh "$FUZZ_SECONDS"
 }
 
+step_live() {
+    bash scripts/live-test.sh
+}
+
 step_dpdk() {
     # The DPDK port builds only with the feature: lint it too, then run its tests (the port's unit
     # tests, and tests/dpdk.rs: the program on DPDK's net_pcap and net_null vdevs, no NIC, no
@@ -121,7 +128,7 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 RESULTS=()
-TOTAL_STEPS=8
+TOTAL_STEPS=9
 STEP_NO=0
 
 # run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit on (so its first failing command
@@ -178,6 +185,12 @@ if has_dpdk || [ "${CI:-}" = "true" ]; then
     run_step "DPDK: clippy + cargo test -p lb-dpdk --features dpdk --bins --test dpdk" step_dpdk
 else
     skip_step "DPDK (--features dpdk)" "pkg-config finds no libdpdk, or no libclang"
+fi
+
+if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = "true" ]; then
+    run_step "scripts/live-test.sh (network namespaces: AF_XDP, AF_PACKET, DPDK net_af_xdp)" step_live
+else
+    skip_step "scripts/live-test.sh" "needs root"
 fi
 
 echo
