@@ -824,7 +824,16 @@ impl crate::live::LivePort for AfPacketPort {
         AfPacketPort::queues(ifname)
     }
 
-    fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String> {
+    fn open(
+        ifname: &str,
+        queue: u32,
+        ownership: &Ownership,
+        options: &crate::live::LiveOptions,
+    ) -> Result<Self, String> {
+        if options.generic_xdp || options.copy {
+            return Err("--xdp-generic and --xdp-copy are AF_XDP's options".into());
+        }
+        let _ = options.busy_poll_us; // AF_PACKET rings are polled by their block timeout
         AfPacketPort::open(ifname, queue, ownership)
     }
 

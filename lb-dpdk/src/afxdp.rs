@@ -1044,8 +1044,19 @@ impl crate::live::LivePort for AfXdpPort {
         queues(ifname)
     }
 
-    fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String> {
-        AfXdpPort::open(ifname, queue, ownership)
+    fn open(
+        ifname: &str,
+        queue: u32,
+        ownership: &Ownership,
+        options: &crate::live::LiveOptions,
+    ) -> Result<Self, String> {
+        let opts = AfXdpOptions {
+            copy: if options.copy { CopyMode::Copy } else { CopyMode::Auto },
+            attach: if options.generic_xdp { AttachMode::Generic } else { AttachMode::Auto },
+            busy_poll_us: options.busy_poll_us,
+            ..AfXdpOptions::default()
+        };
+        AfXdpPort::open_with(ifname, queue, ownership, &opts)
     }
 
     fn describe(&self) -> String {

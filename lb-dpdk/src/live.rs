@@ -29,11 +29,23 @@ pub trait LivePort: Port + Send + Sized + 'static {
     /// The receive queues of `ifname`.
     fn queues(ifname: &str) -> u32;
     /// Opens queue `queue` of `ifname`, taking the frames `ownership` names from the kernel.
-    fn open(ifname: &str, queue: u32, ownership: &Ownership) -> Result<Self, String>;
+    fn open(ifname: &str, queue: u32, ownership: &Ownership, options: &LiveOptions) -> Result<Self, String>;
     /// What the port says of itself once open (mode, queue), for the start-up lines.
     fn describe(&self) -> String;
     /// A handle that changes the frames the port's interface takes, from the control plane.
     fn ownership_handle(&self) -> SetOwnership;
+}
+
+/// How the live ports run (the options of `lb-dpdk run --live`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveOptions {
+    /// Busy polling for this many microseconds a call (SO_BUSY_POLL with SO_PREFER_BUSY_POLL):
+    /// lower latency for a core of its own; `None` sleeps on the kernel's wakeups when idle.
+    pub busy_poll_us: Option<u32>,
+    /// AF_XDP: attach in generic (SKB) mode only, for drivers whose native mode misbehaves.
+    pub generic_xdp: bool,
+    /// AF_XDP: copy mode only, even where the driver does zero-copy.
+    pub copy: bool,
 }
 
 /// Changes the frames a live port's interface takes from the kernel.
@@ -106,7 +118,11 @@ fn backend_ownership(cfg: &NodeConfig) -> Result<Ownership, String> {
 }
 
 /// Opens the ports and starts the workers (see the module's notes).
-pub fn start<P: LivePort>(cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Live), String> {
+pub fn start<P: LivePort>(
+    cfg: &NodeConfig,
+    options: &LiveOptions,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Workers, Live), String> {
     let ifs = cfg.interfaces.clone().ok_or("the live ports need `interfaces` in the node file")?;
     let is_mux = matches!(cfg.role, NodeRole::Mux(_));
     if is_mux && !ifs.backends.is_empty() {
@@ -119,7 +135,7 @@ pub fn start<P: LivePort>(cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(W
     let mut groups: Vec<(Vec<P>, Vec<PortInfo>)> = Vec::new();
     let mut fabric_ownership = None;
     for q in 0..queues {
-        let port = P::open(&ifs.fabric, q, &fabric_own)?;
+        let port = P::open(&ifs.fabric, q, &fabric_own, options)?;
         eprintln!("lb-dpdk: {} {} queue {q}: {}", P::NAME, ifs.fabric, port.describe());
         fabric_ownership.get_or_insert_with(|| port.ownership_handle());
         let info = PortInfo { side: if is_mux { Side::Either } else { Side::Fabric }, ifindex: fabric_index };
@@ -135,7 +151,7 @@ pub fn start<P: LivePort>(cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(W
         for name in &ifs.backends {
             let index = netlink::interface(name).map_err(|e| format!("interface {name}: {e}"))?.index;
             for q in 0..P::queues(name).max(1) {
-                let port = P::open(name, q, &own)?;
+                let port = P::open(name, q, &own, options)?;
                 eprintln!("lb-dpdk: {} {name} queue {q}: {}", P::NAME, port.describe());
                 groups[0].0.push(port);
                 groups[0].1.push(PortInfo { side: Side::Backend, ifindex: index });

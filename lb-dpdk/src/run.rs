@@ -18,7 +18,7 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
-use crate::live::{Live, LivePort};
+use crate::live::{Live, LiveOptions, LivePort};
 use crate::pcap::AtEnd;
 use crate::stats::Stats;
 use crate::worker::{new_node, Control, WorkerHandle, Workers};
@@ -42,6 +42,16 @@ pub struct RunArgs {
     /// BPF cannot be loaded. The kernel keeps every frame the load balancer does not own.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "afxdp", conflicts_with_all = ["pcap_in", "pcap_out"])]
     pub live: Option<LiveKind>,
+    /// Live ports: busy-poll for this many microseconds a call instead of sleeping on the kernel's
+    /// wakeups (a core of its own, lower latency).
+    #[arg(long, requires = "live")]
+    pub busy_poll: Option<u32>,
+    /// AF_XDP: attach the XDP program in generic (SKB) mode only.
+    #[arg(long, requires = "live")]
+    pub xdp_generic: bool,
+    /// AF_XDP: copy mode only, even where the driver does zero-copy.
+    #[arg(long, requires = "live")]
+    pub xdp_copy: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
@@ -156,8 +166,8 @@ fn load(args: &RunArgs) -> Result<NodeConfig, String> {
 /// Starts the workers on the port the options name.
 fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Option<Live>), String> {
     match args.live {
-        Some(LiveKind::Afxdp) => return start_live::<crate::afxdp::AfXdpPort>(cfg, stop),
-        Some(LiveKind::Afpacket) => return start_live::<crate::afpacket::AfPacketPort>(cfg, stop),
+        Some(LiveKind::Afxdp) => return start_live::<crate::afxdp::AfXdpPort>(args, cfg, stop),
+        Some(LiveKind::Afpacket) => return start_live::<crate::afpacket::AfPacketPort>(args, cfg, stop),
         None => {}
     }
     if args.dpdk {
@@ -177,8 +187,13 @@ fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Re
     crate::pcap::start(input, output, at_end, cfg, stop).map(|w| (w, None))
 }
 
-fn start_live<P: LivePort>(cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Option<Live>), String> {
-    crate::live::start::<P>(cfg, stop).map(|(w, l)| (w, Some(l)))
+fn start_live<P: LivePort>(
+    args: &RunArgs,
+    cfg: &NodeConfig,
+    stop: &Arc<AtomicBool>,
+) -> Result<(Workers, Option<Live>), String> {
+    let options = LiveOptions { busy_poll_us: args.busy_poll, generic_xdp: args.xdp_generic, copy: args.xdp_copy };
+    crate::live::start::<P>(cfg, &options, stop).map(|(w, l)| (w, Some(l)))
 }
 
 fn sum(handles: &[WorkerHandle]) -> Stats {
