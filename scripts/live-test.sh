@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Live tests: real kernel sockets in network namespaces through lb-dpdk's live ports (see
 # scripts/live/README.md). As root: installs the tools it needs, builds the release binary, runs
-# every check on AF_XDP, a subset on AF_PACKET and on DPDK's net_af_xdp, and ends with
+# every check on AF_XDP, a subset on AF_PACKET and with the MUX on DPDK's net_af_xdp and
+# net_af_packet, and ends with
 # `live: N passed, M failed`.
 #
-#   scripts/live-test.sh                      # afxdp (all checks), afpacket and dpdk (subsets)
+#   scripts/live-test.sh                      # afxdp (all checks), afpacket and the DPDK modes (subsets)
 #   LIVE_MODES="standin afxdp" scripts/live-test.sh
 #   LIVE_ONLY=balance,pmtu scripts/live-test.sh    # the same checks in every mode
 #
-# Environment: LIVE_MODES (default "afxdp afpacket dpdk"; "standin" runs the kernel stand-in),
+# Environment: LIVE_MODES (default "afxdp afpacket dpdk dpdk-afpacket"; "standin" runs the kernel stand-in),
 # LIVE_ONLY, LIVE_IDLE_SECONDS (the idle-timeout check's timeout, default 20), LIVE_DEADLINE
 # (seconds a mode may take, default 900 for afxdp and the stand-in, 300 for the others), LB_DPDK
 # (a binary to use instead of building one), LIVE_LOGS (keep logs and node files in this folder).
@@ -24,7 +25,7 @@ fi
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
 
-MODES="${LIVE_MODES:-afxdp afpacket dpdk}"
+MODES="${LIVE_MODES:-afxdp afpacket dpdk dpdk-afpacket}"
 
 # tool:package pairs the checks and the data planes use.
 missing=()
@@ -34,7 +35,7 @@ for pair in ip:iproute2 ethtool:ethtool nft:nftables conntrack:conntrack curl:cu
 done
 [ -e /usr/include/bpf/libbpf.h ] || missing+=(libbpf-dev)
 case " $MODES " in
-*" dpdk "*) { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libdpdk; } ||
+*" dpdk"*) { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libdpdk; } ||
     missing+=(libdpdk-dev dpdk-dev libclang-dev pkg-config) ;;
 esac
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -47,7 +48,7 @@ for m in $MODES; do [ "$m" != standin ] && needs_binary=1; done
 if [ "$needs_binary" -eq 1 ] && [ -z "${LB_DPDK:-}" ]; then
     ensure_c_tools
     features=()
-    case " $MODES " in *" dpdk "*) pkg-config --exists libdpdk 2>/dev/null && features=(--features dpdk) ;; esac
+    case " $MODES " in *" dpdk"*) pkg-config --exists libdpdk 2>/dev/null && features=(--features dpdk) ;; esac
     echo "==> cargo build --release -p lb-dpdk ${features[*]}"
     if ! cargo build --release -p lb-dpdk "${features[@]}"; then
         echo "live: 0 passed, 1 failed"
@@ -64,6 +65,7 @@ for mode in $MODES; do
     afxdp | standin) only="${LIVE_ONLY:-}" deadline="${LIVE_DEADLINE:-900}" ;;
     afpacket) only="${LIVE_ONLY:-balance,pmtu,outbound,download}" deadline="${LIVE_DEADLINE:-300}" ;;
     dpdk) only="${LIVE_ONLY:-balance,download}" deadline="${LIVE_DEADLINE:-300}" ;;
+    dpdk-afpacket) only="${LIVE_ONLY:-balance}" deadline="${LIVE_DEADLINE:-300}" ;;
     *) echo "live-test.sh: unknown mode $mode" >&2; status=1; continue ;;
     esac
     args=(--mode "$mode" --deadline "$deadline" --idle-seconds "${LIVE_IDLE_SECONDS:-20}" --summary "$summary")

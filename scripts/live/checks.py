@@ -353,6 +353,7 @@ def make_dataplane(topo, a):
     return LbDpdk(topo, a.mode, binary, idle_seconds=a.idle_seconds or None, probe6=not a.no_probe6)
 
 
+
 def select(only, skip):
     names = []
     for part in (only or ",".join(ORDER)).split(","):
@@ -369,7 +370,7 @@ def select(only, skip):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["standin", "afxdp", "afpacket", "dpdk"], default="standin")
+    p.add_argument("--mode", choices=["standin", "afxdp", "afpacket", "dpdk", "dpdk-afpacket"], default="standin")
     p.add_argument("--only", help="checks to run: names or letters a-g, comma-separated")
     p.add_argument("--skip", help="checks to leave out")
     p.add_argument("--deadline", type=float, default=1200, help="seconds for the whole run (default 1200)")
@@ -394,7 +395,7 @@ def main():
     T.require_root()
     names = select(a.only, a.skip)
     deadline = Deadline(a.deadline)
-    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode == "dpdk",
+    topo = T.Topology(a.prefix, logdir=a.logs, static_neighbours=a.mode.startswith("dpdk"),
                       checksum_offload=a.mode == "afpacket")
     T.guard(topo)
     results = []

@@ -308,7 +308,8 @@ def label(labels, key):
 
 
 class LbDpdk:
-    """lb-dpdk on the MUX and the two hosts. mode: afxdp, afpacket or dpdk."""
+    """lb-dpdk on the MUX and the two hosts. mode: afxdp, afpacket, dpdk (the MUX on DPDK's
+    net_af_xdp) or dpdk-afpacket (the MUX on DPDK's net_af_packet)."""
 
     unsupported = {}
 
@@ -317,10 +318,10 @@ class LbDpdk:
         self.mode = mode
         self.name = mode
         self.binary = binary
-        self.probes = probes and mode != "dpdk"
+        self.probes = probes and not mode.startswith("dpdk")
         self.extra = extra_args or []
         self.nodes = write_nodes(os.path.join(topo.logdir, "nodes"), idle_seconds=idle_seconds, probe6=probe6,
-                                 dpdk_mux=mode == "dpdk")
+                                 dpdk_mux=mode.startswith("dpdk"))
         self.return_path = "mux"
         self.reports = {}
 
@@ -329,17 +330,17 @@ class LbDpdk:
                "--metrics", "127.0.0.1:%d" % METRICS_PORT]
         # DPDK mode: the MUX on DPDK's net_af_xdp; the host agents, whose backends live behind
         # interfaces of their own, on the AF_XDP live port.
-        dpdk = self.mode == "dpdk" and role == "mux"
+        dpdk = self.mode.startswith("dpdk") and role == "mux"
         if dpdk:
             cmd.insert(2, "--dpdk")
         else:
-            cmd += ["--live", "afxdp" if self.mode == "dpdk" else self.mode]
+            cmd += ["--live", "afxdp" if self.mode.startswith("dpdk") else self.mode]
         if role == "mux" and not self.probes:
             cmd.append("--no-probes")
         cmd += self.extra
         if dpdk:
             cmd += ["--", "--no-huge", "--no-pci", "-m", "512", "--file-prefix", self.t.prefix + role,
-                    "--vdev=net_af_xdp0,iface=fab0"]
+                    "--vdev=net_af_packet0,iface=fab0" if self.mode == "dpdk-afpacket" else "--vdev=net_af_xdp0,iface=fab0"]
         return cmd
 
     def _guard(self, on):
