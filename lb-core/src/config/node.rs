@@ -364,11 +364,18 @@ mod tests {
         let NodeRole::Host(h) = &old.role else { panic!() };
         assert_eq!(h.mss_clamp, None);
         // Neither MAC: both unknown until the program sets them.
-        let live = load(&file("host", r#","interfaces":{"fabric":"eth0","backends":["tap0","tap1"]},"mssClamp":1440"#))
-            .unwrap();
+        let live = load(&file(
+            "host",
+            r#","interfaces":{"fabric":"eth0","backends":["tap0","tap1"],"management":["2001:2::2"]},"mssClamp":1440"#,
+        ))
+        .unwrap();
         assert!(live.mac_from_interface && live.gateway_from_kernel);
         assert_eq!((live.role.base().mac, live.role.base().gateway_mac), (MacAddr::default(), MacAddr::default()));
-        let want = Interfaces { fabric: "eth0".into(), backends: std::vec!["tap0".into(), "tap1".into()] };
+        let want = Interfaces {
+            fabric: "eth0".into(),
+            backends: std::vec!["tap0".into(), "tap1".into()],
+            management: std::vec!["2001:2::2".parse().unwrap()],
+        };
         assert_eq!(live.interfaces, Some(want));
         let NodeRole::Host(h) = &live.role else { panic!() };
         assert_eq!(h.mss_clamp, Some(1440));
@@ -377,6 +384,7 @@ mod tests {
         // Refused, by field.
         for (role, fields, field) in [
             ("mux", r#","interfaces":{"fabric":"eth0","backends":["tap0"]}"#, "interfaces"),
+            ("mux", r#","interfaces":{"fabric":"eth0","management":["2001:2::2"]}"#, "interfaces"),
             ("host", r#","interfaces":{"fabric":"eth0","backends":["eth0"]}"#, "interfaces"),
             ("host", r#","interfaces":{"fabric":""}"#, "interfaces"),
             ("host", r#","mssClamp":535"#, "mssClamp"),

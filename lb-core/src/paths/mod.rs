@@ -7,6 +7,7 @@ mod drops;
 pub mod host;
 mod listen;
 pub mod mux;
+mod next_hop;
 pub mod node;
 
 pub use host::{HostAgent, HostCounters, HostDrop, HostError, HostNode, HostVerdict, ReturnPath};

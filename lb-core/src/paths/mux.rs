@@ -16,6 +16,7 @@
 //! that owns the connection.
 
 use crate::paths::drops::drop_reasons;
+use crate::paths::next_hop::{distinct, NextHops};
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -343,7 +344,7 @@ pub struct Mux {
     underlay: (crate::wire::IpVersion, [u8; 16]),
     /// The next hops the program set, by underlay peer (see [`Mux::set_next_hop`]); the others go
     /// to the gateway MAC.
-    next_hops: Vec<(IpAddr, MacAddr)>,
+    next_hops: NextHops,
     /// Every tunnel has a next hop (checked once per configuration or next hop, not per packet).
     hops_known: bool,
 }
@@ -387,7 +388,7 @@ impl Mux {
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
             underlay: addr16(node.base.underlay),
-            next_hops: Vec::new(),
+            next_hops: NextHops::default(),
             hops_known: false,
             node,
         };
@@ -433,13 +434,7 @@ impl Mux {
     /// tunnels were built): those of the configuration in force and those established flows still
     /// go to. The program resolves each one's next hop and hands it to [`Mux::set_next_hop`].
     pub fn underlay_peers(&self) -> Vec<IpAddr> {
-        let mut peers: Vec<IpAddr> = Vec::new();
-        for &(host, _, _) in &self.tunnel_keys {
-            if !peers.contains(&host) {
-                peers.push(host);
-            }
-        }
-        peers
+        distinct(self.tunnel_keys.iter().map(|&(host, _, _)| host))
     }
 
     /// Frames tunnelled to `peer` leave for `mac` from now on: the tunnels' prebuilt outer headers
@@ -447,16 +442,13 @@ impl Mux {
     /// 00:00:00:00:00:00 says the next hop is unknown: frames to `peer` are dropped as
     /// [`DropReason::NoNextHop`] until it is known.
     pub fn set_next_hop(&mut self, peer: IpAddr, mac: MacAddr) {
-        match self.next_hops.iter_mut().find(|(p, _)| *p == peer) {
-            Some(hop) => hop.1 = mac,
-            None => self.next_hops.push((peer, mac)),
-        }
+        self.next_hops.set(peer, mac);
         self.apply_next_hops();
     }
 
     /// Forgets `peer`'s own next hop: frames to it go to the gateway MAC again.
     pub fn clear_next_hop(&mut self, peer: IpAddr) {
-        self.next_hops.retain(|(p, _)| *p != peer);
+        self.next_hops.clear(peer);
         self.apply_next_hops();
     }
 
@@ -469,7 +461,7 @@ impl Mux {
 
     /// The MAC frames to `peer` leave for.
     fn next_hop(&self, peer: IpAddr) -> MacAddr {
-        self.next_hops.iter().find(|(p, _)| *p == peer).map_or(self.node.base.gateway_mac, |&(_, mac)| mac)
+        self.next_hops.mac_for(peer, self.node.base.gateway_mac)
     }
 
     /// Rewrites every tunnel's destination MAC to its peer's next hop.

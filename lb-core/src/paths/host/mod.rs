@@ -42,6 +42,7 @@ mod related;
 mod update;
 
 use crate::paths::drops::drop_reasons;
+use crate::paths::next_hop::{distinct, NextHops};
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -303,7 +304,7 @@ pub struct HostAgent {
     max_frame: usize,
     /// The next hops the program set, by MUX (see [`HostAgent::set_next_hop`]); the others go to
     /// the gateway MAC.
-    next_hops: Vec<(IpAddr, MacAddr)>,
+    next_hops: NextHops,
     /// Every tunnel has a next hop (checked once per configuration or next hop, not per packet).
     hops_known: bool,
     /// Backends' MACs the program set (see [`HostAgent::set_backend_mac`]), kept for backends a
@@ -346,7 +347,7 @@ impl HostAgent {
             cursor: 0,
             underlay: addr16(node.base.underlay),
             max_frame: usize::from(node.base.mtu).saturating_sub(outer_ip),
-            next_hops: Vec::new(),
+            next_hops: NextHops::default(),
             hops_known: false,
             backend_macs: Vec::new(),
             node,
@@ -373,13 +374,7 @@ impl HostAgent {
     /// The underlay addresses of this host's MUXes (each once): the peers whose next hops the
     /// program resolves and hands to [`HostAgent::set_next_hop`].
     pub fn underlay_peers(&self) -> Vec<IpAddr> {
-        let mut peers: Vec<IpAddr> = Vec::new();
-        for &m in &self.node.muxes {
-            if !peers.contains(&m) {
-                peers.push(m);
-            }
-        }
-        peers
+        distinct(self.node.muxes.iter().copied())
     }
 
     /// Frames tunnelled to MUX `peer` leave for `mac` from now on: the tunnels' prebuilt outer
@@ -387,16 +382,13 @@ impl HostAgent {
     /// 00:00:00:00:00:00 says the next hop is unknown: frames to `peer` are dropped as
     /// [`HostDrop::NoNextHop`] until it is known.
     pub fn set_next_hop(&mut self, peer: IpAddr, mac: MacAddr) {
-        match self.next_hops.iter_mut().find(|(p, _)| *p == peer) {
-            Some(hop) => hop.1 = mac,
-            None => self.next_hops.push((peer, mac)),
-        }
+        self.next_hops.set(peer, mac);
         self.apply_next_hops();
     }
 
     /// Forgets `peer`'s own next hop: frames to it go to the gateway MAC again.
     pub fn clear_next_hop(&mut self, peer: IpAddr) {
-        self.next_hops.retain(|(p, _)| *p != peer);
+        self.next_hops.clear(peer);
         self.apply_next_hops();
     }
 
@@ -409,7 +401,7 @@ impl HostAgent {
 
     /// The MAC frames to `peer` leave for.
     pub(super) fn next_hop(&self, peer: IpAddr) -> MacAddr {
-        self.next_hops.iter().find(|(p, _)| *p == peer).map_or(self.node.base.gateway_mac, |&(_, mac)| mac)
+        self.next_hops.mac_for(peer, self.node.base.gateway_mac)
     }
 
     /// Rewrites every tunnel's destination MAC to its MUX's next hop.
@@ -426,13 +418,7 @@ impl HostAgent {
     /// The addresses of this host's backends (each once), whose MACs the program may look up and
     /// hand to [`HostAgent::set_backend_mac`].
     pub fn local_backend_addresses(&self) -> Vec<IpAddr> {
-        let mut addresses: Vec<IpAddr> = Vec::new();
-        for l in &self.locals {
-            if !addresses.contains(&l.address) {
-                addresses.push(l.address);
-            }
-        }
-        addresses
+        distinct(self.locals.iter().map(|l| l.address))
     }
 
     /// Frames delivered to the backend at `address` are addressed to `mac` from now on (from this
