@@ -39,8 +39,9 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "live")]
     pub dpdk: bool,
     /// Run on the Linux interfaces the node file names (`interfaces`): AF_XDP, or AF_PACKET where
-    /// BPF cannot be loaded. The kernel keeps every frame the load balancer does not own.
-    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "afxdp", conflicts_with_all = ["pcap_in", "pcap_out"])]
+    /// BPF cannot be loaded (`--live` alone tries AF_XDP first). The kernel keeps every frame the
+    /// load balancer does not own.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "auto", conflicts_with_all = ["pcap_in", "pcap_out"])]
     pub live: Option<LiveKind>,
     /// Live ports: busy-poll for this many microseconds a call instead of sleeping on the kernel's
     /// wakeups (a core of its own, lower latency).
@@ -90,6 +91,8 @@ pub struct RunArgs {
 /// A live port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LiveKind {
+    /// AF_XDP, and AF_PACKET if the XDP program or the AF_XDP sockets cannot be set up.
+    Auto,
     /// AF_XDP sockets behind an XDP program that takes only the load balancer's frames.
     Afxdp,
     /// AF_PACKET rings (TPACKET_V3, fanout): where BPF cannot be loaded; the kernel sees every
@@ -167,6 +170,12 @@ fn load(args: &RunArgs) -> Result<NodeConfig, String> {
 fn start_workers(args: &RunArgs, cfg: &NodeConfig, stop: &Arc<AtomicBool>) -> Result<(Workers, Option<Live>), String> {
     match args.live {
         Some(LiveKind::Afxdp) => return start_live::<crate::afxdp::AfXdpPort>(args, cfg, stop),
+        Some(LiveKind::Auto) => {
+            return start_live::<crate::afxdp::AfXdpPort>(args, cfg, stop).or_else(|e| {
+                eprintln!("lb-dpdk: AF_XDP cannot run here ({e}): falling back to AF_PACKET, where the kernel sees every frame too");
+                start_live::<crate::afpacket::AfPacketPort>(args, cfg, stop)
+            })
+        }
         Some(LiveKind::Afpacket) => return start_live::<crate::afpacket::AfPacketPort>(args, cfg, stop),
         None => {}
     }
