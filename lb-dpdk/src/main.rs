@@ -28,6 +28,9 @@ mod pcap;
 
 mod live;
 
+// ExaBGP as a child process (its parent-death signal is set between fork and exec).
+#[allow(unsafe_code)]
+mod bgp;
 mod inspect;
 mod metrics;
 mod probe;

@@ -135,14 +135,18 @@ pub fn main(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let (workers, live) = match start_workers(args, &cfg, &stop) {
+    // The workers stop on `halt`, once the control plane returns: after a stop signal, and with a
+    // BGP speaker after the drain that follows it.
+    let halt = Arc::new(AtomicBool::new(false));
+    let (workers, live) = match start_workers(args, &cfg, &halt) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("lb-dpdk: {e}");
             return ExitCode::from(1);
         }
     };
-    let code = control_plane(args, cfg, live, &stop, &reload, &workers.handles);
+    let code = control_plane(args, cfg, live, [&stop, &halt], &reload, &workers.handles);
+    halt.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for join in workers.joins {
         join();
@@ -220,7 +224,7 @@ fn control_plane(
     args: &RunArgs,
     cfg: NodeConfig,
     mut live: Option<Live>,
-    stop: &Arc<AtomicBool>,
+    [stop, halt]: [&Arc<AtomicBool>; 2],
     reload: &Arc<AtomicBool>,
     workers: &[WorkerHandle],
 ) -> ExitCode {
@@ -232,6 +236,15 @@ fn control_plane(
         }
         eprintln!("lb-dpdk: metrics on http://{addr}/metrics");
     }
+    // A MUX with a `bgp` section announces its VIPs once the workers run (see crate::bgp).
+    let mut speaker = match cfg.bgp.as_ref().map(crate::bgp::Speaker::start).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lb-dpdk: bgp: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut drain_until: Option<Instant> = None;
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
     // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
@@ -243,8 +256,21 @@ fn control_plane(
     let mut last = Stats::default();
     loop {
         std::thread::sleep(Duration::from_millis(20));
-        if stop.load(Ordering::Relaxed) {
+        if halt.load(Ordering::Relaxed) {
             break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            // With routes announced: withdraw them, and forward for the drain while the routers
+            // move the flows to the other MUXes.
+            match (&mut speaker, drain_until) {
+                (Some(s), None) => {
+                    s.withdraw_all();
+                    drain_until = Some(Instant::now() + s.drain());
+                    eprintln!("lb-dpdk: bgp: every route withdrawn; forwarding for {} s more", s.drain().as_secs());
+                }
+                (Some(_), Some(t)) if Instant::now() < t => {}
+                _ => break,
+            }
         }
         if reload.swap(false, Ordering::Relaxed) {
             match load(args).and_then(|new| check_reload(&cfg, new)) {
@@ -274,6 +300,11 @@ fn control_plane(
             }
         }
         forward_probes(&probe_rx, workers);
+        if let Some(s) = &mut speaker {
+            let serving =
+                !workers.iter().any(|w| w.failed.load(Ordering::Relaxed) || w.finished.load(Ordering::Relaxed));
+            s.round(&lb, serving, || sum(workers));
+        }
         if let Some(l) = &mut live {
             l.refresh(&cfg, &lb, workers);
         }
@@ -295,6 +326,9 @@ fn control_plane(
     }
     if let Some(p) = probers.take() {
         p.stop();
+    }
+    if let Some(s) = speaker {
+        s.stop();
     }
     ExitCode::SUCCESS
 }
@@ -333,6 +367,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
         }
     };
     field("interfaces", a.interfaces != b.interfaces);
+    field("bgp", a.bgp != b.bgp);
     match (&a.role, &b.role) {
         (NodeRole::Mux(a), NodeRole::Mux(b)) => {
             field("mac", a.base.mac != b.base.mac);

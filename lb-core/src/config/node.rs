@@ -10,18 +10,19 @@
 //!   "muxes": ["172.16.5.10"],           // host: the MUXes responses go back through
 //!   "returnPath": "mux",                // host: "mux" or "direct" (DSR)
 //!   "interfaces": {"fabric": "eth0", "backends": ["tap0"]},  // the live ports' interfaces
+//!   "bgp": {"localAsn": 65001, "peers": [{"address": "172.16.5.1", "asn": 65000}]},  // MUX: VIPs over BGP
 //!   "loadBalancerFile": "basic-web-app.json"   // or "loadBalancer": { ... } inline
 //! }
 //! ```
 //! Optional: `hashSeed` (42), `flowCapacity` (1,000,000), `maglevSize` (65537), `ttl` (64), `mtu`
 //! (9000), `snatQuarantineSeconds` (60, at most 86,400), `resetOnSnatExhaustion` (false),
-//! `mssClamp` (host: none; 536 to 9,000), `mac`, `gatewayMac`, `interfaces`. A relative
-//! `loadBalancerFile` is read from the node file's directory.
+//! `mssClamp` (host: none; 536 to 9,000), `mac`, `gatewayMac`, `interfaces`, `bgp` (MUX: see
+//! [`Bgp`]). A relative `loadBalancerFile` is read from the node file's directory.
 
 use std::borrow::ToOwned;
 use std::fmt;
 use std::format;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -71,6 +72,7 @@ struct NodeJson {
     reset_on_snat_exhaustion: Option<bool>,
     mss_clamp: Option<u16>,
     interfaces: Option<InterfacesJson>,
+    bgp: Option<BgpJson>,
     load_balancer: Option<serde_json::Value>,
     load_balancer_file: Option<PathBuf>,
 }
@@ -84,6 +86,61 @@ struct InterfacesJson {
     #[serde(default)]
     management: Vec<IpAddr>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BgpJson {
+    local_asn: u32,
+    #[serde(default)]
+    peers: Vec<BgpPeerJson>,
+    router_id: Option<Ipv4Addr>,
+    hold_time_seconds: Option<u16>,
+    drain_seconds: Option<u32>,
+    exabgp: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BgpPeerJson {
+    address: IpAddr,
+    asn: u32,
+}
+
+/// A MUX's route announcement (the node file's `bgp`): the program runs ExaBGP with these sessions
+/// and announces each VIP (a /32 or /128, next hop self) while it can serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bgp {
+    /// This MUX's AS number (`localAsn`).
+    pub local_asn: u32,
+    /// The routers it peers with (at least one).
+    pub peers: Vec<BgpPeer>,
+    /// BGP identifier (`routerId`); default: the underlay address, if it is IPv4.
+    pub router_id: Ipv4Addr,
+    /// Hold time offered (`holdTimeSeconds`, default 3; keepalives every third of it).
+    pub hold_time_secs: u16,
+    /// Seconds the MUX keeps forwarding after it withdrew everything on SIGTERM/SIGINT
+    /// (`drainSeconds`, default 5), while the routers move the flows to the other MUXes.
+    pub drain_secs: u32,
+    /// The ExaBGP program (`exabgp`, default `/usr/sbin/exabgp`, Debian's).
+    pub exabgp: PathBuf,
+}
+
+/// One BGP neighbour of a MUX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BgpPeer {
+    /// The router's address (the session's remote end).
+    pub address: IpAddr,
+    /// Its AS number.
+    pub asn: u32,
+}
+
+/// The hold times a node file may give: RFC 4271 allows 0 (no keepalives) or at least 3; 0 is
+/// refused, since then nothing but a closed TCP session would ever take a dead MUX's routes away.
+pub const BGP_HOLD_TIME_MIN: u16 = 3;
+/// The longest drain a node file may give (an hour).
+pub const BGP_DRAIN_MAX_SECS: u32 = 3600;
+/// Debian's ExaBGP.
+pub const EXABGP_DEFAULT: &str = "/usr/sbin/exabgp";
 
 /// The Linux interfaces a node's live ports run on (the node file's `interfaces`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +172,8 @@ pub struct NodeConfig {
     pub gateway_from_kernel: bool,
     /// The interfaces of the live ports, if the node file names them.
     pub interfaces: Option<Interfaces>,
+    /// A MUX's route announcement over BGP, if the node file has a `bgp` section.
+    pub bgp: Option<Bgp>,
 }
 
 impl NodeConfig {
@@ -187,12 +246,74 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
     let mut j: NodeJson = serde_json::from_str(text).map_err(|e| NodeError::Json(name.to_owned(), e))?;
     let lb = load_balancer(&j, dir)?;
     let interfaces = interfaces(&mut j)?;
+    let bgp = bgp(&mut j)?;
     let (mac_from_interface, gateway_from_kernel) = (j.mac.is_none(), j.gateway_mac.is_none());
     let role = match j.role {
         Role::Mux => NodeRole::Mux(mux_settings(&j)?),
         Role::Host => NodeRole::Host(host_settings(j)?),
     };
-    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces })
+    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp })
+}
+
+/// An AS number a session may carry: 0 and 65535/4294967295 are reserved (RFC 7607, RFC 7300) and
+/// 23456 is AS_TRANS (RFC 6793), the stand-in for a 4-byte ASN towards 2-byte speakers.
+fn asn(field: &'static str, what: &str, n: u32) -> Result<u32, NodeError> {
+    if n == 0 || n == 23_456 || n == 65_535 || n == u32::MAX {
+        return Err(NodeError::Field(
+            "bgp",
+            format!("{field}: {what}{n} is reserved (0, 23456 AS_TRANS, 65535 and 4294967295 are not AS numbers)"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A MUX's `bgp` section, checked.
+fn bgp(j: &mut NodeJson) -> Result<Option<Bgp>, NodeError> {
+    let Some(b) = j.bgp.take() else { return Ok(None) };
+    let field = |problem: String| NodeError::Field("bgp", problem);
+    if j.role != Role::Mux {
+        return Err(field("a MUX's setting: a host agent announces no route".into()));
+    }
+    let local_asn = asn("localAsn", "", b.local_asn)?;
+    if b.peers.is_empty() {
+        return Err(field("peers: at least one router to announce the VIPs to".into()));
+    }
+    let mut peers: Vec<BgpPeer> = Vec::new();
+    for (i, p) in b.peers.iter().enumerate() {
+        let a = p.address;
+        if a.is_unspecified() || a.is_multicast() || a == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(field(format!("peers[{i}].address: {a} is not a unicast address")));
+        }
+        if peers.iter().any(|q| q.address == a) {
+            return Err(field(format!("peers[{i}].address: {a} is listed twice")));
+        }
+        let what = format!("peer {a}: ");
+        peers.push(BgpPeer { address: a, asn: asn("asn", &what, p.asn)? });
+    }
+    let router_id = match (b.router_id, j.underlay) {
+        (Some(id), _) => id,
+        (None, IpAddr::V4(u)) => u,
+        (None, IpAddr::V6(_)) => return Err(field("routerId: required when the underlay is IPv6".into())),
+    };
+    if router_id.is_unspecified() || router_id == Ipv4Addr::BROADCAST {
+        return Err(field(format!("routerId: {router_id} is not a valid BGP identifier")));
+    }
+    let hold_time_secs = b.hold_time_seconds.unwrap_or(3);
+    if hold_time_secs < BGP_HOLD_TIME_MIN {
+        return Err(field(format!(
+            "holdTimeSeconds: {hold_time_secs} is outside {BGP_HOLD_TIME_MIN}..=65535 (0, no hold timer, would keep \
+             a dead MUX's routes until its TCP session closed)"
+        )));
+    }
+    let drain_secs = b.drain_seconds.unwrap_or(5);
+    if drain_secs > BGP_DRAIN_MAX_SECS {
+        return Err(field(format!("drainSeconds: {drain_secs} is more than {BGP_DRAIN_MAX_SECS} (an hour)")));
+    }
+    let exabgp = b.exabgp.unwrap_or_else(|| PathBuf::from(EXABGP_DEFAULT));
+    if exabgp.as_os_str().is_empty() {
+        return Err(field("exabgp: an empty path".into()));
+    }
+    Ok(Some(Bgp { local_asn, peers, router_id, hold_time_secs, drain_secs, exabgp }))
 }
 
 /// The live ports' interfaces: a fabric interface, and a host agent's backends' interfaces.
@@ -400,5 +521,80 @@ mod tests {
         assert!(matches!(load(&file("host", r#","interfaces":{"backends":[]}"#)), Err(NodeError::Json(..))));
         assert!(load(&file("host", r#","mssClamp":536"#)).is_ok());
         assert!(load(&file("host", r#","mssClamp":9000"#)).is_ok());
+    }
+    #[test]
+    fn the_bgp_section() {
+        let dir = examples();
+        let lb = std::fs::read_to_string(dir.join("basic-web-app.json")).unwrap();
+        let file = |role: &str, bgp: &str| {
+            format!(
+                r#"{{"role":"{role}","underlay":"198.18.2.2","muxes":["198.18.2.2"],"bgp":{bgp},"loadBalancer":{lb}}}"#
+            )
+        };
+        let load = |text: &str| parse(text, &dir, Path::new("t"));
+        // The least: an AS number and a peer; the rest defaults.
+        let least = load(&file("mux", r#"{"localAsn":65001,"peers":[{"address":"198.18.2.1","asn":65000}]}"#)).unwrap();
+        let want = Bgp {
+            local_asn: 65001,
+            peers: std::vec![BgpPeer { address: "198.18.2.1".parse().unwrap(), asn: 65000 }],
+            router_id: Ipv4Addr::new(198, 18, 2, 2),
+            hold_time_secs: 3,
+            drain_secs: 5,
+            exabgp: PathBuf::from(EXABGP_DEFAULT),
+        };
+        assert_eq!(least.bgp, Some(want));
+        let full = load(&file(
+            "mux",
+            r#"{"localAsn":4200000000,"peers":[{"address":"198.18.2.1","asn":65000},{"address":"2001:2:0:2::1","asn":65000}],
+               "routerId":"10.0.0.1","holdTimeSeconds":9,"drainSeconds":0,"exabgp":"/opt/exabgp/bin/exabgp"}"#,
+        ))
+        .unwrap()
+        .bgp
+        .unwrap();
+        assert_eq!((full.local_asn, full.peers.len(), full.router_id), (4_200_000_000, 2, Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!((full.hold_time_secs, full.drain_secs), (9, 0));
+        assert_eq!(full.exabgp, PathBuf::from("/opt/exabgp/bin/exabgp"));
+        // No section: no announcement.
+        assert_eq!(load(&file("mux", "null")).unwrap().bgp, None);
+        // Refused, each with the field named.
+        let peer = r#""peers":[{"address":"198.18.2.1","asn":65000}]"#;
+        for (role, bgp, says) in [
+            ("host", format!(r#"{{"localAsn":65001,{peer}}}"#), "a MUX's setting"),
+            ("mux", format!(r#"{{"localAsn":0,{peer}}}"#), "localAsn: 0 is reserved"),
+            ("mux", format!(r#"{{"localAsn":23456,{peer}}}"#), "localAsn: 23456 is reserved"),
+            ("mux", r#"{"localAsn":65001,"peers":[]}"#.into(), "peers: at least one"),
+            ("mux", r#"{"localAsn":65001}"#.into(), "peers: at least one"),
+            ("mux", r#"{"localAsn":65001,"peers":[{"address":"0.0.0.0","asn":65000}]}"#.into(), "peers[0].address"),
+            ("mux", r#"{"localAsn":65001,"peers":[{"address":"ff02::2","asn":65000}]}"#.into(), "peers[0].address"),
+            (
+                "mux",
+                r#"{"localAsn":65001,"peers":[{"address":"198.18.2.1","asn":65000},{"address":"198.18.2.1","asn":65002}]}"#
+                    .into(),
+                "peers[1].address: 198.18.2.1 is listed twice",
+            ),
+            ("mux", r#"{"localAsn":65001,"peers":[{"address":"198.18.2.1","asn":65535}]}"#.into(), "asn: peer 198.18.2.1: 65535"),
+            ("mux", format!(r#"{{"localAsn":65001,{peer},"routerId":"0.0.0.0"}}"#), "routerId"),
+            ("mux", format!(r#"{{"localAsn":65001,{peer},"holdTimeSeconds":0}}"#), "holdTimeSeconds: 0"),
+            ("mux", format!(r#"{{"localAsn":65001,{peer},"holdTimeSeconds":2}}"#), "holdTimeSeconds: 2"),
+            ("mux", format!(r#"{{"localAsn":65001,{peer},"drainSeconds":3601}}"#), "drainSeconds: 3601"),
+            ("mux", format!(r#"{{"localAsn":65001,{peer},"exabgp":""}}"#), "exabgp: an empty path"),
+        ] {
+            match load(&file(role, &bgp)) {
+                Err(NodeError::Field("bgp", problem)) => assert!(problem.contains(says), "{bgp}: {problem}"),
+                other => panic!("{bgp}: {other:?}"),
+            }
+        }
+        // An IPv6 underlay has no IPv4 address to take as the router id.
+        let v6 = file("mux", &format!(r#"{{"localAsn":65001,{peer}}}"#)).replace("198.18.2.2", "2001:2:0:2::2");
+        match load(&v6) {
+            Err(NodeError::Field("bgp", p)) => assert!(p.contains("routerId: required"), "{p}"),
+            other => panic!("{other:?}"),
+        }
+        // Unknown fields and a misspelt one are refused by the parser.
+        for bad in [format!(r#"{{"localAsn":65001,{peer},"holdTime":3}}"#), r#"{"peers":[]}"#.into()] {
+            assert!(matches!(load(&file("mux", &bad)), Err(NodeError::Json(..))), "{bad}");
+        }
+        let e = load(&file("mux", r#"{"localAsn":65001,"peers":[{"address":"198.18.2.1","asn":65000,"port":179}]}"#));
+        assert!(matches!(e, Err(NodeError::Json(..))));
     }
 }
