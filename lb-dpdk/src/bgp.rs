@@ -153,6 +153,29 @@ fn local_address(peer: IpAddr) -> Result<IpAddr, String> {
     Ok(s.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
+/// The speaker's directory is this and the process's PID, in the temporary directory.
+const DIR_PREFIX: &str = "lb-dpdk-bgp-";
+
+/// Removes the directories of MUXes that were killed before they could (`kill -9`): those named
+/// for a process that no longer exists.
+fn sweep_leftovers(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)).and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 sends nothing; it says whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// How often the speaker looks at health and at ExaBGP (the control plane's rounds are shorter).
 const ROUND: Duration = Duration::from_millis(100);
 /// How long after ExaBGP died the speaker starts it again.
@@ -196,7 +219,8 @@ impl Speaker {
             .iter()
             .map(|&peer| Ok(Session { peer, local: local_address(peer.address)? }))
             .collect::<Result<Vec<_>, String>>()?;
-        let dir = std::env::temp_dir().join(format!("lb-dpdk-bgp-{}", std::process::id()));
+        sweep_leftovers(&std::env::temp_dir());
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
         if dir.as_os_str().as_bytes().iter().any(u8::is_ascii_whitespace) {
             return Err(format!("{}: ExaBGP's `run` cannot name a path with blanks (set TMPDIR)", dir.display()));
         }
@@ -592,6 +616,24 @@ mod tests {
             assert!(c.contains(want), "{want}\nnot in\n{c}");
         }
         assert_eq!(c.matches("neighbor ").count(), 2);
+    }
+
+    #[test]
+    fn directories_of_processes_gone_are_swept() {
+        let tmp = std::env::temp_dir().join(format!("lb-dpdk-bgp-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        // PIDs above pid_max's ceiling (2^22) never exist; this process does.
+        let gone = tmp.join(format!("{DIR_PREFIX}{}", 1u32 << 23));
+        let alive = tmp.join(format!("{DIR_PREFIX}{}", std::process::id()));
+        let other = tmp.join(format!("{DIR_PREFIX}x"));
+        for d in [&gone, &alive, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(gone.join("exabgp.conf"), "x").unwrap();
+        sweep_leftovers(&tmp);
+        assert!(!gone.exists() && alive.exists() && other.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

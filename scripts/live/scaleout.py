@@ -23,7 +23,8 @@ Steps, each bounded in count and time:
      streams that stalled.
   4. Start it again: time until it is announced again, how many of the 64 the router moved.
   5. SIGTERM another MUX: it withdraws, forwards for drainSeconds, exits; nothing fails.
-  6. The 64 end: every one complete, the right bytes, no reset.
+  6. SIGHUP a MUX whose load balancer lost the VIP's rules: withdrawn; back: announced.
+  7. The 64 end: every one complete, the right bytes, no reset.
 
 Addresses: 198.18.0.0/15 and 2001:2::/48 only; namespaces `lbs<pid>-ROLE`, removed on exit, on
 failure and on Ctrl-C. As root:
@@ -153,6 +154,10 @@ def write_nodes(directory):
             json.dump(obj, f, indent=2)
 
     dump("lb", load_balancer())
+    # The same load balancer without the VIP's rules: a reload to it withdraws the VIP.
+    empty = load_balancer()
+    empty["properties"]["loadBalancingRules"] = []
+    dump("lb-empty", empty)
     for m in MUXES:
         dump(m, {"role": "mux", "underlay": underlay(m), "interfaces": {"fabric": "fab0"}, "mtu": T.MTU,
                  "flowCapacity": 100000, "loadBalancerFile": "lb.json",
@@ -210,6 +215,23 @@ class Scale:
         cmd = [self.binary, "run", "--config", self.nodes[role], "--live", "afxdp", "--status-interval", "5",
                "--metrics", "127.0.0.1:%d" % METRICS_PORT]
         self.t.procs.start("lb-" + role, self.t.ns(role), cmd, env={"RUST_BACKTRACE": "1"})
+
+    def set_lb_file(self, mux, name):
+        """Points a MUX's node file at another load balancer (a reload takes it: the file name is
+        no node setting)."""
+        with open(self.nodes[mux]) as f:
+            node = json.load(f)
+        node["loadBalancerFile"] = name
+        with open(self.nodes[mux], "w") as f:
+            json.dump(node, f, indent=2)
+
+    def stop_muxes(self):
+        """SIGTERM to every MUX at once, then each waited for past its drain."""
+        names = ["lb-" + m for m in MUXES if self.t.procs.alive("lb-" + m)]
+        for n in names:
+            self.t.procs.send(n, signal.SIGTERM)
+        for n in names:
+            self.t.procs.stop(n, grace=DRAIN + 10)
 
     def metrics(self, role):
         out = nsrun(self.t.ns(role), ["curl", "-s", "-m", "2", "http://127.0.0.1:%d/metrics" % METRICS_PORT],
@@ -514,6 +536,25 @@ def scenario(sc, deadline):
     check(code == 0 and fig["term_exit_s"] >= DRAIN,
           "%s drained and exited %s s after SIGTERM (drainSeconds %d), exit %s" % (gentle, fig["term_exit_s"], DRAIN, code))
     time.sleep(3)
+
+    # ---- SIGHUP: the VIP leaves one MUX's configuration, then comes back ----
+    reloaded = "mux1"
+    t_hup = time.time()
+    sc.set_lb_file(reloaded, "lb-empty.json")
+    t.procs.send("lb-" + reloaded, signal.SIGHUP)
+    secs, hops = sc.wait_nexthops(lambda h: underlay(reloaded) not in h, deadline.cap(10))
+    fig["reload_withdraw_s"] = secs
+    check(secs is not None, "SIGHUP %s without the VIP: withdrawn after %s s (next hops %s)"
+          % (reloaded, "%.3f" % secs if secs is not None else "-", ", ".join(hops)))
+    time.sleep(2)
+    sc.set_lb_file(reloaded, "lb.json")
+    t.procs.send("lb-" + reloaded, signal.SIGHUP)
+    want2 = sorted(underlay(m) for m in MUXES if m != gentle)
+    secs, hops = sc.wait_nexthops(lambda h: h == want2, deadline.cap(10))
+    fig["reload_announce_s"] = secs
+    check(secs is not None, "SIGHUP %s with the VIP back: announced after %s s"
+          % (reloaded, "%.3f" % secs if secs is not None else "-"))
+    time.sleep(3)
     t_end = time.time()
 
     # ---- the end of the 64 ----
@@ -529,7 +570,8 @@ def scenario(sc, deadline):
     fig["new_before"] = phase_stats(news, 0, t_kill)
     fig["new_kill"] = phase_stats(news, t_kill, t_restart)
     fig["new_restart"] = phase_stats(news, t_restart, t_term)
-    fig["new_term"] = phase_stats(news, t_term, t_end + 3600)
+    fig["new_term"] = phase_stats(news, t_term, t_hup)
+    fig["new_reload"] = phase_stats(news, t_hup, t_end + 3600)
     check(summary.get("complete") == STREAMS,
           "all %d long-lived connections complete, bytes echoed byte for byte, no reset (%s of %s; %s bytes; longest "
           "stall %s s)" % (STREAMS, summary.get("complete"), summary.get("streams"), summary.get("bytes"),
@@ -540,6 +582,7 @@ def scenario(sc, deadline):
     log("new connections around kill -9: %s" % fig["new_kill"])
     check(fig["new_restart"]["failed"] == 0, "new connections while %s rejoined: %s" % (victim, fig["new_restart"]))
     check(fig["new_term"]["failed"] == 0, "new connections around SIGTERM and the drain: %s" % fig["new_term"])
+    check(fig["new_reload"]["failed"] == 0, "new connections around the reloads: %s" % fig["new_reload"])
     return ok, fig
 
 
@@ -563,6 +606,10 @@ def print_figures(fig):
         p("SIGTERM mux3: route withdrawn after %s s, exit after %s s; %s of %s moved; new connections: %s"
           % ("%.3f" % s if s is not None else "-", fig.get("term_exit_s"), fig["term_moved"][0], fig["term_moved"][1],
              fig.get("new_term")))
+    if "reload_withdraw_s" in fig:
+        w, b = fig["reload_withdraw_s"], fig.get("reload_announce_s")
+        p("SIGHUP mux1 without the VIP: withdrawn after %s s; with it back: announced after %s s; new connections: %s"
+          % ("%.3f" % w if w is not None else "-", "%.3f" % b if b is not None else "-", fig.get("new_reload")))
     if "streams" in fig:
         st = dict(fig["streams"])
         st["broken"] = len(st.get("broken", {}))
@@ -595,10 +642,11 @@ def main():
     deadline = Deadline(a.deadline)
     topo = ScaleTopology(prefix="lbs%d-" % os.getpid(), logdir=a.logs)
     T.guard(topo)
-    ok, fig = False, {}
+    ok, fig, sc = False, {}, None
     try:
         topo.up()
-        ok, fig = scenario(Scale(topo, a.binary), deadline)
+        sc = Scale(topo, a.binary)
+        ok, fig = scenario(sc, deadline)
     except KeyboardInterrupt:
         log("interrupted")
     except Exception as e:  # the figures so far and the teardown still happen
@@ -607,6 +655,12 @@ def main():
         log("scaleout: %s" % e)
     finally:
         print_figures(fig)
+        if sc is not None:
+            # Each MUX drains before it ends (the teardown's grace is shorter than drainSeconds).
+            try:
+                sc.stop_muxes()
+            except Exception as e:  # noqa: BLE001 - teardown goes on
+                log("stopping the MUXes: %s" % e)
         if not ok:
             for name in ["lb-" + m for m in MUXES]:
                 err = topo.procs.read(name, "err").strip().splitlines()
