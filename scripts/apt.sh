@@ -1,4 +1,4 @@
-# Sourced by scripts/run.sh and scripts/test.sh: installs Debian packages the build needs when they
+# Sourced by the scripts: installs Debian packages the build and the tests need when they
 # are missing. rustup brings no C compiler, but the link step needs `cc`, crates with C parts (ring,
 # under the HTTPS probes) need gcc, and libFuzzer (the fuzz step) needs a C++ compiler.
 
@@ -27,6 +27,26 @@ ensure_c_tools() {
     fi
     { command -v nm >/dev/null 2>&1 && command -v ar >/dev/null 2>&1; } || missing+=(binutils)
     command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "${0##*/}: installing ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}
+
+# require_root: the live scripts build network namespaces and load XDP programs.
+require_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "${0##*/}: needs root (network namespaces, XDP, raw sockets)" >&2
+        exit 1
+    fi
+}
+
+# install_tools TOOL:PACKAGE...: installs the packages of the tools not on the PATH.
+install_tools() {
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+    done
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "${0##*/}: installing ${missing[*]}"
         apt_install "${missing[@]}"

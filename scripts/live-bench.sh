@@ -11,20 +11,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SECONDS_EACH="${1:-10}"
 ONLY="${BENCH_ONLY:-standin,haproxy,lb}"
-if [ "$(id -u)" -ne 0 ]; then
-    echo "live-bench.sh: needs root (network namespaces, XDP)" >&2
-    exit 1
-fi
 # shellcheck source=scripts/cpu.sh
 . scripts/cpu.sh
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
-missing=()
-for pair in ip:iproute2 ethtool:ethtool nft:nftables conntrack:conntrack wrk:wrk iperf3:iperf3 haproxy:haproxy \
-    curl:curl python3:python3; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-[ "${#missing[@]}" -gt 0 ] && apt_install "${missing[@]}"
+require_root
+install_tools ip:iproute2 ethtool:ethtool nft:nftables conntrack:conntrack wrk:wrk iperf3:iperf3 haproxy:haproxy \
+    curl:curl python3:python3
 case ",$ONLY," in
 *,lb,*)
     if [ -z "${LB_DPDK:-}" ]; then

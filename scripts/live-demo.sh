@@ -10,19 +10,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE="${1:-afxdp}"
-if [ "$(id -u)" -ne 0 ]; then
-    echo "live-demo.sh: needs root (network namespaces, XDP)" >&2
-    exit 1
-fi
 # shellcheck source=scripts/cpu.sh
 . scripts/cpu.sh
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
-missing=()
-for pair in ip:iproute2 ethtool:ethtool nft:nftables curl:curl python3:python3; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-[ "${#missing[@]}" -gt 0 ] && apt_install "${missing[@]}"
+require_root
+install_tools ip:iproute2 ethtool:ethtool nft:nftables curl:curl python3:python3
 if [ "$MODE" != standin ] && [ -z "${LB_DPDK:-}" ]; then
     ensure_c_tools
     echo "==> cargo build --release -p lb-dpdk"

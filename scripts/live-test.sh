@@ -16,14 +16,11 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "live-test.sh: needs root (network namespaces, XDP, raw sockets)" >&2
-    exit 1
-fi
 # shellcheck source=scripts/cpu.sh
 . scripts/cpu.sh
 # shellcheck source=scripts/apt.sh
 . scripts/apt.sh
+require_root
 
 MODES="${LIVE_MODES:-afxdp afpacket dpdk dpdk-afpacket}"
 

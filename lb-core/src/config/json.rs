@@ -224,6 +224,11 @@ impl Ctx<'_> {
             .ok_or_else(|| self.err(field, format!("unknown reference '{}'", r.id)))
     }
 
+    /// The index of the frontend IP configuration `r` names.
+    fn frontend(&self, r: &Ref, p: &RootProps) -> Result<usize, ConfigError> {
+        self.index("frontendIPConfiguration", r, &p.frontend_ip_configurations)
+    }
+
     fn port(&self, field: &'static str, v: u32) -> Result<u16, ConfigError> {
         u16::try_from(v).map_err(|_| self.err(field, format!("{v} is out of range 0..=65535")))
     }
@@ -390,11 +395,7 @@ fn parse_rules(p: &RootProps) -> Result<Vec<Rule>, ConfigError> {
         let q = &r.properties;
         rules.push(Rule {
             name: r.name.clone(),
-            frontend: c.index(
-                "frontendIPConfiguration",
-                &q.frontend_ip_configuration,
-                &p.frontend_ip_configurations,
-            )?,
+            frontend: c.frontend(&q.frontend_ip_configuration, p)?,
             pool: c.index("backendAddressPool", &q.backend_address_pool, &p.backend_address_pools)?,
             probe: q.probe.as_ref().map(|x| c.index("probe", x, &p.probes)).transpose()?,
             protocol: c.protocol(&q.protocol)?,
@@ -419,11 +420,7 @@ fn parse_nat_rules(p: &RootProps, pools: &[Pool]) -> Result<Vec<NatRule>, Config
         let found = c.nat_target(&q.backend_ip_configuration, pools)?;
         nat_rules.push(NatRule {
             name: r.name.clone(),
-            frontend: c.index(
-                "frontendIPConfiguration",
-                &q.frontend_ip_configuration,
-                &p.frontend_ip_configurations,
-            )?,
+            frontend: c.frontend(&q.frontend_ip_configuration, p)?,
             protocol: c.protocol(&q.protocol)?,
             frontend_port: c.port("frontendPort", q.frontend_port)?,
             backend_port: c.port("backendPort", q.backend_port)?,
@@ -446,11 +443,7 @@ fn parse_nat_pools(p: &RootProps) -> Result<Vec<NatPool>, ConfigError> {
         let q = &r.properties;
         nat_pools.push(NatPool {
             name: r.name.clone(),
-            frontend: c.index(
-                "frontendIPConfiguration",
-                &q.frontend_ip_configuration,
-                &p.frontend_ip_configurations,
-            )?,
+            frontend: c.frontend(&q.frontend_ip_configuration, p)?,
             protocol: c.protocol(&q.protocol)?,
             port_start: c.port("frontendPortRangeStart", q.frontend_port_range_start)?,
             port_end: c.port("frontendPortRangeEnd", q.frontend_port_range_end)?,
