@@ -18,8 +18,13 @@
 //!   plane runs and at least one of its rules can take a new connection. [`route_lines`] turns the
 //!   change from what was announced into ExaBGP's lines. [`Speaker::withdraw_all`] withdraws every
 //!   route (SIGTERM/SIGINT: the MUX then keeps forwarding for `drainSeconds`).
+//! - **Not before the probes have spoken.** A VIP not announced yet waits until
+//!   [`probes_have_spoken`]: the probers' verdict on every probed member of its rules is in and
+//!   applied, or `intervalInSeconds × numberOfProbes` passed since the start. Until then this MUX's
+//!   health view may differ from the other MUXes', and a connection the routers move to it could be
+//!   given another backend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
@@ -87,6 +92,39 @@ pub fn healthy_in(stats: &Stats, lb: &LoadBalancer, pool: usize, member: usize) 
         .iter()
         .zip(&stats.backends_up)
         .any(|(row, up)| *up && row.0 == p.name && row.1 == b.name && row.2 == b.address)
+}
+
+/// Whether this MUX's health view of `vip`'s probed members can be trusted, so that a VIP it has
+/// not announced yet may be: for each load-balancing rule of `vip` with a probe, either every member
+/// of its pool is `settled(pool, member)` (the probers' latest result on it is in and the workers
+/// apply it: a member that answers is up, one that failed is down, which for a member down from the
+/// start takes `numberOfProbes` failures), or `since_start` reached the probe's
+/// `intervalInSeconds × numberOfProbes`, the longest the verdict can take. A VIP with no probed rule
+/// (inbound NAT, outbound, rules without a probe) need not wait.
+pub fn probes_have_spoken(
+    lb: &LoadBalancer,
+    vip: IpAddr,
+    settled: impl Fn(usize, usize) -> bool,
+    since_start: Duration,
+) -> bool {
+    lb.rules
+        .iter()
+        .filter(|r| lb.frontends.get(r.frontend).is_some_and(|f| f.address == vip))
+        .filter_map(|r| Some((r.pool, lb.probes.get(r.probe?)?)))
+        .all(|(pool, probe)| {
+            let bound = crate::probe::probe_interval(probe) * u32::from(probe.number_of_probes.max(1));
+            since_start >= bound || lb.pools.get(pool).is_none_or(|p| (0..p.backends.len()).all(|m| settled(pool, m)))
+        })
+}
+
+/// A pool member as the speaker remembers probe results about it across reloads: pool name,
+/// backend name, address (as the workers' rows name it).
+type MemberKey = (String, String, IpAddr);
+
+fn member_key(lb: &LoadBalancer, pool: usize, member: usize) -> Option<MemberKey> {
+    let p = lb.pools.get(pool)?;
+    let b = p.backends.get(member)?;
+    Some((p.name.clone(), b.name.clone(), b.address))
 }
 
 /// The route of a VIP: its address as a host route.
@@ -207,13 +245,20 @@ pub struct Speaker {
     closed: bool,
     /// VIPs already reported as having no peer of their address family.
     warned: BTreeSet<IpAddr>,
+    /// When the speaker started: bounds how long a VIP waits for the probes.
+    began: Instant,
+    /// The latest probe result on each member (None: the MUX does not probe, nothing waits).
+    probed: Option<HashMap<MemberKey, bool>>,
+    /// VIPs reported as waiting for the probes.
+    waiting: BTreeSet<IpAddr>,
 }
 
 impl Speaker {
     /// Writes ExaBGP's configuration and starts it, announcing nothing yet. Call it from the
     /// thread that stays for the process's life (the control plane's): the kernel sends the
-    /// parent-death signal when the thread that started the child ends.
-    pub fn start(bgp: &Bgp) -> Result<Speaker, String> {
+    /// parent-death signal when the thread that started the child ends. `probing`: the MUX runs
+    /// health probes, whose first verdicts a VIP waits for (see [`probes_have_spoken`]).
+    pub fn start(bgp: &Bgp, probing: bool) -> Result<Speaker, String> {
         let sessions = bgp
             .peers
             .iter()
@@ -239,9 +284,19 @@ impl Speaker {
             last_round: None,
             closed: false,
             warned: BTreeSet::new(),
+            began: Instant::now(),
+            probed: probing.then(HashMap::new),
+            waiting: BTreeSet::new(),
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    /// A probe result on member `member` of pool `pool` of `lb`, the configuration in force.
+    pub fn probe_result(&mut self, lb: &LoadBalancer, pool: usize, member: usize, success: bool) {
+        if let (Some(probed), Some(key)) = (&mut self.probed, member_key(lb, pool, member)) {
+            probed.insert(key, success);
+        }
     }
 
     /// Seconds to keep forwarding after [`Speaker::withdraw_all`].
@@ -355,7 +410,27 @@ impl Speaker {
         }
         let want = if serving {
             let stats = stats();
-            vips_to_announce(lb, |p, m| healthy_in(&stats, lb, p, m))
+            let healthy = |p, m| healthy_in(&stats, lb, p, m);
+            let mut want = vips_to_announce(lb, healthy);
+            if let Some(probed) = &self.probed {
+                // Settled: the latest result is in and the workers' verdict agrees with it.
+                let settled = |p, m| {
+                    member_key(lb, p, m).and_then(|k| probed.get(&k).copied()).is_some_and(|ok| ok == healthy(p, m))
+                };
+                let since = self.began.elapsed();
+                let held: Vec<IpAddr> = want
+                    .iter()
+                    .copied()
+                    .filter(|v| !self.announced.contains(v) && !probes_have_spoken(lb, *v, settled, since))
+                    .collect();
+                for vip in held {
+                    want.remove(&vip);
+                    if self.waiting.insert(vip) {
+                        eprintln!("lb-dpdk: bgp: {} waits for the probes' verdicts on its members", prefix(vip));
+                    }
+                }
+            }
+            want
         } else {
             BTreeSet::new()
         };
@@ -535,6 +610,42 @@ mod tests {
         let mut smaller = lb.clone();
         smaller.rules.retain(|r| r.name != "Web");
         assert!(!vips_to_announce(&smaller, |_, _| true).contains(&"198.19.0.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_vip_waits_until_the_probes_have_spoken_on_every_probed_member() {
+        let lb = lb();
+        let (web, open, ssh, out): (IpAddr, IpAddr, IpAddr, IpAddr) = (
+            "198.19.0.10".parse().unwrap(),
+            "198.19.0.12".parse().unwrap(),
+            "198.19.0.30".parse().unwrap(),
+            "198.19.0.20".parse().unwrap(),
+        );
+        // Probe P: every 5 s, 2 probes (the default) to take a member out: the verdict takes 10 s.
+        let (early, bound) = (Duration::from_secs(1), Duration::from_secs(10));
+        let none = |_, _| false;
+        let all = |_, _| true;
+        // Web's pool A: a1 and a2. Nothing said yet: Web waits, until the bound.
+        assert!(!probes_have_spoken(&lb, web, none, early));
+        assert!(!probes_have_spoken(&lb, web, none, bound - Duration::from_millis(1)));
+        assert!(probes_have_spoken(&lb, web, none, bound));
+        // One member of two settled is not enough; both are.
+        assert!(!probes_have_spoken(&lb, web, |p, m| p == 0 && m == 0, early));
+        assert!(probes_have_spoken(&lb, web, |p, m| p == 0 && m < 2, early));
+        assert!(probes_have_spoken(&lb, web, all, early));
+        // Members of other pools do not count for Web.
+        assert!(!probes_have_spoken(&lb, web, |p, _| p != 0, early));
+        // Open's rule has no probe (pool B is probed, but for Api); Ssh is inbound NAT and Out an
+        // outbound rule: nothing to wait for.
+        for vip in [open, ssh, out] {
+            assert!(probes_have_spoken(&lb, vip, none, Duration::ZERO), "{vip}");
+        }
+        // The bound is the probe's interval times its number of probes.
+        let mut slow = lb.clone();
+        slow.probes[0].interval_secs = 15;
+        slow.probes[0].number_of_probes = 3;
+        assert!(!probes_have_spoken(&slow, web, none, Duration::from_secs(44)));
+        assert!(probes_have_spoken(&slow, web, none, Duration::from_secs(45)));
     }
 
     #[test]

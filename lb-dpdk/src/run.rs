@@ -18,8 +18,9 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
-use crate::live::{Live, LiveOptions, LivePort};
+use crate::live::Live;
 use crate::pcap::AtEnd;
+use crate::port::{LiveOptions, LivePort};
 use crate::stats::Stats;
 use crate::worker::{new_node, Control, WorkerHandle, Workers};
 
@@ -236,8 +237,11 @@ fn control_plane(
         }
         eprintln!("lb-dpdk: metrics on http://{addr}/metrics");
     }
-    // A MUX with a `bgp` section announces its VIPs once the workers run (see crate::bgp).
-    let mut speaker = match cfg.bgp.as_ref().map(crate::bgp::Speaker::start).transpose() {
+    // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
+    let probing = !args.no_probes && cfg.kind() == Role::Mux;
+    // A MUX with a `bgp` section announces its VIPs once the workers run and the probes have
+    // spoken (see crate::bgp).
+    let mut speaker = match cfg.bgp.as_ref().map(|b| crate::bgp::Speaker::start(b, probing)).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lb-dpdk: bgp: {e}");
@@ -247,8 +251,6 @@ fn control_plane(
     let mut drain_until: Option<Instant> = None;
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
-    // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
-    let probing = !args.no_probes && cfg.kind() == Role::Mux;
     let mut generation = 0u64;
     let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
     let started = Instant::now();
@@ -282,7 +284,7 @@ fn control_plane(
                     if let Some(p) = probers.take() {
                         p.stop();
                     }
-                    forward_probes(&probe_rx, workers);
+                    forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
                     lb = new.clone();
                     if let Some(l) = &mut live {
                         l.reload(&lb);
@@ -299,7 +301,7 @@ fn control_plane(
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
             }
         }
-        forward_probes(&probe_rx, workers);
+        forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
         if let Some(s) = &mut speaker {
             let serving =
                 !workers.iter().any(|w| w.failed.load(Ordering::Relaxed) || w.finished.load(Ordering::Relaxed));
@@ -398,9 +400,19 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     changed
 }
 
-/// Hands every probe result received so far to every worker.
-fn forward_probes(rx: &Receiver<crate::probe::ProbeResult>, workers: &[WorkerHandle]) {
+/// Hands every probe result received so far to every worker, and to the speaker.
+fn forward_probes(
+    rx: &Receiver<crate::probe::ProbeResult>,
+    workers: &[WorkerHandle],
+    (lb, generation): (&LoadBalancer, u64),
+    mut speaker: Option<&mut crate::bgp::Speaker>,
+) {
     for r in rx.try_iter() {
+        // The speaker holds back a VIP until the probes have spoken on its members; a result of
+        // another configuration names members by other positions.
+        if let Some(s) = speaker.as_deref_mut().filter(|_| r.generation == generation) {
+            s.probe_result(lb, r.pool, r.member, r.success);
+        }
         for w in workers {
             let (generation, pool, probe, member, up) = (r.generation, r.pool, r.probe, r.member, r.success);
             let _ = w.tx.send(Control::Probe { generation, pool, probe, member, up });
