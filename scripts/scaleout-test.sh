@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Scale-out harness (not run by CI): three MUXes behind a BIRD 2 router's ECMP, each announcing the
 # VIP over BGP through ExaBGP (the node file's `bgp` section), hosts on Direct Server Return; kill -9
-# a MUX, restart it, SIGTERM another, and print what the connections saw (scripts/live/scaleout.py,
-# docs/bgp.md). As root: installs bird2, exabgp and the live harness's tools, builds the release
+# a MUX, restart it, SIGTERM another, reload one, stop a backend's server while MUXes come and go,
+# and print what the connections and the MUXes saw (scripts/live/scaleout.py, docs/bgp.md). As root: installs bird2, exabgp and the live harness's tools, builds the release
 # binary (unless LB_DPDK names one), and runs the harness under a hard timeout.
 #
 #   scripts/scaleout-test.sh

@@ -24,7 +24,12 @@ Steps, each bounded in count and time:
   4. Start it again: time until it is announced again, how many of the 64 the router moved.
   5. SIGTERM another MUX: it withdraws, forwards for drainSeconds, exits; nothing fails.
   6. SIGHUP a MUX whose load balancer lost the VIP's rules: withdrawn; back: announced.
-  7. The 64 end: every one complete, the right bytes, no reset.
+  7. B11's server stops while mux2 is killed and restarted and mux3 restarted: every MUX takes B11
+     out within intervalInSeconds × numberOfProbes (its lb_backend_up), starts no flow to it
+     after (lb_backend_new_flows_total), the new MUXes announce only once they did, no new
+     connection fails after; B11 started again comes back on every MUX.
+  8. The 64 end: every one on the other backends complete, the right bytes, no reset (those B11
+     served end with its server).
 
 Addresses: 198.18.0.0/15 and 2001:2::/48 only; namespaces `lbs<pid>-ROLE`, removed on exit, on
 failure and on Ctrl-C. As root:
@@ -60,6 +65,8 @@ HOLD_TIME, DRAIN = 3, 5
 STREAMS, NEW_RATE = 64, 50
 CHUNK = 1024
 METRICS_PORT = 9100
+# The backend whose server the harness stops while MUXes come and go.
+DOWN_BACKEND = "B11"
 
 
 def underlay(mux):
@@ -212,7 +219,9 @@ class Scale:
         return run(["birdc", "-s", self.bird_sock] + list(cmd), check=False, quiet=True, timeout=10)
 
     def start_lb(self, role):
-        cmd = [self.binary, "run", "--config", self.nodes[role], "--live", "afxdp", "--status-interval", "5",
+        # The metrics page is rendered with each status line: every second, so that a MUX's view
+        # of a backend's health is read within a second of its change.
+        cmd = [self.binary, "run", "--config", self.nodes[role], "--live", "afxdp", "--status-interval", "1",
                "--metrics", "127.0.0.1:%d" % METRICS_PORT]
         self.t.procs.start("lb-" + role, self.t.ns(role), cmd, env={"RUST_BACKTRACE": "1"})
 
@@ -259,6 +268,26 @@ class Scale:
                 if time.time() > end:
                     raise RuntimeError("lb-dpdk (%s) not ready after %ds" % (role, timeout))
                 time.sleep(0.3)
+
+    def backend_metric(self, role, name, backend):
+        """A MUX's metric `name` for one backend (None: the MUX does not answer or has no row)."""
+        for k, v in self.metrics(role).items():
+            if k.startswith(name + "{") and 'backend="%s"' % backend in k:
+                return v
+        return None
+
+    def wait_backend(self, roles, backend, up, t0, timeout):
+        """Polls each MUX's lb_backend_up for `backend` until it is `up` on all of them; returns
+        {mux: (seconds since t0, lb_backend_new_flows_total then)}, None for one that never got there."""
+        seen, end = {}, time.time() + timeout
+        while len(seen) < len(roles) and time.time() < end:
+            for m in roles:
+                if m in seen:
+                    continue
+                if self.backend_metric(m, "lb_backend_up", backend) == (1.0 if up else 0.0):
+                    seen[m] = (round(time.time() - t0, 2), self.backend_metric(m, "lb_backend_new_flows_total", backend))
+            time.sleep(0.05)
+        return {m: seen.get(m) for m in roles}
 
     # ---- the router's view ----
     def nexthops(self):
@@ -555,6 +584,66 @@ def scenario(sc, deadline):
     check(secs is not None, "SIGHUP %s with the VIP back: announced after %s s"
           % (reloaded, "%.3f" % secs if secs is not None else "-"))
     time.sleep(3)
+
+    # ---- a backend stops while MUXes come and go ----
+    # B11's server stops; mux2 is killed (kill -9) and started again and mux3 (drained above)
+    # started again: each has to take B11 out on its own probes, the new ones before they announce.
+    # Then B11 comes back, on every MUX.
+    t_b = time.time()
+    limit = PROBE_INTERVAL * PROBE_COUNT
+    t.stop_backend(DOWN_BACKEND)
+    os.kill(t.procs.pid("lb-mux2"), signal.SIGKILL)
+    t.procs.stop("lb-mux2")
+    t_mux_start = time.time()
+    for m in ("mux2", "mux3"):
+        sc.start_lb(m)
+    # When the router has each new MUX's next hop, watched beside the MUXes' metrics.
+    announced = {}
+
+    def watch_route():
+        end = time.time() + limit + 10
+        while len(announced) < 2 and time.time() < end:
+            hops = sc.nexthops()
+            for m in ("mux2", "mux3"):
+                if m not in announced and underlay(m) in hops:
+                    announced[m] = round(time.time() - t_mux_start, 2)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch_route, daemon=True)
+    watcher.start()
+    out = sc.wait_backend(MUXES, DOWN_BACKEND, False, t_b, deadline.cap(limit + 10))
+    fig["down_seen"] = out
+    for m in MUXES:
+        since = "stop" if m == "mux1" else "its start %.2f s after the stop" % (t_mux_start - t_b)
+        check(out[m] is not None and out[m][0] <= limit + 1.0,
+              "%s took %s out %s s after its server stopped (since %s; bound %d s + 1 s metrics refresh)"
+              % (m, DOWN_BACKEND, out[m][0] if out[m] else "never", since, limit))
+    t_all_out = time.time()
+    watcher.join(timeout=limit + 15)
+    fig["down_rejoin_s"] = announced
+    check(len(announced) == 2 and all(announced[m] >= out[m][0] - (t_mux_start - t_b) - 1.0 for m in announced),
+          "mux2 and mux3 announced %s s after their start, once their probes took %s out (%s s, metrics read "
+          "each second)" % (announced, DOWN_BACKEND, {m: round(out[m][0] - (t_mux_start - t_b), 2) for m in
+                                                      ("mux2", "mux3") if out[m]}))
+    time.sleep(5)
+    after = {m: sc.backend_metric(m, "lb_backend_new_flows_total", DOWN_BACKEND) for m in MUXES}
+    fig["down_new_flows_after"] = {m: (out[m][1] if out[m] else None, after[m]) for m in MUXES}
+    check(all(out[m] and out[m][1] is not None and after[m] == out[m][1] for m in MUXES),
+          "no MUX started a flow to %s once it took it out (new flows then, 5 s later: %s)"
+          % (DOWN_BACKEND, fig["down_new_flows_after"]))
+    t_b_back = time.time()
+    t.start_backend(DOWN_BACKEND)
+    t.wait_servers([DOWN_BACKEND])
+    # From the moment it listens: 2 answered probes bring it back.
+    back = sc.wait_backend(MUXES, DOWN_BACKEND, True, time.time(), deadline.cap(limit + 10))
+    fig["up_seen"] = back
+    check(all(back[m] is not None for m in MUXES), "%s listens again: up on every MUX after %s s"
+          % (DOWN_BACKEND, {m: back[m][0] if back[m] else None for m in MUXES}))
+    time.sleep(3)
+    grown = {m: (sc.backend_metric(m, "lb_backend_new_flows_total", DOWN_BACKEND) or 0) - (back[m][1] or 0)
+             for m in MUXES if back[m]}
+    fig["up_new_flows"] = grown
+    check(sum(grown.values()) > 0, "%s takes new flows again (3 s, by MUX: %s)" % (DOWN_BACKEND, grown))
     t_end = time.time()
 
     # ---- the end of the 64 ----
@@ -571,18 +660,36 @@ def scenario(sc, deadline):
     fig["new_kill"] = phase_stats(news, t_kill, t_restart)
     fig["new_restart"] = phase_stats(news, t_restart, t_term)
     fig["new_term"] = phase_stats(news, t_term, t_hup)
-    fig["new_reload"] = phase_stats(news, t_hup, t_end + 3600)
-    check(summary.get("complete") == STREAMS,
-          "all %d long-lived connections complete, bytes echoed byte for byte, no reset (%s of %s; %s bytes; longest "
-          "stall %s s)" % (STREAMS, summary.get("complete"), summary.get("streams"), summary.get("bytes"),
-                           summary.get("max_stall")))
-    if summary.get("broken"):
-        log("broken: %s" % json.dumps(summary["broken"])[:2000])
+    fig["new_reload"] = phase_stats(news, t_hup, t_b)
+    fig["new_down_until_out"] = phase_stats(news, t_b, t_all_out)
+    fig["new_down_after_out"] = phase_stats(news, t_all_out, t_b_back)
+    fig["new_down_back"] = phase_stats(news, t_b_back, t_end + 3600)
+    # The long-lived connections B11 served end with its server; every other one goes on.
+    b11_streams = {(e["client"], e["port"]) for e in read_events(t.events_path(DOWN_BACKEND))
+                   if e.get("event") == "open" and e.get("service") == "echo"}
+    flow_of = {str(e["i"]): (e["src"], e["sport"]) for e in read_events(events) if e.get("event") == "stream"}
+    broken = summary.get("broken", {})
+    on_b11 = sum(1 for f in flow_of.values() if f in b11_streams)
+    broken_elsewhere = [i for i in broken if flow_of.get(str(i)) not in b11_streams]
+    fig["streams_on_b11"] = on_b11
+    check(summary.get("finished") == STREAMS and not broken_elsewhere,
+          "the %d long-lived connections on the other backends complete, bytes echoed byte for byte, no reset; the "
+          "%d on %s ended with its server (%s complete of %s; %s bytes; longest stall %s s)"
+          % (STREAMS - on_b11, on_b11, DOWN_BACKEND, summary.get("complete"), summary.get("streams"),
+             summary.get("bytes"), summary.get("max_stall")))
+    if broken_elsewhere:
+        log("broken: %s" % json.dumps({i: broken[i] for i in broken_elsewhere})[:2000])
     check(fig["new_before"]["failed"] == 0, "new connections before any change: %s" % fig["new_before"])
     log("new connections around kill -9: %s" % fig["new_kill"])
     check(fig["new_restart"]["failed"] == 0, "new connections while %s rejoined: %s" % (victim, fig["new_restart"]))
     check(fig["new_term"]["failed"] == 0, "new connections around SIGTERM and the drain: %s" % fig["new_term"])
     check(fig["new_reload"]["failed"] == 0, "new connections around the reloads: %s" % fig["new_reload"])
+    log("new connections from %s's stop until every MUX took it out (those sent to it fail): %s"
+        % (DOWN_BACKEND, fig["new_down_until_out"]))
+    check(fig["new_down_after_out"]["failed"] == 0 and fig["new_down_after_out"]["slow"] == 0,
+          "new connections once every MUX took %s out: %s" % (DOWN_BACKEND, fig["new_down_after_out"]))
+    check(fig["new_down_back"]["failed"] == 0, "new connections after %s came back: %s"
+          % (DOWN_BACKEND, fig["new_down_back"]))
     return ok, fig
 
 
@@ -610,6 +717,15 @@ def print_figures(fig):
         w, b = fig["reload_withdraw_s"], fig.get("reload_announce_s")
         p("SIGHUP mux1 without the VIP: withdrawn after %s s; with it back: announced after %s s; new connections: %s"
           % ("%.3f" % w if w is not None else "-", "%.3f" % b if b is not None else "-", fig.get("new_reload")))
+    if "down_seen" in fig:
+        p("%s's server stopped; mux2 killed and restarted, mux3 restarted: %s out (seconds after the stop, "
+          "new flows to it then) %s; mux2/mux3 announced %s s after their start; new flows to it 5 s later %s"
+          % (DOWN_BACKEND, DOWN_BACKEND, fig["down_seen"], fig.get("down_rejoin_s"), fig.get("down_new_flows_after")))
+        p("  new connections until every MUX took it out: %s; after: %s" % (fig.get("new_down_until_out"),
+                                                                           fig.get("new_down_after_out")))
+    if "up_seen" in fig:
+        p("%s started again: up on each MUX (seconds after it listens, new flows to it then) %s; new connections then: %s"
+          % (DOWN_BACKEND, fig["up_seen"], fig.get("new_down_back")))
     if "streams" in fig:
         st = dict(fig["streams"])
         st["broken"] = len(st.get("broken", {}))
