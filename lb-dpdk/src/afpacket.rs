@@ -671,17 +671,6 @@ impl AfPacketPort {
         self.shared.set(ownership)
     }
 
-    /// A handle that changes the frames the interface's ports take, for the control plane.
-    /// It does not keep the interface's state alive once its ports are gone.
-    pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
-        let shared = Arc::downgrade(&self.shared);
-        let ifname = self.ifname.clone();
-        move |o: &Ownership| match shared.upgrade() {
-            Some(s) => s.set(o),
-            None => Err(format!("{ifname}: no AF_PACKET port is open any more")),
-        }
-    }
-
     /// The port's counters (with the kernel's ring drops, read and added up here).
     pub fn stats(&mut self) -> AfPacketStats {
         let mut k = TpacketStatsV3::default();
@@ -817,7 +806,7 @@ impl AfPacketPort {
     }
 }
 
-impl crate::live::LivePort for AfPacketPort {
+impl crate::port::LivePort for AfPacketPort {
     const NAME: &'static str = "afpacket";
 
     fn queues(ifname: &str) -> u32 {
@@ -828,7 +817,7 @@ impl crate::live::LivePort for AfPacketPort {
         ifname: &str,
         queue: u32,
         ownership: &Ownership,
-        options: &crate::live::LiveOptions,
+        options: &crate::port::LiveOptions,
     ) -> Result<Self, String> {
         if options.generic_xdp || options.copy {
             return Err("--xdp-generic and --xdp-copy are AF_XDP's options".into());
@@ -841,8 +830,8 @@ impl crate::live::LivePort for AfPacketPort {
         AfPacketPort::describe(self)
     }
 
-    fn ownership_handle(&self) -> crate::live::SetOwnership {
-        Box::new(AfPacketPort::ownership_handle(self))
+    fn ownership_handle(&self) -> crate::port::SetOwnership {
+        crate::port::ownership_handle(&self.shared, &self.ifname, "AF_PACKET", Interface::set)
     }
 }
 

@@ -790,18 +790,6 @@ impl AfXdpPort {
         self.attachment.update(ownership)
     }
 
-    /// A handle that changes the frames the interface's program takes, for the control plane.
-    /// It does not keep the program attached: once the interface's ports are gone, it changes
-    /// nothing and says so.
-    pub fn ownership_handle(&self) -> impl Fn(&Ownership) -> Result<(), String> + Send + Sync + 'static {
-        let a = Arc::downgrade(&self.attachment);
-        let ifname = self.ifname.clone();
-        move |o: &Ownership| match a.upgrade() {
-            Some(a) => a.update(o),
-            None => Err(format!("{ifname}: no AF_XDP port is open any more")),
-        }
-    }
-
     /// The rx queues of `ifname` (see [`queues`]).
     pub fn queues(ifname: &str) -> u32 {
         queues(ifname)
@@ -1037,7 +1025,7 @@ impl Port for AfXdpPort {
     }
 }
 
-impl crate::live::LivePort for AfXdpPort {
+impl crate::port::LivePort for AfXdpPort {
     const NAME: &'static str = "afxdp";
 
     fn queues(ifname: &str) -> u32 {
@@ -1048,7 +1036,7 @@ impl crate::live::LivePort for AfXdpPort {
         ifname: &str,
         queue: u32,
         ownership: &Ownership,
-        options: &crate::live::LiveOptions,
+        options: &crate::port::LiveOptions,
     ) -> Result<Self, String> {
         let opts = AfXdpOptions {
             copy: if options.copy { CopyMode::Copy } else { CopyMode::Auto },
@@ -1063,8 +1051,8 @@ impl crate::live::LivePort for AfXdpPort {
         AfXdpPort::describe(self)
     }
 
-    fn ownership_handle(&self) -> crate::live::SetOwnership {
-        Box::new(AfXdpPort::ownership_handle(self))
+    fn ownership_handle(&self) -> crate::port::SetOwnership {
+        crate::port::ownership_handle(&self.attachment, &self.ifname, "AF_XDP", Attachment::update)
     }
 }
 

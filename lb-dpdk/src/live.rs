@@ -19,37 +19,8 @@ use lb_core::paths::Side;
 use lb_core::wire::MacAddr;
 
 use crate::netlink;
-use crate::port::{Ownership, Port};
+use crate::port::{LiveOptions, LivePort, Ownership, SetOwnership};
 use crate::worker::{new_node, poll_loop, worker_pair, Control, PortInfo, WorkerHandle, Workers};
-
-/// One receive queue of one Linux interface, as a port.
-pub trait LivePort: Port + Send + Sized + 'static {
-    /// Its name in messages and options (`afxdp`, `afpacket`).
-    const NAME: &'static str;
-    /// The receive queues of `ifname`.
-    fn queues(ifname: &str) -> u32;
-    /// Opens queue `queue` of `ifname`, taking the frames `ownership` names from the kernel.
-    fn open(ifname: &str, queue: u32, ownership: &Ownership, options: &LiveOptions) -> Result<Self, String>;
-    /// What the port says of itself once open (mode, queue), for the start-up lines.
-    fn describe(&self) -> String;
-    /// A handle that changes the frames the port's interface takes, from the control plane.
-    fn ownership_handle(&self) -> SetOwnership;
-}
-
-/// How the live ports run (the options of `lb-dpdk run --live`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LiveOptions {
-    /// Busy polling for this many microseconds a call (SO_BUSY_POLL with SO_PREFER_BUSY_POLL):
-    /// lower latency for a core of its own; `None` sleeps on the kernel's wakeups when idle.
-    pub busy_poll_us: Option<u32>,
-    /// AF_XDP: attach in generic (SKB) mode only, for drivers whose native mode misbehaves.
-    pub generic_xdp: bool,
-    /// AF_XDP: copy mode only, even where the driver does zero-copy.
-    pub copy: bool,
-}
-
-/// Changes the frames a live port's interface takes from the kernel.
-pub type SetOwnership = Box<dyn Fn(&Ownership) -> Result<(), String> + Send>;
 
 /// What the control plane keeps of the live ports.
 pub struct Live {

@@ -60,3 +60,48 @@ pub struct Ownership {
     /// its MUXes' underlay addresses: health probes' answers) and ARP and ND.
     pub all_except: Option<Vec<std::net::IpAddr>>,
 }
+
+/// One receive queue of one Linux interface, as a port.
+pub trait LivePort: Port + Send + Sized + 'static {
+    /// Its name in messages and options (`afxdp`, `afpacket`).
+    const NAME: &'static str;
+    /// The receive queues of `ifname`.
+    fn queues(ifname: &str) -> u32;
+    /// Opens queue `queue` of `ifname`, taking the frames `ownership` names from the kernel.
+    fn open(ifname: &str, queue: u32, ownership: &Ownership, options: &LiveOptions) -> Result<Self, String>;
+    /// What the port says of itself once open (mode, queue), for the start-up lines.
+    fn describe(&self) -> String;
+    /// A handle that changes the frames the port's interface takes, from the control plane.
+    fn ownership_handle(&self) -> SetOwnership;
+}
+
+/// How the live ports run (the options of `lb-dpdk run --live`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveOptions {
+    /// Busy polling for this many microseconds a call (SO_BUSY_POLL with SO_PREFER_BUSY_POLL):
+    /// lower latency for a core of its own; `None` sleeps on the kernel's wakeups when idle.
+    pub busy_poll_us: Option<u32>,
+    /// AF_XDP: attach in generic (SKB) mode only, for drivers whose native mode misbehaves.
+    pub generic_xdp: bool,
+    /// AF_XDP: copy mode only, even where the driver does zero-copy.
+    pub copy: bool,
+}
+
+/// Changes the frames a live port's interface takes from the kernel.
+pub type SetOwnership = Box<dyn Fn(&Ownership) -> Result<(), String> + Send>;
+
+/// A [`SetOwnership`] over the state a live port shares with the other ports of its interface: it
+/// does not keep that state alive, and says so once the interface's ports are gone.
+pub fn ownership_handle<T: Send + Sync + 'static>(
+    shared: &std::sync::Arc<T>,
+    ifname: &str,
+    port: &'static str,
+    set: fn(&T, &Ownership) -> Result<(), String>,
+) -> SetOwnership {
+    let weak = std::sync::Arc::downgrade(shared);
+    let ifname = ifname.to_owned();
+    Box::new(move |o: &Ownership| match weak.upgrade() {
+        Some(s) => set(&s, o),
+        None => Err(format!("{ifname}: no {port} port is open any more")),
+    })
+}
