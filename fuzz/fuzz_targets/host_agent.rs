@@ -710,7 +710,8 @@ impl World {
                 HostFlowKind::Response => HostFlowKind::Inbound,
                 HostFlowKind::SnatOut => HostFlowKind::SnatIn,
                 HostFlowKind::SnatIn => HostFlowKind::SnatOut,
-                HostFlowKind::Fragment => continue,
+                // A second chance's redirect to another host: unpaired, like a fragment record.
+                HostFlowKind::Fragment | HostFlowKind::Redirect => continue,
                 HostFlowKind::None => panic!("a live entry of kind None at {i}: {e:?}"),
             };
             let p = t.live(FlowSlot::from_index(v.peer));
