@@ -742,6 +742,13 @@ impl Mux {
         &self.counters
     }
 
+    /// Sets the MUX's clock (seconds, the `now` frames are processed with; each burst sets it too):
+    /// a rebuild (reconfiguration, health change) replaces a table at this time, and its previous
+    /// table gives second chances for [`SECOND_CHANCE_SECONDS`] after it.
+    pub fn set_clock(&mut self, now: u32) {
+        self.clock = now;
+    }
+
     /// The flow table (for its counters, sweeping and status).
     pub fn flows(&mut self) -> &mut FlowTable {
         &mut self.flows
