@@ -132,6 +132,14 @@ fn host_forwards_a_second_chance_and_the_connection_after_it() {
     }
     assert_eq!(host_b.counters().second_chance.packets, 4);
     assert_eq!(host_b.counters().inbound.packets, 0);
+    // A reload that keeps the alternate on host A keeps the redirect.
+    let mut lb = two_hosts(1024);
+    lb.rules[0].idle_timeout = IdleTimeout::from_minutes(10).unwrap();
+    host_b.update(lb).unwrap();
+    let mut buf = through(&mut m, c, false);
+    let HostVerdict::Transmit { start, len } = into_host(&mut host_b, &mut buf) else { panic!("still redirected") };
+    assert_eq!(tunnel(&buf[start..start + len]).1, HOST_A);
+    assert_eq!(host_b.counters().second_chance.packets, 5);
     // A flagged packet of a connection host B knows (opened by its SYN) is delivered.
     let (c2, _) = moved_clients()[1];
     let mut fresh = mux_b();
@@ -141,7 +149,7 @@ fn host_forwards_a_second_chance_and_the_connection_after_it() {
     assert_eq!(tunnel(&ack[HEADROOM..]).4, 0x01, "flagged");
     let HostVerdict::Deliver { start, len, .. } = into_host(&mut host_b, &mut ack) else { panic!("delivered") };
     assert_eq!(seen(&ack[start..start + len]).dst, v4(2));
-    assert_eq!(host_b.counters().second_chance.packets, 4);
+    assert_eq!(host_b.counters().second_chance.packets, 5);
 }
 
 /// End to end: MUX A carries a connection to its backend on host A; vm2 joins on host B; MUX A dies
@@ -189,4 +197,36 @@ fn a_connection_survives_its_mux_after_a_backend_was_added() {
     assert_eq!((s.src, s.dst, s.sport, s.dport), (IpAddr::from(VIP), IpAddr::from(client4(c)), 80, 40000));
     assert_eq!(host_b.counters().second_chance.packets, 3);
     assert_eq!(host_b.counters().inbound.packets, 0, "vm2 never saw it");
+}
+
+/// A health change rebuilds the table too: when vm2 goes down, the connections it held move to
+/// vm0 and vm1, and a MUX with no flow for them flags them with vm2's tag, until the window ends.
+#[test]
+fn a_health_change_gives_a_second_chance_too() {
+    let mut lb = two_hosts(1024);
+    lb.probes.push(http_probe("health", 8080, "/"));
+    lb.rules[0].probe = Some(0);
+    let mut a = Mux::new(mux_node(7), lb.clone()).unwrap();
+    let on_vm2: Vec<u32> = (0..200).filter(|&c| tunnel(&through(&mut a, c, true)[HEADROOM..]).1 == HOST_B).collect();
+    assert!(on_vm2.len() > 30);
+    let down = |now: u32| {
+        let mut m = Mux::new(mux_node(7), lb.clone()).unwrap();
+        m.set_clock(now);
+        for _ in 0..2 {
+            m.report_probe(0, 0, 2, false).unwrap();
+        }
+        m
+    };
+    let mut m = down(NOW - 10);
+    for &c in &on_vm2 {
+        let (_, dst, _, tag, flags, _) = tunnel(&through(&mut m, c, false)[HEADROOM..]);
+        assert_eq!((dst, tag, flags), (HOST_A, backend_tag(v4(2)), 0x01), "client {c}");
+    }
+    // Ten minutes after the change: no second chance any more.
+    let mut m = down(NOW - 600);
+    for &c in &on_vm2 {
+        let (_, dst, _, _, flags, _) = tunnel(&through(&mut m, c, false)[HEADROOM..]);
+        assert_eq!((dst, flags), (HOST_A, 0), "client {c}");
+    }
+    assert_eq!(m.counters().second_chance, 0);
 }
