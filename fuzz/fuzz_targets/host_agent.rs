@@ -27,7 +27,8 @@
 //! frame as the host agent gets it). Then the TCP flags byte and the op's selectors.
 //!
 //! Invariants, after every op: no panic; a `Deliver`/`Transmit` range lies inside the buffer and
-//! names a local backend; nothing is transmitted with a backend's (private) address as its source;
+//! names a local backend; a frame from the fabric is transmitted only as a second chance, to another
+//! host, unflagged; nothing is transmitted with a backend's (private) address as its source;
 //! frames built from unmutated, unfragmented TCP/UDP templates leave with valid IP and L4 checksums;
 //! every live connection has both its entries, each naming the other (fragment records aside); the
 //! SNAT ports in use by each backend are exactly the distinct ports its live SNAT entries hold, at
@@ -572,8 +573,16 @@ impl World {
             }
             HostVerdict::Transmit { start, len } => {
                 assert!(start.checked_add(len).is_some_and(|e| e <= buf.len()), "{v:?} outside {} bytes", buf.len());
-                assert_eq!(from, Source::Backend, "only frames from backends are transmitted");
                 let out = &buf[start..start + len];
+                if from == Source::Fabric {
+                    // Only a second chance goes back on the fabric: to another host, unflagged,
+                    // so that it never loops.
+                    let d = decapsulate(out).expect("a forwarded second chance is a VxLAN frame");
+                    assert_eq!(d.outer_src, IpAddr::from(HOST_A), "from this host");
+                    assert_ne!(d.outer_dst, IpAddr::from(HOST_A), "to another host");
+                    assert!(!d.second_chance, "forwarded without the flag");
+                    return;
+                }
                 let inner = if self.direct {
                     assert_eq!((&out[..6], &out[6..12]), (&GATEWAY.0[..], &HOST_MAC.0[..]), "DSR L2 rewrite");
                     out
@@ -710,7 +719,8 @@ impl World {
                 HostFlowKind::Response => HostFlowKind::Inbound,
                 HostFlowKind::SnatOut => HostFlowKind::SnatIn,
                 HostFlowKind::SnatIn => HostFlowKind::SnatOut,
-                HostFlowKind::Fragment => continue,
+                // A second chance's redirect to another host: unpaired, like a fragment record.
+                HostFlowKind::Fragment | HostFlowKind::Redirect => continue,
                 HostFlowKind::None => panic!("a live entry of kind None at {i}: {e:?}"),
             };
             let p = t.live(FlowSlot::from_index(v.peer));

@@ -30,7 +30,8 @@ use crate::tables::{
 };
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::icmp::TooBigRepr;
-use crate::wire::vxlan::decapsulate;
+use crate::wire::vxlan::{decapsulate, mark_second_chance};
+use crate::wire::TcpFlags;
 use crate::wire::{
     ip_proto, parse_flow_key, parse_flow_key_into, FlowKey, Fragment, HashFields, MacAddr, VxlanEncap, WireError,
     VXLAN_PORT,
@@ -182,9 +183,21 @@ pub struct MuxCounters {
     /// "fragmentation needed" or ICMPv6 "packet too big" error (path MTU discovery, RFC 1191 and
     /// RFC 8201) instead of being dropped.
     pub too_big: u64,
+    /// Packets of no flow, TCP and not SYNs, steered by the current Maglev table but flagged for a
+    /// second chance with the previous table's choice, which differed (see [`SECOND_CHANCE_SECONDS`]).
+    pub second_chance: u64,
     /// Per [`DropReason`].
     pub drops: [u64; DROP_REASONS],
 }
+
+/// How long after a rebuild (a reconfiguration or a health change) a balancer keeps its previous
+/// Maglev table for second chances: 10 minutes. A connection that started before the change and
+/// whose MUX dies within the window still finds its backend; the longer the window, the more such
+/// connections do, at no cost on a flow hit and one table lookup on a TCP packet with no flow. Ten
+/// minutes covers the connections that most of the time are short (web requests, RPCs) and the
+/// default idle timeouts (4 minutes in Azure), while a MUX failure long after the change is
+/// unlikely to find many connections of before it that the current table moved.
+pub const SECOND_CHANCE_SECONDS: u32 = 600;
 
 #[derive(Debug, Clone)]
 struct PoolState {
@@ -205,9 +218,23 @@ struct Balancer {
     table: MaglevTable,
     /// Maglev backend index → pool member index (only healthy, weighted members are in the table).
     in_table: Vec<usize>,
+    /// Maglev backend index → backend tag.
+    tags: Vec<u32>,
+    /// The table this one replaced, for second chances.
+    previous: Option<Previous>,
     health: Vec<ProbeState>,
     /// A probe result changed a member's health since the table was built.
     stale: bool,
+}
+
+/// A balancer's table before its last change, kept [`SECOND_CHANCE_SECONDS`] for second chances.
+#[derive(Debug, Clone)]
+struct Previous {
+    table: MaglevTable,
+    /// Maglev backend index → backend tag (the members may be gone from the configuration).
+    tags: Vec<u32>,
+    /// When it was replaced (the MUX's clock, seconds).
+    since: u32,
 }
 
 /// Frames a burst pass handles together (DPDK's usual burst).
@@ -339,6 +366,8 @@ pub struct Mux {
     listener_limit: usize,
     /// The flow keys of the burst in flight (kept here so that a burst does not initialise them).
     burst_keys: Vec<FlowKey>,
+    /// The `now` of the last frames processed: when a rebuild replaces a table.
+    clock: u32,
     counters: MuxCounters,
     snat: SnatPlan,
     underlay: (crate::wire::IpVersion, [u8; 16]),
@@ -385,6 +414,7 @@ impl Mux {
             counter_listener: Vec::new(),
             listener_limit: usize::from(SNAT_REPLY_LISTENER),
             burst_keys: alloc::vec![FlowKey::default(); BURST],
+            clock: 0,
             counters: MuxCounters::default(),
             snat: SnatPlan::default(),
             underlay: addr16(node.base.underlay),
@@ -629,15 +659,19 @@ impl Mux {
                 .map(|b| MaglevBackend { id: backend_id(b.address), weight: b.weight })
                 .collect();
             MaglevTable::check(&all, size).map_err(MuxError::Maglev)?;
+            // The old table stays the current one until the rebuild finds a change, so that a
+            // reconfiguration that leaves this table alone does not cut a second chance short.
             let mut b = Balancer {
                 pool: rule.pool,
                 probe: rule.probe,
-                table: MaglevTable::default(),
+                table: old.map(|o| o.table.clone()).unwrap_or_default(),
                 in_table: Vec::new(),
+                tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
+                previous: old.and_then(|o| o.previous.clone()),
                 health,
                 stale: false,
             };
-            b.rebuild(pool, size)?;
+            b.rebuild(pool, size, self.clock)?;
             balancers.push(b);
             of_rule.push(balancers.len() - 1);
         }
@@ -684,7 +718,7 @@ impl Mux {
     /// Rebuilds the tables whose members' health [`Mux::record_probe`] changed.
     pub fn apply_probes(&mut self) -> Result<(), MuxError> {
         for b in self.balancers.iter_mut().filter(|b| b.stale) {
-            b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size)?;
+            b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size, self.clock)?;
         }
         Ok(())
     }
@@ -706,6 +740,13 @@ impl Mux {
     /// The counters.
     pub fn counters(&self) -> &MuxCounters {
         &self.counters
+    }
+
+    /// Sets the MUX's clock (seconds, the `now` frames are processed with; each burst sets it too):
+    /// a rebuild (reconfiguration, health change) replaces a table at this time, and its previous
+    /// table gives second chances for [`SECOND_CHANCE_SECONDS`] after it.
+    pub fn set_clock(&mut self, now: u32) {
+        self.clock = now;
     }
 
     /// The flow table (for its counters, sweeping and status).
@@ -732,6 +773,7 @@ impl Mux {
         // copy of a freshly written key, which would stall on its narrow stores). The slots live
         // in the MUX, taken out for the burst so that steering can borrow the MUX; they are always
         // BURST long, so the resize does nothing (it would allocate only after a panic had lost them).
+        self.clock = now;
         let mut keys = core::mem::take(&mut self.burst_keys);
         keys.resize(BURST, FlowKey::default());
         for (group, verdicts) in frames[..n].chunks_mut(BURST).zip(out[..n].chunks_mut(BURST)) {
@@ -792,6 +834,7 @@ impl Mux {
     /// Processes one frame at `buf[start..start + len]`, with headroom before it for the outer
     /// headers; `now` is in seconds.
     pub fn process(&mut self, buf: &mut [u8], start: usize, len: usize, now: u32) -> Verdict {
+        self.clock = now;
         let key = self.classify(buf, start, len);
         self.finish(buf, start, len, key.as_ref(), now)
     }
@@ -863,7 +906,7 @@ impl Mux {
             let vip = route.0 as usize;
             if let Some(&l) = self.vips.get(vip).and_then(|v| v.listeners.get(route.1 as usize)) {
                 return match self.open(&l, key, key_hash, probe, key.tcp_flags, true, now) {
-                    Ok(tunnel) => self.forward(buf, start, len, vip, l.counter, tunnel, true, key_hash),
+                    Ok(chosen) => self.forward_new(buf, start, len, vip, l.counter, chosen, key_hash),
                     Err(reason) => Verdict::Drop(reason),
                 };
             }
@@ -879,12 +922,15 @@ impl Mux {
         };
         let found = if known_miss {
             // The table holds no flow for it (looked up above): a new connection.
-            self.open(&l, key, key_hash, probe, key.tcp_flags, true, now).map(|t| (t, true))
+            self.open(&l, key, key_hash, probe, key.tcp_flags, true, now).map(|(t, a)| (t, true, a))
         } else {
             self.connection(&l, key, key_hash, probe, key.tcp_flags, true, now)
         };
         match found {
-            Ok((tunnel, new_flow)) => self.forward(buf, start, len, vip, l.counter, tunnel, new_flow, key_hash),
+            Ok((tunnel, true, alternate)) => {
+                self.forward_new(buf, start, len, vip, l.counter, (tunnel, alternate), key_hash)
+            }
+            Ok((tunnel, false, _)) => self.forward(buf, start, len, vip, l.counter, tunnel, false, key_hash),
             Err(reason) => Verdict::Drop(reason),
         }
     }
@@ -903,14 +949,15 @@ impl Mux {
         tcp_flags: u8,
         record: bool,
         now: u32,
-    ) -> Result<(u16, bool), DropReason> {
+    ) -> Result<(u16, bool, u32), DropReason> {
         if let Some(at) = self.flows.lookup_probed(probe, flow, now) {
             let backend = self.flows.touch(at, tcp_flags, now).value.backend;
             // The listener that takes it now (the one it named may be gone).
             self.flows.value_mut(at).listener = self.listener_of(l);
-            return Ok((backend, false));
+            return Ok((backend, false, 0));
         }
-        Ok((self.open(l, flow, hash, probe, tcp_flags, record, now)?, record))
+        let (tunnel, alternate) = self.open(l, flow, hash, probe, tcp_flags, record, now)?;
+        Ok((tunnel, record, alternate))
     }
 
     /// The backend (tunnel) of a new connection `flow` (hash `hash`, with no flow at `probe`) that
@@ -926,13 +973,60 @@ impl Mux {
         tcp_flags: u8,
         record: bool,
         now: u32,
-    ) -> Result<u16, DropReason> {
-        let (tunnel, idle) = self.choose(l, flow, hash)?;
+    ) -> Result<(u16, u32), DropReason> {
+        let (tunnel, idle, alternate) = self.choose(l, flow, hash, tcp_flags, now)?;
         if record {
             let new = MuxFlow { backend: tunnel, listener: self.listener_of(l) };
             self.flows.insert_probed(probe, &FlowTuple::from(flow), tcp_flags, new, idle, now);
         }
-        Ok(tunnel)
+        Ok((tunnel, alternate))
+    }
+
+    /// Forwards a new flow's packet through `tunnel`; with an `alternate` backend tag (not 0), the
+    /// VxLAN header, once written, is flagged for a second chance and names the alternate.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn forward_new(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        vip: usize,
+        rule: usize,
+        (tunnel, alternate): (u16, u32),
+        hash: u32,
+    ) -> Verdict {
+        if alternate == 0 {
+            return self.forward(buf, start, len, vip, rule, tunnel, true, hash);
+        }
+        self.forward_second_chance(buf, start, len, vip, rule, tunnel, alternate, hash)
+    }
+
+    /// [`Mux::forward_new`] with a second chance.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_second_chance(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        len: usize,
+        vip: usize,
+        rule: usize,
+        tunnel: u16,
+        alternate: u32,
+        hash: u32,
+    ) -> Verdict {
+        let too_big = self.counters.too_big;
+        let v = self.forward(buf, start, len, vip, rule, tunnel, true, hash);
+        // An ICMP error that went back instead (the packet did not fit) is no tunnel frame.
+        if let (Verdict::Forward { start: outer, .. }, true) = (v, self.counters.too_big == too_big) {
+            let outer_len = self.tunnels[usize::from(tunnel)].outer_len();
+            if mark_second_chance(buf, outer, outer_len, alternate) {
+                self.counters.second_chance += 1;
+            }
+        }
+        v
     }
 
     /// Fragments and ICMP errors: an ICMP error is steered by the connection it quotes (a packet
@@ -989,8 +1083,9 @@ impl Mux {
         };
         // An ICMP error creates no flow: it only follows one.
         let probe = self.flows.probe(hash);
+        // Fragments and ICMP errors get no second chance.
         let (tunnel, new_flow) = match self.connection(&l, &flow, hash, &probe, key.tcp_flags, !icmp_error, now) {
-            Ok(found) => found,
+            Ok((tunnel, new_flow, _)) => (tunnel, new_flow),
             Err(reason) => return Verdict::Drop(reason),
         };
         if flow.fragment == Fragment::First {
@@ -1059,13 +1154,28 @@ impl Mux {
 
     /// The backend (tunnel) of a new connection of `flow` that `l` accepts, and the flow's idle
     /// timeout: Maglev by the rule's distribution mode, or the NAT rule's or pool's member.
-    fn choose(&self, l: &Listener, flow: &FlowKey, hash: u32) -> Result<(u16, IdleTimeout), DropReason> {
+    ///
+    /// The third value is the backend tag of a second chance (0: none): for a TCP packet that is
+    /// not a SYN, the choice of the balancer's previous table, if it is within its window and
+    /// differs.
+    fn choose(
+        &self,
+        l: &Listener,
+        flow: &FlowKey,
+        hash: u32,
+        tcp_flags: u8,
+        now: u32,
+    ) -> Result<(u16, IdleTimeout, u32), DropReason> {
+        let mut alternate = 0;
         let (pool, member, idle) = match l.target {
             Target::Rule(r) => {
                 let rule = &self.lb.rules[r];
                 let h = self.rule_hash(rule, flow, hash);
                 let b = &self.balancers[self.rule_balancer[r]];
                 let m = b.table.lookup(h).ok_or(DropReason::NoBackend)?;
+                if b.previous.is_some() && flow.protocol == ip_proto::TCP && tcp_flags & TcpFlags::SYN == 0 {
+                    alternate = b.alternate(h, m, now);
+                }
                 (rule.pool, b.in_table[m], rule.idle_timeout)
             }
             Target::NatRule(r) => {
@@ -1081,7 +1191,7 @@ impl Mux {
                 (n.pool, member, n.idle_timeout)
             }
         };
-        Ok((self.pools[pool].tunnel[member], idle))
+        Ok((self.pools[pool].tunnel[member], idle, alternate))
     }
 
     /// A reply to a connection a backend opened through SNAT: the port names the backend (every
@@ -1272,19 +1382,47 @@ fn rule_names(lb: &LoadBalancer) -> Vec<(u8, &str)> {
 impl Balancer {
     /// Rebuilds the Maglev table over the pool's healthy members of non-zero weight. On error the
     /// table and its member map stay as they were, together.
-    fn rebuild(&mut self, pool: &crate::config::Pool, size: u32) -> Result<(), MuxError> {
+    ///
+    /// A table that changes (at `now`) becomes the previous one, for second chances; a rebuild that
+    /// gives the same table keeps the previous one and its time.
+    fn rebuild(&mut self, pool: &crate::config::Pool, size: u32, now: u32) -> Result<(), MuxError> {
         let mut backends = Vec::new();
         let mut in_table = Vec::new();
+        let mut tags = Vec::new();
         for (i, b) in pool.backends.iter().enumerate() {
             if self.health[i].health() == Health::Up && b.weight > 0 {
                 backends.push(MaglevBackend { id: backend_id(b.address), weight: b.weight });
                 in_table.push(i);
+                tags.push(backend_tag(b.address));
             }
         }
-        self.table.rebuild(&backends, size).map_err(MuxError::Maglev)?;
+        let table = MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?;
+        if table != self.table || tags != self.tags {
+            let old = core::mem::replace(&mut self.table, table);
+            let old_tags = core::mem::replace(&mut self.tags, tags);
+            // An empty table chose nothing: there is no second chance to give from it.
+            self.previous = (!old.is_empty()).then_some(Previous { table: old, tags: old_tags, since: now });
+        }
         self.in_table = in_table;
         self.stale = false;
         Ok(())
+    }
+
+    /// The tag of the backend the previous table chooses for `hash`, if it is still within its
+    /// window and differs from the current table's choice (Maglev index `current`); else 0.
+    #[cold]
+    #[inline(never)]
+    fn alternate(&self, hash: u32, current: usize, now: u32) -> u32 {
+        let Some(p) = &self.previous else { return 0 };
+        if now.wrapping_sub(p.since) >= SECOND_CHANCE_SECONDS {
+            return 0;
+        }
+        let alt = p.table.lookup(hash).and_then(|i| p.tags.get(i)).copied().unwrap_or(0);
+        if Some(&alt) == self.tags.get(current) {
+            0
+        } else {
+            alt
+        }
     }
 }
 
@@ -1416,5 +1554,77 @@ mod tests {
         // One listener more than an entry can name: refused, the running configuration kept.
         assert_eq!(m.update(config(&[1, 2, 3, 4])), Err(MuxError::TooManyListeners));
         assert_eq!(m.config().rules.len(), 3);
+    }
+
+    /// `config` with a fifth backend, 10.0.0.8 on host 172.16.0.8.
+    fn grown(ports: &[u16]) -> LoadBalancer {
+        let mut lb = config(ports);
+        lb.pools[0].backends.push(Backend {
+            name: "b4".into(),
+            address: Ipv4Addr::new(10, 0, 0, 8).into(),
+            host: Ipv4Addr::new(172, 16, 0, 8).into(),
+            weight: 1,
+        });
+        lb
+    }
+
+    /// What a segment's VxLAN frame said: (outer destination, backend tag, second-chance flag).
+    fn sent(m: &mut Mux, c: u8, syn: bool, now: u32) -> ([u8; 4], u32, bool) {
+        let mut f = segment(c, 80, syn);
+        let len = f.len() - HEADROOM;
+        let Verdict::Forward { start, .. } = m.process(&mut f, HEADROOM, len, now) else { panic!("dropped") };
+        let d = decapsulate(&f[start..]).unwrap();
+        (f[start + 30..start + 34].try_into().unwrap(), d.backend_tag, d.second_chance)
+    }
+
+    /// After a backend was added, a MUX with no flow for a connection (not a SYN) whose slot the
+    /// new backend took sends it to the new backend's host, flagged, with the old backend's tag;
+    /// the others, SYNs, flow hits and packets after the window go unflagged.
+    #[test]
+    fn second_chance_names_the_previous_tables_backend() {
+        let mut before = mux(&[80]);
+        let mut m = mux(&[80]);
+        m.update(grown(&[80])).unwrap();
+        let new_host = [172, 16, 0, 8];
+        let (mut moved, mut to_new) = (0u64, 0u64);
+        for c in 0..=255u8 {
+            let (old_host, _, _) = sent(&mut before, c, true, 10);
+            let old_tag = backend_tag(Ipv4Addr::new(10, 0, 0, old_host[3]).into());
+            let (host, tag, flag) = sent(&mut m, c, false, 10);
+            if host == old_host {
+                assert!(!flag, "client {c}: the same choice, no second chance");
+                assert_eq!(tag, backend_tag(Ipv4Addr::new(10, 0, 0, host[3]).into()));
+                continue;
+            }
+            moved += 1;
+            to_new += u64::from(host == new_host);
+            assert!(flag, "client {c}: flagged");
+            assert_eq!(tag, old_tag, "client {c}: the alternate is the old backend");
+            // Its flow is in the table now: later packets hit it, unflagged, to the primary.
+            let primary = backend_tag(Ipv4Addr::new(10, 0, 0, host[3]).into());
+            assert_eq!(sent(&mut m, c, false, 11), (host, primary, false));
+        }
+        // Maglev moves about a fifth of the slots to the new backend, and a few others (the table
+        // is small here).
+        assert!(moved > 20 && to_new * 10 > moved * 8, "{to_new} of {moved} moved to the new backend");
+        assert_eq!(m.counters().second_chance, moved);
+        // A SYN opens a new connection: no second chance.
+        let mut m = mux(&[80]);
+        m.update(grown(&[80])).unwrap();
+        for c in 0..=255u8 {
+            assert!(!sent(&mut m, c, true, 10).2, "client {c}: a SYN");
+        }
+        assert_eq!(m.counters().second_chance, 0);
+        // Outside the window: no second chance.
+        let mut m = mux(&[80]);
+        m.update(grown(&[80])).unwrap();
+        let flagged = |m: &mut Mux, now: u32| (0..=255u8).filter(|&c| sent(m, c, false, now).2).count();
+        assert_eq!(flagged(&mut m, SECOND_CHANCE_SECONDS), 0);
+        // A reconfiguration that leaves the table alone keeps the previous table and its time.
+        let mut m = mux(&[80]);
+        m.update(grown(&[80])).unwrap();
+        m.process(&mut segment(0, 81, true), HEADROOM, 54, 100);
+        m.update(grown(&[80, 443])).unwrap();
+        assert_eq!(flagged(&mut m, SECOND_CHANCE_SECONDS - 1) as u64, moved);
     }
 }

@@ -317,7 +317,12 @@ impl Node {
     /// `emit`, with the side it leaves on.
     pub fn expire(&mut self, now: u32, buckets: usize, emit: impl FnMut(HostEgress, &[u8])) {
         match &mut self.path {
-            Path::Mux { mux, sweep, .. } => *sweep = mux.flows().sweep(*sweep, buckets, now),
+            Path::Mux { mux, sweep, .. } => {
+                // The poll loop comes here even when no frame does: the MUX's clock, which dates
+                // its tables' rebuilds for second chances, stays current.
+                mux.set_clock(now);
+                *sweep = mux.flows().sweep(*sweep, buckets, now);
+            }
             Path::Host(h) => h.expire(now, buckets, emit),
         }
     }

@@ -34,6 +34,13 @@ pub struct VxlanHeader {
 pub const VXLAN_HEADER_LEN: usize = core::mem::size_of::<VxlanHeader>();
 /// The "VNI valid" flag.
 pub const FLAG_VNI_VALID: u8 = 0x08;
+/// The "second chance" flag, in the header's second reserved byte (RFC 7348 has receivers ignore
+/// it): a MUX that found no flow for a TCP packet that is not a SYN, while the balancer's previous
+/// Maglev table chose another backend, steers it by the current table and names the previous
+/// table's backend (the alternate) in the first reserved field, where the backend tag goes. A host
+/// that has no flow for the packet forwards it to the alternate's host (docs/design.md, "When a MUX
+/// dies after a backend was added").
+pub const SECOND_CHANCE: u8 = 0x01;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
 /// Outer headers over an IPv4 underlay: Ethernet + IPv4 + UDP + VxLAN = 50 bytes.
@@ -54,6 +61,41 @@ impl VxlanHeader {
     pub fn backend_tag(&self) -> u32 {
         u32::from_be_bytes([0, self.reserved1[0], self.reserved1[1], self.reserved1[2]])
     }
+    /// Whether the MUX flagged the packet for a second chance ([`SECOND_CHANCE`]); then
+    /// [`VxlanHeader::backend_tag`] names the alternate backend.
+    #[inline(always)]
+    pub fn second_chance(&self) -> bool {
+        self.reserved2 & SECOND_CHANCE != 0
+    }
+}
+
+/// Marks the VxLAN frame at `buf[start..]`, which a tunnel of `outer_len` bytes of outer headers
+/// just encapsulated, for a second chance: the flag set and `alternate` (a backend tag) in the
+/// first reserved field. In place; `false` if the buffer is too short.
+#[inline]
+pub fn mark_second_chance(buf: &mut [u8], start: usize, outer_len: usize, alternate: u32) -> bool {
+    let Some(vx) =
+        (start + outer_len).checked_sub(VXLAN_HEADER_LEN).and_then(|at| buf.get_mut(at..at + VXLAN_HEADER_LEN))
+    else {
+        return false;
+    };
+    vx[1..4].copy_from_slice(&alternate.to_be_bytes()[1..]);
+    vx[7] |= SECOND_CHANCE;
+    true
+}
+
+/// Stamps backend tag `tag` into the VxLAN frame at `buf[start..]` (outer headers of `outer_len`
+/// bytes), with no second-chance flag: what a host that forwards a second chance sends on.
+#[inline]
+pub fn stamp_backend_tag(buf: &mut [u8], start: usize, outer_len: usize, tag: u32) -> bool {
+    let Some(vx) =
+        (start + outer_len).checked_sub(VXLAN_HEADER_LEN).and_then(|at| buf.get_mut(at..at + VXLAN_HEADER_LEN))
+    else {
+        return false;
+    };
+    vx[1..4].copy_from_slice(&tag.to_be_bytes()[1..]);
+    vx[7] &= !SECOND_CHANCE;
+    true
 }
 
 /// A 64-bit hash of an address that every node computes alike, with no coordination: the MUX's
@@ -330,8 +372,10 @@ impl VxlanEncap {
 pub struct VxlanDecap<'a> {
     /// The VNI.
     pub vni: u32,
-    /// The backend tag (see [`VxlanHeader::backend_tag`]).
+    /// The backend tag (see [`VxlanHeader::backend_tag`]); with `second_chance`, the alternate's.
     pub backend_tag: u32,
+    /// The MUX flagged the packet for a second chance ([`SECOND_CHANCE`]).
+    pub second_chance: bool,
     /// Outer source address (the MUX).
     pub outer_src: IpAddr,
     /// Outer destination address (this host).
@@ -358,6 +402,7 @@ impl<'a> VxlanDecap<'a> {
         VxlanDecap {
             vni: vx.vni(),
             backend_tag: vx.backend_tag(),
+            second_chance: vx.second_chance(),
             outer_src: src,
             outer_dst: dst,
             udp_src_port: udp.src_port.get(),

@@ -5,12 +5,14 @@
 
 use core::net::IpAddr;
 
-use super::{HostAgent, HostDrop, HostFlow, HostFlowKind, HostVerdict, FLOATING, RESET};
+use super::{
+    HostAgent, HostDrop, HostFlow, HostFlowKind, HostVerdict, FLOATING, LOCAL_TARGET, NO_LOCAL, NO_PEER, RESET,
+};
 use crate::paths::listen::addr16;
 use crate::tables::{FlowSlot, FlowTuple};
 use crate::wire::nat::{rewrite, Side};
-use crate::wire::vxlan::decapsulate;
-use crate::wire::{parse_flow_key, FlowKey, Fragment};
+use crate::wire::vxlan::{decapsulate, stamp_backend_tag};
+use crate::wire::{ip_proto, parse_flow_key, FlowKey, Fragment, TcpFlags};
 
 /// Where a decapsulated frame lies in its buffer, and what its tunnel said.
 #[derive(Clone, Copy)]
@@ -20,6 +22,8 @@ pub(super) struct Tunnel {
     len: usize,
     vni: u32,
     tag: u32,
+    /// The MUX flagged it for a second chance: `tag` names the alternate backend.
+    second_chance: bool,
 }
 
 impl Tunnel {
@@ -31,6 +35,7 @@ impl Tunnel {
             len: d.inner.len(),
             vni: d.vni,
             tag: d.backend_tag,
+            second_chance: d.second_chance,
         }
     }
 }
@@ -81,20 +86,105 @@ impl HostAgent {
         let tuple = FlowTuple::from(&key);
         let hash = key.hash(seed);
         if let Some(slot) = self.flows.lookup(&tuple, hash, now) {
-            return self.inbound_of_flow(slot, inner, &key, t, now);
+            return self.inbound_of_flow(slot, buf, &key, t, hash, now);
         }
+        if t.second_chance && key.protocol == ip_proto::TCP && key.tcp_flags & TcpFlags::SYN == 0 {
+            if let Some(v) = self.second_chance(buf, &key, &tuple, hash, t, now) {
+                return v;
+            }
+        }
+        let inner = &mut buf[t.at..t.at + t.len];
         self.open_inbound(inner, &key, tuple, hash, t, now)
+    }
+
+    /// A packet a MUX flagged for a second chance, of no connection of this host's, not a SYN: it
+    /// belongs to the alternate backend the tag names (the one the MUX's previous Maglev table
+    /// chose). If that backend runs on another host, the packet is forwarded there and a redirect
+    /// entry forwards the connection's later packets too. `None` (the usual path) if the
+    /// alternate runs here, or is unknown.
+    #[cold]
+    #[inline(never)]
+    fn second_chance(
+        &mut self,
+        buf: &mut [u8],
+        key: &FlowKey,
+        tuple: &FlowTuple,
+        hash: u32,
+        t: Tunnel,
+        now: u32,
+    ) -> Option<HostVerdict> {
+        let vip = self.vips.find(key.ip_version, &key.dst_addr)?;
+        let listener = self.vips[vip].listener(key.protocol, key.dst_port)?;
+        let delivery = listener.target.delivery(&self.lb, key.dst_port);
+        let vni = self.lb.pools[delivery.pool].vni;
+        if vni != t.vni {
+            return None;
+        }
+        let target = self.targets.binary_search_by_key(&(vni, t.tag), |x| (x.0, x.1)).ok()?;
+        if self.targets[target].2 == LOCAL_TARGET {
+            return None;
+        }
+        let redirect = HostFlow {
+            kind: HostFlowKind::Redirect,
+            local: NO_LOCAL,
+            frontend: vip as u16,
+            block: target as u16,
+            peer: NO_PEER,
+            ..HostFlow::default()
+        };
+        self.flows.insert(tuple, hash, key.tcp_flags, redirect, delivery.idle, now);
+        Some(self.redirect(buf, target as u16, t, hash))
+    }
+
+    /// Forwards the frame tunnelled in `t` to the host of second-chance target `target`: the outer
+    /// headers are rewritten in place (the tunnel to that host, the same VNI, the target's tag, no
+    /// flag, so it never comes back) and the frame goes back on the fabric.
+    #[cold]
+    #[inline(never)]
+    fn redirect(&mut self, buf: &mut [u8], target: u16, t: Tunnel, hash: u32) -> HostVerdict {
+        let Some(&(_, tag, at)) = self.targets.get(usize::from(target)) else {
+            return HostVerdict::Drop(HostDrop::UnknownBackend);
+        };
+        let Some(tunnel) = self.hosts.get(usize::from(at)) else {
+            return HostVerdict::Drop(HostDrop::UnknownBackend);
+        };
+        if !tunnel.has_next_hop() {
+            return HostVerdict::Drop(HostDrop::NoNextHop);
+        }
+        let n = tunnel.outer_len();
+        match tunnel.encapsulate(buf, t.at, t.len, hash) {
+            Ok(start) if stamp_backend_tag(buf, start, n, tag) => {
+                self.counters.second_chance.add(t.len, false);
+                HostVerdict::Transmit { start, len: t.len + n }
+            }
+            _ => HostVerdict::Drop(HostDrop::Encap),
+        }
     }
 
     /// A packet of the recorded flow at `slot`: a client's packet to the backend (DNAT, or the VIP
     /// kept with floating IP) or a remote's reply to an SNAT connection (back to the backend's own
     /// address and port).
-    fn inbound_of_flow(&mut self, slot: FlowSlot, inner: &mut [u8], key: &FlowKey, t: Tunnel, now: u32) -> HostVerdict {
+    ///
+    /// A redirect entry (a second chance, see [`HostAgent::second_chance`]) names no local backend:
+    /// its packets go on to the host it names.
+    fn inbound_of_flow(
+        &mut self,
+        slot: FlowSlot,
+        buf: &mut [u8],
+        key: &FlowKey,
+        t: Tunnel,
+        hash: u32,
+        now: u32,
+    ) -> HostVerdict {
+        let inner = &mut buf[t.at..t.at + t.len];
         let e = self.flows.touch(slot, key.tcp_flags, now);
         self.follow(slot, &e, inner, key, now);
         let v = e.value;
         let local = usize::from(v.local);
         let Some(l) = self.locals.get(local) else {
+            if v.kind == HostFlowKind::Redirect {
+                return self.redirect(buf, v.block, t, hash);
+            }
             return HostVerdict::Drop(HostDrop::UnknownBackend);
         };
         let (addr, port, snat) = match v.kind {

@@ -185,6 +185,9 @@ pub struct HostCounters {
     pub resets: u64,
     /// Connections torn down because a reconfiguration removed what they used.
     pub flushed: u64,
+    /// Second chances: packets a MUX flagged that this host had no flow for, forwarded to the
+    /// alternate backend's host, and the later packets of their connections.
+    pub second_chance: Traffic,
     /// Backends' packets too big for the tunnel to a MUX, answered with an ICMPv4 "fragmentation
     /// needed" or ICMPv6 "packet too big" error to the backend (path MTU discovery, RFC 1191 and
     /// RFC 8201) instead of being dropped.
@@ -210,6 +213,9 @@ pub enum HostFlowKind {
     SnatIn = 4,
     /// A fragmented datagram's record.
     Fragment = 5,
+    /// A connection another host's backend holds, that a MUX sent here with a second chance:
+    /// forwarded to that host ([`HostFlow::block`] indexes the host agent's redirect targets).
+    Redirect = 6,
 }
 
 /// [`HostFlow::flags`]: the backend sees the VIP as destination (floating IP).
@@ -229,6 +235,10 @@ const FIN_SEEN: u8 = 64;
 /// [`HostFlow::peer`] of an entry without a pair (a fragment record, or the first entry of a pair
 /// while the second is inserted).
 const NO_PEER: u32 = u32::MAX;
+/// A redirect target on this host (another local backend).
+const LOCAL_TARGET: u16 = u16::MAX;
+/// [`HostFlow::local`] of a redirect entry: no local backend.
+const NO_LOCAL: u16 = u16::MAX;
 
 /// What the host agent stores with each flow entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -246,7 +256,7 @@ pub struct HostFlow {
     pub port: u16,
     /// SnatIn: the backend's own source port; Inbound: the frontend port.
     pub orig_port: u16,
-    /// SNAT allocator block.
+    /// SNAT allocator block; Redirect: the redirect target (host tunnel and backend tag).
     pub block: u16,
     /// Slot of the other direction's entry.
     pub peer: u32,
@@ -294,6 +304,13 @@ pub struct HostAgent {
     snat: SnatAllocator,
     /// Per pool, per MUX.
     tunnels: Vec<Vec<VxlanEncap>>,
+    /// Tunnels to the other hosts of the configuration, per (host, VNI), for second chances.
+    hosts: Vec<VxlanEncap>,
+    /// (host, VNI) of each of `hosts`.
+    host_keys: Vec<(IpAddr, u32)>,
+    /// Every backend of the configuration as a second chance may name it: (VNI, tag, index into
+    /// `hosts`, or [`LOCAL_TARGET`] for this host's), sorted for a binary search.
+    targets: Vec<(u32, u32, u16)>,
     flows: FlowTable<HostFlow>,
     counters: HostCounters,
     /// The flow-table bucket the next expiry sweep starts at.
@@ -342,6 +359,9 @@ impl HostAgent {
             claims: Vec::new(),
             snat: SnatAllocator::new(&[], node.snat_quarantine_secs).map_err(HostError::Snat)?,
             tunnels: Vec::new(),
+            hosts: Vec::new(),
+            host_keys: Vec::new(),
+            targets: Vec::new(),
             flows,
             counters: HostCounters::default(),
             cursor: 0,
@@ -374,7 +394,7 @@ impl HostAgent {
     /// The underlay addresses of this host's MUXes (each once): the peers whose next hops the
     /// program resolves and hands to [`HostAgent::set_next_hop`].
     pub fn underlay_peers(&self) -> Vec<IpAddr> {
-        distinct(self.node.muxes.iter().copied())
+        distinct(self.node.muxes.iter().copied().chain(self.host_keys.iter().map(|&(h, _)| h)))
     }
 
     /// Frames tunnelled to MUX `peer` leave for `mac` from now on: the tunnels' prebuilt outer
@@ -413,6 +433,10 @@ impl HostAgent {
             }
         }
         self.hops_known = self.tunnels.iter().flatten().all(VxlanEncap::has_next_hop);
+        for i in 0..self.hosts.len() {
+            let mac = self.next_hop(self.host_keys[i].0);
+            self.hosts[i].set_dst_mac(mac);
+        }
     }
 
     /// The addresses of this host's backends (each once), whose MACs the program may look up and

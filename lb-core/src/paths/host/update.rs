@@ -8,7 +8,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::net::IpAddr;
 
-use super::{HostAgent, HostError, HostFlowKind, LocalBackend, ReturnPath};
+use super::{HostAgent, HostError, HostFlowKind, LocalBackend, ReturnPath, LOCAL_TARGET};
 use crate::config::{LoadBalancer, SnatGrant, SnatPlan};
 use crate::paths::listen::{addr16, backend_tag, build_vips, Vips};
 use crate::paths::mux::Traffic;
@@ -29,7 +29,13 @@ struct Reconfiguration {
     /// The new allocator, unless `same_snat`.
     snat: Option<SnatAllocator>,
     tunnels: Vec<Vec<VxlanEncap>>,
+    /// Tunnels to the other hosts, their (host, VNI), and the second-chance targets.
+    hosts: Hosts,
 }
+
+/// The tunnels to the other hosts of a configuration, per (host, VNI), their keys, and every
+/// backend as a second chance names it: (VNI, tag, tunnel or [`LOCAL_TARGET`]), sorted.
+type Hosts = (Vec<VxlanEncap>, Vec<(IpAddr, u32)>, Vec<(u32, u32, u16)>);
 
 /// What remapping the flow table to a new configuration left to do.
 #[derive(Default)]
@@ -75,7 +81,49 @@ impl HostAgent {
             && snat_owners(&lb, &vips, &grants) == snat_owners(&self.lb, &self.vips, &self.grants);
         let snat = if same_snat { None } else { Some(self.snat_allocator(&grants, &claims)?) };
         let tunnels = self.tunnels_for(&lb)?;
-        Ok(Reconfiguration { lb, locals, grants, vips, claims, same_snat, snat, tunnels })
+        let hosts = self.hosts_for(&lb)?;
+        Ok(Reconfiguration { lb, locals, grants, vips, claims, same_snat, snat, tunnels, hosts })
+    }
+
+    /// The tunnels to every other host of `lb` (per host and VNI; hosts of the other IP version
+    /// than the underlay's are left out) and the second-chance targets, built once per
+    /// configuration so that forwarding a second chance allocates nothing.
+    fn hosts_for(&self, lb: &LoadBalancer) -> Result<Hosts, HostError> {
+        let me = self.node.base.underlay;
+        let mut index: BTreeMap<(IpAddr, u32), u16> = BTreeMap::new();
+        let (mut hosts, mut keys, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for pool in &lb.pools {
+            for b in &pool.backends {
+                let at = if b.host == me {
+                    LOCAL_TARGET
+                } else if let Some(&i) = index.get(&(b.host, pool.vni)) {
+                    i
+                } else {
+                    if b.host.is_ipv4() != me.is_ipv4() || hosts.len() >= usize::from(LOCAL_TARGET) {
+                        continue;
+                    }
+                    let t = VxlanEncap::new(
+                        self.node.base.mac,
+                        self.next_hop(b.host),
+                        me,
+                        b.host,
+                        pool.vni,
+                        self.node.base.ttl,
+                        self.node.base.mtu,
+                    )
+                    .map_err(HostError::Tunnel)?;
+                    let i = hosts.len() as u16;
+                    hosts.push(t);
+                    keys.push((b.host, pool.vni));
+                    index.insert((b.host, pool.vni), i);
+                    i
+                };
+                targets.push((pool.vni, backend_tag(b.address), at));
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup_by_key(|t| (t.0, t.1));
+        Ok((hosts, keys, targets))
     }
 
     /// An allocator for `grants`, with the ports listeners claim reserved.
@@ -148,6 +196,7 @@ impl HostAgent {
         self.locals = next.locals;
         self.vips = next.vips;
         self.tunnels = next.tunnels;
+        (self.hosts, self.host_keys, self.targets) = next.hosts;
         self.hops_known = self.tunnels.iter().flatten().all(VxlanEncap::has_next_hop);
         self.lb = next.lb;
     }
@@ -163,7 +212,31 @@ impl HostAgent {
     ) -> Remapped {
         let mut r = Remapped::default();
         let old_vips = &self.vips;
+        // A redirect follows its target (VNI, tag) if it is still on the same host.
+        let me = self.node.base.underlay;
+        let host_of = |keys: &[(IpAddr, u32)], at: u16| {
+            if at == LOCAL_TARGET {
+                Some(me)
+            } else {
+                keys.get(usize::from(at)).map(|k| k.0)
+            }
+        };
+        let (_, new_keys, new_targets) = &next.hosts;
+        let redirects: Vec<Option<u16>> = self
+            .targets
+            .iter()
+            .map(|&(vni, tag, at)| {
+                let i = new_targets.binary_search_by_key(&(vni, tag), |t| (t.0, t.1)).ok()?;
+                let same = host_of(&self.host_keys, at) == host_of(new_keys, new_targets[i].2);
+                (same && new_targets[i].2 != LOCAL_TARGET).then_some(i as u16)
+            })
+            .collect();
         self.flows.retain(|e| {
+            if e.value.kind == HostFlowKind::Redirect {
+                let Some(n) = redirects.get(usize::from(e.value.block)).copied().flatten() else { return false };
+                e.value.block = n;
+                return true;
+            }
             // The later of the two on a clock that may wrap (as the flow table's deadlines are).
             r.latest = match r.latest {
                 Some(l) if (e.last_seen.wrapping_sub(l) as i32) <= 0 => Some(l),
