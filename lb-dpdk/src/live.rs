@@ -245,11 +245,13 @@ impl Live {
     }
 }
 
-/// The underlay addresses the node tunnels to: a MUX's hosts, a host agent's MUXes.
+/// The underlay addresses the node tunnels to: a MUX's hosts; a host agent's MUXes and the other
+/// hosts (where it forwards a moved connection's second chance).
 fn peers(cfg: &NodeConfig, lb: &LoadBalancer) -> Vec<IpAddr> {
+    let hosts = lb.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.host));
     let mut p: Vec<IpAddr> = match &cfg.role {
-        NodeRole::Mux(_) => lb.pools.iter().flat_map(|p| p.backends.iter().map(|b| b.host)).collect(),
-        NodeRole::Host(h) => h.muxes.clone(),
+        NodeRole::Mux(_) => hosts.collect(),
+        NodeRole::Host(h) => h.muxes.iter().copied().chain(hosts.filter(|&a| a != h.base.underlay)).collect(),
     };
     p.sort();
     p.dedup();
