@@ -41,6 +41,11 @@ pub fn render(s: &Stats) -> String {
         "ICMP fragmentation-needed / packet-too-big errors sent for packets too large for the tunnel.",
         s.too_big,
     );
+    counter(
+        "second_chance_total",
+        "Packets of moved connections sent with the previous table's backend (MUX) or forwarded to it (host).",
+        s.second_chance,
+    );
     let _ = writeln!(
         o,
         "# HELP lb_engine_seconds_total Time the data path spent on received frames (polling and I/O excluded).\n\

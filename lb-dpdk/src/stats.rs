@@ -36,6 +36,8 @@ pub struct Stats {
     /// ICMP "fragmentation needed" / "packet too big" errors sent for packets that no longer fit the
     /// underlay after VxLAN.
     pub too_big: u64,
+    /// Second chances given (MUX) or forwarded (host agent) to moved connections.
+    pub second_chance: u64,
 }
 
 impl Stats {
@@ -84,6 +86,7 @@ impl Stats {
         self.snat_ports += o.snat_ports;
         self.resets += o.resets;
         self.too_big += o.too_big;
+        self.second_chance += o.second_chance;
     }
 
     /// Total drops.
@@ -117,6 +120,7 @@ impl Stats {
             snat_ports: totals.snat_ports_in_use,
             resets: totals.tcp_resets,
             too_big: totals.icmp_too_big,
+            second_chance: totals.second_chance,
             ..Stats::default()
         }
     }

@@ -183,6 +183,9 @@ pub struct NodeTotals {
     /// ICMPv4 "fragmentation needed" and ICMPv6 "packet too big" errors sent for frames too big
     /// for a tunnel: a MUX's to clients, a host agent's to its backends.
     pub icmp_too_big: u64,
+    /// Second chances: a MUX's packets of moved connections sent with the previous table's
+    /// backend, a host agent's forwarded to that backend's host.
+    pub second_chance: u64,
 }
 
 /// One backend's line in a node's report.
@@ -454,6 +457,7 @@ impl Node {
                     new_flows: t.new_flows + retired.new_flows,
                     flows,
                     icmp_too_big: k.too_big,
+                    second_chance: k.second_chance,
                     ..NodeTotals::default()
                 }
             }
@@ -465,9 +469,10 @@ impl Node {
                     snat_ports_in_use: (0..h.local_backends().len()).map(|l| u64::from(h.snat_ports_in_use(l))).sum(),
                     tcp_resets: k.resets,
                     icmp_too_big: k.too_big,
+                    second_chance: k.second_chance.packets,
                     ..NodeTotals::default()
                 };
-                for t in [k.inbound, k.responses, k.snat_out, k.snat_in] {
+                for t in [k.inbound, k.responses, k.snat_out, k.snat_in, k.second_chance] {
                     totals.forwarded += t.packets;
                     totals.forwarded_bytes += t.bytes;
                 }
