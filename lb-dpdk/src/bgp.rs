@@ -6,7 +6,7 @@
 //! - **ExaBGP as a child.** The MUX writes ExaBGP's configuration (one neighbor a peer, hold time
 //!   from the node file, keepalives every third of it) and runs `exabgp` in the foreground as its
 //!   child, with `PR_SET_PDEATHSIG` = SIGKILL: when the MUX dies, even by `kill -9`, the kernel
-//!   kills ExaBGP and closes its TCP sessions, and the routers withdraw the MUX's routes at once
+//!   kills ExaBGP and closes its TCP connections, and the routers withdraw the MUX's routes at once
 //!   (at worst when the hold time runs out). It runs in a process group of its own, so that a
 //!   Ctrl-C at a terminal reaches the MUX only, which withdraws and drains first.
 //! - **The channel.** ExaBGP's process API reads `announce route ...` / `withdraw route ...` lines
@@ -154,9 +154,9 @@ pub fn route_lines(peers: &[BgpPeer], from: &BTreeSet<IpAddr>, to: &BTreeSet<IpA
     lines
 }
 
-/// One session of ExaBGP's configuration: a peer and this MUX's address towards it.
+/// One peering of ExaBGP's configuration: a peer and this MUX's address towards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Session {
+pub struct Peering {
     /// The router.
     pub peer: BgpPeer,
     /// This MUX's address the kernel sends to it from (ExaBGP needs it: `local-address`).
@@ -164,14 +164,14 @@ pub struct Session {
 }
 
 /// ExaBGP's configuration: the helper whose standard output it reads (`run`), and one neighbor a
-/// session, each fed by that helper and limited to its own address family.
-pub fn exabgp_config(bgp: &Bgp, sessions: &[Session], run: &str) -> String {
+/// peering, each fed by that helper and limited to its own address family.
+pub fn exabgp_config(bgp: &Bgp, peerings: &[Peering], run: &str) -> String {
     let mut c = format!(
         "# Written by lb-dpdk (process {}) for this run; it removes it when it stops.\n\
          process lb-dpdk {{\n    run {run};\n    encoder text;\n}}\n",
         std::process::id()
     );
-    for s in sessions {
+    for s in peerings {
         let family = if s.peer.address.is_ipv4() { "ipv4 unicast" } else { "ipv6 unicast" };
         c += &format!(
             "\nneighbor {} {{\n    router-id {};\n    local-address {};\n    local-as {};\n    peer-as {};\n    \
@@ -218,13 +218,13 @@ fn sweep_leftovers(tmp: &Path) {
 const ROUND: Duration = Duration::from_millis(100);
 /// How long after ExaBGP died the speaker starts it again.
 const RESTART_AFTER: Duration = Duration::from_secs(2);
-/// How long ExaBGP has to close its sessions (a NOTIFICATION each) after SIGTERM.
+/// How long ExaBGP has to close its peerings (a NOTIFICATION each) after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// ExaBGP run by the MUX, and what it was told to announce.
 pub struct Speaker {
     bgp: Bgp,
-    sessions: Vec<Session>,
+    peerings: Vec<Peering>,
     /// A directory of this process's own, for the configuration and the pipes.
     dir: PathBuf,
     /// ExaBGP, while it runs.
@@ -259,10 +259,10 @@ impl Speaker {
     /// parent-death signal when the thread that started the child ends. `probing`: the MUX runs
     /// health probes, whose first verdicts a VIP waits for (see [`probes_have_spoken`]).
     pub fn start(bgp: &Bgp, probing: bool) -> Result<Speaker, String> {
-        let sessions = bgp
+        let peerings = bgp
             .peers
             .iter()
-            .map(|&peer| Ok(Session { peer, local: local_address(peer.address)? }))
+            .map(|&peer| Ok(Peering { peer, local: local_address(peer.address)? }))
             .collect::<Result<Vec<_>, String>>()?;
         sweep_leftovers(&std::env::temp_dir());
         let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
@@ -273,7 +273,7 @@ impl Speaker {
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut s = Speaker {
             bgp: bgp.clone(),
-            sessions,
+            peerings,
             dir,
             child: None,
             pipe: None,
@@ -305,7 +305,7 @@ impl Speaker {
     }
 
     /// A new pipe and configuration, and ExaBGP on them. What the last one announced died with its
-    /// sessions: the new one starts from nothing.
+    /// peerings: the new one starts from nothing.
     fn spawn(&mut self) -> Result<(), String> {
         if let Some((path, _)) = self.pipe.take() {
             let _ = std::fs::remove_file(path);
@@ -327,7 +327,7 @@ impl Speaker {
         self.pipe = Some((pipe.clone(), end));
         let cat = ["/bin/cat", "/usr/bin/cat"].into_iter().find(|c| Path::new(c).exists()).unwrap_or("cat");
         let conf = self.dir.join("exabgp.conf");
-        std::fs::write(&conf, exabgp_config(&self.bgp, &self.sessions, &format!("{cat} {}", pipe.display())))
+        std::fs::write(&conf, exabgp_config(&self.bgp, &self.peerings, &format!("{cat} {}", pipe.display())))
             .map_err(|e| format!("{}: {e}", conf.display()))?;
         let mut cmd = Command::new(&self.bgp.exabgp);
         cmd.arg(&conf)
@@ -347,7 +347,7 @@ impl Speaker {
         // allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                // Killed with the MUX, whatever kills it: its sessions close, the routers withdraw.
+                // Killed with the MUX, whatever kills it: its peerings close, the routers withdraw.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -361,7 +361,7 @@ impl Speaker {
         self.started += 1;
         let child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.bgp.exabgp.display()))?;
         let peers: Vec<String> =
-            self.sessions.iter().map(|s| format!("{} (AS{}) from {}", s.peer.address, s.peer.asn, s.local)).collect();
+            self.peerings.iter().map(|s| format!("{} (AS{}) from {}", s.peer.address, s.peer.asn, s.local)).collect();
         eprintln!(
             "lb-dpdk: bgp: ExaBGP started (process {}), AS{} router id {}, hold time {} s, peers {}",
             child.id(),
@@ -435,7 +435,7 @@ impl Speaker {
             BTreeSet::new()
         };
         for vip in &want {
-            if !self.sessions.iter().any(|s| s.peer.address.is_ipv4() == vip.is_ipv4()) && self.warned.insert(*vip) {
+            if !self.peerings.iter().any(|s| s.peer.address.is_ipv4() == vip.is_ipv4()) && self.warned.insert(*vip) {
                 eprintln!("lb-dpdk: bgp: VIP {vip} is not announced: no peer of its address family");
             }
         }
@@ -486,7 +486,7 @@ impl Speaker {
         }
     }
 
-    /// Stops ExaBGP (SIGTERM: it closes its sessions with a NOTIFICATION, so the routers withdraw
+    /// Stops ExaBGP (SIGTERM: it closes its peerings with a NOTIFICATION, so the routers withdraw
     /// what is left at once) and removes the files.
     pub fn stop(mut self) {
         self.shutdown();
@@ -710,11 +710,11 @@ mod tests {
             drain_secs: 5,
             exabgp: "/usr/sbin/exabgp".into(),
         };
-        let sessions = [
-            Session { peer: bgp.peers[0], local: "198.18.2.2".parse().unwrap() },
-            Session { peer: bgp.peers[1], local: "2001:2:0:2::2".parse().unwrap() },
+        let peerings = [
+            Peering { peer: bgp.peers[0], local: "198.18.2.2".parse().unwrap() },
+            Peering { peer: bgp.peers[1], local: "2001:2:0:2::2".parse().unwrap() },
         ];
-        let c = exabgp_config(&bgp, &sessions, "/bin/cat /tmp/x/api-0.fifo");
+        let c = exabgp_config(&bgp, &peerings, "/bin/cat /tmp/x/api-0.fifo");
         assert!(c.contains("process lb-dpdk {\n    run /bin/cat /tmp/x/api-0.fifo;\n    encoder text;\n}"), "{c}");
         for want in [
             "neighbor 198.18.2.1 {\n    router-id 198.18.2.2;\n    local-address 198.18.2.2;\n    local-as 65001;\n    \

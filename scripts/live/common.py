@@ -78,7 +78,7 @@ class Procs:
         e = dict(os.environ)
         if env:
             e.update(env)
-        # A session of its own: a Ctrl-C at the terminal reaches the harness only, which then stops
+        # Its own process group (setsid): a Ctrl-C at the terminal reaches the harness only, which then stops
         # every process in order; `ip netns exec` execs the command, so the PID is the command's.
         p = subprocess.Popen(full, stdout=out, stderr=err, stdin=stdin or subprocess.DEVNULL, env=e,
                              start_new_session=True)

@@ -180,7 +180,7 @@ def write_nodes(directory):
 
 
 def bird_config():
-    """BIRD 2 on the router: one eBGP session a MUX, VIP host routes only, merged into one ECMP
+    """BIRD 2 on the router: one eBGP connection a MUX, VIP host routes only, merged into one ECMP
     route in the kernel. Timers from LIVE.md (bird's default error wait keeps a flapped peer idle
     for minutes)."""
     conf = ["router id 198.18.1.1;",

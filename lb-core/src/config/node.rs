@@ -106,7 +106,7 @@ struct BgpPeerJson {
     asn: u32,
 }
 
-/// A MUX's route announcement (the node file's `bgp`): the program runs ExaBGP with these sessions
+/// A MUX's route announcement (the node file's `bgp`): the program runs ExaBGP with these peerings
 /// and announces each VIP (a /32 or /128, next hop self) while it can serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bgp {
@@ -128,14 +128,14 @@ pub struct Bgp {
 /// One BGP neighbour of a MUX.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BgpPeer {
-    /// The router's address (the session's remote end).
+    /// The router's address (the peering's remote end).
     pub address: IpAddr,
     /// Its AS number.
     pub asn: u32,
 }
 
 /// The hold times a node file may give: RFC 4271 allows 0 (no keepalives) or at least 3; 0 is
-/// refused, since then nothing but a closed TCP session would ever take a dead MUX's routes away.
+/// refused, since then nothing but a closed TCP connection would ever take a dead MUX's routes away.
 pub const BGP_HOLD_TIME_MIN: u16 = 3;
 /// The longest drain a node file may give (an hour).
 pub const BGP_DRAIN_MAX_SECS: u32 = 3600;
@@ -255,7 +255,7 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
     Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp })
 }
 
-/// An AS number a session may carry: 0 and 65535/4294967295 are reserved (RFC 7607, RFC 7300) and
+/// An AS number a peering may carry: 0 and 65535/4294967295 are reserved (RFC 7607, RFC 7300) and
 /// 23456 is AS_TRANS (RFC 6793), the stand-in for a 4-byte ASN towards 2-byte speakers.
 fn asn(field: &'static str, what: &str, n: u32) -> Result<u32, NodeError> {
     if n == 0 || n == 23_456 || n == 65_535 || n == u32::MAX {
@@ -302,7 +302,7 @@ fn bgp(j: &mut NodeJson) -> Result<Option<Bgp>, NodeError> {
     if hold_time_secs < BGP_HOLD_TIME_MIN {
         return Err(field(format!(
             "holdTimeSeconds: {hold_time_secs} is outside {BGP_HOLD_TIME_MIN}..=65535 (0, no hold timer, would keep \
-             a dead MUX's routes until its TCP session closed)"
+             a dead MUX's routes until its TCP connection closed)"
         )));
     }
     let drain_secs = b.drain_seconds.unwrap_or(5);
