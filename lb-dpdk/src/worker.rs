@@ -127,7 +127,12 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
     let (mut sweep_owed, mut sweep_clock) = (0usize, ports[0].now());
     // The number of the configuration the engine runs (the control plane's; 0: the first).
     let mut generation = 0u64;
-    let wake_fds: Vec<std::os::fd::RawFd> = ports.iter().filter_map(Port::wake_fd).collect();
+    // Built once: an idle loop sleeps on it every round.
+    let mut wake: Vec<libc::pollfd> = ports
+        .iter()
+        .filter_map(Port::wake_fd)
+        .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
     loop {
         if link.stop.load(Ordering::Relaxed) {
             break;
@@ -219,8 +224,8 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
             link.finished.store(true, Ordering::Relaxed);
             break;
         }
-        if received == 0 && !wake_fds.is_empty() {
-            wait_readable(&wake_fds, IDLE_WAIT_MS);
+        if received == 0 && !wake.is_empty() {
+            wait_readable(&mut wake, IDLE_WAIT_MS);
         }
     }
     publish(engine, &stats, link);
@@ -230,12 +235,10 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
 const IDLE_WAIT_MS: i32 = 10;
 
 /// Sleeps until one of `fds` is readable or `timeout_ms` passed.
-fn wait_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
-    let mut polled: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: `polled` is a valid array of pollfd of the length given.
+fn wait_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
+    // SAFETY: `fds` is a valid array of pollfd of the length given.
     #[allow(unsafe_code)]
-    let _ = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout_ms) };
+    let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
 }
 
 fn count_sent(stats: &mut Stats, sent: bool) {
