@@ -46,6 +46,11 @@ pub fn render(s: &Stats) -> String {
         "Packets of moved connections sent with the previous table's backend (MUX) or forwarded to it (host).",
         s.second_chance,
     );
+    counter(
+        "syn_reopened_total",
+        "SYNs that met the flow of an earlier connection whose backend is down or gone, sent to a healthy one (MUX).",
+        s.syn_reopened,
+    );
     let _ = writeln!(
         o,
         "# HELP lb_engine_seconds_total Time the data path spent on received frames (polling and I/O excluded).\n\

@@ -38,6 +38,8 @@ pub struct Stats {
     pub too_big: u64,
     /// Second chances given (MUX) or forwarded (host agent) to moved connections.
     pub second_chance: u64,
+    /// SYNs that met a dead backend's flow and opened a new connection (MUX).
+    pub syn_reopened: u64,
 }
 
 impl Stats {
@@ -87,6 +89,7 @@ impl Stats {
         self.resets += o.resets;
         self.too_big += o.too_big;
         self.second_chance += o.second_chance;
+        self.syn_reopened += o.syn_reopened;
     }
 
     /// Total drops.
@@ -121,6 +124,7 @@ impl Stats {
             resets: totals.tcp_resets,
             too_big: totals.icmp_too_big,
             second_chance: totals.second_chance,
+            syn_reopened: totals.syn_reopened,
             ..Stats::default()
         }
     }

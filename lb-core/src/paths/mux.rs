@@ -26,7 +26,7 @@ use super::listen::{
 };
 use crate::config::{IdleTimeout, LoadBalancer, LoadDistribution, SnatPlan};
 use crate::tables::{
-    FlowProbe, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
+    FlowProbe, FlowSlot, FlowTable, FlowTuple, Health, MaglevBackend, MaglevTable, MuxFlow, ProbeState, Transition,
 };
 use crate::wire::flow::quoted_flow_key;
 use crate::wire::icmp::TooBigRepr;
@@ -186,6 +186,9 @@ pub struct MuxCounters {
     /// Packets of no flow, TCP and not SYNs, steered by the current Maglev table but flagged for a
     /// second chance with the previous table's choice, which differed (see [`SECOND_CHANCE_SECONDS`]).
     pub second_chance: u64,
+    /// SYNs that met a flow whose backend the rule no longer balances over (down, or gone from the
+    /// pool) and opened a new connection instead.
+    pub reopened: u64,
     /// Per [`DropReason`].
     pub drops: [u64; DROP_REASONS],
 }
@@ -893,7 +896,10 @@ impl Mux {
                     // Touched (its TCP state moved, a RST removing it) only if it is steered here:
                     // otherwise the full path below finds it again and touches it once.
                     let named = self.listener_route.get(usize::from(self.flows.entry(at).value.listener)).copied();
-                    if let Some((vip, rule)) = named.filter(|&r| r != NO_ROUTE) {
+                    // A new connection's SYN (a port that came round again) may meet a flow whose
+                    // backend is gone: the full path below checks that.
+                    let opening = key.protocol == ip_proto::TCP && is_opening(key.tcp_flags);
+                    if let Some((vip, rule)) = named.filter(|&r| r != NO_ROUTE && !opening) {
                         let backend = self.flows.touch(at, key.tcp_flags, now).value.backend;
                         return self.forward(buf, start, len, vip as usize, rule as usize, backend, false, key_hash);
                     }
@@ -951,6 +957,10 @@ impl Mux {
         now: u32,
     ) -> Result<(u16, bool, u32), DropReason> {
         if let Some(at) = self.flows.lookup_probed(probe, flow, now) {
+            let backend = self.flows.entry(at).value.backend;
+            if flow.protocol == ip_proto::TCP && is_opening(tcp_flags) && !self.balances_over(l, backend) {
+                return self.reopen(at, l, flow, hash, tcp_flags, now);
+            }
             let backend = self.flows.touch(at, tcp_flags, now).value.backend;
             // The listener that takes it now (the one it named may be gone).
             self.flows.value_mut(at).listener = self.listener_of(l);
@@ -958,6 +968,45 @@ impl Mux {
         }
         let (tunnel, alternate) = self.open(l, flow, hash, probe, tcp_flags, record, now)?;
         Ok((tunnel, record, alternate))
+    }
+
+    /// Whether load-balancing rule listener `l` still sends new connections to `tunnel` (a healthy
+    /// member of its current table). NAT rules and pools name their member whatever its health.
+    #[cold]
+    #[inline(never)]
+    fn balances_over(&self, l: &Listener, tunnel: u16) -> bool {
+        let Target::Rule(r) = l.target else { return true };
+        let (Some(rule), Some(b)) =
+            (self.lb.rules.get(r), self.rule_balancer.get(r).and_then(|&b| self.balancers.get(b)))
+        else {
+            return true;
+        };
+        let tunnels = &self.pools[rule.pool].tunnel;
+        b.in_table.iter().any(|&m| tunnels.get(m) == Some(&tunnel))
+    }
+
+    /// A SYN that opens a connection on the 5-tuple of flow `at`, whose backend the rule no longer
+    /// balances over (it went down, or left the pool): the earlier connection is over (its backend
+    /// refused it, or the client's port came round again), so the SYN is a new connection and the
+    /// flow takes the current choice. Without this, a port that comes round within the flow's idle
+    /// timeout would be sent to the dead backend again.
+    #[cold]
+    #[inline(never)]
+    fn reopen(
+        &mut self,
+        at: FlowSlot,
+        l: &Listener,
+        flow: &FlowKey,
+        hash: u32,
+        tcp_flags: u8,
+        now: u32,
+    ) -> Result<(u16, bool, u32), DropReason> {
+        let (tunnel, _, _) = self.choose(l, flow, hash, tcp_flags, now)?;
+        self.flows.touch(at, tcp_flags, now);
+        let listener = self.listener_of(l);
+        *self.flows.value_mut(at) = MuxFlow { backend: tunnel, listener };
+        self.counters.reopened += 1;
+        Ok((tunnel, true, 0))
     }
 
     /// The backend (tunnel) of a new connection `flow` (hash `hash`, with no flow at `probe`) that
@@ -1371,6 +1420,12 @@ pub(crate) fn too_big_error(
     error.emit_in_place(buf, start, len, l3).ok()
 }
 
+/// A TCP packet that opens a connection: SYN without ACK.
+#[inline(always)]
+fn is_opening(tcp_flags: u8) -> bool {
+    tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN
+}
+
 /// Every listener's resource, in counter order (load-balancing rules, NAT rules, NAT pools).
 fn rule_names(lb: &LoadBalancer) -> Vec<(u8, &str)> {
     let rules = lb.rules.iter().map(|r| (0, r.name.as_str()));
@@ -1626,5 +1681,30 @@ mod tests {
         m.process(&mut segment(0, 81, true), HEADROOM, 54, 100);
         m.update(grown(&[80, 443])).unwrap();
         assert_eq!(flagged(&mut m, SECOND_CHANCE_SECONDS - 1) as u64, moved);
+    }
+    /// A SYN on the 5-tuple of a flow whose backend left the pool (or went down) is a new
+    /// connection: it takes the current table's choice, and the flow follows it. A SYN on a flow
+    /// whose backend is still balanced over (a retransmission) keeps it.
+    #[test]
+    fn a_syn_meeting_a_gone_backends_flow_opens_a_new_connection() {
+        let mut m = mux(&[80]);
+        let first: alloc::vec::Vec<[u8; 4]> = (0..64u8).map(|c| sent(&mut m, c, true, 10).0).collect();
+        let gone = [172, 16, 0, 4];
+        let on_gone = first.iter().filter(|&&h| h == gone).count() as u64;
+        assert!(on_gone > 4, "{on_gone} of 64 on b0");
+        let mut without = config(&[80]);
+        without.pools[0].backends.remove(0);
+        m.update(without).unwrap();
+        for c in 0..64u8 {
+            let (host, _, flag) = sent(&mut m, c, true, 20);
+            assert!(!flag, "client {c}: a SYN gets no second chance");
+            if first[usize::from(c)] == gone {
+                assert_ne!(host, gone, "client {c}: a new connection, not to the gone backend");
+                assert_eq!(sent(&mut m, c, false, 21).0, host, "client {c}: its packets follow");
+            } else {
+                assert_eq!(host, first[usize::from(c)], "client {c}: keeps its backend");
+            }
+        }
+        assert_eq!(m.counters().reopened, on_gone);
     }
 }

@@ -186,6 +186,9 @@ pub struct NodeTotals {
     /// Second chances: a MUX's packets of moved connections sent with the previous table's
     /// backend, a host agent's forwarded to that backend's host.
     pub second_chance: u64,
+    /// A MUX's SYNs that met the flow of an earlier connection on the same 5-tuple whose backend
+    /// had gone down or left the pool, and opened a new connection on a healthy one.
+    pub syn_reopened: u64,
 }
 
 /// One backend's line in a node's report.
@@ -458,6 +461,7 @@ impl Node {
                     flows,
                     icmp_too_big: k.too_big,
                     second_chance: k.second_chance,
+                    syn_reopened: k.reopened,
                     ..NodeTotals::default()
                 }
             }
