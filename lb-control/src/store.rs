@@ -211,8 +211,8 @@ pub struct Snapshot {
     pub config_revision: i64,
     /// The load balancers, by name.
     pub load_balancers: Vec<StoredLoadBalancer>,
-    /// `mod_revision` of `generation` (0: absent).
-    generation: i64,
+    /// The `mod_revision` of `generation` (0: absent), which writes to the set compare.
+    pub generation: i64,
 }
 
 /// Why a snapshot cannot run.
@@ -322,7 +322,12 @@ pub struct FrontendCollision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyError {
     /// lb-core refuses the load balancer (JSON or model): names the resource and the field.
-    Invalid(ConfigError),
+    Invalid {
+        /// The load balancer's name, if the JSON gives one.
+        name: String,
+        /// lb-core's refusal.
+        error: ConfigError,
+    },
     /// Its name cannot be a key: 1 to 80 letters, digits, `_`, `.` and `-`, starting with a
     /// letter or digit, ending with a letter, digit or `_` (Azure's rule for resource names).
     Name {
@@ -378,7 +383,8 @@ impl ApplyError {
 impl fmt::Display for ApplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApplyError::Invalid(e) => write!(f, "loadBalancer: {e}"),
+            ApplyError::Invalid { name, error } if name.is_empty() => write!(f, "loadBalancer: {error}"),
+            ApplyError::Invalid { name, error } => write!(f, "loadBalancer '{name}': {error}"),
             ApplyError::Name { name } => write!(
                 f,
                 "loadBalancer '{name}': name: 1 to 80 letters, digits, '_', '.' or '-', starting with a letter or \
@@ -519,20 +525,12 @@ impl Store {
     /// one, checks it against every other stored load balancer and stores it, atomically. Nothing
     /// is written when it is refused.
     pub fn apply(&self, json_text: &str) -> Result<ApplyOutcome, ApplyError> {
-        let first = from_json(json_text).map_err(ApplyError::Invalid)?;
-        let name = first.name;
+        let name = from_json(json_text).map_err(|error| invalid(json_text, error))?.name;
         if !valid_name(&name) {
             return Err(ApplyError::Name { name });
         }
-        let value: Value = serde_json::from_str(json_text).map_err(|e| {
-            ApplyError::Invalid(ConfigError {
-                kind: "loadBalancer",
-                name: name.clone(),
-                field: "json",
-                problem: e.to_string(),
-                error_kind: lb_core::config::ConfigErrorKind::Json,
-            })
-        })?;
+        // lb-core read it, so it is JSON.
+        let value: Value = serde_json::from_str(json_text).unwrap_or_default();
         for _ in 0..APPLY_ATTEMPTS {
             let snapshot = self.snapshot()?;
             let plan = plan(&snapshot, &name, &value)?;
@@ -668,6 +666,15 @@ impl Store {
     }
 }
 
+/// lb-core's refusal of `json_text`, with the load balancer's name if the JSON has one.
+fn invalid(json_text: &str, error: ConfigError) -> ApplyError {
+    let name = serde_json::from_str::<Value>(json_text)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    ApplyError::Invalid { name, error }
+}
+
 /// What to write for one apply.
 struct Plan {
     json: String,
@@ -683,7 +690,7 @@ fn plan(snapshot: &Snapshot, name: &str, value: &Value) -> Result<Plan, ApplyErr
     let previous = snapshot.get(name).and_then(|s| s.parse().ok());
     let (value, assigned) = assign_vnis(value, previous.as_ref(), &others)?;
     let json = value.to_string();
-    let mut lb = from_json(&json).map_err(ApplyError::Invalid)?;
+    let mut lb = from_json(&json).map_err(|error| invalid(&json, error))?;
     lb.name = name.into();
     check_collisions(&lb, &others)?;
     others.push(lb);

@@ -39,7 +39,7 @@ fn snapshot(lbs: Vec<StoredLoadBalancer>) -> Snapshot {
 
 /// Applies `json` to the snapshot as [`Store::apply`] does before writing.
 fn plan_for(s: &Snapshot, json: &str) -> Result<Plan, ApplyError> {
-    let name = from_json(json).map_err(ApplyError::Invalid)?.name;
+    let name = from_json(json).map_err(|error| invalid(json, error))?.name;
     plan(s, &name, &serde_json::from_str(json).unwrap())
 }
 
@@ -205,6 +205,14 @@ fn host_health_json() {
         serde_json::json!({"revision": 7, "backends": [{"address": "10.0.0.5", "pool": "A/web", "up": false}]})
     );
     assert_eq!(serde_json::from_value::<HostHealth>(json).unwrap(), h);
+}
+
+#[test]
+fn refusals_name_the_load_balancer() {
+    let bad = r#"{"name":"x","properties":{"probes":[{"name":"p","properties":{"protocol":"Tcp","port":0}}]}}"#;
+    let e = plan_for(&snapshot(vec![]), bad).map(|p| p.json).unwrap_err();
+    assert_eq!(e.to_string(), "loadBalancer 'x': probes 'p': port: must be 1..=65535");
+    assert!(plan_for(&snapshot(vec![]), "{").is_err());
 }
 
 #[test]
