@@ -16,9 +16,10 @@
 //! [`Snapshot::config_revision`]. Status keys live under leases, so a node that stops goes away
 //! with its lease.
 //!
-//! [`Store::apply`] and [`Store::delete`] check and write in one transaction that compares the
-//! `mod_revision` of every load balancer read and of `generation` (and, for a new name, that it
-//! does not exist yet), so two concurrent applies cannot both pass the checks against the same set.
+//! [`Store::apply`] checks and writes in one transaction that compares the `mod_revision` of
+//! `generation` (read first), of every load balancer read, and of every key under
+//! `loadbalancers/` against the revision of the read (and, for a new name, that it does not exist
+//! yet), so two concurrent applies cannot both pass the checks against the same set.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -47,7 +48,7 @@ const MAX_VNI: u32 = 0x00ff_ffff;
 const APPLY_ATTEMPTS: usize = 5;
 
 /// Per-key compares in one transaction, below etcd's default `--max-txn-ops` of 128; with more
-/// load balancers, one compare over the whole prefix replaces them.
+/// load balancers, the compares on the prefix and on `generation` stand for them.
 const MAX_KEY_COMPARES: usize = 100;
 
 /// The keys of one schema prefix.
@@ -501,10 +502,12 @@ impl Store {
 
     /// Every stored load balancer, and the revisions of the set.
     pub fn snapshot(&self) -> Result<Snapshot, EtcdError> {
-        let lb_prefix = self.keys.load_balancers();
-        let (revision, kvs) = self.client.range_prefix(&lb_prefix)?;
+        // `generation` first: a change between the two reads then changes it after it was read,
+        // and the compare on it fails, rather than the change going unseen.
         let (_, generation) = self.client.range(self.keys.generation())?;
         let generation = generation.first().map(|kv| kv.mod_revision).unwrap_or(0);
+        let lb_prefix = self.keys.load_balancers();
+        let (revision, kvs) = self.client.range_prefix(&lb_prefix)?;
         let load_balancers: Vec<StoredLoadBalancer> = kvs
             .into_iter()
             .filter_map(|kv| {
@@ -564,18 +567,20 @@ impl Store {
         Err(ApplyError::Conflict { attempts: APPLY_ATTEMPTS })
     }
 
-    /// Compares that hold while the set of load balancers is as `snapshot` read it.
+    /// Compares that hold while the set of load balancers is as `snapshot` read it: `generation`
+    /// unchanged, no key under the prefix written since the read (a new one included), and each
+    /// key read still at its revision (a deleted one included).
     fn set_compares(&self, snapshot: &Snapshot) -> Vec<Compare> {
-        let mut compares = vec![Compare::mod_revision(self.keys.generation(), snapshot.generation)];
+        let unchanged = Compare::mod_revision(self.keys.load_balancers(), snapshot.revision + 1);
+        let mut compares = vec![
+            Compare::mod_revision(self.keys.generation(), snapshot.generation),
+            unchanged.with_result(CompareResult::Less).over_prefix(),
+        ];
+        // Past etcd's limit on compares, `generation` stands for deletes made by `lbctl`.
         if snapshot.load_balancers.len() <= MAX_KEY_COMPARES {
             for s in &snapshot.load_balancers {
                 compares.push(Compare::mod_revision(self.keys.load_balancer(&s.name), s.mod_revision));
             }
-        } else {
-            // Every key under the prefix unchanged since the read (a deleted one changes
-            // `generation` when `lbctl` deletes it).
-            let all = Compare::mod_revision(self.keys.load_balancers(), snapshot.revision + 1);
-            compares.push(all.with_result(CompareResult::Less).over_prefix());
         }
         compares
     }
