@@ -163,8 +163,10 @@ impl Watch {
         }
         match wire::decode_watch_line(line) {
             Err(e) => {
-                // The stream is out of step: start again from what was delivered.
+                // The stream is out of step: start again from what was delivered, dropping what
+                // followed the bad line, so that nothing after a lost change moves the revision on.
                 self.stream = None;
+                self.buf.clear();
                 Some(Err(e))
             }
             Ok(WatchLine::Created { revision }) => {
@@ -184,6 +186,7 @@ impl Watch {
             }
             Ok(WatchLine::Error { code, message }) => {
                 let endpoint = self.stream.take().map(|s| s.endpoint).unwrap_or_default();
+                self.buf.clear();
                 if code == Some(14) {
                     Some(Err(EtcdError::Unavailable { tried: vec![format!("{endpoint}: {message}")] }))
                 } else {
