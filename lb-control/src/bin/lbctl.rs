@@ -249,7 +249,7 @@ fn status_table(status: &Status, now: u64) -> String {
         out.push_str(&table(&rows));
     }
     out.push('\n');
-    let mut rows = vec![["HOST".to_owned(), "BACKEND".into(), "POOL".into(), "STATE".into(), "PROBED AT".into()]];
+    let mut rows = vec![["HOST".to_owned(), "BACKEND".into(), "POOL".into(), "STATE".into(), "REVISION".into()]];
     for h in &status.hosts {
         match &h.health {
             Ok(health) => {
