@@ -251,6 +251,9 @@ pub struct Speaker {
     probed: Option<HashMap<MemberKey, bool>>,
     /// VIPs reported as waiting for the probes.
     waiting: BTreeSet<IpAddr>,
+    /// VIPs a staged reload removes: withdrawn while the running configuration still forwards
+    /// their flows (see [`Speaker::withhold`]).
+    withheld: BTreeSet<IpAddr>,
 }
 
 impl Speaker {
@@ -287,6 +290,7 @@ impl Speaker {
             began: Instant::now(),
             probed: probing.then(HashMap::new),
             waiting: BTreeSet::new(),
+            withheld: BTreeSet::new(),
         };
         s.spawn()?;
         Ok(s)
@@ -430,6 +434,7 @@ impl Speaker {
                     }
                 }
             }
+            want.retain(|v| !self.withheld.contains(v));
             want
         } else {
             BTreeSet::new()
@@ -440,6 +445,24 @@ impl Speaker {
             }
         }
         self.tell(want);
+    }
+
+    /// Withdraws `vips` (those a reload is about to remove) until [`Speaker::release`], while the
+    /// data path goes on forwarding them: the routers move their flows away before the MUX stops
+    /// taking them, as a stopping MUX drains.
+    pub fn withhold(&mut self, vips: BTreeSet<IpAddr>) {
+        for vip in &vips {
+            if self.announced.contains(vip) {
+                eprintln!("lb-dpdk: bgp: {} leaves the configuration: withdrawn first", prefix(*vip));
+            }
+        }
+        self.withheld = vips;
+        self.last_round = None;
+    }
+
+    /// Ends a [`Speaker::withhold`]: the configuration that removed them is in force.
+    pub fn release(&mut self) {
+        self.withheld.clear();
     }
 
     /// Withdraws every route, for good (SIGTERM/SIGINT): the routers move the flows to the other

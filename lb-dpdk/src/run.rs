@@ -3,7 +3,9 @@
 //! line and serves the metrics; the workers (see [`crate::worker`]) run the data path on the port
 //! the options name.
 
+use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +20,7 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
+use crate::history::History;
 use crate::live::Live;
 use crate::pcap::AtEnd;
 use crate::port::{LiveOptions, LivePort};
@@ -249,10 +252,13 @@ fn control_plane(
         }
     };
     let mut drain_until: Option<Instant> = None;
+    // A reload that removes announced VIPs, waiting for their withdrawal to take effect.
+    let mut staged: Option<(LoadBalancer, Instant)> = None;
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
     let mut generation = 0u64;
     let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
+    let mut history = start_history(&cfg, workers);
     let started = Instant::now();
     let mut last_status = Instant::now();
     let mut last = Stats::default();
@@ -274,31 +280,60 @@ fn control_plane(
                 _ => break,
             }
         }
+        let mut to_apply = None;
         if reload.swap(false, Ordering::Relaxed) {
             match load(args).and_then(|new| check_reload(&cfg, new)) {
                 Ok(new) => {
                     eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
-                    // The old probers' results name members by their place in the old configuration:
-                    // stop them, and hand the workers what they sent before the new configuration,
-                    // never after it.
-                    if let Some(p) = probers.take() {
-                        p.stop();
-                    }
-                    forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
-                    lb = new.clone();
-                    if let Some(l) = &mut live {
-                        l.reload(&lb);
-                    }
-                    generation += 1;
-                    let shared = Arc::new(new);
-                    for w in workers {
-                        let _ = w.tx.send(Control::Reload(shared.clone(), generation));
-                    }
-                    if probing {
-                        probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
+                    let leaving = leaving_vips(&lb, &new);
+                    match &mut speaker {
+                        // VIPs it removes are withdrawn first, and their flows forwarded for the
+                        // drain while the routers move them to the other MUXes.
+                        Some(s) if !leaving.is_empty() && !s.drain().is_zero() => {
+                            s.withhold(leaving);
+                            eprintln!(
+                                "lb-dpdk: SIGHUP: in force in {} s, once the routers moved away",
+                                s.drain().as_secs()
+                            );
+                            staged = Some((new, Instant::now() + s.drain()));
+                        }
+                        _ => {
+                            staged = None;
+                            to_apply = Some(new);
+                        }
                     }
                 }
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
+            }
+        }
+        if staged.as_ref().is_some_and(|(_, at)| Instant::now() >= *at) {
+            to_apply = staged.take().map(|(new, _)| new);
+        }
+        if let Some(new) = to_apply {
+            if let Some(s) = &mut speaker {
+                s.release();
+            }
+            // The old probers' results name members by their place in the old configuration:
+            // stop them, and hand the workers what they sent before the new configuration,
+            // never after it.
+            if let Some(p) = probers.take() {
+                p.stop();
+            }
+            forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
+            lb = new.clone();
+            if let Some(h) = &mut history {
+                h.reloaded(&lb);
+            }
+            if let Some(l) = &mut live {
+                l.reload(&lb);
+            }
+            generation += 1;
+            let shared = Arc::new(new);
+            for w in workers {
+                let _ = w.tx.send(Control::Reload(shared.clone(), generation));
+            }
+            if probing {
+                probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
             }
         }
         forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
@@ -333,6 +368,31 @@ fn control_plane(
         s.stop();
     }
     ExitCode::SUCCESS
+}
+
+/// A MUX with a state directory: its record of the pools it ran, and the second chances it
+/// recalls from it (see crate::history).
+fn start_history(cfg: &NodeConfig, workers: &[WorkerHandle]) -> Option<History> {
+    let dir = cfg.state_directory.as_ref().filter(|_| cfg.kind() == Role::Mux)?;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("lb-dpdk: stateDirectory {}: {e}", dir.display());
+        return None;
+    }
+    let (history, recalled) = History::start(dir, &cfg.lb);
+    if let Some(r) = recalled {
+        eprintln!("lb-dpdk: second chances from the pools run until {} s ago", r.age);
+        let earlier = Arc::new(r.earlier);
+        for w in workers {
+            let _ = w.tx.send(Control::Recall(earlier.clone(), r.age));
+        }
+    }
+    Some(history)
+}
+
+/// VIPs `old` serves and `new` does not: a reload withdraws them before it takes effect.
+fn leaving_vips(old: &LoadBalancer, new: &LoadBalancer) -> BTreeSet<IpAddr> {
+    let kept = crate::bgp::vips_to_announce(new, |_, _| true);
+    crate::bgp::vips_to_announce(old, |_, _| true).difference(&kept).copied().collect()
 }
 
 /// The load balancer of a reloaded node file, if the running program can take it, checked before
@@ -370,6 +430,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     };
     field("interfaces", a.interfaces != b.interfaces);
     field("bgp", a.bgp != b.bgp);
+    field("stateDirectory", a.state_directory != b.state_directory);
     match (&a.role, &b.role) {
         (NodeRole::Mux(a), NodeRole::Mux(b)) => {
             field("mac", a.base.mac != b.base.mac);

@@ -43,6 +43,9 @@ pub fn new_node(cfg: &NodeConfig) -> Result<Node, String> {
 pub enum Control {
     /// Apply this configuration, the control plane's number `generation`.
     Reload(Arc<LoadBalancer>, u64),
+    /// Second chances from a configuration the pool ran before, replaced this many seconds ago
+    /// (`lb_core::paths::Node::recall`).
+    Recall(Arc<LoadBalancer>, u32),
     /// One result of probe `probe` for (pool, member), of configuration number `generation`.
     Probe { generation: u64, pool: usize, probe: usize, member: usize, up: bool },
     /// Frames tunnelled to this underlay peer go to this next-hop MAC.
@@ -137,7 +140,7 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
         if link.stop.load(Ordering::Relaxed) {
             break;
         }
-        if apply_control(engine, link, &mut generation, &mut backends) {
+        if apply_control(engine, link, &mut generation, &mut backends, ports[0].now()) {
             deliver = delivery_map(engine, &backends, infos);
         }
         let mut received = 0;
@@ -256,6 +259,7 @@ fn apply_control(
     link: &WorkerLink,
     generation: &mut u64,
     backends: &mut Vec<(IpAddr, u32, MacAddr)>,
+    now: u32,
 ) -> bool {
     let mut probed = false;
     let mut moved = false;
@@ -271,6 +275,11 @@ fn apply_control(
                      health stays as it is until a reload succeeds: the probers follow the new configuration)"
                 ),
             },
+            Control::Recall(earlier, age) => {
+                if let Err(e) = engine.recall(&earlier, age, now) {
+                    eprintln!("lb-dpdk: the configuration recalled for second chances is unusable: {e}");
+                }
+            }
             // Results of another configuration's probers name members by their place there.
             Control::Probe { generation: of, pool, probe, member, up } if of == *generation => {
                 // A result for a member the running configuration does not have cannot come from

@@ -75,6 +75,7 @@ struct NodeJson {
     bgp: Option<BgpJson>,
     load_balancer: Option<serde_json::Value>,
     load_balancer_file: Option<PathBuf>,
+    state_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +175,10 @@ pub struct NodeConfig {
     pub interfaces: Option<Interfaces>,
     /// A MUX's route announcement over BGP, if the node file has a `bgp` section.
     pub bgp: Option<Bgp>,
+    /// Where the program keeps what must outlive it (a MUX: the pools it ran before the last
+    /// change, for second chances after a restart); a relative path is the node file's
+    /// directory's. None: nothing is kept.
+    pub state_directory: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -248,11 +253,12 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
     let interfaces = interfaces(&mut j)?;
     let bgp = bgp(&mut j)?;
     let (mac_from_interface, gateway_from_kernel) = (j.mac.is_none(), j.gateway_mac.is_none());
+    let state_directory = j.state_directory.take().map(|d| dir.join(d));
     let role = match j.role {
         Role::Mux => NodeRole::Mux(mux_settings(&j)?),
         Role::Host => NodeRole::Host(host_settings(j)?),
     };
-    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp })
+    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp, state_directory })
 }
 
 /// An AS number a peering may carry: 0 and 65535/4294967295 are reserved (RFC 7607, RFC 7300) and

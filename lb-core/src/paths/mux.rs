@@ -681,6 +681,36 @@ impl Mux {
         Ok((balancers, of_rule))
     }
 
+    /// Gives each balancer a previous table for second chances from `earlier`, a configuration
+    /// this MUX's pool ran before: the table of the pool of the same name over its members of
+    /// non-zero weight, all healthy, replaced `age` seconds before `now` (the clock of
+    /// [`Mux::process`]). A MUX that starts after a change
+    /// has no history of its own; the program recalls what the node ran before it restarted (or
+    /// what the control plane stored), so that the connections established before the change and
+    /// moved onto this MUX still find their backends. A balancer whose pool `earlier` lacks, or
+    /// whose earlier table is the current one, keeps what it has.
+    pub fn recall(&mut self, earlier: &LoadBalancer, age: u32, now: u32) -> Result<(), MuxError> {
+        let size = self.node.maglev_size;
+        let since = now.wrapping_sub(age);
+        if age >= SECOND_CHANCE_SECONDS {
+            return Ok(());
+        }
+        for b in &mut self.balancers {
+            let name = &self.lb.pools[b.pool].name;
+            let Some(pool) = earlier.pools.iter().find(|p| &p.name == name) else { continue };
+            let members = pool.backends.iter().filter(|m| m.weight > 0);
+            let backends: Vec<MaglevBackend> =
+                members.clone().map(|m| MaglevBackend { id: backend_id(m.address), weight: m.weight }).collect();
+            let tags: Vec<u32> = members.map(|m| backend_tag(m.address)).collect();
+            let table = MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?;
+            if table.is_empty() || (table == b.table && tags == b.tags) {
+                continue;
+            }
+            b.previous = Some(Previous { table, tags, since });
+        }
+        Ok(())
+    }
+
     /// Reports one result of probe `probe` for member `member` of pool `pool` (indices in the
     /// configuration's order; from the prober, off the packet path). A health change rebuilds the
     /// Maglev table of the rules that send to the pool with that probe; flows already on the member
@@ -1706,5 +1736,29 @@ mod tests {
             }
         }
         assert_eq!(m.counters().reopened, on_gone);
+    }
+    /// A MUX started on the grown pool, told what ran before, gives the same second chances as
+    /// one that ran through the change; the recall's age counts against the window.
+    #[test]
+    fn a_recalled_configuration_gives_second_chances() {
+        let mut ran = mux(&[80]);
+        ran.update(grown(&[80])).unwrap();
+        let node = ran.node.clone();
+        let mut fresh = Mux::new(node.clone(), grown(&[80])).unwrap();
+        fresh.recall(&config(&[80]), 100, 110).unwrap();
+        let mut old = Mux::new(node.clone(), grown(&[80])).unwrap();
+        old.recall(&config(&[80]), SECOND_CHANCE_SECONDS, 110).unwrap();
+        let mut flagged = 0;
+        for c in 0..=255u8 {
+            let want = sent(&mut ran, c, false, 10);
+            assert_eq!(sent(&mut fresh, c, false, 110), want, "client {c}");
+            assert!(!sent(&mut old, c, false, 110).2, "client {c}: outside the window");
+            flagged += usize::from(want.2);
+        }
+        assert!(flagged > 20, "{flagged} second chances");
+        // What it runs itself is no earlier table.
+        let mut same = Mux::new(node, grown(&[80])).unwrap();
+        same.recall(&grown(&[80]), 1, 110).unwrap();
+        assert!((0..=255u8).all(|c| !sent(&mut same, c, false, 110).2));
     }
 }

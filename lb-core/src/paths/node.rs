@@ -333,6 +333,15 @@ impl Node {
         }
     }
 
+    /// A MUX's second chances from a configuration its pool ran before, replaced `age` seconds
+    /// before `now` (see [`Mux::recall`]); a host agent has nothing to recall.
+    pub fn recall(&mut self, earlier: &LoadBalancer, age: u32, now: u32) -> Result<(), NodeError> {
+        match &mut self.path {
+            Path::Mux { mux, .. } => Ok(mux.recall(earlier, age, now)?),
+            Path::Host(_) => Ok(()),
+        }
+    }
+
     /// Applies a new load balancer; on error the running one stays. Established flows keep their
     /// backends.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), NodeError> {
