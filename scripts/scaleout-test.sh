@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scale-out harness (not run by CI): three MUXes behind a BIRD 2 router's ECMP, each announcing the
+# Scale-out harness (test.sh's step 10): three MUXes behind a BIRD 2 router's ECMP, each announcing the
 # VIP over BGP through ExaBGP (the node file's `bgp` section), hosts on Direct Server Return; kill -9
 # a MUX, restart it, SIGTERM another, reload one, stop a backend's server while MUXes come and go,
 # and print what the connections and the MUXes saw (scripts/live/scaleout.py, docs/bgp.md). As root: installs bird2, exabgp and the live harness's tools, builds the release

@@ -13,6 +13,8 @@
 #   9. scripts/live-test.sh         (the live tests: real TCP and UDP through AF_XDP, AF_PACKET and
 #                                    DPDK's net_af_xdp in network namespaces; needs root, skipped
 #                                    without it, but not in CI)
+#  10. scripts/scaleout-test.sh     (three MUXes behind a BIRD 2 router's ECMP, announcing over BGP:
+#                                    kill -9, restart, drain, reloads, a backend down; root, as 9)
 #
 # Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
 # and exits non-zero if any step failed. Installs missing C tools (gcc, g++, binutils) and DPDK
@@ -114,6 +116,10 @@ step_live() {
     bash scripts/live-test.sh
 }
 
+step_scaleout() {
+    bash scripts/scaleout-test.sh
+}
+
 step_dpdk() {
     # The DPDK port builds only with the feature: lint it too, then run its tests (the port's unit
     # tests, and tests/dpdk.rs: the program on DPDK's net_pcap and net_null vdevs, no NIC, no
@@ -128,7 +134,7 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 RESULTS=()
-TOTAL_STEPS=9
+TOTAL_STEPS=10
 STEP_NO=0
 
 # run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit on (so its first failing command
@@ -189,8 +195,10 @@ fi
 
 if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = "true" ]; then
     run_step "scripts/live-test.sh (network namespaces: AF_XDP, AF_PACKET, DPDK net_af_xdp)" step_live
+    run_step "scripts/scaleout-test.sh (3 MUXes, BGP, ECMP: failover, drain, second chances)" step_scaleout
 else
     skip_step "scripts/live-test.sh" "needs root"
+    skip_step "scripts/scaleout-test.sh" "needs root"
 fi
 
 echo

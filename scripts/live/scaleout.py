@@ -65,6 +65,8 @@ ROUTER_ASN, MUX_ASN = 65000, 65001
 HOLD_TIME, DRAIN = 3, 5
 STREAMS, NEW_RATE = 64, 50
 CHUNK = 1024
+# A chunk whose echo takes longer than this is reported (the round trip is well under 1 ms).
+STALL = 0.1
 METRICS_PORT = 9100
 # The backend whose server the harness stops while MUXes come and go.
 DOWN_BACKEND = "B11"
@@ -390,7 +392,12 @@ def cmd_traffic(a):
                     raise ValueError("chunk %d came back different" % k)
                 r["sent"] += len(chunk)
                 r["echoed"] += len(got)
-                r["max_stall"] = max(r["max_stall"], time.monotonic() - t0)
+                rtt = time.monotonic() - t0
+                r["max_stall"] = max(r["max_stall"], rtt)
+                if rtt > STALL:
+                    # A chunk that waited (a packet lost on a MUX that died, then retransmitted):
+                    # when its echo came, for the time from a change to each connection's next byte.
+                    emit(event="stall", i=i, t=round(time.time(), 4), dt=round(rtt, 4))
                 k += 1
                 stop.wait(a.gap)
             r["chunks"] = k
@@ -483,6 +490,13 @@ def read_events(path):
     except OSError:
         pass
     return out
+
+
+def last_byte_after(stalls, t0):
+    """Seconds from `t0` to the echo of the last chunk that was on its way at `t0` and waited
+    (None: no chunk waited longer than STALL, so every connection's next byte came within it)."""
+    hit = [s["t"] - t0 for s in stalls if s["t"] - s["dt"] <= t0 + 0.2 and t0 <= s["t"] <= t0 + 10]
+    return round(max(hit), 3) if hit else None
 
 
 def moved(before, after):
@@ -698,6 +712,9 @@ def scenario(sc, deadline):
     summary = json.loads(lines[-1]) if lines else {}
     fig["streams"] = summary
     news = [e for e in read_events(events) if e.get("event") == "new"]
+    stalls = [e for e in read_events(events) if e.get("event") == "stall"]
+    fig["kill_last_byte_s"] = last_byte_after(stalls, t_kill)
+    fig["term_last_byte_s"] = last_byte_after(stalls, t_term)
     fig["new_before"] = phase_stats(news, 0, t_kill)
     fig["new_kill"] = phase_stats(news, t_kill, t_restart)
     fig["new_restart"] = phase_stats(news, t_restart, t_term)
@@ -760,6 +777,9 @@ def print_figures(fig):
         s = fig["kill_withdraw_s"]
         p("kill -9 mux2: route withdrawn after %s s; %s of %s connections moved; new connections: %s"
           % ("%.3f" % s if s is not None else "-", fig["kill_moved"][0], fig["kill_moved"][1], fig.get("new_kill")))
+    if "kill_last_byte_s" in fig:
+        p("  the last connection that waited got its next byte %s s after the kill (None: none waited over %s s); "
+          "after SIGTERM: %s" % (fig["kill_last_byte_s"], STALL, fig.get("term_last_byte_s")))
     if "kill_second_chances" in fig:
         p("  (B22 added to the pool 2 s before) second chances: %s" % fig["kill_second_chances"])
     if "rejoin_s" in fig:
