@@ -438,9 +438,22 @@ impl Mux {
     /// protocol, ports) over the MUX's life, the indices flows name them by start again from
     /// this configuration, and that update renumbers the flows in one walk of the table.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), MuxError> {
+        self.update_with_health(lb, |_, _, _| None)
+    }
+
+    /// [`Mux::update`], with the health of members set outright where `health(pool, probe,
+    /// member)` (indices in `lb`) gives it, as [`Mux::set_health`] sets it: the first tables of
+    /// the new configuration are built with it, so that no frame meets a table built on health
+    /// that is about to change (a control plane that hands MUXes their members' health applies
+    /// a configuration and the health that goes with it at once).
+    pub fn update_with_health(
+        &mut self,
+        lb: LoadBalancer,
+        health: impl Fn(usize, usize, usize) -> Option<bool>,
+    ) -> Result<(), MuxError> {
         lb.validate().map_err(MuxError::Config)?;
         let TunnelPlan { tunnels, keys, owners, pools } = self.plan_tunnels(&lb)?;
-        let (balancers, rule_balancer) = self.plan_balancers(&lb)?;
+        let (balancers, rule_balancer) = self.plan_balancers(&lb, &health)?;
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
         let ListenerPlan { ids: listener_ids, route: listener_route, counter_listener } =
@@ -627,7 +640,11 @@ impl Mux {
     }
 
     /// The balancers of `lb`'s load-balancing rules, one per (pool, probe) pair, and each rule's.
-    fn plan_balancers(&self, lb: &LoadBalancer) -> Result<(Vec<Balancer>, Vec<usize>), MuxError> {
+    fn plan_balancers(
+        &self,
+        lb: &LoadBalancer,
+        preset: &impl Fn(usize, usize, usize) -> Option<bool>,
+    ) -> Result<(Vec<Balancer>, Vec<usize>), MuxError> {
         let size = self.node.maglev_size;
         let mut balancers: Vec<Balancer> = Vec::new();
         let mut of_rule = Vec::with_capacity(lb.rules.len());
@@ -646,12 +663,17 @@ impl Mux {
             let health = pool
                 .backends
                 .iter()
-                .map(|m| {
+                .enumerate()
+                .map(|(member, m)| {
                     let kept = old.and_then(|o| {
                         let i = self.lb.pools[o.pool].backends.iter().position(|x| x.address == m.address)?;
                         Some(o.health[i])
                     });
-                    kept.map_or_else(|| ProbeState::new(threshold), |k| k.with_threshold(threshold))
+                    let mut state = kept.map_or_else(|| ProbeState::new(threshold), |k| k.with_threshold(threshold));
+                    if let Some(up) = rule.probe.and_then(|p| preset(rule.pool, p, member)) {
+                        state.set(up);
+                    }
+                    state
                 })
                 .collect();
             // Every member may come up later: the table must have room for all of them.
@@ -748,7 +770,24 @@ impl Mux {
         Ok(t)
     }
 
-    /// Rebuilds the tables whose members' health [`Mux::record_probe`] changed.
+    /// Sets the health of member `member` of pool `pool` as probe `probe` sees it outright, with
+    /// no threshold counting (the verdict was made elsewhere: a host agent that probes its own
+    /// backends and applied `numberOfProbes` itself), without rebuilding any table yet:
+    /// [`Mux::apply_probes`] rebuilds what changed.
+    pub fn set_health(&mut self, pool: usize, probe: usize, member: usize, up: bool) -> Result<Transition, MuxError> {
+        let b = self
+            .balancers
+            .iter_mut()
+            .find(|b| b.pool == pool && b.probe == Some(probe))
+            .ok_or(MuxError::NotProbed { pool, probe })?;
+        let state = b.health.get_mut(member).ok_or(MuxError::UnknownBackend { pool, member })?;
+        let t = state.set(up);
+        b.stale |= t != Transition::None;
+        Ok(t)
+    }
+
+    /// Rebuilds the tables whose members' health [`Mux::record_probe`] or [`Mux::set_health`]
+    /// changed.
     pub fn apply_probes(&mut self) -> Result<(), MuxError> {
         for b in self.balancers.iter_mut().filter(|b| b.stale) {
             b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size, self.clock)?;
@@ -1593,6 +1632,70 @@ mod tests {
             Verdict::Forward { start, .. } => Ok(f[start + 30..start + 34].try_into().unwrap()),
             Verdict::Drop(r) => Err(r),
         }
+    }
+
+    /// The hosts new flows from 256 clients to port 80 go to.
+    fn hosts_of_new_flows(m: &mut Mux) -> alloc::collections::BTreeSet<[u8; 4]> {
+        (0..=255u8).filter_map(|c| run(m, c, 80, true).ok()).collect()
+    }
+
+    /// A health verdict made elsewhere (a host agent's) takes a member out or brings it back at
+    /// once, without `numberOfProbes` results; with a configuration, the first tables already
+    /// have it.
+    #[test]
+    fn health_is_set_outright_and_with_a_configuration() {
+        let probed = |members: u8| {
+            let mut lb = config(&[80]);
+            lb.probes = alloc::vec![crate::config::Probe {
+                name: "tcp".into(),
+                protocol: crate::config::ProbeProtocol::Tcp,
+                port: 80,
+                request_path: None,
+                interval_secs: 5,
+                number_of_probes: 3,
+            }];
+            lb.rules[0].probe = Some(0);
+            for b in 4..members {
+                lb.pools[0].backends.push(Backend {
+                    name: alloc::format!("b{b}"),
+                    address: Ipv4Addr::new(10, 0, 0, 4 + b).into(),
+                    host: Ipv4Addr::new(172, 16, 0, 4 + b).into(),
+                    weight: 1,
+                });
+            }
+            lb
+        };
+        let mut m = mux(&[80]);
+        m.update(probed(4)).unwrap();
+        assert!(hosts_of_new_flows(&mut m).contains(&[172, 16, 0, 5]));
+        assert_eq!(m.set_health(0, 0, 1, false).unwrap(), Transition::WentDown, "one verdict, no counting");
+        assert_eq!(m.set_health(0, 0, 1, false).unwrap(), Transition::None);
+        m.apply_probes().unwrap();
+        assert_eq!(m.health(0, 1), Some(Health::Down));
+        let hosts = hosts_of_new_flows(&mut m);
+        assert!(!hosts.contains(&[172, 16, 0, 5]) && hosts.len() == 3, "{hosts:?}");
+        assert_eq!(m.set_health(0, 0, 9, true), Err(MuxError::UnknownBackend { pool: 0, member: 9 }));
+        assert_eq!(m.set_health(0, 1, 0, true), Err(MuxError::NotProbed { pool: 0, probe: 1 }));
+
+        // A fifth member, down from the start, and b1 back: no table is built without them so.
+        let mut m2 = mux(&[80]);
+        m2.update(probed(4)).unwrap();
+        m2.set_health(0, 0, 1, false).unwrap();
+        m2.apply_probes().unwrap();
+        let preset = |pool, probe, member| match (pool, probe, member) {
+            (0, 0, 4) => Some(false),
+            (0, 0, 1) => Some(true),
+            _ => None,
+        };
+        m2.update_with_health(probed(5), preset).unwrap();
+        assert_eq!((m2.health(0, 1), m2.health(0, 4)), (Some(Health::Up), Some(Health::Down)));
+        let hosts = hosts_of_new_flows(&mut m2);
+        assert!(hosts.contains(&[172, 16, 0, 5]) && !hosts.contains(&[172, 16, 0, 8]), "{hosts:?}");
+        // Plain results go on counting from the verdict.
+        for _ in 0..2 {
+            assert_eq!(m2.record_probe(0, 0, 1, false).unwrap(), Transition::None);
+        }
+        assert_eq!(m2.record_probe(0, 0, 1, false).unwrap(), Transition::WentDown);
     }
 
     /// Listener indices only grow, one per identity ever configured; when they would not fit a flow

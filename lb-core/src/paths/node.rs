@@ -4,6 +4,7 @@
 //! counters are written once.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -191,6 +192,21 @@ pub struct NodeTotals {
     pub syn_reopened: u64,
 }
 
+/// A pool member's health as probe `probe` sees it, decided elsewhere (a host agent's verdict
+/// on its own backends, handed to MUXes by the control plane): see [`Node::set_health`] and
+/// [`Node::update_with_health`]. Indices are in the configuration's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberHealth {
+    /// Pool index.
+    pub pool: usize,
+    /// Probe index.
+    pub probe: usize,
+    /// Member index in the pool.
+    pub member: usize,
+    /// Whether it takes new flows of the rules that send to the pool with that probe.
+    pub up: bool,
+}
+
 /// One backend's line in a node's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendReport {
@@ -345,10 +361,21 @@ impl Node {
     /// Applies a new load balancer; on error the running one stays. Established flows keep their
     /// backends.
     pub fn update(&mut self, lb: LoadBalancer) -> Result<(), NodeError> {
+        self.update_with_health(lb, &[])
+    }
+
+    /// [`Node::update`], with the health of the members `health` names set outright (as
+    /// [`Node::set_health`] sets it) in the first tables the new configuration builds: a MUX
+    /// told its members' health by the control plane takes a configuration and its health at
+    /// once. A host agent, which does not steer by health, takes the configuration alone.
+    pub fn update_with_health(&mut self, lb: LoadBalancer, health: &[MemberHealth]) -> Result<(), NodeError> {
+        let verdicts: BTreeMap<(usize, usize, usize), bool> =
+            health.iter().map(|h| ((h.pool, h.probe, h.member), h.up)).collect();
+        let preset = |pool: usize, probe: usize, member: usize| verdicts.get(&(pool, probe, member)).copied();
         match &mut self.path {
             Path::Mux { mux, retired, .. } => {
                 let before = frontend_totals(mux.counters());
-                let r = mux.update(lb);
+                let r = mux.update_with_health(lb, preset);
                 let after = frontend_totals(mux.counters());
                 retired.packets += before.packets.saturating_sub(after.packets);
                 retired.bytes += before.bytes.saturating_sub(after.bytes);
@@ -429,7 +456,19 @@ impl Node {
         }
     }
 
-    /// Rebuilds the Maglev tables whose members' health the recorded results changed.
+    /// Sets a MUX's health of member `member` of pool `pool` as probe `probe` sees it outright,
+    /// with no threshold counting (a verdict made elsewhere: a host agent applied `numberOfProbes`
+    /// to its own probes of the member); [`Node::apply_probes`] then rebuilds what changed. A host
+    /// agent does not steer by health.
+    pub fn set_health(&mut self, pool: usize, probe: usize, member: usize, up: bool) -> Result<(), NodeError> {
+        match &mut self.path {
+            Path::Mux { mux, .. } => mux.set_health(pool, probe, member, up).map(|_| ()).map_err(NodeError::Mux),
+            Path::Host(_) => Err(NodeError::WrongRole),
+        }
+    }
+
+    /// Rebuilds the Maglev tables whose members' health the recorded results or the verdicts set
+    /// changed.
     pub fn apply_probes(&mut self) -> Result<(), NodeError> {
         match &mut self.path {
             Path::Mux { mux, .. } => mux.apply_probes().map_err(NodeError::Mux),

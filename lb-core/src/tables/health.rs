@@ -57,6 +57,24 @@ impl ProbeState {
         self.health
     }
 
+    /// Sets the health outright, with no threshold counting: for a verdict made elsewhere (a
+    /// host agent applied `numberOfProbes` to its own probes and published the outcome). The
+    /// streak starts again, so that results recorded after it count from here.
+    pub fn set(&mut self, up: bool) -> Transition {
+        self.streak = 0;
+        match (self.health, up) {
+            (Health::Down, true) => {
+                self.health = Health::Up;
+                Transition::CameUp
+            }
+            (Health::Up, false) => {
+                self.health = Health::Down;
+                Transition::WentDown
+            }
+            _ => Transition::None,
+        }
+    }
+
     /// Records one probe result.
     pub fn record(&mut self, success: bool) -> Transition {
         let agrees = matches!((self.health, success), (Health::Up, true) | (Health::Down, false));
@@ -115,6 +133,21 @@ mod tests {
         }
         assert_eq!(b.health(), Health::Up);
         assert_eq!(ProbeState::new(0).record(false), Transition::WentDown, "0 probes is treated as 1");
+    }
+
+    #[test]
+    fn a_verdict_set_outright_skips_the_thresholds_and_restarts_the_streak() {
+        let mut b = ProbeState::new(3);
+        assert_eq!(b.set(true), Transition::None, "already up");
+        assert_eq!(b.record(false), Transition::None);
+        assert_eq!(b.set(false), Transition::WentDown, "one verdict, no counting");
+        assert_eq!(b.health(), Health::Down);
+        assert_eq!(b.set(false), Transition::None);
+        assert_eq!(b.record(true), Transition::None, "the streak starts again after a verdict");
+        assert_eq!(b.set(true), Transition::CameUp);
+        assert_eq!(b.record(false), Transition::None);
+        assert_eq!(b.record(false), Transition::None);
+        assert_eq!(b.record(false), Transition::WentDown, "numberOfProbes failures after the verdict");
     }
 
     #[test]
