@@ -14,6 +14,9 @@
 //!   "loadBalancerFile": "basic-web-app.json"   // or "loadBalancer": { ... } inline
 //! }
 //! ```
+//! or, for a node that takes its load balancers from the control plane, in place of
+//! `loadBalancer`/`loadBalancerFile`: `"etcd": {"endpoints": ["http://198.18.30.2:2379"],
+//! "nodeId": "mux1", "prefix": "/lb/v1/", "leaseSeconds": 5}` (see [`Etcd`]).
 //! Optional: `hashSeed` (42), `flowCapacity` (1,000,000), `maglevSize` (65537), `ttl` (64), `mtu`
 //! (9000), `snatQuarantineSeconds` (60, at most 86,400), `resetOnSnatExhaustion` (false),
 //! `mssClamp` (host: none; 536 to 9,000), `mac`, `gatewayMac`, `interfaces`, `bgp` (MUX: see
@@ -76,6 +79,17 @@ struct NodeJson {
     load_balancer: Option<serde_json::Value>,
     load_balancer_file: Option<PathBuf>,
     state_directory: Option<PathBuf>,
+    etcd: Option<EtcdJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EtcdJson {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    node_id: String,
+    prefix: Option<String>,
+    lease_seconds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +157,34 @@ pub const BGP_DRAIN_MAX_SECS: u32 = 3600;
 /// Debian's ExaBGP.
 pub const EXABGP_DEFAULT: &str = "/usr/sbin/exabgp";
 
+/// Where a node takes its load balancers from and reports to (the node file's `etcd`): the
+/// control plane's etcd. The node runs the union of every load balancer stored under `prefix`,
+/// writes its status at `<prefix>nodes/<nodeId>` under a lease of `lease_secs`, and a host agent
+/// its backends' health at `<prefix>health/<nodeId>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etcd {
+    /// The etcd members' client URLs (`http://host:port`; etcd's JSON gateway over plain HTTP).
+    pub endpoints: Vec<String>,
+    /// This node's id in the keys (`nodeId`): 1 to 64 letters, digits, `_`, `.` and `-`.
+    pub node_id: String,
+    /// The key prefix (`prefix`, default `/lb/v1/`), ending with `/`.
+    pub prefix: String,
+    /// The TTL of the node's lease (`leaseSeconds`, default 5): its status and health keys go this
+    /// long after it stops renewing it.
+    pub lease_secs: u32,
+}
+
+/// The default key prefix of the `etcd` section (lb-control's).
+pub const ETCD_DEFAULT_PREFIX: &str = "/lb/v1/";
+/// The default lease TTL of the `etcd` section, in seconds.
+pub const ETCD_LEASE_DEFAULT_SECS: u32 = 5;
+/// The shortest lease: renewals go every third of it, and etcd needs a moment to answer each.
+pub const ETCD_LEASE_MIN_SECS: u32 = 2;
+/// The longest lease: a node gone is noticed within it.
+pub const ETCD_LEASE_MAX_SECS: u32 = 60;
+/// The longest node id.
+pub const ETCD_NODE_ID_MAX: usize = 64;
+
 /// The Linux interfaces a node's live ports run on (the node file's `interfaces`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interfaces {
@@ -161,7 +203,8 @@ pub struct Interfaces {
 pub struct NodeConfig {
     /// The role, with this node's settings for it.
     pub role: NodeRole,
-    /// The load balancer.
+    /// The load balancer: the node file's, or, with `etcd`, none (an empty one) until the node
+    /// has read etcd.
     pub lb: LoadBalancer,
     /// The node file has no `mac`: the program takes the fabric interface's MAC and puts it in
     /// the role's `base.mac` (00:00:00:00:00:00 until then) before it builds the node.
@@ -179,6 +222,9 @@ pub struct NodeConfig {
     /// change, for second chances after a restart); a relative path is the node file's
     /// directory's. None: nothing is kept.
     pub state_directory: Option<PathBuf>,
+    /// The control plane the node takes its load balancers from, if the node file has an `etcd`
+    /// section (then it has no `loadBalancer` of its own).
+    pub etcd: Option<Etcd>,
 }
 
 impl NodeConfig {
@@ -249,7 +295,11 @@ pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
 /// text in errors.
 pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeError> {
     let mut j: NodeJson = serde_json::from_str(text).map_err(|e| NodeError::Json(name.to_owned(), e))?;
-    let lb = load_balancer(&j, dir)?;
+    let etcd = etcd(&mut j)?;
+    let lb = match etcd {
+        Some(_) => LoadBalancer::default(),
+        None => load_balancer(&j, dir)?,
+    };
     let interfaces = interfaces(&mut j)?;
     let bgp = bgp(&mut j)?;
     let (mac_from_interface, gateway_from_kernel) = (j.mac.is_none(), j.gateway_mac.is_none());
@@ -258,7 +308,7 @@ pub fn parse(text: &str, dir: &Path, name: &Path) -> Result<NodeConfig, NodeErro
         Role::Mux => NodeRole::Mux(mux_settings(&j)?),
         Role::Host => NodeRole::Host(host_settings(j)?),
     };
-    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp, state_directory })
+    Ok(NodeConfig { role, lb, mac_from_interface, gateway_from_kernel, interfaces, bgp, state_directory, etcd })
 }
 
 /// An AS number a peering may carry: 0 and 65535/4294967295 are reserved (RFC 7607, RFC 7300) and
@@ -320,6 +370,75 @@ fn bgp(j: &mut NodeJson) -> Result<Option<Bgp>, NodeError> {
         return Err(field("exabgp: an empty path".into()));
     }
     Ok(Some(Bgp { local_asn, peers, router_id, hold_time_secs, drain_secs, exabgp }))
+}
+
+/// The `etcd` section, checked; a node file with it has no load balancer of its own.
+fn etcd(j: &mut NodeJson) -> Result<Option<Etcd>, NodeError> {
+    let Some(e) = j.etcd.take() else { return Ok(None) };
+    let field = |problem: String| NodeError::Field("etcd", problem);
+    if j.load_balancer.is_some() || j.load_balancer_file.is_some() {
+        return Err(field(
+            "the load balancers come from etcd: a node file with `etcd` has no loadBalancer or loadBalancerFile".into(),
+        ));
+    }
+    if e.endpoints.is_empty() {
+        return Err(field("endpoints: at least one etcd member's client URL (http://host:port)".into()));
+    }
+    let mut endpoints: Vec<String> = Vec::new();
+    for (i, url) in e.endpoints.iter().enumerate() {
+        let url = endpoint(url).map_err(|problem| field(format!("endpoints[{i}]: '{url}' {problem}")))?;
+        if endpoints.contains(&url) {
+            return Err(field(format!("endpoints[{i}]: {url} is listed twice")));
+        }
+        endpoints.push(url);
+    }
+    let id_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if e.node_id.is_empty() || e.node_id.len() > ETCD_NODE_ID_MAX || !e.node_id.chars().all(id_char) {
+        return Err(field(format!(
+            "nodeId: '{}' is not 1 to {ETCD_NODE_ID_MAX} letters, digits, '_', '.' or '-'",
+            e.node_id
+        )));
+    }
+    let mut prefix = e.prefix.unwrap_or_else(|| ETCD_DEFAULT_PREFIX.to_owned());
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(field(format!("prefix: '{prefix}' is not a key prefix (printable ASCII, no blanks)")));
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let lease_secs = e.lease_seconds.unwrap_or(ETCD_LEASE_DEFAULT_SECS);
+    if !(ETCD_LEASE_MIN_SECS..=ETCD_LEASE_MAX_SECS).contains(&lease_secs) {
+        return Err(field(format!(
+            "leaseSeconds: {lease_secs} is outside {ETCD_LEASE_MIN_SECS}..={ETCD_LEASE_MAX_SECS}"
+        )));
+    }
+    Ok(Some(Etcd { endpoints, node_id: e.node_id, prefix, lease_secs }))
+}
+
+/// An etcd client URL, `http://host[:port]` with an optional final `/` (dropped); on refusal,
+/// why. The gateway is spoken over plain HTTP, to the member's root.
+fn endpoint(url: &str) -> Result<String, &'static str> {
+    let Some(authority) = url.strip_prefix("http://") else {
+        return Err("is not http://host:port (the etcd client speaks plain HTTP)");
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if !authority.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')) {
+        return Err("has more than a host and a port");
+    }
+    let port = match authority.rsplit_once(':') {
+        // An IPv6 literal without a port: its colons are inside the brackets.
+        Some((_, tail)) if tail.ends_with(']') => None,
+        Some((host, port)) if !host.is_empty() => Some(port),
+        Some(_) => return Err("has no host"),
+        None => None,
+    };
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("has a port outside 1..=65535");
+    }
+    Ok(std::format!("http://{authority}"))
 }
 
 /// The live ports' interfaces: a fabric interface, and a host agent's backends' interfaces.
@@ -602,5 +721,104 @@ mod tests {
         }
         let e = load(&file("mux", r#"{"localAsn":65001,"peers":[{"address":"198.18.2.1","asn":65000,"port":179}]}"#));
         assert!(matches!(e, Err(NodeError::Json(..))));
+    }
+
+    #[test]
+    fn the_etcd_section() {
+        let dir = examples();
+        let file = |role: &str, etcd: &str| {
+            format!(r#"{{"role":"{role}","underlay":"198.18.2.2","muxes":["198.18.2.2"],"etcd":{etcd}}}"#)
+        };
+        let load = |text: &str| parse(text, &dir, Path::new("t"));
+        // The least: endpoints and an id; no load balancer until etcd is read.
+        let least = load(&file("mux", r#"{"endpoints":["http://198.18.30.2:2379"],"nodeId":"mux1"}"#)).unwrap();
+        let want = Etcd {
+            endpoints: std::vec!["http://198.18.30.2:2379".into()],
+            node_id: "mux1".into(),
+            prefix: ETCD_DEFAULT_PREFIX.into(),
+            lease_secs: ETCD_LEASE_DEFAULT_SECS,
+        };
+        assert_eq!(least.etcd, Some(want));
+        assert_eq!(least.lb, LoadBalancer::default(), "an empty load balancer: it forwards nothing");
+        let full = load(&file(
+            "host",
+            r#"{"endpoints":["http://198.18.30.2:2379/","http://[2001:db8::2]:2379","http://etcd-3.lab"],
+                "nodeId":"host_10.a-1","prefix":"/lab/lb","leaseSeconds":60}"#,
+        ))
+        .unwrap()
+        .etcd
+        .unwrap();
+        assert_eq!(full.endpoints, ["http://198.18.30.2:2379", "http://[2001:db8::2]:2379", "http://etcd-3.lab"]);
+        assert_eq!((full.node_id.as_str(), full.prefix.as_str(), full.lease_secs), ("host_10.a-1", "/lab/lb/", 60));
+        let two = load(&file("mux", r#"{"endpoints":["http://[::1]"],"nodeId":"m","leaseSeconds":2}"#)).unwrap();
+        assert_eq!(two.etcd.unwrap().lease_secs, 2);
+        // A file-based node has none.
+        let lb = std::fs::read_to_string(dir.join("basic-web-app.json")).unwrap();
+        let plain = format!(r#"{{"role":"mux","underlay":"198.18.2.2","loadBalancer":{lb}}}"#);
+        assert_eq!(load(&plain).unwrap().etcd, None);
+        // Refused, each with the field named.
+        let long = "m".repeat(65);
+        for (etcd, says) in [
+            (r#"{"endpoints":[],"nodeId":"mux1"}"#.to_owned(), "endpoints: at least one"),
+            (r#"{"nodeId":"mux1"}"#.to_owned(), "endpoints: at least one"),
+            (
+                r#"{"endpoints":["https://e:2379"],"nodeId":"m"}"#.to_owned(),
+                "endpoints[0]: 'https://e:2379' is not http",
+            ),
+            (r#"{"endpoints":["198.18.30.2:2379"],"nodeId":"m"}"#.to_owned(), "is not http://host:port"),
+            (r#"{"endpoints":["http://"],"nodeId":"m"}"#.to_owned(), "has no host"),
+            (r#"{"endpoints":["http://:2379"],"nodeId":"m"}"#.to_owned(), "has no host"),
+            (r#"{"endpoints":["http://e:2379/v3"],"nodeId":"m"}"#.to_owned(), "more than a host and a port"),
+            (r#"{"endpoints":["http://u@e:2379"],"nodeId":"m"}"#.to_owned(), "more than a host and a port"),
+            (r#"{"endpoints":["http://e:0"],"nodeId":"m"}"#.to_owned(), "port outside"),
+            (r#"{"endpoints":["http://e:65536"],"nodeId":"m"}"#.to_owned(), "port outside"),
+            (r#"{"endpoints":["http://e:"],"nodeId":"m"}"#.to_owned(), "port outside"),
+            (
+                r#"{"endpoints":["http://e:2379","http://e:2379/"],"nodeId":"m"}"#.to_owned(),
+                "endpoints[1]: http://e:2379 is listed twice",
+            ),
+            (r#"{"endpoints":["http://e"],"nodeId":""}"#.to_owned(), "nodeId: ''"),
+            (r#"{"endpoints":["http://e"],"nodeId":"mux/1"}"#.to_owned(), "nodeId: 'mux/1'"),
+            (r#"{"endpoints":["http://e"],"nodeId":"mux 1"}"#.to_owned(), "nodeId"),
+            (format!(r#"{{"endpoints":["http://e"],"nodeId":"{long}"}}"#), "nodeId"),
+            (r#"{"endpoints":["http://e"],"nodeId":"m","prefix":""}"#.to_owned(), "prefix"),
+            (r#"{"endpoints":["http://e"],"nodeId":"m","prefix":"/lb v1/"}"#.to_owned(), "prefix"),
+            (
+                r#"{"endpoints":["http://e"],"nodeId":"m","leaseSeconds":1}"#.to_owned(),
+                "leaseSeconds: 1 is outside 2..=60",
+            ),
+            (r#"{"endpoints":["http://e"],"nodeId":"m","leaseSeconds":61}"#.to_owned(), "leaseSeconds: 61"),
+        ] {
+            match load(&file("mux", &etcd)) {
+                Err(NodeError::Field("etcd", problem)) => assert!(problem.contains(says), "{etcd}: {problem}"),
+                other => panic!("{etcd}: {other:?}"),
+            }
+        }
+        assert!(load(&format!(
+            r#"{{"role":"mux","underlay":"198.18.2.2","etcd":{{"endpoints":["http://e"],"nodeId":"{}"}}}}"#,
+            "m".repeat(64)
+        ))
+        .is_ok());
+        // With a load balancer of its own as well: refused, whichever way it is given.
+        let section = r#"{"endpoints":["http://e:2379"],"nodeId":"m"}"#;
+        for own in [format!(r#","loadBalancer":{lb}"#), r#","loadBalancerFile":"basic-web-app.json""#.to_owned()] {
+            let text = format!(r#"{{"role":"mux","underlay":"198.18.2.2","etcd":{section}{own}}}"#);
+            match load(&text) {
+                Err(NodeError::Field("etcd", problem)) => assert!(problem.contains("come from etcd"), "{problem}"),
+                other => panic!("{own}: {other:?}"),
+            }
+        }
+        // Unknown and missing fields, by the parser.
+        for bad in [
+            r#"{"endpoints":["http://e"],"nodeId":"m","lease":5}"#,
+            r#"{"endpoints":["http://e"]}"#,
+            r#"{"endpoints":"http://e","nodeId":"m"}"#,
+            r#"{"endpoints":["http://e"],"nodeId":"m","leaseSeconds":-1}"#,
+        ] {
+            assert!(matches!(load(&file("mux", bad)), Err(NodeError::Json(..))), "{bad}");
+        }
+        // Without etcd, a load balancer is still required.
+        let neither = r#"{"role":"mux","underlay":"198.18.2.2"}"#;
+        assert!(matches!(load(neither), Err(NodeError::Field("loadBalancer", _))));
     }
 }
