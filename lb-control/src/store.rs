@@ -140,7 +140,16 @@ pub struct BackendHealth {
     pub address: IpAddr,
     /// Its pool, as the union names it: `<load balancer>/<pool>`.
     pub pool: String,
-    /// Whether its probe passes.
+    /// The probe this verdict is of, as the union names it: `<load balancer>/<probe>` (each
+    /// load-balancing rule is steered by its own probe). Absent: the backend's health under
+    /// every probe of its pool's rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// The underlay address of the backend's host (its `hostAddress`) as the node that says this
+    /// has it: a MUX takes a host agent's verdict only on a member it places on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// Whether it takes new flows: a host agent's verdict, `numberOfProbes` applied.
     pub up: bool,
 }
 
@@ -170,7 +179,9 @@ pub struct NodeStatus {
     pub updated: u64,
 }
 
-/// What a host agent writes at `health/<host-id>`, under its lease: its probes' results.
+/// What a host agent writes at `health/<host-id>`, under its lease: its verdicts on its own
+/// backends, one per (pool, probe, backend), each after `numberOfProbes` as the probe says. MUXes
+/// take a member whose host has no such key, or whose host's key does not name it, as down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostHealth {
     /// The revision of the set of load balancers whose probes these are.

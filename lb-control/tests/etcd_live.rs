@@ -240,7 +240,13 @@ fn node_status_and_host_health_under_leases() {
     store.put_node_status("mux-1", &status, Some(lease.id)).unwrap();
     let health = HostHealth {
         revision: applied.revision,
-        backends: vec![BackendHealth { address: "10.0.0.4".parse().unwrap(), pool: "A/pool".into(), up: true }],
+        backends: vec![BackendHealth {
+            address: "10.0.0.4".parse().unwrap(),
+            pool: "A/pool".into(),
+            probe: None,
+            host: None,
+            up: true,
+        }],
     };
     store.put_host_health("host-1", &health, Some(lease.id)).unwrap();
     assert!(matches!(store.put_node_status("a/b", &status, None), Err(StoreError::InvalidId { .. })));

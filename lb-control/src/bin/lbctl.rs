@@ -342,7 +342,13 @@ mod tests {
         };
         let health = HostHealth {
             revision: 40,
-            backends: vec![BackendHealth { address: "10.0.0.4".parse().unwrap(), pool: "A/web".into(), up: false }],
+            backends: vec![BackendHealth {
+                address: "10.0.0.4".parse().unwrap(),
+                pool: "A/web".into(),
+                probe: None,
+                host: None,
+                up: false,
+            }],
         };
         Status {
             snapshot,

@@ -170,7 +170,13 @@ fn node_status_json() {
         refused: Some(Refusal { revision: 43, error: "loadBalancingRules 'A/r': frontendPort: ...".into() }),
         vips: vec!["198.18.100.1".parse().unwrap()],
         snat_ports_in_use: 3,
-        backends: vec![BackendHealth { address: "10.0.0.4".parse().unwrap(), pool: "A/web".into(), up: true }],
+        backends: vec![BackendHealth {
+            address: "10.0.0.4".parse().unwrap(),
+            pool: "A/web".into(),
+            probe: None,
+            host: None,
+            up: true,
+        }],
         updated: 1_700_000_000,
     };
     let json: Value = serde_json::to_value(&s).unwrap();
@@ -197,14 +203,25 @@ fn node_status_json() {
 fn host_health_json() {
     let h = HostHealth {
         revision: 7,
-        backends: vec![BackendHealth { address: "10.0.0.5".parse().unwrap(), pool: "A/web".into(), up: false }],
+        backends: vec![BackendHealth {
+            address: "10.0.0.5".parse().unwrap(),
+            pool: "A/web".into(),
+            probe: Some("A/http".into()),
+            host: Some("172.16.10.20".parse().unwrap()),
+            up: false,
+        }],
     };
     let json = serde_json::to_value(&h).unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"revision": 7, "backends": [{"address": "10.0.0.5", "pool": "A/web", "up": false}]})
+        serde_json::json!({"revision": 7, "backends": [
+            {"address": "10.0.0.5", "pool": "A/web", "probe": "A/http", "host": "172.16.10.20", "up": false}]})
     );
     assert_eq!(serde_json::from_value::<HostHealth>(json).unwrap(), h);
+    // Without a probe and a host: the backend's health over every probe, wherever it runs.
+    let plain: HostHealth =
+        serde_json::from_str(r#"{"revision":7,"backends":[{"address":"10.0.0.5","pool":"A/web","up":true}]}"#).unwrap();
+    assert_eq!((plain.backends[0].probe.as_deref(), plain.backends[0].host, plain.backends[0].up), (None, None, true));
 }
 
 #[test]
