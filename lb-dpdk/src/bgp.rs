@@ -303,6 +303,11 @@ impl Speaker {
         }
     }
 
+    /// The VIPs ExaBGP was told to announce.
+    pub fn announced(&self) -> &BTreeSet<IpAddr> {
+        &self.announced
+    }
+
     /// Seconds to keep forwarding after [`Speaker::withdraw_all`].
     pub fn drain(&self) -> Duration {
         Duration::from_secs(u64::from(self.bgp.drain_secs))
@@ -416,6 +421,7 @@ impl Speaker {
             let stats = stats();
             let healthy = |p, m| healthy_in(&stats, lb, p, m);
             let mut want = vips_to_announce(lb, healthy);
+            want.retain(|v| !self.withheld.contains(v));
             if let Some(probed) = &self.probed {
                 // Settled: the latest result is in and the workers' verdict agrees with it.
                 let settled = |p, m| {
@@ -434,7 +440,6 @@ impl Speaker {
                     }
                 }
             }
-            want.retain(|v| !self.withheld.contains(v));
             want
         } else {
             BTreeSet::new()

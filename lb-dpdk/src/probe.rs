@@ -19,7 +19,7 @@
 //! flight, short, and a backend that takes 5 s to answer a health check is not healthy). HTTP(S)
 //! probes go straight to the backend: proxy settings of the environment are ignored.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -112,17 +112,17 @@ impl Probers {
     /// Starts probing every member of every probed pool with each of its probes; every result is
     /// tagged with `generation`, the control plane's number for `lb`, so that a worker still on
     /// another configuration (one that refused a reload) can tell results that are not about its
-    /// members.
-    pub fn start(lb: &LoadBalancer, generation: u64, tx: Sender<ProbeResult>) -> Self {
+    /// members. With `host`, only the members that run on that host are probed (a host agent in
+    /// etcd mode probes its own backends).
+    pub fn start(lb: &LoadBalancer, generation: u64, tx: Sender<ProbeResult>, host: Option<IpAddr>) -> Self {
         let stop = Arc::new(StopSignal::default());
         let mut threads = Vec::new();
         for (pool, pi) in probe_plan(lb) {
-            let probe = &lb.probes[pi];
-            for (member, b) in lb.pools[pool].backends.iter().enumerate() {
+            let (Some(probe), Some(p)) = (lb.probes.get(pi), lb.pools.get(pool)) else { continue };
+            for (member, b) in p.backends.iter().enumerate().filter(|(_, b)| host.is_none_or(|h| h == b.host)) {
                 let target = SocketAddr::new(b.address, probe.port);
                 let (tx, stop, probe) = (tx.clone(), stop.clone(), probe.clone());
-                let label =
-                    format!("{} {} ({target}, {:?} probe {})", lb.pools[pool].name, b.name, probe.protocol, probe.name);
+                let label = format!("{} {} ({target}, {:?} probe {})", p.name, b.name, probe.protocol, probe.name);
                 let thread_label = label.clone();
                 let spawned =
                     std::thread::Builder::new().name(format!("lb-probe-{pool}-{pi}-{member}")).spawn(move || {
@@ -163,6 +163,12 @@ impl Probers {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+
+    /// Stops every prober without waiting for the probes in flight: each ends once its probe is
+    /// answered or times out, and sends nothing more.
+    pub fn stop_detached(self) {
+        self.stop.set();
     }
 }
 
@@ -406,7 +412,7 @@ mod tests {
             b.address = "127.0.0.1".parse().unwrap();
         }
         let (tx, rx) = mpsc::channel();
-        let probers = Probers::start(&lb, 0, tx);
+        let probers = Probers::start(&lb, 0, tx, None);
         assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok_and(|r| r.success));
         // Every prober has probed once or is about to; then each waits 300 s for its next.
         std::thread::sleep(Duration::from_millis(500));
@@ -434,7 +440,7 @@ mod tests {
         }
         assert!(expected.len() >= 2, "the demo probes pools: {expected:?}");
         let (tx, rx) = mpsc::channel();
-        let probers = Probers::start(&lb, 7, tx);
+        let probers = Probers::start(&lb, 7, tx, None);
         let mut seen = std::collections::BTreeSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while seen != expected && Instant::now() < deadline {
@@ -447,5 +453,45 @@ mod tests {
         probers.stop();
         assert!(stopping.elapsed() < Duration::from_secs(30), "stop waits for one probe at most");
         assert_eq!(seen, expected, "every member of every probed pool reported");
+    }
+
+    #[test]
+    fn a_host_agent_probes_its_own_backends_only() {
+        let (up, _requests) = http_server(200);
+        let mut lb = lb_core::config::json::from_json(include_str!("../../examples/demo-lb.json")).unwrap();
+        for p in &mut lb.probes {
+            (p.protocol, p.port) = (ProbeProtocol::Tcp, up.port());
+        }
+        for b in lb.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
+            b.address = "127.0.0.1".parse().unwrap();
+        }
+        let (pool, _) = probe_plan(&lb)[0];
+        let host = lb.pools[pool].backends[0].host;
+        let mut expected = std::collections::BTreeSet::new();
+        let mut others = 0;
+        for (pool, probe) in probe_plan(&lb) {
+            for (m, b) in lb.pools[pool].backends.iter().enumerate() {
+                if b.host == host {
+                    expected.insert((pool, probe, m));
+                } else {
+                    others += 1;
+                }
+            }
+        }
+        assert!(others > 0, "the demo has probed members on other hosts");
+        let (tx, rx) = mpsc::channel();
+        let probers = Probers::start(&lb, 3, tx, Some(host));
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen != expected && Instant::now() < deadline {
+            if let Ok(r) = rx.recv_timeout(Duration::from_secs(1)) {
+                seen.insert((r.pool, r.probe, r.member));
+            }
+        }
+        // Anything else would have been probed at once, with the others.
+        std::thread::sleep(Duration::from_millis(300));
+        seen.extend(rx.try_iter().map(|r| (r.pool, r.probe, r.member)));
+        probers.stop_detached();
+        assert_eq!(seen, expected, "the members on {host} only");
     }
 }

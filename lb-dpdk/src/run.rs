@@ -20,6 +20,7 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
+use crate::etcd::EtcdNode;
 use crate::history::History;
 use crate::live::Live;
 use crate::pcap::AtEnd;
@@ -240,25 +241,40 @@ fn control_plane(
         }
         eprintln!("lb-dpdk: metrics on http://{addr}/metrics");
     }
-    // Only a MUX steers by health: a host agent's probers would load every backend for nothing.
-    let probing = !args.no_probes && cfg.kind() == Role::Mux;
-    // A MUX with a `bgp` section announces its VIPs once the workers run and the probes have
-    // spoken (see crate::bgp).
-    let mut speaker = match cfg.bgp.as_ref().map(|b| crate::bgp::Speaker::start(b, probing)).transpose() {
+    let is_mux = cfg.kind() == Role::Mux;
+    let underlay = cfg.role.base().underlay;
+    // A MUX steers by health: from its own probes, or in etcd mode from its hosts' verdicts. A
+    // file-based host agent's probers would load every backend for nothing; in etcd mode a host
+    // agent probes its own backends for the MUXes.
+    let probing = !args.no_probes && (is_mux != cfg.etcd.is_some());
+    let probe_host = (cfg.etcd.is_some() && !is_mux).then_some(underlay);
+    // A MUX with a `bgp` section announces its VIPs once the workers run and the probes (or the
+    // hosts in etcd) have spoken (see crate::bgp).
+    let waits = is_mux && (probing || cfg.etcd.is_some());
+    let mut speaker = match cfg.bgp.as_ref().map(|b| crate::bgp::Speaker::start(b, waits)).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("lb-dpdk: bgp: {e}");
             return ExitCode::from(1);
         }
     };
+    // In etcd mode the node starts with nothing and runs what the control plane stores.
+    let mut etcd = match cfg.etcd.as_ref().map(|e| EtcdNode::start(e, cfg.kind(), underlay, args.no_probes)).transpose()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("lb-dpdk: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut drain_until: Option<Instant> = None;
     // A reload that removes announced VIPs, waiting for their withdrawal to take effect.
-    let mut staged: Option<(LoadBalancer, Instant)> = None;
+    let mut staged: Option<(Incoming, Instant)> = None;
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
     let mut generation = 0u64;
-    let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
-    let mut history = start_history(&cfg, workers);
+    let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone(), probe_host));
+    let mut history = if etcd.is_none() { start_history(&cfg, &lb, workers) } else { None };
     let started = Instant::now();
     let mut last_status = Instant::now();
     let mut last = Stats::default();
@@ -283,43 +299,66 @@ fn control_plane(
         let mut to_apply = None;
         if reload.swap(false, Ordering::Relaxed) {
             match load(args).and_then(|new| check_reload(&cfg, new)) {
+                Ok(_) if cfg.etcd.is_some() => {
+                    eprintln!("lb-dpdk: SIGHUP: node file unchanged; the load balancers come from etcd")
+                }
                 Ok(new) => {
                     eprintln!("lb-dpdk: SIGHUP: configuration reloaded from {}", args.config.display());
-                    let leaving = leaving_vips(&lb, &new);
-                    match &mut speaker {
-                        // VIPs it removes are withdrawn first, and their flows forwarded for the
-                        // drain while the routers move them to the other MUXes.
-                        Some(s) if !leaving.is_empty() && !s.drain().is_zero() => {
-                            s.withhold(leaving);
-                            eprintln!(
-                                "lb-dpdk: SIGHUP: in force in {} s, once the routers moved away",
-                                s.drain().as_secs()
-                            );
-                            staged = Some((new, Instant::now() + s.drain()));
-                        }
-                        _ => {
-                            staged = None;
-                            to_apply = Some(new);
-                        }
-                    }
+                    let new = Incoming { lb: new, revision: None };
+                    to_apply = offer(new, &lb, speaker.as_mut(), &mut staged, "SIGHUP");
                 }
                 Err(e) => eprintln!("lb-dpdk: SIGHUP: refused, running configuration kept: {e}"),
+            }
+        }
+        if let Some(e) = &mut etcd {
+            if let Some((revision, union)) = e.take_config() {
+                match union {
+                    Err(error) => e.refuse(revision, error),
+                    // The set changed, not what this node runs (or it comes back to it before a
+                    // staged change took effect).
+                    Ok(union) if union == lb => {
+                        if staged.take().is_some() {
+                            eprintln!("lb-dpdk: etcd: revision {revision} is the configuration running: the staged one is dropped");
+                            if let Some(s) = &mut speaker {
+                                s.release();
+                            }
+                        }
+                        e.unchanged(generation, revision);
+                    }
+                    Ok(union) if staged.as_ref().is_some_and(|(s, _)| s.lb == union) => {
+                        if let Some((s, _)) = &mut staged {
+                            s.revision = Some(revision);
+                        }
+                    }
+                    Ok(union) => match check_reload(&cfg, NodeConfig { lb: union, ..cfg.clone() }) {
+                        Ok(new) => {
+                            let new = Incoming { lb: new, revision: Some(revision) };
+                            to_apply = offer(new, &lb, speaker.as_mut(), &mut staged, "etcd");
+                        }
+                        Err(error) => e.refuse(revision, error),
+                    },
+                }
             }
         }
         if staged.as_ref().is_some_and(|(_, at)| Instant::now() >= *at) {
             to_apply = staged.take().map(|(new, _)| new);
         }
-        if let Some(new) = to_apply {
+        if let Some(Incoming { lb: new, revision }) = to_apply {
             if let Some(s) = &mut speaker {
                 s.release();
             }
             // The old probers' results name members by their place in the old configuration:
             // stop them, and hand the workers what they sent before the new configuration,
-            // never after it.
+            // never after it. (In etcd mode their results carry the old configuration's number
+            // and are dropped: a host agent does not wait for the probes in flight.)
             if let Some(p) = probers.take() {
-                p.stop();
+                if etcd.is_some() {
+                    p.stop_detached();
+                } else {
+                    p.stop();
+                }
             }
-            forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
+            forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut(), etcd.as_mut());
             lb = new.clone();
             if let Some(h) = &mut history {
                 h.reloaded(&lb);
@@ -328,19 +367,42 @@ fn control_plane(
                 l.reload(&lb);
             }
             generation += 1;
+            // A MUX in etcd mode takes the members' health with the configuration, in one step.
+            let health = etcd.as_mut().filter(|_| is_mux).map(|e| Arc::new(e.health_for(&lb)));
             let shared = Arc::new(new);
             for w in workers {
-                let _ = w.tx.send(Control::Reload(shared.clone(), generation));
+                let _ = w.tx.send(Control::Reload { lb: shared.clone(), generation, health: health.clone() });
+            }
+            if let Some(e) = &mut etcd {
+                let health = health.map(|h| h.to_vec()).unwrap_or_default();
+                e.applied(generation, revision.unwrap_or(0), &lb, health);
+                tell_speaker(speaker.as_mut(), &lb, e);
+                if history.is_none() {
+                    history = start_history(&cfg, &lb, workers);
+                }
             }
             if probing {
-                probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone()));
+                probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone(), probe_host));
             }
         }
-        forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut());
+        if let Some(e) = &mut etcd {
+            if let Some(health) = e.health_change(&lb) {
+                let health = Arc::new(health);
+                for w in workers {
+                    let _ = w.tx.send(Control::Health { generation, health: health.clone() });
+                }
+                tell_speaker(speaker.as_mut(), &lb, e);
+            }
+        }
+        forward_probes(&probe_rx, workers, (&lb, generation), speaker.as_mut(), etcd.as_mut());
         if let Some(s) = &mut speaker {
             let serving =
                 !workers.iter().any(|w| w.failed.load(Ordering::Relaxed) || w.finished.load(Ordering::Relaxed));
             s.round(&lb, serving, || sum(workers));
+        }
+        if let Some(e) = &mut etcd {
+            let vips = speaker.as_ref().map(|s| s.announced().iter().copied().collect()).unwrap_or_default();
+            e.tick(&lb, generation, workers, vips);
         }
         if let Some(l) = &mut live {
             l.refresh(&cfg, &lb, workers);
@@ -367,18 +429,65 @@ fn control_plane(
     if let Some(s) = speaker {
         s.stop();
     }
+    if let Some(e) = etcd {
+        e.stop();
+    }
     ExitCode::SUCCESS
+}
+
+/// A configuration to run: the load balancer and, in etcd mode, the revision it was stored at.
+struct Incoming {
+    lb: LoadBalancer,
+    revision: Option<i64>,
+}
+
+/// Takes `new` (checked by [`check_reload`]) in place of `running`: at once (returned), or, when
+/// it removes announced VIPs and the speaker drains, staged until they are withdrawn and the
+/// routers moved their flows to the other MUXes (`staged`), the running configuration forwarding
+/// them meanwhile. `source` names where it came from in the log.
+fn offer(
+    new: Incoming,
+    running: &LoadBalancer,
+    speaker: Option<&mut crate::bgp::Speaker>,
+    staged: &mut Option<(Incoming, Instant)>,
+    source: &str,
+) -> Option<Incoming> {
+    let leaving = leaving_vips(running, &new.lb);
+    match speaker {
+        Some(s) if !leaving.is_empty() && !s.drain().is_zero() => {
+            s.withhold(leaving);
+            eprintln!("lb-dpdk: {source}: in force in {} s, once the routers moved away", s.drain().as_secs());
+            *staged = Some((new, Instant::now() + s.drain()));
+            None
+        }
+        _ => {
+            *staged = None;
+            Some(new)
+        }
+    }
+}
+
+/// Hands the speaker the health a MUX in etcd mode applies: a VIP it has not announced waits
+/// until the workers apply it (see `bgp::probes_have_spoken`).
+fn tell_speaker(speaker: Option<&mut crate::bgp::Speaker>, lb: &LoadBalancer, etcd: &EtcdNode) {
+    if let Some(s) = speaker {
+        for ((pool, member), up) in etcd.applied_by_member() {
+            s.probe_result(lb, pool, member, up);
+        }
+    }
 }
 
 /// A MUX with a state directory: its record of the pools it ran, and the second chances it
 /// recalls from it (see crate::history).
-fn start_history(cfg: &NodeConfig, workers: &[WorkerHandle]) -> Option<History> {
+/// `lb`: the configuration the workers were last told to run (in etcd mode the first one read,
+/// not the empty one the node starts with).
+fn start_history(cfg: &NodeConfig, lb: &LoadBalancer, workers: &[WorkerHandle]) -> Option<History> {
     let dir = cfg.state_directory.as_ref().filter(|_| cfg.kind() == Role::Mux)?;
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("lb-dpdk: stateDirectory {}: {e}", dir.display());
         return None;
     }
-    let (history, recalled) = History::start(dir, &cfg.lb);
+    let (history, recalled) = History::start(dir, lb);
     if let Some(r) = recalled {
         eprintln!("lb-dpdk: second chances from the pools run until {} s ago", r.age);
         let earlier = Arc::new(r.earlier);
@@ -430,6 +539,7 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     };
     field("interfaces", a.interfaces != b.interfaces);
     field("bgp", a.bgp != b.bgp);
+    field("etcd", a.etcd != b.etcd);
     field("stateDirectory", a.state_directory != b.state_directory);
     match (&a.role, &b.role) {
         (NodeRole::Mux(a), NodeRole::Mux(b)) => {
@@ -461,14 +571,22 @@ fn node_changes(a: &NodeConfig, b: &NodeConfig) -> Vec<&'static str> {
     changed
 }
 
-/// Hands every probe result received so far to every worker, and to the speaker.
+/// Hands every probe result received so far to every worker, and to the speaker; in etcd mode
+/// (a host agent probing its own backends) to the node's verdicts instead.
 fn forward_probes(
     rx: &Receiver<crate::probe::ProbeResult>,
     workers: &[WorkerHandle],
     (lb, generation): (&LoadBalancer, u64),
     mut speaker: Option<&mut crate::bgp::Speaker>,
+    mut etcd: Option<&mut EtcdNode>,
 ) {
     for r in rx.try_iter() {
+        if let Some(e) = etcd.as_deref_mut() {
+            if r.generation == generation {
+                e.probe_result(lb, &r);
+            }
+            continue;
+        }
         // The speaker holds back a VIP until the probes have spoken on its members; a result of
         // another configuration names members by other positions.
         if let Some(s) = speaker.as_deref_mut().filter(|_| r.generation == generation) {

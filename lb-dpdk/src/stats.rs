@@ -40,6 +40,12 @@ pub struct Stats {
     pub second_chance: u64,
     /// SYNs that met a dead backend's flow and opened a new connection (MUX).
     pub syn_reopened: u64,
+    /// One worker's: the control plane's number of the configuration its engine runs (0: the
+    /// one it started with). Not summed: [`Stats::merge`] leaves it as it is.
+    pub generation: u64,
+    /// One worker's: the last configuration it refused (its number) and why, if it runs an
+    /// older one since. Not summed either.
+    pub refused: Option<(u64, String)>,
 }
 
 impl Stats {

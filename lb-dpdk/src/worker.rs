@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use lb_core::config::node::NodeConfig;
 use lb_core::config::LoadBalancer;
 use lb_core::paths::host::HostEgress;
+use lb_core::paths::node::MemberHealth;
 use lb_core::paths::{Action, DropCause, DropReason, Node, Side};
 use lb_core::wire::MacAddr;
 
@@ -41,8 +42,12 @@ pub fn new_node(cfg: &NodeConfig) -> Result<Node, String> {
 /// What the control plane tells a worker.
 #[derive(Debug, Clone)]
 pub enum Control {
-    /// Apply this configuration, the control plane's number `generation`.
-    Reload(Arc<LoadBalancer>, u64),
+    /// Apply this configuration, the control plane's number `generation`; with `health`, the
+    /// members' health as the control plane has it (a MUX in etcd mode), in the first tables.
+    Reload { lb: Arc<LoadBalancer>, generation: u64, health: Option<Arc<Vec<MemberHealth>>> },
+    /// The members' health of configuration number `generation` as the control plane has it
+    /// (verdicts made elsewhere, set outright: `Node::set_health`).
+    Health { generation: u64, health: Arc<Vec<MemberHealth>> },
     /// Second chances from a configuration the pool ran before, replaced this many seconds ago
     /// (`lb_core::paths::Node::recall`).
     Recall(Arc<LoadBalancer>, u32),
@@ -128,8 +133,6 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
     let mut backends: Vec<(IpAddr, u32, MacAddr)> = Vec::new();
     let sweep_per_sec = engine.buckets().div_ceil(SWEEP_PERIOD_SECS as usize);
     let (mut sweep_owed, mut sweep_clock) = (0usize, ports[0].now());
-    // The number of the configuration the engine runs (the control plane's; 0: the first).
-    let mut generation = 0u64;
     // Built once: an idle loop sleeps on it every round.
     let mut wake: Vec<libc::pollfd> = ports
         .iter()
@@ -140,8 +143,11 @@ pub fn poll_loop<P: Port>(engine: &mut Node, ports: &mut [P], infos: &[PortInfo]
         if link.stop.load(Ordering::Relaxed) {
             break;
         }
-        if apply_control(engine, link, &mut generation, &mut backends, ports[0].now()) {
+        if apply_control(engine, link, &mut stats, &mut backends, ports[0].now()) {
             deliver = delivery_map(engine, &backends, infos);
+            // The control plane learns at once which configuration runs (an etcd node reports it).
+            publish(engine, &stats, link);
+            last_publish = ports[0].clock_ns();
         }
         let mut received = 0;
         let mut burst_end = 0;
@@ -252,29 +258,51 @@ fn count_sent(stats: &mut Stats, sent: bool) {
     }
 }
 
-/// Applies what the control plane sent: configurations, probe results, next hops, where backends
-/// live. Returns whether the local backends or where they live changed.
+/// Applies what the control plane sent: configurations, probe results, health, next hops, where
+/// backends live. `stats.generation` is the number of the configuration the engine runs (the
+/// control plane's; 0: the first), `stats.refused` the last it refused. Returns whether the
+/// configuration, the local backends or where they live changed.
 fn apply_control(
     engine: &mut Node,
     link: &WorkerLink,
-    generation: &mut u64,
+    stats: &mut Stats,
     backends: &mut Vec<(IpAddr, u32, MacAddr)>,
     now: u32,
 ) -> bool {
     let mut probed = false;
     let mut moved = false;
+    let generation = &mut stats.generation;
     for c in link.rx.try_iter() {
         match c {
-            Control::Reload(lb, number) => match engine.update((*lb).clone()) {
-                Ok(()) => {
-                    *generation = number;
-                    moved = true;
+            Control::Reload { lb, generation: number, health } => {
+                let applied = match &health {
+                    Some(h) => engine.update_with_health((*lb).clone(), h),
+                    None => engine.update((*lb).clone()),
+                };
+                match applied {
+                    Ok(()) => {
+                        *generation = number;
+                        moved = true;
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "lb-dpdk: reload refused by a worker, running configuration kept: {e} (its backends' \
+                             health stays as it is until a reload succeeds: the probers follow the new configuration)"
+                        );
+                        stats.refused = Some((number, e.to_string()));
+                        moved = true;
+                    }
                 }
-                Err(e) => eprintln!(
-                    "lb-dpdk: reload refused by a worker, running configuration kept: {e} (its backends' \
-                     health stays as it is until a reload succeeds: the probers follow the new configuration)"
-                ),
-            },
+            }
+            Control::Health { generation: of, health } if of == *generation => {
+                // Verdicts on members the running configuration does not have cannot come: the
+                // generation check keeps other configurations' out.
+                for h in health.iter() {
+                    let _ = engine.set_health(h.pool, h.probe, h.member, h.up);
+                }
+                probed = true;
+            }
+            Control::Health { .. } => {}
             Control::Recall(earlier, age) => {
                 if let Err(e) = engine.recall(&earlier, age, now) {
                     eprintln!("lb-dpdk: the configuration recalled for second chances is unusable: {e}");
@@ -328,6 +356,8 @@ fn publish(engine: &mut Node, io: &Stats, link: &WorkerLink) {
     s.tx = io.tx;
     s.tx_failed = io.tx_failed;
     s.busy_ns = io.busy_ns;
+    s.generation = io.generation;
+    s.refused.clone_from(&io.refused);
     if let Ok(mut slot) = link.stats.lock() {
         *slot = s;
     }
