@@ -26,7 +26,7 @@ use crate::live::Live;
 use crate::pcap::AtEnd;
 use crate::port::{LiveOptions, LivePort};
 use crate::stats::Stats;
-use crate::worker::{new_node, Control, WorkerHandle, Workers};
+use crate::worker::{Control, WorkerHandle, Workers};
 
 /// `lb-dpdk run` options.
 #[derive(Debug, Args)]
@@ -522,9 +522,7 @@ fn check_reload(running: &NodeConfig, new: NodeConfig) -> Result<LoadBalancer, S
     if !changed.is_empty() {
         return Err(format!("node settings changed ({}): they take a restart", changed.join(", ")));
     }
-    let mut trial = new.clone();
-    trial.role.base_mut().flow_capacity = 1;
-    new_node(&trial)?;
+    lb_core::paths::Node::check(new.role.clone(), new.lb.clone()).map_err(|e| e.to_string())?;
     Ok(new.lb)
 }
 

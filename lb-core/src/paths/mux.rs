@@ -17,6 +17,7 @@
 
 use crate::paths::drops::drop_reasons;
 use crate::paths::next_hop::{distinct, NextHops};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -219,6 +220,9 @@ struct Balancer {
     /// Index into the configuration's probes; `None`: no probe, every member stays up.
     probe: Option<usize>,
     table: MaglevTable,
+    /// The members `table` was built over (identity and weight, in pool order): a rebuild over
+    /// the same ones keeps it instead of building it again.
+    built_from: Vec<MaglevBackend>,
     /// Maglev backend index → pool member index (only healthy, weighted members are in the table).
     in_table: Vec<usize>,
     /// Maglev backend index → backend tag.
@@ -379,6 +383,8 @@ pub struct Mux {
     next_hops: NextHops,
     /// Every tunnel has a next hop (checked once per configuration or next hop, not per packet).
     hops_known: bool,
+    /// Updates build the Maglev tables (not in a MUX made by [`Mux::check`]).
+    tables_built: bool,
 }
 
 /// No (VIP, listener or counter) pair: a listener index whose listener is not in the configuration
@@ -398,11 +404,28 @@ impl Mux {
         lb: LoadBalancer,
         prepare: impl FnOnce(*const u8, usize),
     ) -> Result<Self, MuxError> {
+        let mut mux = Self::empty(node, prepare)?;
+        mux.update(lb)?;
+        Ok(mux)
+    }
+
+    /// Whether [`Mux::new`] (or [`Mux::update`] of a MUX of `node`) takes `lb`: every check they
+    /// make, without building the Maglev tables, so that a program can check a configuration of
+    /// thousands of rules before its workers build it.
+    pub fn check(mut node: MuxNode, lb: LoadBalancer) -> Result<(), MuxError> {
+        node.base.flow_capacity = 1;
+        let mut mux = Self::empty(node, |_, _| {})?;
+        mux.tables_built = false;
+        mux.update(lb)
+    }
+
+    /// A MUX of `node` with no configuration.
+    fn empty(node: MuxNode, prepare: impl FnOnce(*const u8, usize)) -> Result<Self, MuxError> {
         // The table size is the node's, whatever the configuration: refused here, not at the first
         // configuration whose rules build a table.
         MaglevTable::check(&[], node.maglev_size).map_err(MuxError::Maglev)?;
         let flows = FlowTable::with_capacity_prepared(node.base.flow_capacity, prepare).map_err(MuxError::FlowTable)?;
-        let mut mux = Mux {
+        let mux = Mux {
             lb: LoadBalancer::default(),
             vips: Vips::default(),
             pools: Vec::new(),
@@ -423,9 +446,9 @@ impl Mux {
             underlay: addr16(node.base.underlay),
             next_hops: NextHops::default(),
             hops_known: false,
+            tables_built: true,
             node,
         };
-        mux.update(lb)?;
         Ok(mux)
     }
 
@@ -525,12 +548,14 @@ impl Mux {
         let mut tunnels = self.tunnels.clone();
         let mut keys = self.tunnel_keys.clone();
         let mut owners = self.tunnel_owner.clone();
+        // Tunnel key → index, so that a configuration of many backends is planned in n log n.
+        let mut index: BTreeMap<(IpAddr, u32, u32), usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
         let mut pools = Vec::with_capacity(lb.pools.len());
         for (pi, pool) in lb.pools.iter().enumerate() {
             let mut tunnel = Vec::with_capacity(pool.backends.len());
             for (mi, b) in pool.backends.iter().enumerate() {
                 let key = (b.host, pool.vni, backend_tag(b.address));
-                let id = match keys.iter().position(|k| *k == key) {
+                let id = match index.get(&key).copied() {
                     Some(id) => {
                         owners[id] = (pi, mi);
                         id
@@ -550,6 +575,7 @@ impl Mux {
                         tunnels.push(t);
                         keys.push(key);
                         owners.push((pi, mi));
+                        index.insert(key, keys.len() - 1);
                         keys.len() - 1
                     }
                 };
@@ -640,26 +666,32 @@ impl Mux {
     }
 
     /// The balancers of `lb`'s load-balancing rules, one per (pool, probe) pair, and each rule's.
-    fn plan_balancers(
-        &self,
-        lb: &LoadBalancer,
+    fn plan_balancers<'a>(
+        &'a self,
+        lb: &'a LoadBalancer,
         preset: &impl Fn(usize, usize, usize) -> Option<bool>,
     ) -> Result<(Vec<Balancer>, Vec<usize>), MuxError> {
         let size = self.node.maglev_size;
         let mut balancers: Vec<Balancer> = Vec::new();
         let mut of_rule = Vec::with_capacity(lb.rules.len());
+        // (pool, probe) → its balancer, new and old (by names), so that thousands of rules are
+        // planned in n log n.
+        let mut planned: BTreeMap<(usize, Option<usize>), usize> = BTreeMap::new();
+        let probe_name = |lb: &'a LoadBalancer, p: Option<usize>| p.map(|p| lb.probes[p].name.as_str());
+        let olds: BTreeMap<(&str, Option<&str>), &Balancer> = self
+            .balancers
+            .iter()
+            .map(|b| ((self.lb.pools[b.pool].name.as_str(), probe_name(&self.lb, b.probe)), b))
+            .collect();
         for rule in &lb.rules {
-            if let Some(at) = balancers.iter().position(|b| b.pool == rule.pool && b.probe == rule.probe) {
+            if let Some(&at) = planned.get(&(rule.pool, rule.probe)) {
                 of_rule.push(at);
                 continue;
             }
             let pool = &lb.pools[rule.pool];
-            let probe_name = |lb: &LoadBalancer, p: Option<usize>| p.map(|p| lb.probes[p].name.clone());
             let threshold = rule.probe.map_or(1, |p| lb.probes[p].number_of_probes);
             // The same pool probed by the same probe before (by names): its members keep their health.
-            let old = self.balancers.iter().find(|b| {
-                self.lb.pools[b.pool].name == pool.name && probe_name(&self.lb, b.probe) == probe_name(lb, rule.probe)
-            });
+            let old = olds.get(&(pool.name.as_str(), probe_name(lb, rule.probe))).copied();
             let health = pool
                 .backends
                 .iter()
@@ -690,13 +722,17 @@ impl Mux {
                 pool: rule.pool,
                 probe: rule.probe,
                 table: old.map(|o| o.table.clone()).unwrap_or_default(),
+                built_from: old.map(|o| o.built_from.clone()).unwrap_or_default(),
                 in_table: Vec::new(),
                 tags: old.map(|o| o.tags.clone()).unwrap_or_default(),
                 previous: old.and_then(|o| o.previous.clone()),
                 health,
                 stale: false,
             };
-            b.rebuild(pool, size, self.clock)?;
+            if self.tables_built {
+                b.rebuild(pool, size, self.clock)?;
+            }
+            planned.insert((rule.pool, rule.probe), balancers.len());
             balancers.push(b);
             of_rule.push(balancers.len() - 1);
         }
@@ -1520,7 +1556,14 @@ impl Balancer {
                 tags.push(backend_tag(b.address));
             }
         }
+        // The same members, equally weighted, make the same table (it depends only on them).
+        if backends == self.built_from && tags == self.tags {
+            self.in_table = in_table;
+            self.stale = false;
+            return Ok(());
+        }
         let table = MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?;
+        self.built_from = backends;
         if table != self.table || tags != self.tags {
             let old = core::mem::replace(&mut self.table, table);
             let old_tags = core::mem::replace(&mut self.tags, tags);
@@ -1637,6 +1680,39 @@ mod tests {
     /// The hosts new flows from 256 clients to port 80 go to.
     fn hosts_of_new_flows(m: &mut Mux) -> alloc::collections::BTreeSet<[u8; 4]> {
         (0..=255u8).filter_map(|c| run(m, c, 80, true).ok()).collect()
+    }
+
+    /// `Mux::check` refuses what `Mux::new` refuses and accepts what it accepts, without tables.
+    #[test]
+    fn check_makes_the_checks_of_new_without_tables() {
+        let node = mux(&[80]).node.clone();
+        assert!(Mux::check(node.clone(), config(&[80, 443])).is_ok());
+        let mut small = node.clone();
+        small.maglev_size = 3;
+        assert!(matches!(Mux::check(small, config(&[80])), Err(MuxError::Maglev(_))));
+        let mut bad = config(&[80]);
+        bad.rules[0].pool = 5;
+        assert!(matches!(Mux::check(node, bad), Err(MuxError::Config(_))));
+    }
+
+    /// An update that leaves a pool's members as they are keeps its table and its second
+    /// chances; one that changes them builds a new table.
+    #[test]
+    fn an_unchanged_pool_keeps_its_table() {
+        let mut m = mux(&[80]);
+        let before = m.balancers[0].table.clone();
+        m.update(config(&[80, 443])).unwrap();
+        assert!(m.balancers[0].table == before && m.balancers[0].previous.is_none());
+        let mut grown = config(&[80, 443]);
+        let extra = Backend {
+            name: "b9".into(),
+            address: Ipv4Addr::new(10, 0, 0, 9).into(),
+            ..grown.pools[0].backends[0].clone()
+        };
+        grown.pools[0].backends.push(extra);
+        m.update(grown).unwrap();
+        assert!(m.balancers[0].table != before && m.balancers[0].previous.is_some());
+        assert_eq!(m.balancers[0].built_from.len(), 5);
     }
 
     /// A health verdict made elsewhere (a host agent's) takes a member out or brings it back at

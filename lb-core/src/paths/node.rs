@@ -10,9 +10,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
 
-use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostVerdict};
+use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostVerdict, SnatConnections, SnatPortsReport};
 use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, Traffic, Verdict, BURST};
-use crate::config::LoadBalancer;
+use crate::config::{LoadBalancer, Protocol};
 use crate::tables::Health;
 use crate::wire::MacAddr;
 
@@ -223,6 +223,120 @@ pub struct BackendReport {
     pub up: Option<bool>,
 }
 
+/// Which kind of listener a [`RuleReport`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RuleKind {
+    /// A load-balancing rule (HA ports included).
+    LoadBalancing,
+    /// An inbound NAT rule.
+    InboundNat,
+    /// An inbound NAT pool.
+    InboundNatPool,
+}
+
+/// A pool member as a load-balancing rule's health probe sees it (Azure Load Balancer's "Health
+/// Probe Status" per backend IP address and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The backend's address.
+    pub address: IpAddr,
+    /// The rule's backend port (0 for HA ports: each connection keeps its own).
+    pub port: u16,
+    /// Whether the rule sends it new flows: its probe's verdict, or always with no probe.
+    pub up: bool,
+}
+
+/// One listener's line in a MUX's report: the rows of Azure Load Balancer's per-rule metrics
+/// ("Byte Count", "Packet Count", "SYN Count", "Health Probe Status").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleReport {
+    /// What kind of listener.
+    pub kind: RuleKind,
+    /// Its name.
+    pub name: String,
+    /// Its frontend's address.
+    pub frontend: IpAddr,
+    /// Its frontend ports, first and last: one port, a NAT pool's range, or 0 for HA ports.
+    pub ports: (u16, u16),
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Client frames it took (a MUX sees the inbound direction only), their bytes and the flows
+    /// they opened.
+    pub traffic: Traffic,
+    /// TCP SYNs without ACK it received (connection attempts, retransmitted SYNs included).
+    pub syns: u64,
+    /// A load-balancing rule's pool members, in pool order, as its probe sees them; empty for
+    /// inbound NAT rules and pools, which send to their member whatever its health.
+    pub members: Vec<MemberStatus>,
+}
+
+/// What a node reports per listener and per SNAT frontend and backend: the rows of Azure Load
+/// Balancer's multi-dimensional metrics. A MUX fills `rules`, a host agent the SNAT rows.
+/// Control plane: building one allocates.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeReport {
+    /// Per listener (see [`Node::rules`]).
+    pub rules: Vec<RuleReport>,
+    /// Per SNAT frontend address, backend and protocol (see [`Node::snat_ports`]).
+    pub snat_ports: Vec<SnatPortsReport>,
+    /// Per SNAT frontend address and backend (see [`Node::snat_connections`]).
+    pub snat_connections: Vec<SnatConnections>,
+}
+
+impl NodeReport {
+    /// Adds another engine's report (workers of one node, each with its own counters): rows meet
+    /// by what they name, not by position (for a moment after a reload, engines run different
+    /// configurations). Counters add up; a member is up only if every engine has it up; allocated
+    /// SNAT ports, which every engine is configured with alike, are not added twice.
+    pub fn merge(&mut self, other: &NodeReport) {
+        for r in &other.rules {
+            let same = |a: &&mut RuleReport| {
+                a.kind == r.kind
+                    && a.name == r.name
+                    && a.frontend == r.frontend
+                    && a.ports == r.ports
+                    && a.protocol == r.protocol
+            };
+            let Some(a) = self.rules.iter_mut().find(same) else {
+                self.rules.push(r.clone());
+                continue;
+            };
+            a.traffic.packets += r.traffic.packets;
+            a.traffic.bytes += r.traffic.bytes;
+            a.traffic.new_flows += r.traffic.new_flows;
+            a.syns += r.syns;
+            for m in &r.members {
+                match a.members.iter_mut().find(|x| x.address == m.address && x.port == m.port) {
+                    Some(x) => x.up &= m.up,
+                    None => a.members.push(m.clone()),
+                }
+            }
+        }
+        for p in &other.snat_ports {
+            let same = |a: &&mut SnatPortsReport| {
+                a.frontend == p.frontend && a.backend == p.backend && a.protocol == p.protocol
+            };
+            match self.snat_ports.iter_mut().find(same) {
+                Some(a) => {
+                    a.allocated = a.allocated.max(p.allocated);
+                    a.used += p.used;
+                }
+                None => self.snat_ports.push(*p),
+            }
+        }
+        for c in &other.snat_connections {
+            match self.snat_connections.iter_mut().find(|a| a.frontend == c.frontend && a.backend == c.backend) {
+                Some(a) => {
+                    a.successful += c.successful;
+                    a.failed += c.failed;
+                    a.pending += c.pending;
+                }
+                None => self.snat_connections.push(*c),
+            }
+        }
+    }
+}
+
 enum Path {
     Mux {
         mux: Box<Mux>,
@@ -262,6 +376,20 @@ impl Node {
             NodeRole::Host(node) => Path::Host(Box::new(HostAgent::with_flow_memory(node, lb, prepare)?)),
         };
         Ok(Node { path })
+    }
+
+    /// Whether a node `role` describes takes `lb` ([`Node::new`] and [`Node::update`] make the
+    /// same checks), without building its tables or its flow table: a program checks a
+    /// configuration this way before its workers build it.
+    pub fn check(role: NodeRole, lb: LoadBalancer) -> Result<(), NodeError> {
+        match role {
+            NodeRole::Mux(node) => Ok(Mux::check(node, lb)?),
+            NodeRole::Host(mut node) => {
+                node.base.flow_capacity = 1;
+                HostAgent::new(node, lb)?;
+                Ok(())
+            }
+        }
     }
 
     /// The MUX, if this node is one.
@@ -570,6 +698,91 @@ impl Node {
                     .collect()
             }
         }
+    }
+}
+
+impl Node {
+    /// A MUX's listeners, in counter order (load-balancing rules, then inbound NAT rules, then NAT
+    /// pools) with their traffic since they were configured (a listener keeps its counters across
+    /// reconfigurations by name) and, for load-balancing rules, their members' health as the
+    /// rule's probe sees it. None on a host agent. Control plane: allocates.
+    pub fn rules(&self) -> Vec<RuleReport> {
+        let Path::Mux { mux, .. } = &self.path else { return Vec::new() };
+        let (lb, c) = (mux.config(), mux.counters());
+        let address = |f: usize| lb.frontends.get(f).map(|f| f.address);
+        let mut rows = Vec::with_capacity(lb.rules.len() + lb.nat_rules.len() + lb.nat_pools.len());
+        let mut row = |kind, name: &str, frontend, ports, protocol, members| {
+            let Some(frontend) = frontend else { return };
+            // Counter order is the order listeners are listed in, whether or not a row is kept.
+            let i = rows.len();
+            rows.push(RuleReport {
+                kind,
+                name: String::from(name),
+                frontend,
+                ports,
+                protocol,
+                traffic: c.rules.get(i).copied().unwrap_or_default(),
+                syns: 0,
+                members,
+            });
+        };
+        for r in &lb.rules {
+            let members = lb.pools.get(r.pool).map_or_else(Vec::new, |pool| {
+                (0..pool.backends.len())
+                    .map(|m| MemberStatus {
+                        address: pool.backends[m].address,
+                        port: r.backend_port,
+                        up: r.probe.is_none_or(|p| mux.probe_health(r.pool, p, m) != Some(Health::Down)),
+                    })
+                    .collect()
+            });
+            let ports = (r.frontend_port, r.frontend_port);
+            row(RuleKind::LoadBalancing, &r.name, address(r.frontend), ports, r.protocol, members);
+        }
+        for r in &lb.nat_rules {
+            let ports = (r.frontend_port, r.frontend_port);
+            row(RuleKind::InboundNat, &r.name, address(r.frontend), ports, r.protocol, Vec::new());
+        }
+        for r in &lb.nat_pools {
+            let ports = (r.port_start, r.port_end);
+            row(RuleKind::InboundNatPool, &r.name, address(r.frontend), ports, r.protocol, Vec::new());
+        }
+        rows
+    }
+
+    /// A host agent's SNAT ports per frontend address, backend and protocol (the blocks of one
+    /// backend on one address for one protocol added up), in the order they first appear; none
+    /// on a MUX. Control plane: allocates.
+    pub fn snat_ports(&self) -> Vec<SnatPortsReport> {
+        let Path::Host(h) = &self.path else { return Vec::new() };
+        let mut rows: Vec<SnatPortsReport> = Vec::new();
+        for p in h.snat_ports() {
+            let same = |a: &&mut SnatPortsReport| {
+                a.frontend == p.frontend && a.backend == p.backend && a.protocol == p.protocol
+            };
+            match rows.iter_mut().find(same) {
+                Some(a) => {
+                    a.allocated += p.allocated;
+                    a.used += p.used;
+                }
+                None => rows.push(p),
+            }
+        }
+        rows
+    }
+
+    /// A host agent's SNAT connections per frontend address and backend, by the state each
+    /// reached (see [`SnatConnections`]); none on a MUX.
+    pub fn snat_connections(&self) -> Vec<SnatConnections> {
+        match &self.path {
+            Path::Host(h) => h.counters().snat_connections.clone(),
+            Path::Mux { .. } => Vec::new(),
+        }
+    }
+
+    /// [`Node::rules`], [`Node::snat_ports`] and [`Node::snat_connections`] at once.
+    pub fn report(&self) -> NodeReport {
+        NodeReport { rules: self.rules(), snat_ports: self.snat_ports(), snat_connections: self.snat_connections() }
     }
 }
 
