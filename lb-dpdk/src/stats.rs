@@ -1,6 +1,7 @@
 //! A worker's counters as a plain snapshot, summed over workers for the status line, the metrics
 //! page and the final report.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use lb_core::paths::Node;
@@ -62,16 +63,36 @@ impl Stats {
                 a.1 += b.1;
             }
         }
-        // Rows meet by backend (pool, name, address), not by position: for a moment after a
-        // reload, lcores that have applied it and lcores that have not yet hold different rows.
-        // A row only one side has is added as it is.
+        self.merge_backends(o);
+        self.flows += o.flows;
+        self.snat_ports += o.snat_ports;
+        self.resets += o.resets;
+        self.too_big += o.too_big;
+        self.second_chance += o.second_chance;
+        self.syn_reopened += o.syn_reopened;
+    }
+
+    /// Adds `o`'s backend rows. Rows meet by backend (pool, name, address), not by position: for
+    /// a moment after a reload, lcores that have applied it and lcores that have not yet hold
+    /// different rows. A row only one side has is added as it is. Linear in the rows (a node
+    /// may have tens of thousands of backends, and the control loop merges every round).
+    fn merge_backends(&mut self, o: &Stats) {
+        if self.backends.is_empty() {
+            self.backends.clone_from(&o.backends);
+            self.backends_up.clone_from(&o.backends_up);
+            return;
+        }
         let same = |a: &BackendRow, b: &BackendRow| a.0 == b.0 && a.1 == b.1 && a.2 == b.2;
+        let aligned =
+            self.backends.len() == o.backends.len() && self.backends.iter().zip(&o.backends).all(|(a, b)| same(a, b));
+        let mut index: HashMap<(String, String, IpAddr), usize> = if aligned {
+            HashMap::new()
+        } else {
+            self.backends.iter().enumerate().map(|(i, r)| ((r.0.clone(), r.1.clone(), r.2), i)).collect()
+        };
         for (i, b) in o.backends.iter().enumerate() {
             let up = o.backends_up.get(i).copied();
-            let at = match self.backends.get(i) {
-                Some(a) if same(a, b) => Some(i),
-                _ => self.backends.iter().position(|a| same(a, b)),
-            };
+            let at = if aligned { Some(i) } else { index.get(&(b.0.clone(), b.1.clone(), b.2)).copied() };
             match at {
                 Some(j) => {
                     self.backends[j].3 += b.3;
@@ -83,6 +104,7 @@ impl Stats {
                     }
                 }
                 None => {
+                    index.insert((b.0.clone(), b.1.clone(), b.2), self.backends.len());
                     self.backends.push(b.clone());
                     if let Some(up) = up {
                         self.backends_up.push(up);
@@ -90,12 +112,6 @@ impl Stats {
                 }
             }
         }
-        self.flows += o.flows;
-        self.snat_ports += o.snat_ports;
-        self.resets += o.resets;
-        self.too_big += o.too_big;
-        self.second_chance += o.second_chance;
-        self.syn_reopened += o.syn_reopened;
     }
 
     /// Total drops.
