@@ -289,50 +289,77 @@ impl NodeReport {
     /// configurations). Counters add up; a member is up only if every engine has it up; allocated
     /// SNAT ports, which every engine is configured with alike, are not added twice.
     pub fn merge(&mut self, other: &NodeReport) {
-        for r in &other.rules {
-            let same = |a: &&mut RuleReport| {
-                a.kind == r.kind
-                    && a.name == r.name
-                    && a.frontend == r.frontend
-                    && a.ports == r.ports
-                    && a.protocol == r.protocol
-            };
-            let Some(a) = self.rules.iter_mut().find(same) else {
-                self.rules.push(r.clone());
-                continue;
-            };
+        merge_rows(&mut self.rules, &other.rules, RuleReport::key, |a, r| {
             a.traffic.packets += r.traffic.packets;
             a.traffic.bytes += r.traffic.bytes;
             a.traffic.new_flows += r.traffic.new_flows;
             a.syns += r.syns;
-            for m in &r.members {
-                match a.members.iter_mut().find(|x| x.address == m.address && x.port == m.port) {
-                    Some(x) => x.up &= m.up,
-                    None => a.members.push(m.clone()),
-                }
-            }
+            merge_rows(&mut a.members, &r.members, |m| (m.address, m.port), |x, m| x.up &= m.up);
+        });
+        merge_rows(&mut self.snat_ports, &other.snat_ports, SnatPortsReport::key, |a, p| {
+            a.allocated = a.allocated.max(p.allocated);
+            a.used += p.used;
+        });
+        merge_rows(
+            &mut self.snat_connections,
+            &other.snat_connections,
+            |c| (c.frontend, c.backend),
+            |a, c| {
+                a.successful += c.successful;
+                a.failed += c.failed;
+                a.pending += c.pending;
+            },
+        );
+    }
+}
+
+impl RuleReport {
+    /// What a row names: the same listener in two engines' reports.
+    fn key(&self) -> (RuleKind, String, IpAddr, (u16, u16), u8) {
+        (self.kind, self.name.clone(), self.frontend, self.ports, protocol_order(self.protocol))
+    }
+}
+
+impl SnatPortsReport {
+    /// What a row names: the same frontend address, backend and protocol.
+    fn key(&self) -> (IpAddr, IpAddr, u8) {
+        (self.frontend, self.backend, protocol_order(self.protocol))
+    }
+}
+
+/// A protocol as a sort key.
+fn protocol_order(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+        Protocol::All => 2,
+    }
+}
+
+/// Adds `theirs` to `mine` row by row, rows meeting by `key`; a row only `theirs` has is added as
+/// it is. Linear when both list the same rows in the same order (engines of one configuration),
+/// n log n otherwise (a node may have tens of thousands of rows, merged every round).
+fn merge_rows<T: Clone, K: Ord>(mine: &mut Vec<T>, theirs: &[T], key: impl Fn(&T) -> K, add: impl Fn(&mut T, &T)) {
+    if mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| key(a) == key(b)) {
+        for (a, b) in mine.iter_mut().zip(theirs) {
+            add(a, b);
         }
-        for p in &other.snat_ports {
-            let same = |a: &&mut SnatPortsReport| {
-                a.frontend == p.frontend && a.backend == p.backend && a.protocol == p.protocol
-            };
-            match self.snat_ports.iter_mut().find(same) {
-                Some(a) => {
-                    a.allocated = a.allocated.max(p.allocated);
-                    a.used += p.used;
-                }
-                None => self.snat_ports.push(*p),
-            }
+        return;
+    }
+    let mut at: BTreeMap<K, usize> = BTreeMap::new();
+    for (i, b) in theirs.iter().enumerate() {
+        at.insert(key(b), i);
+    }
+    let mut found = alloc::vec![None; theirs.len()];
+    for (j, a) in mine.iter().enumerate() {
+        if let Some(&i) = at.get(&key(a)) {
+            found[i] = Some(j);
         }
-        for c in &other.snat_connections {
-            match self.snat_connections.iter_mut().find(|a| a.frontend == c.frontend && a.backend == c.backend) {
-                Some(a) => {
-                    a.successful += c.successful;
-                    a.failed += c.failed;
-                    a.pending += c.pending;
-                }
-                None => self.snat_connections.push(*c),
-            }
+    }
+    for (b, j) in theirs.iter().zip(found) {
+        match j {
+            Some(j) => add(&mut mine[j], b),
+            None => mine.push(b.clone()),
         }
     }
 }
@@ -711,10 +738,12 @@ impl Node {
         let (lb, c) = (mux.config(), mux.counters());
         let address = |f: usize| lb.frontends.get(f).map(|f| f.address);
         let mut rows = Vec::with_capacity(lb.rules.len() + lb.nat_rules.len() + lb.nat_pools.len());
+        // Counters are in the order listeners are listed in, whether or not a row is kept.
+        let mut counter = 0;
         let mut row = |kind, name: &str, frontend, ports, protocol, members| {
+            let i = counter;
+            counter += 1;
             let Some(frontend) = frontend else { return };
-            // Counter order is the order listeners are listed in, whether or not a row is kept.
-            let i = rows.len();
             rows.push(RuleReport {
                 kind,
                 name: String::from(name),
@@ -756,16 +785,18 @@ impl Node {
     pub fn snat_ports(&self) -> Vec<SnatPortsReport> {
         let Path::Host(h) = &self.path else { return Vec::new() };
         let mut rows: Vec<SnatPortsReport> = Vec::new();
+        let mut at = BTreeMap::new();
         for p in h.snat_ports() {
-            let same = |a: &&mut SnatPortsReport| {
-                a.frontend == p.frontend && a.backend == p.backend && a.protocol == p.protocol
-            };
-            match rows.iter_mut().find(same) {
-                Some(a) => {
+            match at.get(&p.key()) {
+                Some(&i) => {
+                    let a: &mut SnatPortsReport = &mut rows[i];
                     a.allocated += p.allocated;
                     a.used += p.used;
                 }
-                None => rows.push(p),
+                None => {
+                    at.insert(p.key(), rows.len());
+                    rows.push(p);
+                }
             }
         }
         rows
@@ -793,4 +824,217 @@ fn frontend_totals(c: &MuxCounters) -> Traffic {
         bytes: a.bytes + t.bytes,
         new_flows: a.new_flows + t.new_flows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        Backend, Frontend, IdleTimeout, LoadDistribution, NatPool, NatRule, NodeBase, Pool, Probe, ProbeProtocol, Rule,
+    };
+    use crate::paths::host::HostNode;
+    use crate::paths::mux::MuxNode;
+    use crate::paths::ReturnPath;
+    use alloc::vec;
+    use core::net::Ipv4Addr;
+    use etherparse::PacketBuilder;
+
+    const HEADROOM: usize = 128;
+    const VIP: [u8; 4] = [20, 0, 0, 1];
+
+    fn rule(name: &str, protocol: Protocol, port: u16, backend_port: u16, probe: Option<usize>) -> Rule {
+        Rule {
+            name: name.into(),
+            frontend: 0,
+            pool: 0,
+            probe,
+            protocol,
+            frontend_port: port,
+            backend_port,
+            load_distribution: LoadDistribution::Default,
+            floating_ip: false,
+            idle_timeout: IdleTimeout::default(),
+            tcp_reset: false,
+            disable_outbound_snat: true,
+        }
+    }
+
+    /// A VIP with a probed TCP rule, an unprobed UDP rule, an inbound NAT rule and a NAT pool over
+    /// two backends on two hosts.
+    fn config() -> LoadBalancer {
+        LoadBalancer {
+            name: "lb".into(),
+            frontends: vec![Frontend { name: "vip".into(), address: Ipv4Addr::from(VIP).into(), internal: false }],
+            pools: vec![Pool {
+                name: "pool".into(),
+                vni: 7,
+                backends: (0..2u8)
+                    .map(|b| Backend {
+                        name: alloc::format!("b{b}"),
+                        address: Ipv4Addr::new(10, 0, 0, 4 + b).into(),
+                        host: Ipv4Addr::new(172, 16, 10, 20 + b).into(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+            probes: vec![Probe {
+                name: "tcp".into(),
+                protocol: ProbeProtocol::Tcp,
+                port: 8080,
+                request_path: None,
+                interval_secs: 5,
+                number_of_probes: 2,
+            }],
+            rules: vec![rule("web", Protocol::Tcp, 80, 8080, Some(0)), rule("dns", Protocol::Udp, 53, 53, None)],
+            nat_rules: vec![NatRule {
+                name: "ssh".into(),
+                frontend: 0,
+                protocol: Protocol::Tcp,
+                frontend_port: 60001,
+                backend_port: 2222,
+                target: (0, 1),
+                floating_ip: false,
+                idle_timeout: IdleTimeout::default(),
+                tcp_reset: false,
+            }],
+            nat_pools: vec![NatPool {
+                name: "ssh-pool".into(),
+                frontend: 0,
+                protocol: Protocol::Tcp,
+                port_start: 50000,
+                port_end: 50001,
+                backend_port: 22,
+                pool: 0,
+                floating_ip: false,
+                idle_timeout: IdleTimeout::default(),
+                tcp_reset: false,
+            }],
+            ..LoadBalancer::default()
+        }
+    }
+
+    fn base(underlay: [u8; 4]) -> NodeBase {
+        NodeBase {
+            mac: MacAddr([2, 0, 0, 0, 0, underlay[3]]),
+            gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            underlay: Ipv4Addr::from(underlay).into(),
+            ttl: 64,
+            mtu: 9000,
+            hash_seed: 7,
+            flow_capacity: 1000,
+        }
+    }
+
+    fn mux() -> Node {
+        Node::new(NodeRole::Mux(MuxNode { base: base([172, 16, 5, 10]), maglev_size: 251 }), config()).unwrap()
+    }
+
+    /// A client's TCP segment (a SYN, else an ACK) to the VIP's `port`, through the MUX: its length.
+    fn send(node: &mut Node, client: u8, port: u16, syn: bool) -> usize {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 10]).ipv4([198, 18, 0, client], VIP, 64);
+        let b = b.tcp(40000, port, 1000, 65535);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        let mut f = vec![0u8; HEADROOM];
+        b.write(&mut f, b"hello").unwrap();
+        let len = f.len() - HEADROOM;
+        let v = node.mux().unwrap().process(&mut f, HEADROOM, len, 10);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        len
+    }
+
+    #[test]
+    fn a_mux_reports_each_listener_with_its_traffic_and_its_members_health() {
+        let mut node = mux();
+        let len = send(&mut node, 1, 80, true) + send(&mut node, 1, 80, false) + send(&mut node, 2, 60001, true);
+        let rows = node.rules();
+        let names: Vec<(RuleKind, &str, (u16, u16), Protocol)> =
+            rows.iter().map(|r| (r.kind, r.name.as_str(), r.ports, r.protocol)).collect();
+        assert_eq!(
+            names,
+            [
+                (RuleKind::LoadBalancing, "web", (80, 80), Protocol::Tcp),
+                (RuleKind::LoadBalancing, "dns", (53, 53), Protocol::Udp),
+                (RuleKind::InboundNat, "ssh", (60001, 60001), Protocol::Tcp),
+                (RuleKind::InboundNatPool, "ssh-pool", (50000, 50001), Protocol::Tcp),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.frontend == IpAddr::from(VIP)));
+        let (web, ssh) = (&rows[0], &rows[2]);
+        assert_eq!((web.traffic.packets, web.traffic.new_flows), (2, 1));
+        assert_eq!((ssh.traffic.packets, ssh.traffic.new_flows), (1, 1));
+        assert_eq!(web.traffic.bytes + ssh.traffic.bytes, len as u64);
+        assert_eq!(rows[1].traffic, Traffic::default());
+        let up: Vec<(IpAddr, u16, bool)> = web.members.iter().map(|m| (m.address, m.port, m.up)).collect();
+        assert_eq!(
+            up,
+            [(Ipv4Addr::new(10, 0, 0, 4).into(), 8080, true), (Ipv4Addr::new(10, 0, 0, 5).into(), 8080, true)]
+        );
+        assert!(ssh.members.is_empty() && rows[3].members.is_empty(), "NAT listeners have no verdict");
+
+        // The probe takes b1 out of the probed rule only.
+        node.set_health(0, 0, 1, false).unwrap();
+        node.apply_probes().unwrap();
+        let rows = node.rules();
+        assert_eq!(rows[0].members.iter().map(|m| m.up).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(rows[1].members.iter().map(|m| m.up).collect::<Vec<_>>(), [true, true], "no probe: always up");
+
+        // A host agent has no listeners to report; a MUX no SNAT.
+        let host = HostNode {
+            base: base([172, 16, 10, 20]),
+            muxes: vec![Ipv4Addr::new(172, 16, 5, 10).into()],
+            return_path: ReturnPath::Direct,
+            snat_quarantine_secs: 60,
+            reset_on_snat_exhaustion: false,
+            mss_clamp: None,
+        };
+        let host = Node::new(NodeRole::Host(host), config()).unwrap();
+        assert!(host.rules().is_empty());
+        let report = node.report();
+        assert_eq!(report.rules, rows);
+        assert!(report.snat_ports.is_empty() && report.snat_connections.is_empty());
+    }
+
+    #[test]
+    fn reports_of_engines_merge_by_what_their_rows_name() {
+        let mut a = mux();
+        send(&mut a, 1, 80, true);
+        let mut b = mux();
+        send(&mut b, 2, 80, true);
+        send(&mut b, 3, 80, true);
+        b.set_health(0, 0, 0, false).unwrap();
+        b.apply_probes().unwrap();
+        let mut total = a.report();
+        let mut other = b.report();
+        // An engine that has not applied a reload yet: a rule the other does not have.
+        other.rules[1].name = "dns-old".into();
+        total.merge(&other);
+        assert_eq!(total.rules.len(), 5);
+        assert_eq!((total.rules[0].traffic.packets, total.rules[0].traffic.new_flows), (3, 3));
+        assert_eq!(total.rules[0].members.iter().map(|m| m.up).collect::<Vec<_>>(), [false, true]);
+        assert_eq!(total.rules[4].name, "dns-old");
+
+        let ports = |allocated, used| SnatPortsReport {
+            frontend: Ipv4Addr::new(20, 0, 0, 20).into(),
+            backend: Ipv4Addr::new(10, 0, 0, 4).into(),
+            protocol: Protocol::All,
+            allocated,
+            used,
+        };
+        let conns = |n| SnatConnections {
+            frontend: Ipv4Addr::new(20, 0, 0, 20).into(),
+            backend: Ipv4Addr::new(10, 0, 0, 4).into(),
+            successful: n,
+            failed: 1,
+            pending: 2,
+        };
+        let mut x =
+            NodeReport { snat_ports: vec![ports(8, 3)], snat_connections: vec![conns(4)], ..NodeReport::default() };
+        x.merge(&NodeReport {
+            snat_ports: vec![ports(8, 2)],
+            snat_connections: vec![conns(1)],
+            ..NodeReport::default()
+        });
+        assert_eq!(x.snat_ports, [ports(8, 5)], "every engine has the same blocks: allocated once");
+        assert_eq!((x.snat_connections[0].successful, x.snat_connections[0].failed), (5, 2));
+    }
 }

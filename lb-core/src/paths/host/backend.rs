@@ -86,6 +86,7 @@ impl HostAgent {
                 let Some(local) = refused else {
                     return HostVerdict::Drop(HostDrop::NoFlow);
                 };
+                self.snat_refused(local, key.protocol);
                 if tcp && self.node.reset_on_snat_exhaustion && key.tcp_flags & TcpFlags::SYN != 0 {
                     return self.refuse_with_reset(buf, start, &key, local);
                 }

@@ -2,7 +2,7 @@
 //! them together, following a packet (one idle timer per connection, the sequence numbers a TCP
 //! reset needs, FINs), and releasing what removed entries held.
 
-use super::{tuple_hash, HostAgent, HostFlow, HostFlowKind, ACK_SEEN, FIN_SEEN, NO_PEER, SEQ_SEEN};
+use super::{tuple_hash, HostAgent, HostFlow, HostFlowKind, ACK_SEEN, FIN_SEEN, NO_PEER, REPLIED, SEQ_SEEN};
 use crate::tables::flow::IdleTimeout;
 use crate::tables::{FlowEntry, FlowSlot, FlowTuple, TcpState};
 use crate::wire::{ip_proto, FlowKey, Fragment, TcpFlags};
@@ -112,8 +112,8 @@ impl HostAgent {
     /// Releases what removed entries held: the pair's other entry, the SNAT port.
     pub(super) fn settle(&mut self, now: u32) {
         while let Some((at, e)) = self.flows.take_removed() {
-            self.take_peer(at, &e);
-            self.release(&e, now);
+            let peer = self.take_peer(at, &e);
+            self.release(&e, peer.as_ref(), now);
         }
     }
 
@@ -130,11 +130,19 @@ impl HostAgent {
         self.flows.remove(p)
     }
 
-    /// Releases the SNAT port a removed connection held (its pair is gone with it).
-    pub(super) fn release(&mut self, e: &FlowEntry<HostFlow>, now: u32) {
+    /// Releases the SNAT port a removed connection held (its pair `peer`, if it was still there,
+    /// is gone with it); a connection no reply came back to is counted as pending.
+    pub(super) fn release(&mut self, e: &FlowEntry<HostFlow>, peer: Option<&FlowEntry<HostFlow>>, now: u32) {
         if matches!(e.value.kind, HostFlowKind::SnatOut | HostFlowKind::SnatIn) {
             // Both entries carry the port; it is released once, with whichever goes first.
-            let _ = self.snat.release(usize::from(e.value.block), e.value.port, now);
+            let block = usize::from(e.value.block);
+            let released = self.snat.release(block, e.value.port, now).is_ok();
+            let replied = (e.value.flags | peer.map_or(0, |p| p.value.flags)) & REPLIED != 0;
+            if released && !replied {
+                if let Some(s) = self.snat_counter(block) {
+                    s.pending += 1;
+                }
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ impl HostAgent {
                     }
                     None => self.take_peer(slot, &e),
                 };
-                self.release(&e, now);
+                self.release(&e, peer.as_ref(), now);
                 if e.tuple.protocol == ip_proto::TCP && e.value.flags & RESET != 0 && e.state != TcpState::Closing {
                     self.reset_both(&e, peer.as_ref(), &mut emit);
                 }

@@ -6,7 +6,7 @@
 use core::net::IpAddr;
 
 use super::{
-    HostAgent, HostDrop, HostFlow, HostFlowKind, HostVerdict, FLOATING, LOCAL_TARGET, NO_LOCAL, NO_PEER, RESET,
+    HostAgent, HostDrop, HostFlow, HostFlowKind, HostVerdict, FLOATING, LOCAL_TARGET, NO_LOCAL, NO_PEER, REPLIED, RESET,
 };
 use crate::paths::listen::addr16;
 use crate::tables::{FlowSlot, FlowTuple};
@@ -198,7 +198,11 @@ impl HostAgent {
         }
         self.clamp_mss(inner, key);
         self.record_first_fragment(key, &e.value, Side::Dst, now);
-        self.deliver(inner, local, t.at, snat)
+        let delivered = self.deliver(inner, local, t.at, snat);
+        if snat && v.flags & REPLIED == 0 {
+            self.snat_replied(slot, &v);
+        }
+        delivered
     }
 
     /// A packet of no recorded flow: a new connection to a VIP, if a rule of this host's backends

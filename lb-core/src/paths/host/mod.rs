@@ -43,6 +43,7 @@ mod update;
 
 use crate::paths::drops::drop_reasons;
 use crate::paths::next_hop::{distinct, NextHops};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -50,9 +51,9 @@ use core::net::IpAddr;
 use self::fabric::Tunnel;
 use super::listen::{addr16, Vips};
 use super::mux::Traffic;
-use crate::config::{ConfigError, LoadBalancer, SnatGrant};
+use crate::config::{ConfigError, LoadBalancer, Protocol, SnatGrant};
 use crate::tables::snat::{SnatAllocator, SnatCounters, SnatError};
-use crate::tables::{FlowTable, FlowTableError, FlowTuple, FlowValue};
+use crate::tables::{FlowSlot, FlowTable, FlowTableError, FlowTuple, FlowValue};
 use crate::wire::ethernet::ETHERNET_HEADER_LEN;
 use crate::wire::tcp::clamp_mss;
 use crate::wire::vxlan::{decapsulate, OUTER_LEN_V4, OUTER_LEN_V6};
@@ -194,6 +195,44 @@ pub struct HostCounters {
     pub too_big: u64,
     /// Per [`HostDrop`].
     pub drops: [u64; HOST_DROPS],
+    /// SNAT connections by frontend and backend address, in the order each pair first had a
+    /// block (Azure Load Balancer's "SNAT Connection Count"); kept across reconfigurations.
+    pub snat_connections: Vec<SnatConnections>,
+}
+
+/// The SNAT connections of one backend address through one frontend address, each counted once,
+/// in the state it reached (the "Connection state" dimension of Azure Load Balancer's "SNAT
+/// Connection Count" metric): answered, refused, or ended while still waiting for its first reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatConnections {
+    /// The frontend address SNAT uses.
+    pub frontend: IpAddr,
+    /// The backend that opens the connections.
+    pub backend: IpAddr,
+    /// Connections whose first reply came back (Azure's "successful"), counted when it arrives.
+    pub successful: u64,
+    /// New connections refused because none of the backend's blocks for the protocol had a port
+    /// (SNAT port exhaustion, Azure's "failed"), counted under the first of those blocks' address.
+    pub failed: u64,
+    /// Connections that ended (idle timeout, reset, a flow table too full to keep them) before
+    /// any reply came back: still "pending" in Azure's terms when they ended. Those a
+    /// reconfiguration flushes are counted in [`HostCounters::flushed`] only.
+    pub pending: u64,
+}
+
+/// One SNAT block's ports (Azure Load Balancer's "Allocated SNAT Ports" and "Used SNAT Ports").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatPortsReport {
+    /// The frontend address the block's ports are on.
+    pub frontend: IpAddr,
+    /// The backend the block is lent to.
+    pub backend: IpAddr,
+    /// The protocols the block serves (its outbound rule's).
+    pub protocol: Protocol,
+    /// Ports lent to the backend, less those a listener on the same address claims.
+    pub allocated: u32,
+    /// Ports that carry at least one connection.
+    pub used: u32,
 }
 
 /// Which direction an entry stands for.
@@ -232,6 +271,9 @@ const FRAG_SRC: u8 = 16;
 const FRAG_SNAT: u8 = 32;
 /// This entry's direction has sent a FIN.
 const FIN_SEEN: u8 = 64;
+/// SNAT connection entries: a reply came back (set on both entries with the first one, so that
+/// the connection is counted as successful once and, when it ends, not as pending).
+const REPLIED: u8 = 128;
 /// [`HostFlow::peer`] of an entry without a pair (a fragment record, or the first entry of a pair
 /// while the second is inserted).
 const NO_PEER: u32 = u32::MAX;
@@ -327,6 +369,8 @@ pub struct HostAgent {
     /// Backends' MACs the program set (see [`HostAgent::set_backend_mac`]), kept for backends a
     /// later configuration adds.
     backend_macs: Vec<(IpAddr, MacAddr)>,
+    /// Per SNAT block: its index in [`HostCounters::snat_connections`].
+    snat_series: Vec<usize>,
 }
 
 impl HostAgent {
@@ -370,6 +414,7 @@ impl HostAgent {
             next_hops: NextHops::default(),
             hops_known: false,
             backend_macs: Vec::new(),
+            snat_series: Vec::new(),
             node,
         };
         h.update(lb)?;
@@ -486,6 +531,85 @@ impl HostAgent {
         self.locals.get(local).map_or(0, |l| l.blocks.iter().map(|&b| self.snat.ports_in_use(b)).sum())
     }
 
+    /// Each SNAT block's ports, in block order (local backends in order, each one's blocks in
+    /// turn). Control plane: allocates.
+    pub fn snat_ports(&self) -> Vec<SnatPortsReport> {
+        self.grants
+            .iter()
+            .enumerate()
+            .filter_map(|(b, g)| {
+                Some(SnatPortsReport {
+                    frontend: self.lb.frontends.get(g.frontend)?.address,
+                    backend: self.lb.pools.get(g.pool)?.backends.get(g.member)?.address,
+                    protocol: g.protocol,
+                    allocated: u32::from(g.len).saturating_sub(self.snat.reserved(b)),
+                    used: self.snat.ports_in_use(b),
+                })
+            })
+            .collect()
+    }
+
+    /// Gives every SNAT block its (frontend address, backend address) series in
+    /// [`HostCounters::snat_connections`], adding the pairs seen for the first time: after every
+    /// change of the blocks, so that the packet path counts by block index alone.
+    fn index_snat_connections(&mut self) {
+        let (lb, series) = (&self.lb, &mut self.counters.snat_connections);
+        let mut at: BTreeMap<(IpAddr, IpAddr), usize> =
+            series.iter().enumerate().map(|(i, s)| ((s.frontend, s.backend), i)).collect();
+        self.snat_series = self
+            .grants
+            .iter()
+            .map(|g| {
+                let frontend = lb.frontends.get(g.frontend).map(|f| f.address);
+                let backend = lb.pools.get(g.pool).and_then(|p| p.backends.get(g.member)).map(|b| b.address);
+                let (Some(frontend), Some(backend)) = (frontend, backend) else { return usize::MAX };
+                *at.entry((frontend, backend)).or_insert_with(|| {
+                    series.push(SnatConnections { frontend, backend, successful: 0, failed: 0, pending: 0 });
+                    series.len() - 1
+                })
+            })
+            .collect();
+    }
+
+    /// The series of SNAT block `block` (`None` for a block out of range).
+    #[inline(always)]
+    fn snat_counter(&mut self, block: usize) -> Option<&mut SnatConnections> {
+        let i = *self.snat_series.get(block)?;
+        self.counters.snat_connections.get_mut(i)
+    }
+
+    /// The first reply of the SNAT connection whose reply entry is at `slot` came back: counted
+    /// as successful, and both entries marked. Once per connection, off the path of later replies.
+    #[cold]
+    #[inline(never)]
+    fn snat_replied(&mut self, slot: FlowSlot, v: &HostFlow) {
+        if let Some(s) = self.snat_counter(usize::from(v.block)) {
+            s.successful += 1;
+        }
+        // A reply that closed the connection (a RST) left nothing to mark here: its pair is
+        // marked, and the connection is released with both entries' flags.
+        if self.flows.live(slot).is_some() {
+            self.flows.value_mut(slot).flags |= REPLIED;
+        }
+        let peer = FlowSlot::from_index(v.peer);
+        if v.peer != NO_PEER && self.flows.live(peer).is_some_and(|p| p.value.peer == slot.to_index()) {
+            self.flows.value_mut(peer).flags |= REPLIED;
+        }
+    }
+
+    /// A new SNAT connection of local backend `local` for IP protocol `protocol` found no port:
+    /// counted as failed under the backend's first block for the protocol.
+    #[cold]
+    #[inline(never)]
+    fn snat_refused(&mut self, local: usize, protocol: u8) {
+        let block = self.locals.get(local).and_then(|l| {
+            l.blocks.iter().copied().find(|&b| self.grants.get(b).is_some_and(|g| g.protocol.matches(protocol)))
+        });
+        if let Some(s) = block.and_then(|b| self.snat_counter(b)) {
+            s.failed += 1;
+        }
+    }
+
     /// The flow table (counters, size).
     pub fn flows(&self) -> &FlowTable<HostFlow> {
         &self.flows
@@ -555,4 +679,150 @@ fn tuple_hash(t: &FlowTuple, seed: u64) -> u32 {
         ..FlowKey::default()
     };
     k.hash(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Frontend, IdleTimeout, NodeBase, OutboundRule, Pool};
+    use crate::paths::mux::{Mux, MuxNode, Verdict};
+    use alloc::vec;
+    use core::net::Ipv4Addr;
+    use etherparse::PacketBuilder;
+
+    const HOST: [u8; 4] = [172, 16, 10, 20];
+    const MUX: [u8; 4] = [172, 16, 5, 10];
+    const SNAT: [u8; 4] = [20, 0, 0, 20];
+    const REMOTE: [u8; 4] = [93, 184, 216, 34];
+    const HEADROOM: usize = 128;
+    const NOW: u32 = 1000;
+
+    /// Two backends on this host reaching out through one address, 8 ports each.
+    fn config() -> LoadBalancer {
+        LoadBalancer {
+            name: "lb".into(),
+            frontends: vec![Frontend { name: "out".into(), address: Ipv4Addr::from(SNAT).into(), internal: false }],
+            pools: vec![Pool {
+                name: "pool".into(),
+                vni: 7,
+                backends: (0..2u8)
+                    .map(|b| Backend {
+                        name: alloc::format!("b{b}"),
+                        address: Ipv4Addr::new(10, 0, 0, 4 + b).into(),
+                        host: Ipv4Addr::from(HOST).into(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+            outbound_rules: vec![OutboundRule {
+                name: "outbound".into(),
+                frontends: vec![0],
+                pool: 0,
+                protocol: Protocol::All,
+                allocated_outbound_ports: Some(8),
+                idle_timeout: IdleTimeout::default(),
+                tcp_reset: false,
+            }],
+            ..LoadBalancer::default()
+        }
+    }
+
+    fn base(underlay: [u8; 4]) -> NodeBase {
+        NodeBase {
+            mac: MacAddr([2, 0, 0, 0, 0, underlay[3]]),
+            gateway_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            underlay: Ipv4Addr::from(underlay).into(),
+            ttl: 64,
+            mtu: 9000,
+            hash_seed: 7,
+            flow_capacity: 1000,
+        }
+    }
+
+    fn host() -> HostAgent {
+        let node = HostNode {
+            base: base(HOST),
+            muxes: vec![Ipv4Addr::from(MUX).into()],
+            return_path: ReturnPath::Direct,
+            snat_quarantine_secs: 60,
+            reset_on_snat_exhaustion: false,
+            mss_clamp: None,
+        };
+        HostAgent::new(node, config()).unwrap()
+    }
+
+    /// A TCP segment in a buffer with headroom: a SYN, else an ACK (with `rst`, a RST).
+    fn segment(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, rst: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 20]).ipv4(src, dst, 64);
+        let b = b.tcp(sport, dport, 1000, 65535);
+        let b = if syn { b.syn() } else { b.ack(5001) };
+        let b = if rst { b.rst() } else { b };
+        let mut f = vec![0u8; HEADROOM];
+        b.write(&mut f, b"").unwrap();
+        f
+    }
+
+    /// Backend 10.0.0.4 opens a connection from `sport` to the remote web server: the SNAT port,
+    /// or `None` if it was refused.
+    fn open(h: &mut HostAgent, sport: u16) -> Option<u16> {
+        let mut f = segment([10, 0, 0, 4], sport, REMOTE, 443, true, false);
+        let len = f.len() - HEADROOM;
+        match h.from_backend(&mut f, HEADROOM, len, NOW) {
+            HostVerdict::Transmit { start, .. } => Some(u16::from_be_bytes([f[start + 34], f[start + 35]])),
+            HostVerdict::Drop(HostDrop::SnatExhausted) => None,
+            v => panic!("{v:?}"),
+        }
+    }
+
+    /// The remote's reply to SNAT port `port`, through the MUX to the host.
+    fn reply(h: &mut HostAgent, mux: &mut Mux, port: u16, rst: bool) {
+        let mut f = segment(REMOTE, 443, SNAT, port, false, rst);
+        let len = f.len() - HEADROOM;
+        let Verdict::Forward { start, len } = mux.process(&mut f, HEADROOM, len, NOW) else { panic!("MUX steers it") };
+        let v = h.from_fabric(&mut f, start, len, NOW);
+        assert!(matches!(v, HostVerdict::Deliver { backend: 0, .. }), "{v:?}");
+    }
+
+    fn series(h: &HostAgent) -> Vec<(u64, u64, u64)> {
+        h.counters().snat_connections.iter().map(|s| (s.successful, s.failed, s.pending)).collect()
+    }
+
+    /// Each SNAT connection is counted once: successful when its first reply comes back (a RST
+    /// too), failed when it finds no port, pending when it ends unanswered.
+    #[test]
+    fn snat_connections_are_counted_by_the_state_they_reach() {
+        let mut h = host();
+        let node = MuxNode { base: base(MUX), maglev_size: 251 };
+        let mut mux = Mux::new(node, config()).unwrap();
+        let c = &h.counters().snat_connections;
+        let addr = |a: [u8; 4]| IpAddr::from(Ipv4Addr::from(a));
+        assert_eq!(c.len(), 2, "one series per backend and address, from the start");
+        assert_eq!((c[0].frontend, c[0].backend, c[1].backend), (addr(SNAT), addr([10, 0, 0, 4]), addr([10, 0, 0, 5])));
+
+        // Eight ports, all to one destination (no sharing): the ninth connection fails.
+        let ports: Vec<u16> = (0..8).map(|i| open(&mut h, 10000 + i).expect("a port")).collect();
+        assert_eq!(open(&mut h, 10008), None);
+        assert_eq!(series(&h), [(0, 1, 0), (0, 0, 0)]);
+        let report = h.snat_ports();
+        assert_eq!(report.len(), 2);
+        assert_eq!((report[0].allocated, report[0].used, report[0].protocol), (8, 8, Protocol::All));
+        assert_eq!((report[1].allocated, report[1].used), (8, 0));
+
+        // Replies: the first one counts, later ones do not; a RST answers too (and ends it).
+        reply(&mut h, &mut mux, ports[0], false);
+        reply(&mut h, &mut mux, ports[0], false);
+        reply(&mut h, &mut mux, ports[1], false);
+        reply(&mut h, &mut mux, ports[2], true);
+        assert_eq!(series(&h), [(3, 1, 0), (0, 0, 0)]);
+        assert_eq!(h.snat_ports()[0].used, 7, "the reset connection gave its port back");
+
+        // Idle timeout: the five never answered end pending, the two answered do not.
+        h.expire(NOW + 4 * 60 + 1, usize::MAX >> 1, |_, _| {});
+        assert_eq!(series(&h), [(3, 1, 5), (0, 0, 0)]);
+        assert_eq!(h.snat_ports()[0].used, 0);
+
+        // The series survive a reconfiguration.
+        h.update(config()).unwrap();
+        assert_eq!(series(&h), [(3, 1, 5), (0, 0, 0)]);
+    }
 }

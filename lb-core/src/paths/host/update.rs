@@ -199,6 +199,7 @@ impl HostAgent {
         (self.hosts, self.host_keys, self.targets) = next.hosts;
         self.hops_known = self.tunnels.iter().flatten().all(VxlanEncap::has_next_hop);
         self.lb = next.lb;
+        self.index_snat_connections();
     }
 
     /// Renumbers every entry of the flow table to the new local backend and frontend indices, and
