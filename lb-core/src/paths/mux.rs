@@ -173,6 +173,8 @@ pub struct MuxCounters {
     pub vips: Vec<Traffic>,
     /// Per rule (load-balancing rules, then inbound NAT rules, then NAT pools).
     pub rules: Vec<Traffic>,
+    /// Per rule, as `rules`: TCP SYNs without ACK received (Azure Load Balancer's "SYN Count").
+    pub syns: Vec<u64>,
     /// Per pool member.
     pub backends: Vec<Vec<Traffic>>,
     /// Replies to SNAT connections, steered to the host that owns the port.
@@ -645,6 +647,11 @@ impl Mux {
             .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_rules.get(i).copied()).unwrap_or_default())
             .collect();
         debug_assert_eq!(self.counters.rules.len(), counters);
+        let old_syns = core::mem::take(&mut self.counters.syns);
+        self.counters.syns = new_names
+            .iter()
+            .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_syns.get(i).copied()).unwrap_or_default())
+            .collect();
         let old_backends = core::mem::take(&mut self.counters.backends);
         self.counters.backends = lb
             .pools
@@ -1016,6 +1023,7 @@ impl Mux {
         if known_miss && route != NO_ROUTE {
             let vip = route.0 as usize;
             if let Some(&l) = self.vips.get(vip).and_then(|v| v.listeners.get(route.1 as usize)) {
+                self.count_syn(&l, key);
                 return match self.open(&l, key, key_hash, probe, key.tcp_flags, true, now) {
                     Ok(chosen) => self.forward_new(buf, start, len, vip, l.counter, chosen, key_hash),
                     Err(reason) => Verdict::Drop(reason),
@@ -1031,6 +1039,7 @@ impl Mux {
         let Some(l) = self.vips[vip].listener(key.protocol, key.dst_port) else {
             return self.snat_reply(buf, start, len, vip, key, key_hash);
         };
+        self.count_syn(&l, key);
         let found = if known_miss {
             // The table holds no flow for it (looked up above): a new connection.
             self.open(&l, key, key_hash, probe, key.tcp_flags, true, now).map(|(t, a)| (t, true, a))
@@ -1043,6 +1052,18 @@ impl Mux {
             }
             Ok((tunnel, false, _)) => self.forward(buf, start, len, vip, l.counter, tunnel, false, key_hash),
             Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// Counts a SYN without ACK that listener `l` takes. Only the paths below the established-flow
+    /// one in [`Mux::steer`] call it: a SYN never takes that one, so it costs nothing per packet
+    /// of an established flow.
+    #[inline(always)]
+    fn count_syn(&mut self, l: &Listener, key: &FlowKey) {
+        if key.protocol == ip_proto::TCP && is_opening(key.tcp_flags) {
+            if let Some(c) = self.counters.syns.get_mut(l.counter) {
+                *c += 1;
+            }
         }
     }
 

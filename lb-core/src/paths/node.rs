@@ -751,7 +751,7 @@ impl Node {
                 ports,
                 protocol,
                 traffic: c.rules.get(i).copied().unwrap_or_default(),
-                syns: 0,
+                syns: c.syns.get(i).copied().unwrap_or_default(),
                 members,
             });
         };
@@ -945,7 +945,11 @@ mod tests {
     #[test]
     fn a_mux_reports_each_listener_with_its_traffic_and_its_members_health() {
         let mut node = mux();
-        let len = send(&mut node, 1, 80, true) + send(&mut node, 1, 80, false) + send(&mut node, 2, 60001, true);
+        // A SYN, its retransmission, an ACK; a SYN to the NAT rule.
+        let len = send(&mut node, 1, 80, true)
+            + send(&mut node, 1, 80, true)
+            + send(&mut node, 1, 80, false)
+            + send(&mut node, 2, 60001, true);
         let rows = node.rules();
         let names: Vec<(RuleKind, &str, (u16, u16), Protocol)> =
             rows.iter().map(|r| (r.kind, r.name.as_str(), r.ports, r.protocol)).collect();
@@ -960,7 +964,8 @@ mod tests {
         );
         assert!(rows.iter().all(|r| r.frontend == IpAddr::from(VIP)));
         let (web, ssh) = (&rows[0], &rows[2]);
-        assert_eq!((web.traffic.packets, web.traffic.new_flows), (2, 1));
+        assert_eq!((web.traffic.packets, web.traffic.new_flows), (3, 1));
+        assert_eq!((web.syns, ssh.syns, rows[1].syns), (2, 1, 0), "SYNs without ACK, retransmitted ones too");
         assert_eq!((ssh.traffic.packets, ssh.traffic.new_flows), (1, 1));
         assert_eq!(web.traffic.bytes + ssh.traffic.bytes, len as u64);
         assert_eq!(rows[1].traffic, Traffic::default());
@@ -970,6 +975,10 @@ mod tests {
             [(Ipv4Addr::new(10, 0, 0, 4).into(), 8080, true), (Ipv4Addr::new(10, 0, 0, 5).into(), 8080, true)]
         );
         assert!(ssh.members.is_empty() && rows[3].members.is_empty(), "NAT listeners have no verdict");
+
+        // Counters follow their listener through a reconfiguration.
+        node.update(config()).unwrap();
+        assert_eq!(node.rules(), rows);
 
         // The probe takes b1 out of the probed rule only.
         node.set_health(0, 0, 1, false).unwrap();
@@ -1010,6 +1019,7 @@ mod tests {
         total.merge(&other);
         assert_eq!(total.rules.len(), 5);
         assert_eq!((total.rules[0].traffic.packets, total.rules[0].traffic.new_flows), (3, 3));
+        assert_eq!(total.rules[0].syns, 3);
         assert_eq!(total.rules[0].members.iter().map(|m| m.up).collect::<Vec<_>>(), [false, true]);
         assert_eq!(total.rules[4].name, "dns-old");
 
