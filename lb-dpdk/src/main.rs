@@ -31,6 +31,7 @@ mod live;
 // ExaBGP as a child process (its parent-death signal is set between fork and exec).
 #[allow(unsafe_code)]
 mod bgp;
+mod datapath;
 mod etcd;
 mod history;
 mod inspect;

@@ -3,7 +3,7 @@
 //! line and serves the metrics; the workers (see [`crate::worker`]) run the data path on the port
 //! the options name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use lb_core::config::LoadBalancer;
 use lb_core::config::node::{self, NodeConfig, Role};
 use lb_core::paths::NodeRole;
 
+use crate::datapath::{frontends, DataPathProber};
 use crate::etcd::EtcdNode;
 use crate::history::History;
 use crate::live::Live;
@@ -67,6 +68,11 @@ pub struct RunArgs {
     /// Do not run health probes.
     #[arg(long)]
     pub no_probes: bool,
+    /// MUX: every SECONDS, a TCP handshake from this node's kernel to each TCP rule's frontend
+    /// through the load balancer (Azure's Data Path Availability, `lb_data_path_availability`).
+    /// The kernel must route the VIPs to the routers in front of the MUXes and own none of them.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub data_path_probes: Option<u64>,
     /// Keep running after the pcap input ends (for probes, reloads and metrics), until a signal.
     #[arg(long)]
     pub linger: bool,
@@ -274,6 +280,12 @@ fn control_plane(
     let (probe_tx, probe_rx) = mpsc::channel();
     let mut generation = 0u64;
     let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone(), probe_host));
+    // Data path probes (MUX only), restarted when a configuration changes the frontends.
+    let data_path_every = args.data_path_probes.filter(|_| is_mux).map(Duration::from_secs);
+    if args.data_path_probes.is_some() && !is_mux {
+        eprintln!("lb-dpdk: --data-path-probes: a MUX's option, ignored by a host agent");
+    }
+    let mut data_path = data_path_every.map(|every| DataPathProber::start(&lb, every, BTreeMap::new()));
     let mut history = if etcd.is_none() { start_history(&cfg, &lb, workers) } else { None };
     let started = Instant::now();
     let mut last_status = Instant::now();
@@ -384,6 +396,12 @@ fn control_plane(
             if probing {
                 probers = Some(crate::probe::Probers::start(&lb, generation, probe_tx.clone(), probe_host));
             }
+            if let Some(every) =
+                data_path_every.filter(|_| data_path.as_ref().is_none_or(|p| p.targets() != frontends(&lb)))
+            {
+                let kept = data_path.take().map(DataPathProber::stop).unwrap_or_default();
+                data_path = Some(DataPathProber::start(&lb, every, kept));
+            }
         }
         if let Some(e) = &mut etcd {
             if let Some(health) = e.health_change(&lb) {
@@ -413,8 +431,12 @@ fn control_plane(
             if args.status_interval > 0 {
                 eprintln!("{}", status_line(&total, &last, last_status.elapsed(), started.elapsed()));
             }
+            let availability = data_path.as_ref().map(DataPathProber::snapshot).unwrap_or_default();
+            // The workers' Stats carry no per-listener or SNAT report: the page has none of
+            // those series.
+            let report = lb_core::paths::node::NodeReport::default();
             if let Ok(mut page) = metrics_page.lock() {
-                *page = crate::metrics::render(&total);
+                *page = crate::metrics::render(&total, &report, &availability);
             }
             last = total;
             last_status = Instant::now();
@@ -424,6 +446,9 @@ fn control_plane(
         }
     }
     if let Some(p) = probers.take() {
+        p.stop();
+    }
+    if let Some(p) = data_path.take() {
         p.stop();
     }
     if let Some(s) = speaker {
