@@ -215,12 +215,14 @@ fn render_azure(o: &mut String, report: &NodeReport, data_path: &DataPath) {
     let mut bytes = Family::new(
         "lb_byte_count_total",
         "counter",
-        "Bytes of the client frames each listener took (Azure: Byte Count; a MUX sees the inbound direction).",
+        "Bytes of the client frames each listener forwarded to a backend (Azure: Byte Count; a MUX sees the \
+         inbound direction).",
     );
     let mut packets = Family::new(
         "lb_packet_count_total",
         "counter",
-        "Client frames each listener took (Azure: Packet Count; a MUX sees the inbound direction).",
+        "Client frames each listener forwarded to a backend (Azure: Packet Count; a MUX sees the inbound \
+         direction).",
     );
     let mut syns = Family::new(
         "lb_syn_count_total",
