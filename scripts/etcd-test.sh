@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Control-plane harness (not run by CI): a real 3-member etcd in network namespaces, three MUXes
+# Control-plane harness (CI runs it: scripts/test.sh step 11): a real 3-member etcd in network namespaces, three MUXes
 # behind a BIRD 2 router's ECMP and two host agents, every node in etcd mode (the node file's
 # `etcd` section), load balancers applied, changed, refused and deleted with lbctl while kernel
 # connections go through the VIPs; etcd members killed and stopped; a backend stopped; and the
@@ -12,7 +12,8 @@
 #   ETCD_TEST_LOGS=/tmp/etcd-test scripts/etcd-test.sh   # keep node files, load balancers and logs there
 #   ETCD_TEST_STEPS=1,2,6 scripts/etcd-test.sh             # some of the steps (1 always runs)
 #   ETCD_TEST_NO_NODES=1 scripts/etcd-test.sh              # no lb-dpdk: etcd, lbctl and every configuration
-#   scripts/etcd-test.sh selftest                          # etcdcluster.py's self-test alone
+#   scripts/etcd-test.sh selftest                          # etcdcluster.py's self-test alone, with
+#                                                          # lb-control's tests against its cluster
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -53,6 +54,16 @@ export LBCTL="${LBCTL:-$target/lbctl}"
 if [ "${1:-}" = selftest ]; then
     args=()
     [ -n "${ETCD_TEST_LOGS:-}" ] && args+=(--logs "$ETCD_TEST_LOGS")
+    # lb-control's tests against the cluster (tests/etcd_live.rs, skipped without an etcd).
+    echo "==> cargo test -p lb-control --test etcd_live --no-run"
+    client_tests="$(nice -n 10 cargo test -p lb-control --test etcd_live --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "etcd_live":
+        print(m["executable"])')"
+    [ -x "$client_tests" ] || { echo "etcd-test.sh: lb-control's etcd_live tests did not build" >&2; exit 1; }
+    args+=(--client-tests "$client_tests")
     exec timeout --signal=TERM --kill-after=30 120 python3 scripts/live/etcdcluster.py selftest "${args[@]}"
 fi
 

@@ -15,6 +15,9 @@
 #                                    without it, but not in CI)
 #  10. scripts/scaleout-test.sh     (three MUXes behind a BIRD 2 router's ECMP, announcing over BGP:
 #                                    kill -9, restart, drain, reloads, a backend down; root, as 9)
+#  11. scripts/etcd-test.sh         (the control plane: a 3-member etcd, lb-control's tests against
+#                                    it, then three MUXes and two hosts in etcd mode through applies,
+#                                    refusals, etcd's leader killed and stopped; root, as 9)
 #
 # Every step runs even when an earlier one failed; the script ends with `test.sh: N passed, M failed`
 # and exits non-zero if any step failed. Installs missing C tools (gcc, g++, binutils) and DPDK
@@ -120,6 +123,11 @@ step_scaleout() {
     bash scripts/scaleout-test.sh
 }
 
+step_etcd() {
+    bash scripts/etcd-test.sh selftest
+    bash scripts/etcd-test.sh
+}
+
 step_dpdk() {
     # The DPDK port builds only with the feature: lint it too, then run its tests (the port's unit
     # tests, and tests/dpdk.rs: the program on DPDK's net_pcap and net_null vdevs, no NIC, no
@@ -196,9 +204,11 @@ fi
 if [ "$(id -u)" -eq 0 ] || [ "${CI:-}" = "true" ]; then
     run_step "scripts/live-test.sh (network namespaces: AF_XDP, AF_PACKET, DPDK net_af_xdp)" step_live
     run_step "scripts/scaleout-test.sh (3 MUXes, BGP, ECMP: failover, drain, second chances)" step_scaleout
+    run_step "scripts/etcd-test.sh (control plane: 3-member etcd, MUXes and hosts in etcd mode)" step_etcd
 else
     skip_step "scripts/live-test.sh" "needs root"
     skip_step "scripts/scaleout-test.sh" "needs root"
+    skip_step "scripts/etcd-test.sh" "needs root"
 fi
 
 echo

@@ -19,7 +19,7 @@ admin namespace to the topology's router namespace (`topo.ns("rt")`), records th
 `topo.created` (so that the topology's teardown deletes them) and starts nothing. With no topology
 of its own to join, `selftest` builds a router alone:
 
-    python3 scripts/live/etcdcluster.py selftest [--lbctl target/release/lbctl] [--logs DIR]
+    python3 scripts/live/etcdcluster.py selftest [--lbctl target/release/lbctl] [--logs DIR] [--client-tests BIN]
 
 starts the cluster, applies, lists, shows and deletes a load balancer with lbctl from the admin
 namespace, kills the leader (-9) and applies through the other two, stops every member (lbctl
@@ -27,6 +27,7 @@ then exits 2), starts them again and finds the data kept, and prints the times i
 """
 
 import argparse
+import re
 import base64
 import json
 import os
@@ -381,12 +382,23 @@ def selftest(a):
         fig["start_s"] = round(c.start_all(), 3)
         leader, _ = c.wait_leader(10)
         check(leader is not None, "3 members healthy after %s s, leader %s" % (fig["start_s"], leader))
+        if a.client_tests:
+            # lb-control's tests against this cluster (each under a prefix of its own).
+            t0 = time.monotonic()
+            p = subprocess.run(["ip", "netns", "exec", c.admin_ns, "env", "LB_ETCD_ENDPOINTS=" + ",".join(c.endpoints()),
+                                a.client_tests, "--test-threads=1"], capture_output=True, text=True, timeout=300)
+            summary = [x for x in p.stdout.splitlines() if x.startswith("test result")]
+            check(p.returncode == 0 and "skipped" not in p.stderr,
+                  "lb-control's tests against the cluster: exit %s in %.1f s, %s"
+                  % (p.returncode, time.monotonic() - t0, summary[-1] if summary else p.stdout[-300:] + p.stderr[-300:]))
         lbfile = os.path.join(topo.logdir, "sample.json")
         with open(lbfile, "w") as f:
             json.dump(sample_lb(), f)
         code, out, err, secs = c.lbctl("apply", lbfile)
         check(code == 0 and "created Sample" in out, "lbctl apply: exit %s, %s%s (%.3f s)" % (code, out.strip(), err.strip(), secs))
-        w = c.watcher(PREFIX).start()
+        m = re.search(r"at revision (\d+)", out)
+        first = int(m.group(1)) if m else 0
+        w = c.watcher(PREFIX).start(from_rev=first + 1)
         code, out, err, _ = c.lbctl("list")
         check(code == 0 and "Sample" in out and "198.19.0.10" in out, "lbctl list:\n" + out.rstrip())
         code, out, err, _ = c.lbctl("show", "Sample")
@@ -437,7 +449,7 @@ def selftest(a):
         code, out, err, _ = c.lbctl("delete", "Sample")
         check(code == 1, "lbctl delete Sample again: exit %s, %s" % (code, err.strip()))
         # The watch reconnects once a member answers again (gRPC's back-off): bounded wait for the delete.
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30
         while time.monotonic() < end and not any(v is None for _, _, v, _ in w.snapshot()):
             time.sleep(0.1)
         evs = w.snapshot()
@@ -446,7 +458,7 @@ def selftest(a):
         # The watch started after the first apply: the second apply's put and the delete at least,
         # through the leader's kill -9 and the restart of every member.
         revs = sorted({r for _, _, _, r in evs})
-        check(revs == [3, 4] and PREFIX + "loadbalancers/Sample" in keys and len(evs) == 4,
+        check(revs == [first + 1, first + 2] and PREFIX + "loadbalancers/Sample" in keys and len(evs) == 4,
               "etcdctl watch saw %d changes at revisions %s through the kill and the restart (%s)"
               % (len(evs), revs, ", ".join(keys)))
     except KeyboardInterrupt:
@@ -475,6 +487,7 @@ def main():
     p.add_argument("action", choices=["selftest"])
     p.add_argument("--lbctl", default=os.environ.get("LBCTL", os.path.join(REPO, "target/release/lbctl")))
     p.add_argument("--logs", help="keep logs in this folder")
+    p.add_argument("--client-tests", help="lb-control's etcd_live test binary, run against the cluster")
     a = p.parse_args()
     return selftest(a)
 
