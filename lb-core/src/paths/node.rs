@@ -340,6 +340,10 @@ fn protocol_order(p: Protocol) -> u8 {
 /// it is. Linear when both list the same rows in the same order (engines of one configuration),
 /// n log n otherwise (a node may have tens of thousands of rows, merged every round).
 fn merge_rows<T: Clone, K: Ord>(mine: &mut Vec<T>, theirs: &[T], key: impl Fn(&T) -> K, add: impl Fn(&mut T, &T)) {
+    if mine.is_empty() {
+        mine.extend_from_slice(theirs);
+        return;
+    }
     if mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| key(a) == key(b)) {
         for (a, b) in mine.iter_mut().zip(theirs) {
             add(a, b);
