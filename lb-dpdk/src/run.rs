@@ -432,11 +432,8 @@ fn control_plane(
                 eprintln!("{}", status_line(&total, &last, last_status.elapsed(), started.elapsed()));
             }
             let availability = data_path.as_ref().map(DataPathProber::snapshot).unwrap_or_default();
-            // The workers' Stats carry no per-listener or SNAT report: the page has none of
-            // those series.
-            let report = lb_core::paths::node::NodeReport::default();
             if let Ok(mut page) = metrics_page.lock() {
-                *page = crate::metrics::render(&total, &report, &availability);
+                *page = crate::metrics::render(&total, &total.report, &availability);
             }
             last = total;
             last_status = Instant::now();

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use lb_core::paths::node::NodeReport;
 use lb_core::paths::Node;
 
 /// One backend's counters: (pool name, backend name, address, packets, new flows).
@@ -41,6 +42,9 @@ pub struct Stats {
     pub second_chance: u64,
     /// SYNs that met a dead backend's flow and opened a new connection (MUX).
     pub syn_reopened: u64,
+    /// Per listener (MUX) and per SNAT frontend address and backend (host agent): the rows of
+    /// Azure Load Balancer's metrics on the metrics page.
+    pub report: NodeReport,
     /// One worker's: the control plane's number of the configuration its engine runs (0: the
     /// one it started with). Not summed: [`Stats::merge`] leaves it as it is.
     pub generation: u64,
@@ -64,6 +68,7 @@ impl Stats {
             }
         }
         self.merge_backends(o);
+        self.report.merge(&o.report);
         self.flows += o.flows;
         self.snat_ports += o.snat_ports;
         self.resets += o.resets;
@@ -147,6 +152,7 @@ impl Stats {
             too_big: totals.icmp_too_big,
             second_chance: totals.second_chance,
             syn_reopened: totals.syn_reopened,
+            report: node.report(),
             ..Stats::default()
         }
     }

@@ -599,8 +599,19 @@ class Run:
                   for h in HOSTS}
         self.check(all(len(v) >= 2 and all(u for _, u in v) for v in health.values()),
                    "lbctl status: the hosts publish their backends up: %s" % health)
+        before = self.azure_metrics()
         r = cp.burst(VIP, 80, 200)
         self.check(r["failed"] == 0 and len(r["by_backend"]) == 4, "200 new HTTP connections to %s:80: %s" % (VIP, r))
+        # Azure's metrics, summed over the MUXes: the SYNs and packets of those connections, and
+        # each backend's probe status (100: up) for the rule on every MUX.
+        time.sleep(1.5)
+        after = self.azure_metrics()
+        syns = after["syn"] - before["syn"]
+        packets = after["packets"] - before["packets"]
+        self.check(syns >= 200 and packets >= 3 * 200 and after["probe_up"] == 3 * 4,
+                   "metrics (Azure's names) on %s:80 over the MUXes: lb_syn_count_total +%d, lb_packet_count_total "
+                   "+%d, lb_byte_count_total +%d; lb_health_probe_status 100 for %d of 12 (MUX, backend)"
+                   % (VIP, syns, packets, after["bytes"] - before["bytes"], after["probe_up"]))
         # The long-lived streams and the new connections at 20/s (scaleout.py's client).
         seconds = self.deadline.cap(220)
         self.client = self.t.procs.start("client", self.t.ns("client"), [
@@ -614,6 +625,25 @@ class Run:
         self.check(len(flows) == STREAMS, "%d of %d long-lived echo streams established" % (len(flows), STREAMS))
         time.sleep(1)
         self.end()
+
+    def azure_metrics(self):
+        """Front's HTTP rule in Azure-named metrics, summed over the MUXes: SYNs, packets, bytes, and
+        how many (MUX, backend) pairs have lb_health_probe_status 100."""
+        out = {"syn": 0, "packets": 0, "bytes": 0, "probe_up": 0}
+        rule = 'frontend_ip_address="%s",frontend_port="80"' % VIP
+        for m in MUXES:
+            for k, v in self.cp.metrics(m).items():
+                if rule not in k:
+                    continue
+                if k.startswith("lb_syn_count_total{"):
+                    out["syn"] += int(v)
+                elif k.startswith("lb_packet_count_total{"):
+                    out["packets"] += int(v)
+                elif k.startswith("lb_byte_count_total{"):
+                    out["bytes"] += int(v)
+                elif k.startswith("lb_health_probe_status{") and v == 100:
+                    out["probe_up"] += 1
+        return out
 
     def step2(self):
         cp = self.cp
