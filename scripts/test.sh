@@ -142,7 +142,7 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 RESULTS=()
-TOTAL_STEPS=10
+TOTAL_STEPS=11
 STEP_NO=0
 
 # run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit on (so its first failing command

@@ -279,6 +279,8 @@ fn control_plane(
     let mut lb = cfg.lb.clone();
     let (probe_tx, probe_rx) = mpsc::channel();
     let mut generation = 0u64;
+    // The Maglev tables last handed to the workers (shared with them, not copied).
+    let mut prepared: Option<Arc<lb_core::paths::PreparedTables>> = None;
     let mut probers = probing.then(|| crate::probe::Probers::start(&lb, generation, probe_tx.clone(), probe_host));
     // Data path probes (MUX only), restarted when a configuration changes the frontends.
     let data_path_every = args.data_path_probes.filter(|_| is_mux).map(Duration::from_secs);
@@ -381,10 +383,25 @@ fn control_plane(
             generation += 1;
             // A MUX in etcd mode takes the members' health with the configuration, in one step.
             let health = etcd.as_mut().filter(|_| is_mux).map(|e| Arc::new(e.health_for(&lb)));
+            // The tables are built once, here, and shared by the workers, so that the frames a
+            // worker holds while it applies the change do not wait for Maglev builds; those of
+            // the running configuration with the same members are shared again. (A failure
+            // leaves the workers to build and to refuse.)
+            let member_health = health.as_deref().map_or(&[][..], |h| h.as_slice());
+            let tables = lb_core::paths::Node::prepare(&cfg.role, &new, member_health, prepared.as_deref())
+                .ok()
+                .flatten()
+                .map(Arc::new);
             let shared = Arc::new(new);
             for w in workers {
-                let _ = w.tx.send(Control::Reload { lb: shared.clone(), generation, health: health.clone() });
+                let _ = w.tx.send(Control::Reload {
+                    lb: shared.clone(),
+                    generation,
+                    health: health.clone(),
+                    tables: tables.clone(),
+                });
             }
+            prepared = tables;
             if let Some(e) = &mut etcd {
                 let health = health.map(|h| h.to_vec()).unwrap_or_default();
                 e.applied(generation, revision.unwrap_or(0), &lb, health);

@@ -11,7 +11,7 @@ use lb_core::config::node::NodeConfig;
 use lb_core::config::LoadBalancer;
 use lb_core::paths::host::HostEgress;
 use lb_core::paths::node::MemberHealth;
-use lb_core::paths::{Action, DropCause, DropReason, Node, Side};
+use lb_core::paths::{Action, DropCause, DropReason, Node, PreparedTables, Side};
 use lb_core::wire::MacAddr;
 
 use crate::port::{BurstFrame, FrameBuf, Port};
@@ -44,7 +44,13 @@ pub fn new_node(cfg: &NodeConfig) -> Result<Node, String> {
 pub enum Control {
     /// Apply this configuration, the control plane's number `generation`; with `health`, the
     /// members' health as the control plane has it (a MUX in etcd mode), in the first tables.
-    Reload { lb: Arc<LoadBalancer>, generation: u64, health: Option<Arc<Vec<MemberHealth>>> },
+    Reload {
+        lb: Arc<LoadBalancer>,
+        generation: u64,
+        health: Option<Arc<Vec<MemberHealth>>>,
+        /// A MUX's Maglev tables for `lb`, built once by the control plane (`Node::prepare`).
+        tables: Option<Arc<PreparedTables>>,
+    },
     /// The members' health of configuration number `generation` as the control plane has it
     /// (verdicts made elsewhere, set outright: `Node::set_health`).
     Health { generation: u64, health: Arc<Vec<MemberHealth>> },
@@ -274,11 +280,9 @@ fn apply_control(
     let generation = &mut stats.generation;
     for c in link.rx.try_iter() {
         match c {
-            Control::Reload { lb, generation: number, health } => {
-                let applied = match &health {
-                    Some(h) => engine.update_with_health((*lb).clone(), h),
-                    None => engine.update((*lb).clone()),
-                };
+            Control::Reload { lb, generation: number, health, tables } => {
+                let health = health.as_deref().map_or(&[][..], |h| h.as_slice());
+                let applied = engine.update_prepared((*lb).clone(), health, tables.as_deref());
                 match applied {
                     Ok(()) => {
                         *generation = number;

@@ -12,5 +12,5 @@ pub mod node;
 
 pub use host::{HostAgent, HostCounters, HostDrop, HostError, HostNode, HostVerdict, ReturnPath};
 pub use listen::backend_tag;
-pub use mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, Traffic, Verdict};
+pub use mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, MuxNode, PreparedTables, Traffic, Verdict};
 pub use node::{Action, BackendReport, DropCause, Node, NodeError, NodeRole, NodeTotals, Side};

@@ -18,6 +18,7 @@
 use crate::paths::drops::drop_reasons;
 use crate::paths::next_hop::{distinct, NextHops};
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::IpAddr;
@@ -221,7 +222,7 @@ struct Balancer {
     pool: usize,
     /// Index into the configuration's probes; `None`: no probe, every member stays up.
     probe: Option<usize>,
-    table: MaglevTable,
+    table: Arc<MaglevTable>,
     /// The members `table` was built over (identity and weight, in pool order): a rebuild over
     /// the same ones keeps it instead of building it again.
     built_from: Vec<MaglevBackend>,
@@ -236,10 +237,30 @@ struct Balancer {
     stale: bool,
 }
 
+/// Maglev tables built ahead of an update by [`Mux::prepare`], by the members they are built
+/// over (identity and weight, in pool order), for one table size.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedTables {
+    size: u32,
+    tables: BTreeMap<Vec<MaglevBackend>, Arc<MaglevTable>>,
+}
+
+impl PreparedTables {
+    /// How many distinct tables it holds.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
 /// A balancer's table before its last change, kept [`SECOND_CHANCE_SECONDS`] for second chances.
 #[derive(Debug, Clone)]
 struct Previous {
-    table: MaglevTable,
+    table: Arc<MaglevTable>,
     /// Maglev backend index → backend tag (the members may be gone from the configuration).
     tags: Vec<u32>,
     /// When it was replaced (the MUX's clock, seconds).
@@ -411,6 +432,42 @@ impl Mux {
         Ok(mux)
     }
 
+    /// The Maglev tables an update of a MUX of `node` to `lb` builds when each probed member's
+    /// health is `health(pool, probe, member)` (indices in `lb`; `None`: up, as a member no probe
+    /// has spoken on yet): a program builds them once, away from its workers, and hands them to
+    /// every worker's [`Mux::update_prepared`], which share them. Those `previous` holds for the
+    /// same members are shared too. `lb` is checked as [`Mux::check`] checks it.
+    pub fn prepare(
+        node: &MuxNode,
+        lb: &LoadBalancer,
+        health: impl Fn(usize, usize, usize) -> Option<bool>,
+        previous: Option<&PreparedTables>,
+    ) -> Result<PreparedTables, MuxError> {
+        Self::check(node.clone(), lb.clone())?;
+        let size = node.maglev_size;
+        let mut tables = BTreeMap::new();
+        for rule in &lb.rules {
+            let pool = &lb.pools[rule.pool];
+            let members: Vec<MaglevBackend> = pool
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|&(m, b)| b.weight > 0 && rule.probe.and_then(|q| health(rule.pool, q, m)).unwrap_or(true))
+                .map(|(_, b)| MaglevBackend { id: backend_id(b.address), weight: b.weight })
+                .collect();
+            if let alloc::collections::btree_map::Entry::Vacant(slot) = tables.entry(members) {
+                // The tables of `previous` for the same members are shared, not built again.
+                let kept = previous.filter(|p| p.size == size).and_then(|p| p.tables.get(slot.key()));
+                let table = match kept {
+                    Some(t) => Arc::clone(t),
+                    None => Arc::new(MaglevTable::build(slot.key(), size).map_err(MuxError::Maglev)?),
+                };
+                slot.insert(table);
+            }
+        }
+        Ok(PreparedTables { size, tables })
+    }
+
     /// Whether [`Mux::new`] (or [`Mux::update`] of a MUX of `node`) takes `lb`: every check they
     /// make, without building the Maglev tables, so that a program can check a configuration of
     /// thousands of rules before its workers build it.
@@ -476,9 +533,24 @@ impl Mux {
         lb: LoadBalancer,
         health: impl Fn(usize, usize, usize) -> Option<bool>,
     ) -> Result<(), MuxError> {
+        self.update_prepared(lb, health, None)
+    }
+
+    /// [`Mux::update_with_health`], taking the tables it needs from `prepared` (built by
+    /// [`Mux::prepare`] away from the data path) where their members match: a table is then
+    /// shared, not built, so that the frames waiting behind the update do not wait for Maglev
+    /// builds, and every core holds one copy of it. Tables that `prepared` does not hold (health
+    /// that differs on this core) are built as usual.
+    pub fn update_prepared(
+        &mut self,
+        lb: LoadBalancer,
+        health: impl Fn(usize, usize, usize) -> Option<bool>,
+        prepared: Option<&PreparedTables>,
+    ) -> Result<(), MuxError> {
         lb.validate().map_err(MuxError::Config)?;
+        let prepared = prepared.filter(|p| p.size == self.node.maglev_size);
         let TunnelPlan { tunnels, keys, owners, pools } = self.plan_tunnels(&lb)?;
-        let (balancers, rule_balancer) = self.plan_balancers(&lb, &health)?;
+        let (balancers, rule_balancer) = self.plan_balancers(&lb, &health, prepared)?;
         let snat = lb.snat_plan().map_err(MuxError::Config)?;
         let (vips, counter) = build_vips(&lb);
         let ListenerPlan { ids: listener_ids, route: listener_route, counter_listener } =
@@ -677,6 +749,7 @@ impl Mux {
         &'a self,
         lb: &'a LoadBalancer,
         preset: &impl Fn(usize, usize, usize) -> Option<bool>,
+        prepared: Option<&PreparedTables>,
     ) -> Result<(Vec<Balancer>, Vec<usize>), MuxError> {
         let size = self.node.maglev_size;
         let mut balancers: Vec<Balancer> = Vec::new();
@@ -737,7 +810,7 @@ impl Mux {
                 stale: false,
             };
             if self.tables_built {
-                b.rebuild(pool, size, self.clock)?;
+                b.rebuild(pool, size, self.clock, prepared)?;
             }
             planned.insert((rule.pool, rule.probe), balancers.len());
             balancers.push(b);
@@ -768,10 +841,10 @@ impl Mux {
                 members.clone().map(|m| MaglevBackend { id: backend_id(m.address), weight: m.weight }).collect();
             let tags: Vec<u32> = members.map(|m| backend_tag(m.address)).collect();
             let table = MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?;
-            if table.is_empty() || (table == b.table && tags == b.tags) {
+            if table.is_empty() || (table == *b.table && tags == b.tags) {
                 continue;
             }
-            b.previous = Some(Previous { table, tags, since });
+            b.previous = Some(Previous { table: Arc::new(table), tags, since });
         }
         Ok(())
     }
@@ -833,7 +906,7 @@ impl Mux {
     /// changed.
     pub fn apply_probes(&mut self) -> Result<(), MuxError> {
         for b in self.balancers.iter_mut().filter(|b| b.stale) {
-            b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size, self.clock)?;
+            b.rebuild(&self.lb.pools[b.pool], self.node.maglev_size, self.clock, None)?;
         }
         Ok(())
     }
@@ -1566,7 +1639,13 @@ impl Balancer {
     ///
     /// A table that changes (at `now`) becomes the previous one, for second chances; a rebuild that
     /// gives the same table keeps the previous one and its time.
-    fn rebuild(&mut self, pool: &crate::config::Pool, size: u32, now: u32) -> Result<(), MuxError> {
+    fn rebuild(
+        &mut self,
+        pool: &crate::config::Pool,
+        size: u32,
+        now: u32,
+        prepared: Option<&PreparedTables>,
+    ) -> Result<(), MuxError> {
         let mut backends = Vec::new();
         let mut in_table = Vec::new();
         let mut tags = Vec::new();
@@ -1583,9 +1662,12 @@ impl Balancer {
             self.stale = false;
             return Ok(());
         }
-        let table = MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?;
+        let table = match prepared.and_then(|p| p.tables.get(&backends)) {
+            Some(t) => Arc::clone(t),
+            None => Arc::new(MaglevTable::build(&backends, size).map_err(MuxError::Maglev)?),
+        };
         self.built_from = backends;
-        if table != self.table || tags != self.tags {
+        if *table != *self.table || tags != self.tags {
             let old = core::mem::replace(&mut self.table, table);
             let old_tags = core::mem::replace(&mut self.tags, tags);
             // An empty table chose nothing: there is no second chance to give from it.
@@ -1714,6 +1796,44 @@ mod tests {
         let mut bad = config(&[80]);
         bad.rules[0].pool = 5;
         assert!(matches!(Mux::check(node, bad), Err(MuxError::Config(_))));
+    }
+
+    /// Tables prepared away from the MUX are the ones it would build, and an update shares them
+    /// where their members match; where none matches it builds its own.
+    #[test]
+    fn an_update_takes_prepared_tables() {
+        let mut grown = config(&[80, 443]);
+        let extra = Backend {
+            name: "b9".into(),
+            address: Ipv4Addr::new(10, 0, 0, 9).into(),
+            ..grown.pools[0].backends[0].clone()
+        };
+        grown.pools[0].backends.push(extra);
+        let mut built = mux(&[80]);
+        built.update(grown.clone()).unwrap();
+        let node = built.node.clone();
+        let prepared = Mux::prepare(&node, &grown, |_, _, _| None, None).unwrap();
+        assert_eq!(prepared.len(), 1);
+        let mut taken = mux(&[80]);
+        taken.update_prepared(grown.clone(), |_, _, _| None, Some(&prepared)).unwrap();
+        assert!(taken.balancers[0].table == built.balancers[0].table);
+        // A prepared table is shared, not rebuilt: one planted under these members is the one used.
+        assert!(Arc::ptr_eq(&taken.balancers[0].table, prepared.tables.values().next().unwrap()));
+        let again = Mux::prepare(&node, &grown, |_, _, _| None, Some(&prepared)).unwrap();
+        assert!(Arc::ptr_eq(again.tables.values().next().unwrap(), prepared.tables.values().next().unwrap()));
+        let members = taken.balancers[0].built_from.clone();
+        let planted = MaglevTable::build(&members[..2], node.maglev_size).unwrap();
+        let mut fake = PreparedTables { size: node.maglev_size, tables: BTreeMap::new() };
+        fake.tables.insert(members, Arc::new(planted.clone()));
+        let mut m = mux(&[80]);
+        m.update_prepared(grown.clone(), |_, _, _| None, Some(&fake)).unwrap();
+        assert!(*m.balancers[0].table == planted);
+        // Another table size, or other members: built as usual.
+        let mut other = fake.clone();
+        other.size = 257;
+        let mut m = mux(&[80]);
+        m.update_prepared(grown, |_, _, _| None, Some(&other)).unwrap();
+        assert!(m.balancers[0].table == built.balancers[0].table);
     }
 
     /// An update that leaves a pool's members as they are keeps its table and its second

@@ -11,7 +11,7 @@ use core::fmt;
 use core::net::IpAddr;
 
 use super::host::{HostAgent, HostDrop, HostEgress, HostError, HostVerdict, SnatConnections, SnatPortsReport};
-use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, Traffic, Verdict, BURST};
+use super::mux::{BurstFrame, DropReason, Mux, MuxCounters, MuxError, PreparedTables, Traffic, Verdict, BURST};
 use crate::config::{LoadBalancer, Protocol};
 use crate::tables::Health;
 use crate::wire::MacAddr;
@@ -380,6 +380,11 @@ enum Path {
     Host(Box<HostAgent>),
 }
 
+/// Health verdicts by (pool, probe, member).
+fn verdicts(health: &[MemberHealth]) -> BTreeMap<(usize, usize, usize), bool> {
+    health.iter().map(|h| ((h.pool, h.probe, h.member), h.up)).collect()
+}
+
 /// A MUX or a host agent behind one interface.
 pub struct Node {
     path: Path,
@@ -528,13 +533,43 @@ impl Node {
     /// told its members' health by the control plane takes a configuration and its health at
     /// once. A host agent, which does not steer by health, takes the configuration alone.
     pub fn update_with_health(&mut self, lb: LoadBalancer, health: &[MemberHealth]) -> Result<(), NodeError> {
-        let verdicts: BTreeMap<(usize, usize, usize), bool> =
-            health.iter().map(|h| ((h.pool, h.probe, h.member), h.up)).collect();
+        self.update_prepared(lb, health, None)
+    }
+
+    /// The Maglev tables a MUX of `role` builds for `lb` with the members' health `health` (the
+    /// others up), built here, away from the workers, for every worker's
+    /// [`Node::update_prepared`], sharing those of `previous` with the same members (see
+    /// [`Mux::prepare`]); `None` for a host agent, which has none.
+    pub fn prepare(
+        role: &NodeRole,
+        lb: &LoadBalancer,
+        health: &[MemberHealth],
+        previous: Option<&PreparedTables>,
+    ) -> Result<Option<PreparedTables>, NodeError> {
+        match role {
+            NodeRole::Mux(node) => {
+                let verdicts = verdicts(health);
+                let preset = |pool: usize, probe: usize, member: usize| verdicts.get(&(pool, probe, member)).copied();
+                Ok(Some(Mux::prepare(node, lb, preset, previous)?))
+            }
+            NodeRole::Host(_) => Ok(None),
+        }
+    }
+
+    /// [`Node::update_with_health`], sharing the tables `prepared` holds instead of building them
+    /// (see [`Mux::update_prepared`]).
+    pub fn update_prepared(
+        &mut self,
+        lb: LoadBalancer,
+        health: &[MemberHealth],
+        prepared: Option<&PreparedTables>,
+    ) -> Result<(), NodeError> {
+        let verdicts = verdicts(health);
         let preset = |pool: usize, probe: usize, member: usize| verdicts.get(&(pool, probe, member)).copied();
         match &mut self.path {
             Path::Mux { mux, retired, .. } => {
                 let before = frontend_totals(mux.counters());
-                let r = mux.update_with_health(lb, preset);
+                let r = mux.update_prepared(lb, preset, prepared);
                 let after = frontend_totals(mux.counters());
                 retired.packets += before.packets.saturating_sub(after.packets);
                 retired.bytes += before.bytes.saturating_sub(after.bytes);

@@ -29,7 +29,7 @@ pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 const EMPTY: u16 = u16::MAX;
 
 /// One backend as the table sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MaglevBackend {
     /// A stable identity (e.g. a hash of the backend's address): it alone decides the backend's
     /// permutation, so it must be the same on every MUX and across restarts.
