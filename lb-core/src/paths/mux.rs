@@ -705,31 +705,37 @@ impl Mux {
     /// at zero, a removed one's go. `counters`: how many listener counters `lb` has.
     fn carry_counters(&mut self, lb: &LoadBalancer, counters: usize) {
         let old = &self.lb;
+        // Name → position in the configuration in force, so that thousands of rules and pools
+        // are matched in n log n.
+        let old_frontends: BTreeMap<&str, usize> =
+            old.frontends.iter().enumerate().map(|(i, f)| (f.name.as_str(), i)).collect();
         let old_vips = core::mem::take(&mut self.counters.vips);
         self.counters.vips = lb
             .frontends
             .iter()
-            .map(|f| old.frontends.iter().position(|o| o.name == f.name).and_then(|i| old_vips.get(i).copied()))
-            .map(Option::unwrap_or_default)
+            .map(|f| old_frontends.get(f.name.as_str()).and_then(|&i| old_vips.get(i).copied()).unwrap_or_default())
             .collect();
         let (old_names, new_names) = (rule_names(old), rule_names(lb));
+        let old_rule_at: BTreeMap<(u8, &str), usize> = old_names.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let old_rules = core::mem::take(&mut self.counters.rules);
         self.counters.rules = new_names
             .iter()
-            .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_rules.get(i).copied()).unwrap_or_default())
+            .map(|n| old_rule_at.get(n).and_then(|&i| old_rules.get(i).copied()).unwrap_or_default())
             .collect();
         debug_assert_eq!(self.counters.rules.len(), counters);
         let old_syns = core::mem::take(&mut self.counters.syns);
         self.counters.syns = new_names
             .iter()
-            .map(|n| old_names.iter().position(|o| o == n).and_then(|i| old_syns.get(i).copied()).unwrap_or_default())
+            .map(|n| old_rule_at.get(n).and_then(|&i| old_syns.get(i).copied()).unwrap_or_default())
             .collect();
+        let old_pools: BTreeMap<&str, usize> =
+            old.pools.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
         let old_backends = core::mem::take(&mut self.counters.backends);
         self.counters.backends = lb
             .pools
             .iter()
             .map(|p| {
-                let op = old.pools.iter().position(|o| o.name == p.name);
+                let op = old_pools.get(p.name.as_str()).copied();
                 p.backends
                     .iter()
                     .map(|b| {
