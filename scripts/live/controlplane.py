@@ -22,7 +22,7 @@ Steps (each bounded in count and time; what a user would check, and the figures)
      HTTP probe): every node reports its revision in `lbctl status`; the router has the VIP from all
      three MUXes; every MUX has the four backends up (health from the hosts, through etcd); 200 new
      HTTP connections all answered, by all four; 32 long-lived echo streams start (bytes checked)
-     beside new HTTP connections at 20/s, until step 5 ends.
+     beside new HTTP connections at 20/s, which go on through check 5 below.
   2. Second (VIP 198.19.0.21) applied and answering; Front gains a rule (81 -> 8100): it answers;
      B21's weight goes to 3: it takes the largest share; B22 leaves the pool: no new connection
      reaches it; Second deleted: its VIP is withdrawn and stops answering, Front's go on. Every

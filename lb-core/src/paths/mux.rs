@@ -1804,10 +1804,8 @@ mod tests {
         assert!(matches!(Mux::check(node, bad), Err(MuxError::Config(_))));
     }
 
-    /// Tables prepared away from the MUX are the ones it would build, and an update shares them
-    /// where their members match; where none matches it builds its own.
-    #[test]
-    fn an_update_takes_prepared_tables() {
+    /// `config(&[80, 443])` with a fifth member in its pool.
+    fn with_fifth_member() -> LoadBalancer {
         let mut grown = config(&[80, 443]);
         let extra = Backend {
             name: "b9".into(),
@@ -1815,6 +1813,14 @@ mod tests {
             ..grown.pools[0].backends[0].clone()
         };
         grown.pools[0].backends.push(extra);
+        grown
+    }
+
+    /// Tables prepared away from the MUX are the ones it would build, and an update shares them
+    /// where their members match; where none matches it builds its own.
+    #[test]
+    fn an_update_takes_prepared_tables() {
+        let grown = with_fifth_member();
         let mut built = mux(&[80]);
         built.update(grown.clone()).unwrap();
         let node = built.node.clone();
@@ -1850,13 +1856,7 @@ mod tests {
         let before = m.balancers[0].table.clone();
         m.update(config(&[80, 443])).unwrap();
         assert!(m.balancers[0].table == before && m.balancers[0].previous.is_none());
-        let mut grown = config(&[80, 443]);
-        let extra = Backend {
-            name: "b9".into(),
-            address: Ipv4Addr::new(10, 0, 0, 9).into(),
-            ..grown.pools[0].backends[0].clone()
-        };
-        grown.pools[0].backends.push(extra);
+        let grown = with_fifth_member();
         m.update(grown).unwrap();
         assert!(m.balancers[0].table != before && m.balancers[0].previous.is_some());
         assert_eq!(m.balancers[0].built_from.len(), 5);
